@@ -1,0 +1,6 @@
+"""PPO in TorchRL and Lightning, with the policy term from a coefficient shape."""
+
+from algos.loss import KLIP_DIAGNOSTICS, KLipPPOLoss, ScalarKLPPOLoss, klip_objective
+from algos.networks import make_actor, make_critic
+
+__all__ = ["KLIP_DIAGNOSTICS", "KLipPPOLoss", "ScalarKLPPOLoss", "klip_objective", "make_actor", "make_critic"]

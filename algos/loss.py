@@ -1,0 +1,314 @@
+"""Policy losses in TorchRL's PPO family.
+
+`KLipPPOLoss` is the per-sample KL template `w*A + sg(beta)*log pi` with
+`beta = -w*A*g(w, A)` for a gate `g` from `shapes`; with the `step` shape its
+gradients equal `ClipPPOLoss`'s bit for bit. `ScalarKLPPOLoss` is the classic
+PPO-KL with one beta for all samples (fixed, or adapted once per rollout).
+
+Both subclass TorchRL's `PPOLoss`, so they take the same actor/critic
+arguments, tensordict keys (`set_keys`), critic / entropy / value-clipping /
+advantage-normalisation options and value estimators as `ClipPPOLoss`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor
+from torchrl.objectives import PPOLoss
+
+from shapes import CoefficientShape, make_shape
+
+PolicyForm = Literal["effective", "kl"]
+
+# Diagnostics written next to the losses (all detached scalars).
+KLIP_DIAGNOSTICS = (
+    "fraction_in",
+    "fraction_kill",
+    "fraction_pass",
+    "fraction_changed",
+    "clip_fraction",
+    "gate_mean",
+    "beta_abs_kill_mean",
+    "kl_k3",
+    "kl_approx",
+)
+
+
+def klip_objective(
+    shape: CoefficientShape,
+    log_ratio: Tensor,
+    advantage: Tensor,
+    *,
+    form: PolicyForm = "effective",
+    log_behaviour_weight: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Per-sample KLip surrogate (to maximise) and the gate, from log-ratios and advantages.
+
+    `"effective"`: `w * sg(A*(1-g))`; `"kl"`: `w*A + sg(beta) * log w` with
+    `beta = -w*A*g`. Same gradient; the first is exact for gates of 0 or 1.
+    The gate sees the (proximal) `log_ratio`; the surrogate is weighted by the
+    behaviour ratio `exp(log_behaviour_weight)`, which defaults to the same.
+    """
+    if log_behaviour_weight is None:
+        log_behaviour_weight = log_ratio
+    ratio = log_behaviour_weight.exp()
+    with torch.no_grad():
+        detached_log_ratio = log_ratio.detach()
+        detached_ratio = (
+            ratio.detach() if log_behaviour_weight is log_ratio else detached_log_ratio.exp()
+        )
+        gate = shape.gate_from_log_ratio(detached_log_ratio, detached_ratio, advantage)
+        # Multiplicative on purpose: a gate of exactly 0 or 1 gives exactly A or 0.
+        effective_advantage = advantage * (1 - gate)
+    if form == "effective":
+        return ratio * effective_advantage, gate
+    beta = -(detached_ratio * advantage * gate)
+    return ratio * advantage + beta * log_ratio, gate
+
+
+class _PPOFamilyLoss(PPOLoss):
+    """What every policy term here shares with TorchRL's PPO losses; subclasses add the term."""
+
+    def _advantage_and_log_weight(
+        self, tensordict: TensorDictBase
+    ) -> tuple[TensorDictBase, Tensor, Tensor, Tensor | None, Any, Tensor]:
+        tensordict = tensordict.clone(False)
+        advantage = tensordict.get(self.tensor_keys.advantage, None)
+        update_norm = advantage is None
+        if advantage is None:
+            if self.critic_network is None:
+                raise RuntimeError("no advantage in the data and no critic to compute it")
+            self.value_estimator(
+                tensordict,
+                params=self._cached_critic_network_params_detached,
+                target_params=self.target_critic_network_params,
+            )
+            advantage = tensordict.get(self.tensor_keys.advantage)
+        advantage = self._maybe_normalize_advantage(advantage, tensordict, update_norm=update_norm)
+        log_weight, dist, kl_approx, log_is_weight = self._log_weight(
+            tensordict, adv_shape=advantage.shape[:-1]
+        )
+        if advantage.shape != log_weight.shape:
+            advantage = advantage.expand_as(log_weight)
+        return tensordict, advantage, log_weight, log_is_weight, dist, kl_approx
+
+    def _add_entropy_critic_and_reduce(
+        self, td_out: TensorDict, tensordict: TensorDictBase, dist: Any, adv_shape: torch.Size
+    ) -> TensorDict:
+        if self.entropy_bonus:
+            entropy = self._get_entropy(dist, adv_shape=adv_shape)
+            td_out.set("entropy", entropy.detach().mean())
+            td_out.set("loss_entropy", self._weighted_loss_entropy(entropy))
+        if self._has_critic:
+            loss_critic, value_clip_fraction, explained_variance = self.loss_critic(tensordict)
+            td_out.set("loss_critic", loss_critic)
+            if value_clip_fraction is not None:
+                td_out.set("value_clip_fraction", value_clip_fraction)
+            if explained_variance is not None:
+                td_out.set("explained_variance", explained_variance)
+        td_out = td_out.named_apply(
+            lambda name, value: self._reduce_loss(value, tensordict).squeeze(-1)
+            if name.startswith("loss_")
+            else value,
+        )
+        self._clear_weakrefs(
+            tensordict,
+            td_out,
+            "actor_network_params",
+            "critic_network_params",
+            "target_actor_network_params",
+            "target_critic_network_params",
+        )
+        return td_out
+
+    def update_after_rollout(self, stats: Mapping[str, float]) -> None:
+        """Called once per PPO iteration with that iteration's mean loss metrics."""
+
+
+class KLipPPOLoss(_PPOFamilyLoss):
+    """PPO with a per-sample KL coefficient `beta = -w*A*g(w, A)` from a coefficient shape.
+
+    Args:
+        actor_network, critic_network: as for `ClipPPOLoss`.
+        shape: a `CoefficientShape` or a registered shape name (default `"step"`:
+            PPO-Clip). Its `eps` (if any) also defines the in/kill/pass regions
+            reported as diagnostics and the default value-clipping radius.
+        form: `"effective"` computes `w * sg(A*(1-g))`, which gives exactly `A` or
+            `0` for a gate of exactly 0 or 1 (bitwise equal to `ClipPPOLoss` for
+            `step`); `"kl"` computes the explicit `w*A + sg(beta)*log w`. Same
+            gradient up to rounding.
+        diagnostics: write the region fractions, gate and beta statistics.
+        clip_value: `True` uses the shape's `eps`; a float sets the radius.
+        Other keyword arguments go to TorchRL's `PPOLoss` unchanged.
+    """
+
+    def __init__(
+        self,
+        actor_network: Any = None,
+        critic_network: Any = None,
+        *,
+        shape: CoefficientShape | str = "step",
+        form: PolicyForm = "effective",
+        diagnostics: bool = True,
+        clip_value: bool | float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(shape, str):
+            shape = make_shape(shape)
+        if not isinstance(shape, CoefficientShape):
+            raise TypeError(f"shape must be a CoefficientShape or a name, got {type(shape)}")
+        if form not in ("effective", "kl"):
+            raise ValueError(f"form must be 'effective' or 'kl', got {form!r}")
+        region_eps = float(getattr(shape, "eps", 0.2))
+        if isinstance(clip_value, bool):
+            clip_value = region_eps if clip_value else None
+        super().__init__(actor_network, critic_network, clip_value=clip_value, **kwargs)
+        self.shape = shape
+        self.form = form
+        self.diagnostics = diagnostics
+        self.register_buffer("region_eps", torch.tensor(region_eps))
+
+    @property
+    def out_keys(self) -> list[str]:
+        if self._out_keys is None:
+            keys = ["loss_objective"]
+            if self.entropy_bonus:
+                keys += ["entropy", "loss_entropy"]
+            if self._has_critic:
+                keys.append("loss_critic")
+            if self.clip_value:
+                keys.append("value_clip_fraction")
+            if self.diagnostics:
+                keys += list(KLIP_DIAGNOSTICS)
+            self._out_keys = keys
+        return self._out_keys
+
+    @out_keys.setter
+    def out_keys(self, values: list[str]) -> None:
+        self._out_keys = values
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        tensordict, advantage, log_weight, log_is_weight, dist, kl_approx = (
+            self._advantage_and_log_weight(tensordict)
+        )
+        # The gate acts on the proximal ratio; the surrogate is weighted by the
+        # behaviour ratio. They coincide unless `delay_actor` or a ratio cap is used.
+        log_behav_weight = log_weight if log_is_weight is None else log_weight + log_is_weight
+        objective, gate = klip_objective(
+            self.shape, log_weight, advantage, form=self.form, log_behaviour_weight=log_behav_weight
+        )
+        td_out = TensorDict({"loss_objective": -objective})
+        td_out.set("kl_approx", kl_approx.detach().mean())
+        if self.diagnostics:
+            log_ratio = log_weight.detach()
+            self._write_diagnostics(td_out, log_ratio, log_ratio.exp(), advantage, gate)
+        return self._add_entropy_critic_and_reduce(td_out, tensordict, dist, advantage.shape[:-1])
+
+    @torch.no_grad()
+    def _write_diagnostics(
+        self, td_out: TensorDict, log_ratio: Tensor, ratio: Tensor, advantage: Tensor, gate: Tensor
+    ) -> None:
+        above = log_ratio > self.region_eps.log1p()
+        below = log_ratio < (-self.region_eps).log1p()
+        positive, negative = advantage > 0, advantage < 0
+        kill = (above & positive) | (below & negative)
+        passed = (above & negative) | (below & positive)
+        changed = gate != 0
+        # One reduction for all fractions keeps the per-minibatch overhead small.
+        fractions = torch.stack([kill, passed, changed, above | below]).to(ratio.dtype)
+        fractions = fractions.flatten(1).mean(1)
+        beta_abs = (ratio * advantage * gate).abs()
+        kill_count = kill.sum().clamp_min(1)
+        td_out.set("fraction_kill", fractions[0])
+        td_out.set("fraction_pass", fractions[1])
+        td_out.set("fraction_in", 1 - fractions[0] - fractions[1])
+        td_out.set("fraction_changed", fractions[2])
+        td_out.set("clip_fraction", fractions[3])
+        td_out.set("gate_mean", gate.mean())
+        td_out.set("beta_abs_kill_mean", (beta_abs * kill).sum() / kill_count)
+        td_out.set("kl_k3", ((ratio - 1) - log_ratio).mean())
+
+    def update_after_rollout(self, stats: Mapping[str, float]) -> None:
+        self.shape.update_after_rollout(stats)
+
+
+class ScalarKLPPOLoss(_PPOFamilyLoss):
+    """PPO-KL: maximise `w*A - beta * KL(pi_old || pi_new)` with analytic KL and one scalar beta.
+
+    With `adaptive=True`, beta is doubled or halved **once per rollout**
+    (`update_after_rollout`) when that rollout's mean KL leaves
+    `[kl_target/1.5, kl_target*1.5]`; TorchRL's `KLPENPPOLoss` instead adapts
+    at every forward call, i.e. per minibatch, which is not the paper's rule.
+    The rollout distribution parameters (`loc`, `scale`) must be in the data.
+    """
+
+    def __init__(
+        self,
+        actor_network: Any = None,
+        critic_network: Any = None,
+        *,
+        beta: float = 1.0,
+        adaptive: bool = False,
+        kl_target: float = 0.02,
+        clip_value: bool | float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        if not kl_target > 0:
+            raise ValueError(f"kl_target must be > 0, got {kl_target}")
+        if isinstance(clip_value, bool):
+            clip_value = 0.2 if clip_value else None
+        super().__init__(actor_network, critic_network, clip_value=clip_value, **kwargs)
+        self.adaptive = adaptive
+        self.kl_target = kl_target
+        self.register_buffer("beta", torch.tensor(float(beta)))
+
+    @property
+    def out_keys(self) -> list[str]:
+        if self._out_keys is None:
+            keys = ["loss_objective", "kl", "beta", "kl_approx"]
+            if self.entropy_bonus:
+                keys += ["entropy", "loss_entropy"]
+            if self._has_critic:
+                keys.append("loss_critic")
+            self._out_keys = keys
+        return self._out_keys
+
+    @out_keys.setter
+    def out_keys(self, values: list[str]) -> None:
+        self._out_keys = values
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        try:
+            previous_dist = self.actor_network.build_dist_from_params(tensordict)
+        except KeyError as error:
+            raise KeyError(
+                "ScalarKLPPOLoss needs the rollout policy's distribution parameters "
+                "(e.g. 'loc' and 'scale') in the data"
+            ) from error
+        tensordict, advantage, log_weight, log_is_weight, dist, kl_approx = (
+            self._advantage_and_log_weight(tensordict)
+        )
+        if log_is_weight is not None:
+            log_weight = log_weight + log_is_weight
+        kl = torch.distributions.kl_divergence(previous_dist, dist).unsqueeze(-1)
+        objective = log_weight.exp() * advantage - self.beta * kl
+        td_out = TensorDict({"loss_objective": -objective})
+        td_out.set("kl", kl.detach().mean())
+        td_out.set("beta", self.beta.clone())
+        td_out.set("kl_approx", kl_approx.detach().mean())
+        return self._add_entropy_critic_and_reduce(td_out, tensordict, dist, advantage.shape[:-1])
+
+    def update_after_rollout(self, stats: Mapping[str, float]) -> None:
+        if not self.adaptive:
+            return
+        kl = float(stats["kl"])
+        if kl > 1.5 * self.kl_target:
+            self.beta.mul_(2.0)
+        elif kl < self.kl_target / 1.5:
+            self.beta.div_(2.0)

@@ -1,0 +1,68 @@
+"""Actor and critic of the paper's protocol (CleanRL / SB3 MuJoCo defaults).
+
+64-64 tanh MLPs, orthogonal init (gain sqrt(2) hidden, 0.01 policy head,
+1.0 value head), zero biases, diagonal Gaussian with a state-independent
+log-std initialised at 0. Wrapped as TorchRL modules so that the collector
+and the losses read and write the usual keys.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tensordict.nn import TensorDictModule
+from torch import Tensor, nn
+from torchrl.modules import IndependentNormal, ProbabilisticActor, ValueOperator
+
+OBSERVATION_KEY = "observation"
+
+
+def _layer(in_features: int, out_features: int, gain: float) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def mlp(in_features: int, out_features: int, hidden: int, head_gain: float) -> nn.Sequential:
+    return nn.Sequential(
+        _layer(in_features, hidden, math.sqrt(2)),
+        nn.Tanh(),
+        _layer(hidden, hidden, math.sqrt(2)),
+        nn.Tanh(),
+        _layer(hidden, out_features, head_gain),
+    )
+
+
+class GaussianPolicyHead(nn.Module):
+    """Mean from an MLP, scale from a free log-std vector (not a function of the state)."""
+
+    def __init__(self, observation_dim: int, action_dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.mean = mlp(observation_dim, action_dim, hidden, head_gain=0.01)
+        self.log_std = nn.Parameter(torch.zeros(action_dim))
+
+    def forward(self, observation: Tensor) -> tuple[Tensor, Tensor]:
+        loc = self.mean(observation)
+        return loc, self.log_std.exp().expand_as(loc)
+
+
+def make_actor(observation_dim: int, action_dim: int, hidden: int = 64) -> ProbabilisticActor:
+    head = TensorDictModule(
+        GaussianPolicyHead(observation_dim, action_dim, hidden),
+        in_keys=[OBSERVATION_KEY],
+        out_keys=["loc", "scale"],
+    )
+    return ProbabilisticActor(
+        head,
+        in_keys=["loc", "scale"],
+        distribution_class=IndependentNormal,
+        # The raw loc: TorchRL's default squashes it through tanh(loc/5)*5.
+        distribution_kwargs={"tanh_loc": False},
+        return_log_prob=True,
+    )
+
+
+def make_critic(observation_dim: int, hidden: int = 64) -> ValueOperator:
+    return ValueOperator(mlp(observation_dim, 1, hidden, head_gain=1.0), in_keys=[OBSERVATION_KEY])

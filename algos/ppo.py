@@ -1,0 +1,221 @@
+"""One PPO iteration per Lightning training step.
+
+Read top to bottom: `training_step` collects a rollout, computes GAE, then
+runs K epochs of shuffled minibatches through the loss module with manual
+optimisation (grad-norm clip, linear LR annealing), and logs one row of
+metrics per iteration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor
+from torchrl.objectives import ClipPPOLoss, LossModule
+from torchrl.objectives.value import GAE
+
+from algos.config import TrainConfig
+from algos.loss import KLipPPOLoss, ScalarKLPPOLoss
+from algos.networks import make_actor, make_critic
+from algos.rollout import make_rollouts
+from envs import drain_episode_stats, make_env, observation_and_action_dims
+from shapes import CoefficientShape, load_shape, load_shapes_from_file, make_shape
+
+# Keys the update reads; selecting them once per rollout keeps minibatch slicing cheap.
+UPDATE_KEYS = ("observation", "action", "action_log_prob", "advantage", "value_target",
+               "state_value", "loc", "scale")
+
+
+def build_shape(config: TrainConfig) -> CoefficientShape:
+    if config.shape_plugin:
+        load_shapes_from_file(config.shape_plugin)
+    if config.shape_file:
+        return load_shape(config.shape_file)
+    return make_shape(config.shape, **config.shape_params)
+
+
+def build_loss(config: TrainConfig, actor: Any, critic: Any) -> LossModule:
+    common = dict(
+        entropy_coeff=config.entropy_coeff,
+        critic_coeff=config.critic_coeff,
+        loss_critic_type="l2",
+        normalize_advantage=config.normalize_advantage,
+        clip_value=config.value_clip,
+        # functional=False: no parameter swapping per call; same numbers, less overhead.
+        functional=False,
+    )
+    if config.loss == "clip":
+        return ClipPPOLoss(actor, critic, clip_epsilon=config.clip_eps, **common)
+    if config.loss in ("kl_fixed", "kl_adaptive"):
+        return ScalarKLPPOLoss(actor, critic, beta=config.kl_beta, kl_target=config.kl_target,
+                               adaptive=config.loss == "kl_adaptive", **common)
+    return KLipPPOLoss(actor, critic, shape=build_shape(config), diagnostics=config.diagnostics,
+                       **common)
+
+
+class PPOModule(L.LightningModule):
+    """PPO on one task with a chosen loss; `current_epoch` counts PPO iterations."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = TrainConfig.from_dict(config).validate()
+        self.automatic_optimization = False
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        self.env = make_env(cfg.task, num_envs=cfg.num_envs, seed=cfg.seed, gamma=cfg.gamma)
+        observation_dim, action_dim = observation_and_action_dims(self.env)
+        self.actor = make_actor(observation_dim, action_dim, cfg.hidden)
+        self.critic = make_critic(observation_dim, cfg.hidden)
+        self.loss_module = build_loss(cfg, self.actor, self.critic)
+        self.advantage_module = GAE(gamma=cfg.gamma, lmbda=cfg.gae_lambda,
+                                    value_network=self.critic, average_gae=False)
+        self.rollouts = make_rollouts(cfg.collector, self.env, self.actor, cfg.frames_per_env)
+        self.frames = 0
+        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.return_history: list[tuple[int, float]] = []
+        self._update = self._update_minibatch
+        if cfg.compile:
+            self._update = torch.compile(self._update_minibatch, dynamic=False)
+
+    # -- optimisation set-up ----------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        cfg = self.config
+        optimizer = torch.optim.Adam(self.loss_module.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        iterations = cfg.iterations
+
+        def linear(iteration: int) -> float:
+            return 1.0 - iteration / iterations if cfg.anneal_lr else 1.0
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear)
+        return [optimizer], [scheduler]
+
+    def train_dataloader(self) -> Any:
+        # One dummy item per Lightning epoch: the data comes from the environment.
+        return torch.utils.data.DataLoader([0], batch_size=None)
+
+    # -- one PPO iteration --------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        cfg = self.config
+        optimizer = self.optimizers().optimizer  # the raw torch optimiser: no per-step wrapper
+        scheduler = self.lr_schedulers()
+        started = time.perf_counter()
+
+        rollout = self.rollouts.collect()
+        collected = time.perf_counter()
+
+        with torch.no_grad():
+            self.advantage_module(rollout)
+        data = rollout.select(*self._update_keys(rollout)).reshape(-1)
+        advantaged = time.perf_counter()
+
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        metrics: list[TensorDictBase] = []
+        for _ in range(cfg.epochs):
+            shuffled = data[torch.randperm(data.shape[0])]
+            for start in range(0, data.shape[0], cfg.minibatch_size):
+                minibatch = shuffled[start : start + cfg.minibatch_size]
+                metrics.append(self._update(minibatch, optimizer, parameters))
+        scheduler.step()
+        updated = time.perf_counter()
+
+        self.frames += data.shape[0]
+        summary = self._summarise(metrics)
+        self.loss_module.update_after_rollout(summary)
+        self._log_iteration(summary, rollout, started, collected, advantaged, updated)
+
+    def _update_minibatch(
+        self, minibatch: TensorDictBase, optimizer: torch.optim.Optimizer, parameters: list[Tensor]
+    ) -> TensorDictBase:
+        losses = self.loss_module(minibatch)
+        total = sum(value for key, value in losses.items() if key.startswith("loss_"))
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
+        optimizer.step()
+        losses.set("grad_norm", grad_norm)
+        return losses.detach()
+
+    def _update_keys(self, rollout: TensorDictBase) -> list[str]:
+        return [key for key in UPDATE_KEYS if key in rollout]
+
+    @staticmethod
+    def _summarise(metrics: list[TensorDictBase]) -> dict[str, float]:
+        # One stack and one mean per key per iteration: no per-minibatch .item().
+        stacked = torch.stack(metrics)
+        return {
+            key: float(value.float().mean())
+            for key, value in stacked.items()
+            if value.numel() == stacked.numel()
+        }
+
+    # -- logging ----------------------------------------------------------------
+    def _log_iteration(
+        self,
+        summary: dict[str, float],
+        rollout: TensorDictBase,
+        started: float,
+        collected: float,
+        advantaged: float,
+        updated: float,
+    ) -> None:
+        episodes = drain_episode_stats(self.env)
+        for episode_return, _ in episodes:
+            self.recent_returns.append(episode_return)
+            self.return_history.append((self.frames, episode_return))
+        elapsed = updated - started
+        row: dict[str, float] = {f"train/{key}": value for key, value in summary.items()}
+        row.update({
+            "iteration": float(self.current_epoch + 1),
+            "frames": float(self.frames),
+            "lr": float(self.optimizers().optimizer.param_groups[0]["lr"]),
+            "episodes": float(len(episodes)),
+            "time/collect_s": collected - started,
+            "time/advantage_s": advantaged - collected,
+            "time/update_s": updated - advantaged,
+            "time/steps_per_s": rollout.numel() / elapsed,
+            "rollout/reward_mean": float(rollout["next", "reward"].mean()),
+        })
+        if episodes:
+            row["episode/return_mean"] = float(np.mean([r for r, _ in episodes]))
+            row["episode/length_mean"] = float(np.mean([n for _, n in episodes]))
+        if self.recent_returns:
+            row["episode/return_recent"] = float(np.mean(self.recent_returns))
+        if self.logger is not None:
+            for logger in self.loggers:
+                logger.log_metrics(row, step=self.frames)
+        self.last_row = row
+
+    # -- checkpoints: everything needed to continue bit for bit -----------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["klip"] = {
+            "frames": self.frames,
+            "recent_returns": list(self.recent_returns),
+            "return_history": list(self.return_history),
+            "rollouts": self.rollouts.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["klip"]
+        self.frames = state["frames"]
+        self.recent_returns.extend(state["recent_returns"])
+        self.return_history = list(state["return_history"])
+        self.rollouts.load_state_dict(state["rollouts"])
+        self._restored_rng = state["torch_rng"]
+
+    def on_train_start(self) -> None:
+        # Lightning restores the checkpoint before this hook; the RNG goes last so
+        # nothing in between can consume random numbers.
+        restored = getattr(self, "_restored_rng", None)
+        if restored is not None:
+            torch.set_rng_state(restored)
+
+    def policy_state(self) -> TensorDict:
+        return TensorDict.from_module(self.actor)

@@ -1,0 +1,23 @@
+"""Task name -> TorchRL environment (CleanRL / SB3 PPO MuJoCo protocol)."""
+
+from envs.tasks import (
+    KNOWN_TASKS,
+    action_bounds,
+    drain_episode_stats,
+    get_normalization_state,
+    make_env,
+    make_eval_env,
+    observation_and_action_dims,
+    set_normalization_state,
+)
+
+__all__ = [
+    "KNOWN_TASKS",
+    "action_bounds",
+    "drain_episode_stats",
+    "get_normalization_state",
+    "make_env",
+    "make_eval_env",
+    "observation_and_action_dims",
+    "set_normalization_state",
+]

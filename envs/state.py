@@ -1,0 +1,105 @@
+"""Mid-episode snapshots of an env from `make_env`, so a resumed run continues bit for bit.
+
+Neither gymnasium nor TorchRL can do this: pickling a gymnasium env rebuilds it
+from its constructor arguments (`EzPickle`), losing the simulator state. A
+snapshot here holds, per sub-env, the full MuJoCo integration state
+(`mj_getState`), the episode step counter of `TimeLimit`, the RNG, and plain
+array attributes of non-MuJoCo envs; plus the wrappers' episode accumulators
+and normalisation statistics.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.wrappers import TimeLimit
+from torchrl.envs import EnvBase
+
+from envs.tasks import _find, _gym_stack, get_normalization_state, set_normalization_state
+from envs.wrappers import EpisodeRecorder
+
+_PLAIN = (np.ndarray, float, int, bool, np.floating, np.integer, type(None))
+
+
+def _sub_envs(env: EnvBase) -> list[gym.Env]:
+    return list(_gym_stack(env).unwrapped.envs)
+
+
+def _time_limit(sub_env: gym.Env) -> TimeLimit | None:
+    while isinstance(sub_env, gym.Wrapper):
+        if isinstance(sub_env, TimeLimit):
+            return sub_env
+        sub_env = sub_env.env
+    return None
+
+
+def _simulator_state(base: gym.Env) -> dict[str, Any]:
+    try:
+        import mujoco
+        from gymnasium.envs.mujoco import MujocoEnv
+    except ImportError:  # mujoco is optional for classic-control tasks
+        MujocoEnv = ()
+    if isinstance(base, MujocoEnv):
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        state = np.empty(mujoco.mj_stateSize(base.model, spec), dtype=np.float64)
+        mujoco.mj_getState(base.model, base.data, state, spec)
+        return {"mujoco": state}
+    return {"attributes": {key: copy.deepcopy(value) for key, value in vars(base).items()
+                           if isinstance(value, _PLAIN)}}
+
+
+def _restore_simulator(base: gym.Env, state: dict[str, Any]) -> None:
+    if "mujoco" in state:
+        import mujoco
+
+        mujoco.mj_setState(base.model, base.data, np.asarray(state["mujoco"], dtype=np.float64),
+                           mujoco.mjtState.mjSTATE_INTEGRATION)
+        mujoco.mj_forward(base.model, base.data)
+    else:
+        for key, value in state["attributes"].items():
+            setattr(base, key, copy.deepcopy(value))
+
+
+def get_env_state(env: EnvBase) -> dict[str, Any]:
+    """Picklable snapshot of everything that decides the env's next transitions."""
+    sub_states = []
+    for sub_env in _sub_envs(env):
+        base = sub_env.unwrapped
+        time_limit = _time_limit(sub_env)
+        sub_states.append({
+            "simulator": _simulator_state(base),
+            "rng": copy.deepcopy(base.np_random.bit_generator.state),
+            "elapsed_steps": None if time_limit is None else time_limit._elapsed_steps,
+        })
+    recorder: EpisodeRecorder = _find(env, EpisodeRecorder)
+    return {
+        "sub_envs": sub_states,
+        "episode_returns": recorder.episode_returns.copy(),
+        "episode_lengths": recorder.episode_lengths.copy(),
+        "finished": list(recorder.finished),
+        "normalization": get_normalization_state(env),
+    }
+
+
+def set_env_state(env: EnvBase, state: dict[str, Any]) -> None:
+    """Restore a `get_env_state` snapshot into an env built with the same task and size."""
+    sub_envs = _sub_envs(env)
+    if len(sub_envs) != len(state["sub_envs"]):
+        raise ValueError(
+            f"env state holds {len(state['sub_envs'])} sub-envs, env has {len(sub_envs)}"
+        )
+    for sub_env, sub_state in zip(sub_envs, state["sub_envs"], strict=True):
+        base = sub_env.unwrapped
+        _restore_simulator(base, sub_state["simulator"])
+        base.np_random.bit_generator.state = copy.deepcopy(sub_state["rng"])
+        time_limit = _time_limit(sub_env)
+        if time_limit is not None:
+            time_limit._elapsed_steps = sub_state["elapsed_steps"]
+    recorder: EpisodeRecorder = _find(env, EpisodeRecorder)
+    recorder.episode_returns = np.array(state["episode_returns"], dtype=np.float64)
+    recorder.episode_lengths = np.array(state["episode_lengths"], dtype=np.int64)
+    recorder.finished = list(state["finished"])
+    set_normalization_state(env, state["normalization"])

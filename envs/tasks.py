@@ -1,0 +1,237 @@
+"""Task name -> TorchRL environment, following the CleanRL / SB3 PPO MuJoCo protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
+from gymnasium.wrappers.vector import TransformAction, TransformObservation, TransformReward
+from torchrl.envs import EnvBase, TransformedEnv
+
+from envs.torchrl_env import VecGymWrapper
+from envs.wrappers import DropInfo, EpisodeRecorder, ObservationNormalizer, ReturnScaler
+
+__all__ = [
+    "KNOWN_TASKS",
+    "action_bounds",
+    "drain_episode_stats",
+    "get_normalization_state",
+    "make_env",
+    "make_eval_env",
+    "observation_and_action_dims",
+    "set_normalization_state",
+]
+
+KNOWN_TASKS: tuple[str, ...] = (
+    *(
+        f"{name}-{version}"
+        for name in ("HalfCheetah", "Hopper", "Walker2d", "Ant", "Humanoid")
+        for version in ("v4", "v5")
+    ),
+    "Pendulum-v1",
+)
+
+OBS_CLIP = 10.0
+REWARD_CLIP = 10.0
+
+
+def _check_task(task: str) -> None:
+    if task not in KNOWN_TASKS:
+        raise ValueError(f"Unknown task {task!r}; known tasks: {', '.join(KNOWN_TASKS)}")
+
+
+def _sub_env_fn(task: str) -> Callable[[], gym.Env]:
+    def thunk() -> gym.Env:
+        # v4 MuJoCo tasks emit a deprecation warning per construction; they are wanted here.
+        return DropInfo(gym.make(task, disable_env_checker=True))
+
+    return thunk
+
+
+def _build_vector_env(
+    task: str,
+    num_envs: int,
+    *,
+    obs_norm: bool,
+    obs_update: bool,
+    reward_norm: bool,
+    gamma: float,
+) -> tuple[VectorEnv, np.ndarray, np.ndarray]:
+    """Build the gymnasium stack; returns it with the single-env action bounds."""
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    venv: VectorEnv = SyncVectorEnv(
+        [_sub_env_fn(task) for _ in range(num_envs)], autoreset_mode=AutoresetMode.DISABLED
+    )
+    # Raw episode statistics are recorded before any reward/observation processing.
+    venv = EpisodeRecorder(venv)
+    space = venv.single_action_space
+    if not isinstance(space, gym.spaces.Box):
+        raise TypeError(f"{task}: only Box action spaces are supported, got {space}")
+    low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+    # Clip at the env; the advertised space is unbounded (as gymnasium's ClipAction does) so that
+    # TorchRL never projects the policy's action, whose log-prob is what PPO stores.
+    venv = TransformAction(
+        venv,
+        lambda a: np.clip(a, low, high),
+        single_action_space=gym.spaces.Box(-np.inf, np.inf, space.shape, np.float32),
+    )
+    obs_shape = venv.single_observation_space.shape
+    if obs_norm:
+        venv = ObservationNormalizer(venv, update=obs_update)
+        venv = TransformObservation(
+            venv,
+            lambda o: np.clip(o, -OBS_CLIP, OBS_CLIP),
+            single_observation_space=gym.spaces.Box(-OBS_CLIP, OBS_CLIP, obs_shape, np.float32),
+        )
+    else:
+        # One dtype convention for policies (MuJoCo emits float64).
+        venv = TransformObservation(
+            venv,
+            lambda o: o.astype(np.float32),
+            single_observation_space=gym.spaces.Box(-np.inf, np.inf, obs_shape, np.float32),
+        )
+    if reward_norm:
+        venv = ReturnScaler(venv, gamma=gamma)
+        venv = TransformReward(venv, lambda r: np.clip(r, -REWARD_CLIP, REWARD_CLIP))
+    return venv, low, high
+
+
+def make_env(
+    task: str, *, num_envs: int = 1, seed: int = 0, gamma: float = 0.99, normalize: bool = True
+) -> EnvBase:
+    """Training env with ``batch_size == [num_envs]``; sub-env ``i`` is seeded ``seed + i``.
+
+    With ``normalize``: actions clipped at the env, observations normalised by shared running
+    statistics and clipped to +-10, rewards scaled by the running std of the discounted return
+    (``gamma``) and clipped to +-10. Actions are always clipped; observations are float32.
+    """
+    _check_task(task)
+    venv, low, high = _build_vector_env(
+        task, num_envs, obs_norm=normalize, obs_update=True, reward_norm=normalize, gamma=gamma
+    )
+    env = VecGymWrapper(venv, action_low=low, action_high=high)
+    env.set_seed(seed)
+    return env
+
+
+def make_eval_env(
+    task: str, *, seed: int, normalization_state: dict[str, Any] | None
+) -> EnvBase:
+    """Single-sub-env (batch ``[1]``) evaluation env with raw rewards and clipped actions.
+
+    Observations are normalised with ``normalization_state``'s statistics, frozen; with ``None``
+    (or an empty state, i.e. a policy trained without normalisation) they are left raw.
+    """
+    _check_task(task)
+    obs_norm = bool(normalization_state)
+    venv, low, high = _build_vector_env(
+        task, 1, obs_norm=obs_norm, obs_update=False, reward_norm=False, gamma=1.0
+    )
+    env = VecGymWrapper(venv, action_low=low, action_high=high)
+    if obs_norm:
+        _set_obs_state(_find(env, ObservationNormalizer), normalization_state)
+    env.set_seed(seed)
+    return env
+
+
+def _gym_stack(env: EnvBase) -> VectorEnv:
+    """The gymnasium vector stack under a (possibly transformed) env from this module."""
+    base = env.base_env if isinstance(env, TransformedEnv) else env
+    if not isinstance(base, VecGymWrapper):
+        raise TypeError(f"expected an env built by envs.make_env/make_eval_env, got {type(env)}")
+    return base._env
+
+
+def _find(env: EnvBase, cls: type) -> Any:
+    """Innermost-first search of the gymnasium wrapper chain for a ``cls`` instance (or None)."""
+    venv = _gym_stack(env)
+    while isinstance(venv, VectorWrapper):
+        if isinstance(venv, cls):
+            return venv
+        venv = venv.env
+    return None
+
+
+def drain_episode_stats(env: EnvBase) -> list[tuple[float, int]]:
+    """Raw ``(return, length)`` of the episodes finished since the last call, then forget them."""
+    return _find(env, EpisodeRecorder).drain()
+
+
+def observation_and_action_dims(env: EnvBase) -> tuple[int, int]:
+    """Flat observation and action sizes."""
+    obs_shape = env.observation_spec["observation"].shape
+    action_shape = env.action_spec.shape
+    return int(obs_shape[-1]), int(action_shape[-1])
+
+
+def action_bounds(env: EnvBase) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension ``(low, high)`` of the underlying action space (the spec is unbounded)."""
+    space = _gym_stack(env).unwrapped.single_action_space
+    return (
+        torch.as_tensor(space.low, dtype=torch.float32),
+        torch.as_tensor(space.high, dtype=torch.float32),
+    )
+
+
+def get_normalization_state(env: EnvBase) -> dict[str, Any]:
+    """Snapshot of the normalisation statistics ({} when the env does not normalise).
+
+    Arrays are returned as float64 tensors and scalars as floats so the dict loads with
+    ``torch.load(weights_only=True)`` (numpy arrays do not).
+    """
+    state: dict[str, Any] = {}
+    obs_norm: ObservationNormalizer | None = _find(env, ObservationNormalizer)
+    if obs_norm is not None:
+        rms = obs_norm.obs_rms
+        state["obs_mean"] = torch.tensor(rms.mean, dtype=torch.float64)
+        state["obs_var"] = torch.tensor(rms.var, dtype=torch.float64)
+        state["obs_count"] = float(rms.count)
+    ret_scale: ReturnScaler | None = _find(env, ReturnScaler)
+    if ret_scale is not None:
+        rms = ret_scale.return_rms
+        state["return_mean"] = float(rms.mean)
+        state["return_var"] = float(rms.var)
+        state["return_count"] = float(rms.count)
+        state["discounted_returns"] = torch.tensor(ret_scale.returns, dtype=torch.float64)
+    return state
+
+
+def _set_obs_state(obs_norm: ObservationNormalizer, state: dict[str, Any]) -> None:
+    rms = obs_norm.obs_rms
+    mean = np.asarray(state["obs_mean"], dtype=np.float64)
+    if mean.shape != rms.mean.shape:
+        raise ValueError(f"obs_mean shape {mean.shape} != observation shape {rms.mean.shape}")
+    rms.mean = mean.copy()
+    rms.var = np.asarray(state["obs_var"], dtype=np.float64).copy()
+    rms.count = float(state["obs_count"])
+
+
+def set_normalization_state(env: EnvBase, state: dict[str, Any]) -> None:
+    """Restore a :func:`get_normalization_state` snapshot exactly.
+
+    An env without reward normalisation (the eval env) takes only the observation part.
+    """
+    obs_norm: ObservationNormalizer | None = _find(env, ObservationNormalizer)
+    ret_scale: ReturnScaler | None = _find(env, ReturnScaler)
+    if (obs_norm is not None) != ("obs_mean" in state):
+        raise ValueError("normalisation state and env disagree on observation normalisation")
+    if obs_norm is not None:
+        _set_obs_state(obs_norm, state)
+    if ret_scale is not None:
+        if "return_var" not in state:
+            raise ValueError("env normalises rewards but the state has no return statistics")
+        returns = np.asarray(state["discounted_returns"], dtype=np.float64)
+        if returns.shape != ret_scale.returns.shape:
+            raise ValueError(
+                f"state has {returns.shape[0]} discounted returns, env has {ret_scale.num_envs}"
+            )
+        rms = ret_scale.return_rms
+        rms.mean = np.float64(state["return_mean"])
+        rms.var = np.float64(state["return_var"])
+        rms.count = float(state["return_count"])
+        ret_scale.returns = returns.copy()

@@ -1,0 +1,72 @@
+"""TorchRL ``GymWrapper`` with a lean per-step path for our gymnasium vector stack."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+from tensordict import TensorDict, TensorDictBase
+from torchrl.envs import GymWrapper
+
+__all__ = ["VecGymWrapper"]
+
+
+class VecGymWrapper(GymWrapper):
+    """``GymWrapper`` over a ``SyncVectorEnv(autoreset_mode=DISABLED)`` with Box spaces.
+
+    ``GymLikeEnv._step`` spends more time than a MuJoCo step on generic spec encoding, done
+    reshaping and validation; our stack always returns float32 observations, float rewards and
+    bool done flags of shape ``[num_envs]``, so ``_step`` builds the output TensorDict directly
+    (zero-copy ``torch.from_numpy``), already shaped like the specs. Resets keep the stock path.
+    """
+
+    def __init__(
+        self,
+        env: object,
+        *,
+        action_low: np.ndarray,
+        action_high: np.ndarray,
+        device: torch.device | str | None = None,
+        **kwargs: object,
+    ) -> None:
+        # TorchRL reads ``autoreset_mode`` off the outermost gymnasium object (to pass partial
+        # resets as ``options["reset_mask"]``), but vector wrappers do not forward attributes.
+        env.autoreset_mode = env.unwrapped.autoreset_mode
+        if env.autoreset_mode is not AutoresetMode.DISABLED:
+            raise ValueError("VecGymWrapper requires AutoresetMode.DISABLED")
+        # ``kwargs`` carries flags injected by GymWrapper's metaclass.
+        super().__init__(env, device=device, **kwargs)
+        self._action_low = torch.as_tensor(action_low, dtype=torch.float32)
+        self._action_range = torch.as_tensor(action_high, dtype=torch.float32) - self._action_low
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict.get("action").detach().cpu().numpy()
+        obs, reward, terminated, truncated, _ = self._env.step(action)
+        terminated_t = torch.from_numpy(terminated).unsqueeze(-1)
+        truncated_t = torch.from_numpy(truncated).unsqueeze(-1)
+        out = {
+            "observation": torch.from_numpy(obs),
+            "reward": torch.from_numpy(reward.astype(np.float32)).unsqueeze(-1),
+            "terminated": terminated_t,
+            "truncated": truncated_t,
+            "done": terminated_t | truncated_t,
+        }
+        return TensorDict._new_unsafe(out, batch_size=self.batch_size, device=self.device)
+
+    def _step_proc_data(self, next_tensordict_out: TensorDictBase) -> TensorDictBase:
+        # EnvBase reshapes rewards and completes missing done keys here; ``_step`` already
+        # emits every key in its spec shape, so this would only re-check them each step.
+        return next_tensordict_out
+
+    def rand_action(self, tensordict: TensorDictBase | None = None) -> TensorDictBase:
+        """Uniform random action within the true action bounds.
+
+        The action spec is unbounded (clipping happens inside the env), and the stock
+        ``Composite.rand`` goes through ``TensorDict.from_dict``, which is slow per step.
+        """
+        shape = (*self.batch_size, *self._action_low.shape)
+        action = self._action_low + self._action_range * torch.rand(shape)
+        if tensordict is None:
+            return TensorDict({"action": action}, batch_size=self.batch_size, device=self.device)
+        tensordict.set("action", action)
+        return tensordict

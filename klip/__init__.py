@@ -1,0 +1,1 @@
+"""Command-line entrance of klip; the logic lives in shapes, algos, envs, studies."""

@@ -1,0 +1,3 @@
+from klip.cli import main
+
+raise SystemExit(main())

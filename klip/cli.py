@@ -1,0 +1,150 @@
+"""`klip` command line: a thin layer over `algos` and `shapes` (no logic of its own)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import traceback
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, defaulting to 'not given' so YAML values survive."""
+    from algos.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in ("shape_params",):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        hint = hints[field.name]
+        kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
+                                  "help": f"(default: {field.default})"}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif hint is int:
+            kwargs["type"] = int
+        elif hint is float:
+            kwargs["type"] = float
+        elif field.name == "value_clip":
+            kwargs["type"] = lambda text: None if text.lower() in ("none", "null") else float(text)
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument("--shape-param", dest="shape_param_list", action="append", default=[],
+                        metavar="NAME=VALUE", help="a shape parameter; repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="klip", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train one shape on one task")
+    train.add_argument("--config", type=Path, help="YAML file of options; flags override it")
+    train.add_argument("--out", type=Path, help="output directory (default runs/<task>-<shape>-s<seed>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--debug", action="store_true", help="show tracebacks")
+    _config_arguments(train)
+
+    shapes_parser = commands.add_parser("shapes", help="list, show and plot coefficient shapes")
+    shapes_parser.add_argument("--plugin", type=Path, action="append", default=[],
+                               help="a .py file registering shapes")
+    shape_commands = shapes_parser.add_subparsers(dest="shapes_command", required=True)
+    shape_commands.add_parser("list", help="registered shape names")
+    show = shape_commands.add_parser("show", help="a shape's parameters and search space")
+    show.add_argument("name")
+    plot = shape_commands.add_parser("plot", help="gate and effective advantage against the ratio")
+    plot.add_argument("names", nargs="+", help="NAME or NAME:key=value,key=value or FILE.json")
+    plot.add_argument("--out", type=Path, default=Path("shapes.png"))
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from algos.config import TrainConfig, load_config_file
+    from algos.train import train
+    from shapes import parse_param_assignments
+
+    options: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    given = {field.name for field in dataclasses.fields(TrainConfig)} & set(vars(args))
+    options.update({name: getattr(args, name) for name in given})
+    if args.shape_param_list:
+        options["shape_params"] = {**options.get("shape_params", {}),
+                                   **parse_param_assignments(args.shape_param_list)}
+    config = TrainConfig.from_dict(options).validate()
+    out = args.out or Path("runs") / f"{config.task}-{config.loss}-{config.shape}-s{config.seed}"
+    result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    print(f"final return (mean over last 10% of training): {result.final_return:.1f}")
+    if result.eval is not None:
+        print(f"deterministic evaluation: {result.eval['return_mean']:.1f} "
+              f"+- {result.eval['return_std']:.1f} over {result.eval['episodes']} episodes")
+    print(f"wall time: {result.wall_seconds:.0f} s for {result.frames} steps")
+    print(f"outputs in {result.out}/ (metrics.csv, eval.json, checkpoints/, tensorboard/)")
+    print(f"learning curve: {result.plot}")
+    return 0
+
+
+def _parse_shape_spec(spec: str) -> Any:
+    from shapes import load_shape, make_shape, parse_param_assignments
+
+    if spec.endswith(".json"):
+        return load_shape(spec)
+    name, _, params = spec.partition(":")
+    assignments = [item for item in params.split(",") if item]
+    return make_shape(name, **parse_param_assignments(assignments))
+
+
+def _shapes(args: argparse.Namespace) -> int:
+    from shapes import available_shapes, get_shape_class, load_shapes_from_file
+
+    for plugin in args.plugin:
+        load_shapes_from_file(plugin)
+    if args.shapes_command == "list":
+        for name in available_shapes():
+            cls = get_shape_class(name)
+            summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            print(f"{name:14s} {summary}")
+    elif args.shapes_command == "show":
+        cls = get_shape_class(args.name)
+        print(f"{args.name}: {cls.__module__}.{cls.__qualname__}")
+        print((cls.__doc__ or "").strip())
+        for key, spec in cls.params.items():
+            search = f"search {spec.search}{' log' if spec.log else ''}" if spec.search else ""
+            print(f"  {key} = {spec.default:g}  valid {spec.describe_range()}  {search}  {spec.help}")
+        print(json.dumps(cls().to_dict()))
+    else:
+        from algos.plots import plot_shapes
+
+        path = plot_shapes([_parse_shape_spec(spec) for spec in args.names], args.out)
+        print(f"plot written to {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or "--debug" in argv
+    try:
+        if args.command == "train":
+            return _train(args)
+        return _shapes(args)
+    except KeyboardInterrupt:
+        print("klip: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, OSError, RuntimeError) as error:
+        if debug:
+            traceback.print_exc()
+        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        print(f"klip: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

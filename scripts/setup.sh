@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create or update .venv in the repository root with klip and its test/bench extras.
+# torch is pinned to the local CPU wheel through a constraints file: an open range
+# would make pip fetch a multi-GB CUDA build instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+TORCH_PIN="torch==${KLIP_TORCH_VERSION:-2.13.0}"
+constraints=$(mktemp)
+log=$(mktemp)
+trap 'rm -f "$constraints" "$log"' EXIT
+echo "$TORCH_PIN" > "$constraints"
+pip_install() {
+  if ! .venv/bin/python -m pip install --quiet --disable-pip-version-check -c "$constraints" "$@" \
+      >"$log" 2>&1; then
+    grep -v "is ignored" "$log" >&2
+    echo "setup: pip install $* failed" >&2
+    exit 1
+  fi
+}
+pip_install "$TORCH_PIN"
+pip_install -e ".[test,bench,postgres]"
+.venv/bin/python -c "import torch, torchrl, lightning, optuna, gymnasium, mujoco"

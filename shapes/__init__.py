@@ -1,0 +1,42 @@
+"""Coefficient shapes: the gate `g(w, A)` that defines a PPO variant.
+
+    from shapes import CoefficientShape, register_shape, make_shape, available_shapes
+"""
+
+from shapes.base import CoefficientShape, Param, signed_distance_past_boundary
+from shapes.builtin import LearnedShape, LinearRampShape, NoGateShape, SigmoidShape, StepShape
+from shapes.registry import (
+    ENTRY_POINT_GROUP,
+    UnknownShapeError,
+    available_shapes,
+    get_shape_class,
+    load_shape,
+    load_shapes_from_file,
+    make_shape,
+    parse_param_assignments,
+    register_shape,
+    save_shape,
+    shape_from_dict,
+)
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "CoefficientShape",
+    "LearnedShape",
+    "LinearRampShape",
+    "NoGateShape",
+    "Param",
+    "SigmoidShape",
+    "StepShape",
+    "UnknownShapeError",
+    "available_shapes",
+    "get_shape_class",
+    "load_shape",
+    "load_shapes_from_file",
+    "make_shape",
+    "parse_param_assignments",
+    "register_shape",
+    "save_shape",
+    "shape_from_dict",
+    "signed_distance_past_boundary",
+]

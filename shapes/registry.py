@@ -1,0 +1,196 @@
+"""Where shapes are found: decorator, entry points, user files, JSON shape files."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import math
+import sys
+import warnings
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from shapes.base import SHAPE_FILE_FORMAT, CoefficientShape
+
+ENTRY_POINT_GROUP = "klip.shapes"
+
+_REGISTRY: dict[str, type[CoefficientShape]] = {}
+_entry_points_loaded = False
+
+ShapeClass = TypeVar("ShapeClass", bound=type[CoefficientShape])
+
+
+class UnknownShapeError(KeyError, ValueError):
+    """Raised for a shape name nobody registered; the message lists the known names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def register_shape(name: str, *, override: bool = False) -> Callable[[ShapeClass], ShapeClass]:
+    """Class decorator: `@register_shape("my_gate")` makes `make_shape("my_gate")` work.
+
+    Re-registering an existing name is refused unless `override=True`, so a
+    plugin cannot silently replace `step` (and with it, PPO-Clip).
+    """
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"shape name {name!r} must be non-empty letters, digits, '_' or '-'")
+
+    def decorator(cls: ShapeClass) -> ShapeClass:
+        if not (inspect.isclass(cls) and issubclass(cls, CoefficientShape)):
+            raise TypeError(f"@register_shape({name!r}) needs a CoefficientShape subclass")
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing is not cls and not override:
+            raise ValueError(
+                f"shape {name!r} is already registered (by {existing.__module__}."
+                f"{existing.__qualname__}); pass override=True to replace it"
+            )
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def _load_entry_points() -> None:
+    """Import shapes that pip-installed packages declare in the `klip.shapes` group.
+
+    A broken plugin warns instead of breaking every command.
+    """
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = entry.load()
+        except Exception as error:  # a third-party import can fail in any way
+            warnings.warn(f"klip: could not load shape plugin {entry.value!r}: {error}", stacklevel=2)
+            continue
+        is_shape = inspect.isclass(loaded) and issubclass(loaded, CoefficientShape)
+        if is_shape and loaded not in _REGISTRY.values():
+            register_shape(entry.name)(loaded)
+
+
+def available_shapes() -> list[str]:
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def get_shape_class(name: str) -> type[CoefficientShape]:
+    _load_entry_points()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise UnknownShapeError(
+            f"unknown shape {name!r}; registered shapes: {known} "
+            f"(a shape from your own file needs --shape-plugin FILE.py)"
+        ) from None
+
+
+def make_shape(name: str, **params: float) -> CoefficientShape:
+    return get_shape_class(name)(**params)
+
+
+def load_shapes_from_file(path: str | Path) -> list[str]:
+    """Import a user's `.py` file; the shapes it registers become available by name.
+
+    Returns the names the file added. This runs the user's own code, on purpose;
+    shape JSON files, by contrast, never execute anything.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"shape plugin file not found: {path}")
+    if path.suffix != ".py":
+        raise ValueError(f"shape plugin must be a .py file, got {path}")
+    module_name = f"klip_user_shapes_{abs(hash(path.resolve()))}"
+    before = set(_REGISTRY)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return sorted(set(_REGISTRY) - before)
+
+
+def shape_from_dict(data: dict[str, Any]) -> CoefficientShape:
+    """Rebuild a shape from `CoefficientShape.to_dict()` output (plain data only)."""
+    if not isinstance(data, dict) or "name" not in data:
+        raise ValueError("not a klip shape description: expected an object with a 'name' field")
+    version = data.get("klip_shape_format", SHAPE_FILE_FORMAT)
+    if version != SHAPE_FILE_FORMAT:
+        raise ValueError(f"unsupported shape file format {version!r} (expected {SHAPE_FILE_FORMAT})")
+    params = data.get("params", {})
+    if not isinstance(params, dict):
+        raise ValueError("shape 'params' must be an object of name -> number")
+    shape = make_shape(str(data["name"]), **params)
+    state = data.get("state", {})
+    if not isinstance(state, dict):
+        raise ValueError("shape 'state' must be an object of name -> list of numbers")
+    if state:
+        current = shape.state_dict()
+        missing = sorted(set(current) - set(state))
+        unexpected = sorted(set(state) - set(current))
+        if missing or unexpected:
+            raise ValueError(
+                f"shape {shape.display_name()!r} state mismatch: missing {missing}, "
+                f"unexpected {unexpected}"
+            )
+        tensors = {}
+        for key, value in state.items():
+            try:
+                tensor = torch.tensor(value, dtype=current[key].dtype)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"shape state {key!r} is not numeric: {error}") from None
+            if tensor.shape != current[key].shape:
+                raise ValueError(
+                    f"shape state {key!r} has shape {list(tensor.shape)}, "
+                    f"expected {list(current[key].shape)}"
+                )
+            tensors[key] = tensor
+        shape.load_state_dict(tensors)
+    return shape
+
+
+def save_shape(shape: CoefficientShape, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(shape.to_dict(), indent=2) + "\n")
+    return path
+
+
+def load_shape(path: str | Path) -> CoefficientShape:
+    """Load a shape JSON file. Only `json.loads` touches the content: no code runs."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"shape file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"shape file {path} is not valid JSON: {error}") from None
+    try:
+        return shape_from_dict(data)
+    except ValueError as error:
+        raise ValueError(f"shape file {path}: {error}") from None
+
+
+def parse_param_assignments(assignments: list[str]) -> dict[str, float]:
+    """`["tau=0.05", "eps=0.2"]` -> `{"tau": 0.05, "eps": 0.2}` with a clear error otherwise."""
+    params: dict[str, float] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"shape parameter {item!r} must look like NAME=VALUE")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"shape parameter {key!r}: {raw!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"shape parameter {key!r}: {raw!r} is not finite")
+        params[key.strip()] = value
+    return params
