@@ -3,4 +3,11 @@
 from algos.loss import KLIP_DIAGNOSTICS, KLipPPOLoss, ScalarKLPPOLoss, klip_objective
 from algos.networks import make_actor, make_critic
 
-__all__ = ["KLIP_DIAGNOSTICS", "KLipPPOLoss", "ScalarKLPPOLoss", "klip_objective", "make_actor", "make_critic"]
+__all__ = [
+    "KLIP_DIAGNOSTICS",
+    "KLipPPOLoss",
+    "ScalarKLPPOLoss",
+    "klip_objective",
+    "make_actor",
+    "make_critic",
+]

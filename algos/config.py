@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import yaml
 
+from envs import KNOWN_TASKS
+
 LossName = Literal["klip", "clip", "kl_fixed", "kl_adaptive"]
 LOSSES: tuple[str, ...] = ("klip", "clip", "kl_fixed", "kl_adaptive")
 COLLECTORS: tuple[str, ...] = ("torchrl", "fast")
@@ -72,6 +74,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.eval_episodes < 0:
             raise ConfigError(f"eval_episodes must be >= 0, got {self.eval_episodes}")
+        if self.task not in KNOWN_TASKS:
+            raise ConfigError(f"unknown task {self.task!r}; known tasks: {', '.join(KNOWN_TASKS)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.collector not in COLLECTORS:

@@ -80,6 +80,9 @@ class PPOModule(L.LightningModule):
         self.frames = 0
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.return_history: list[tuple[int, float]] = []
+        # The iteration draws from its own RNG stream (actions, shuffles), saved in
+        # checkpoints, so whatever Lightning draws between iterations cannot shift it.
+        self._rng_state = torch.get_rng_state()
         self._update = self._update_minibatch
         if cfg.compile:
             self._update = torch.compile(self._update_minibatch, dynamic=False)
@@ -106,6 +109,7 @@ class PPOModule(L.LightningModule):
         optimizer = self.optimizers().optimizer  # the raw torch optimiser: no per-step wrapper
         scheduler = self.lr_schedulers()
         started = time.perf_counter()
+        torch.set_rng_state(self._rng_state)
 
         rollout = self.rollouts.collect()
         collected = time.perf_counter()
@@ -123,11 +127,15 @@ class PPOModule(L.LightningModule):
                 minibatch = shuffled[start : start + cfg.minibatch_size]
                 metrics.append(self._update(minibatch, optimizer, parameters))
         scheduler.step()
+        self._rng_state = torch.get_rng_state()
         updated = time.perf_counter()
 
         self.frames += data.shape[0]
         summary = self._summarise(metrics)
-        self.loss_module.update_after_rollout(summary)
+        # TorchRL's own losses have no per-rollout hook; ours (and their shapes) may.
+        update_after_rollout = getattr(self.loss_module, "update_after_rollout", None)
+        if update_after_rollout is not None:
+            update_after_rollout(summary)
         self._log_iteration(summary, rollout, started, collected, advantaged, updated)
 
     def _update_minibatch(
@@ -199,7 +207,7 @@ class PPOModule(L.LightningModule):
             "recent_returns": list(self.recent_returns),
             "return_history": list(self.return_history),
             "rollouts": self.rollouts.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": self._rng_state,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -208,14 +216,7 @@ class PPOModule(L.LightningModule):
         self.recent_returns.extend(state["recent_returns"])
         self.return_history = list(state["return_history"])
         self.rollouts.load_state_dict(state["rollouts"])
-        self._restored_rng = state["torch_rng"]
-
-    def on_train_start(self) -> None:
-        # Lightning restores the checkpoint before this hook; the RNG goes last so
-        # nothing in between can consume random numbers.
-        restored = getattr(self, "_restored_rng", None)
-        if restored is not None:
-            torch.set_rng_state(restored)
+        self._rng_state = state["torch_rng"]
 
     def policy_state(self) -> TensorDict:
         return TensorDict.from_module(self.actor)

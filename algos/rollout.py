@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, ExplorationType
 
@@ -48,11 +48,11 @@ class TorchRLRollouts:
     def state_dict(self) -> dict[str, Any]:
         # The collector's carrier holds the current observation between rollouts;
         # TorchRL's own state_dict leaves it out, so it is saved here.
-        return {"env": get_env_state(self.env), "carrier": self.collector._carrier.clone()}
+        return {"env": get_env_state(self.env), "carrier": self.collector._carrier.to_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         set_env_state(self.env, state["env"])
-        self.collector._carrier.update(state["carrier"])
+        self.collector._carrier.update(TensorDict(state["carrier"], self.env.batch_size))
 
 
 def make_rollouts(kind: str, env: EnvBase, actor: Any, frames_per_env: int) -> Rollouts:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 import tempfile
 import time
 from dataclasses import dataclass
@@ -84,7 +86,7 @@ def prepare_output(out: Path, config: TrainConfig, resume: bool) -> Path | None:
 
 def load_checkpoint_frames(path: Path) -> int:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         return int(state["klip"]["frames"])
     except Exception as error:  # torch.load raises many types on a damaged file
         raise RunError(f"checkpoint {path} is unreadable ({type(error).__name__}); "
@@ -106,6 +108,9 @@ def train(
     (out / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     torch.set_num_threads(1)
+    # Lightning's start-up banners and tips say nothing about this run.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     L.seed_everything(config.seed, verbose=False)
     module = PPOModule(config.to_dict())
     max_epochs = config.iterations
@@ -134,7 +139,7 @@ def train(
         deterministic=False,
     )
     started = time.perf_counter()
-    trainer.fit(module, ckpt_path=str(checkpoint) if checkpoint else None)
+    trainer.fit(module, ckpt_path=str(checkpoint) if checkpoint else None, weights_only=True)
     wall = time.perf_counter() - started
     trainer.save_checkpoint(out / CHECKPOINT_DIR / LAST_CHECKPOINT)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.wrappers import TimeLimit
 from torchrl.envs import EnvBase
 
@@ -22,6 +23,23 @@ from envs.tasks import _find, _gym_stack, get_normalization_state, set_normaliza
 from envs.wrappers import EpisodeRecorder
 
 _PLAIN = (np.ndarray, float, int, bool, np.floating, np.integer, type(None))
+
+
+def _to_checkpoint(value: Any) -> Any:
+    """numpy -> torch/python, so snapshots load with `torch.load(weights_only=True)`."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: _to_checkpoint(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_checkpoint(item) for item in value)
+    return value
+
+
+def _from_checkpoint(value: Any) -> Any:
+    return value.numpy().copy() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
 
 
 def _sub_envs(env: EnvBase) -> list[gym.Env]:
@@ -55,12 +73,12 @@ def _restore_simulator(base: gym.Env, state: dict[str, Any]) -> None:
     if "mujoco" in state:
         import mujoco
 
-        mujoco.mj_setState(base.model, base.data, np.asarray(state["mujoco"], dtype=np.float64),
+        mujoco.mj_setState(base.model, base.data, _from_checkpoint(state["mujoco"]),
                            mujoco.mjtState.mjSTATE_INTEGRATION)
         mujoco.mj_forward(base.model, base.data)
     else:
         for key, value in state["attributes"].items():
-            setattr(base, key, copy.deepcopy(value))
+            setattr(base, key, _from_checkpoint(value))
 
 
 def get_env_state(env: EnvBase) -> dict[str, Any]:
@@ -75,13 +93,13 @@ def get_env_state(env: EnvBase) -> dict[str, Any]:
             "elapsed_steps": None if time_limit is None else time_limit._elapsed_steps,
         })
     recorder: EpisodeRecorder = _find(env, EpisodeRecorder)
-    return {
+    return _to_checkpoint({
         "sub_envs": sub_states,
         "episode_returns": recorder.episode_returns.copy(),
         "episode_lengths": recorder.episode_lengths.copy(),
         "finished": list(recorder.finished),
         "normalization": get_normalization_state(env),
-    }
+    })
 
 
 def set_env_state(env: EnvBase, state: dict[str, Any]) -> None:
@@ -99,7 +117,7 @@ def set_env_state(env: EnvBase, state: dict[str, Any]) -> None:
         if time_limit is not None:
             time_limit._elapsed_steps = sub_state["elapsed_steps"]
     recorder: EpisodeRecorder = _find(env, EpisodeRecorder)
-    recorder.episode_returns = np.array(state["episode_returns"], dtype=np.float64)
-    recorder.episode_lengths = np.array(state["episode_lengths"], dtype=np.int64)
+    recorder.episode_returns = _from_checkpoint(state["episode_returns"]).astype(np.float64)
+    recorder.episode_lengths = _from_checkpoint(state["episode_lengths"]).astype(np.int64)
     recorder.finished = list(state["finished"])
     set_normalization_state(env, state["normalization"])

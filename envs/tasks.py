@@ -119,9 +119,7 @@ def make_env(
     return env
 
 
-def make_eval_env(
-    task: str, *, seed: int, normalization_state: dict[str, Any] | None
-) -> EnvBase:
+def make_eval_env(task: str, *, seed: int, normalization_state: dict[str, Any] | None) -> EnvBase:
     """Single-sub-env (batch ``[1]``) evaluation env with raw rewards and clipped actions.
 
     Observations are normalised with ``normalization_state``'s statistics, frozen; with ``None``

@@ -39,17 +39,25 @@ class VecGymWrapper(GymWrapper):
         self._action_low = torch.as_tensor(action_low, dtype=torch.float32)
         self._action_range = torch.as_tensor(action_high, dtype=torch.float32) - self._action_low
 
+    def _replace_reset(self, reset: torch.Tensor | None, kwargs: dict) -> dict:
+        # The stock version calls ``reset.view`` unconditionally, so ``env.reset(td)`` with a
+        # tensordict lacking ``"_reset"`` (a full reset) raised AttributeError.
+        if reset is None:
+            return kwargs
+        return super()._replace_reset(reset, kwargs)
+
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict.get("action").detach().cpu().numpy()
         obs, reward, terminated, truncated, _ = self._env.step(action)
-        terminated_t = torch.from_numpy(terminated).unsqueeze(-1)
-        truncated_t = torch.from_numpy(truncated).unsqueeze(-1)
+        # Reshape on the numpy side (cheaper than torch views) to the specs' [num_envs, 1].
+        terminated = terminated[:, None]
+        truncated = truncated[:, None]
         out = {
             "observation": torch.from_numpy(obs),
-            "reward": torch.from_numpy(reward.astype(np.float32)).unsqueeze(-1),
-            "terminated": terminated_t,
-            "truncated": truncated_t,
-            "done": terminated_t | truncated_t,
+            "reward": torch.from_numpy(reward.astype(np.float32)[:, None]),
+            "terminated": torch.from_numpy(terminated),
+            "truncated": torch.from_numpy(truncated),
+            "done": torch.from_numpy(terminated | truncated),
         }
         return TensorDict._new_unsafe(out, batch_size=self.batch_size, device=self.device)
 

@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "klip.shapes"
 
 _REGISTRY: dict[str, type[CoefficientShape]] = {}
 _entry_points_loaded = False
+_LOADED_FILES: dict[Path, list[str]] = {}
 
 ShapeClass = TypeVar("ShapeClass", bound=type[CoefficientShape])
 
@@ -109,14 +110,18 @@ def load_shapes_from_file(path: str | Path) -> list[str]:
         raise FileNotFoundError(f"shape plugin file not found: {path}")
     if path.suffix != ".py":
         raise ValueError(f"shape plugin must be a .py file, got {path}")
-    module_name = f"klip_user_shapes_{abs(hash(path.resolve()))}"
+    resolved = path.resolve()
+    if resolved in _LOADED_FILES:  # importing twice would re-register new class objects
+        return _LOADED_FILES[resolved]
+    module_name = f"klip_user_shapes_{abs(hash(resolved))}"
     before = set(_REGISTRY)
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
-    return sorted(set(_REGISTRY) - before)
+    _LOADED_FILES[resolved] = sorted(set(_REGISTRY) - before)
+    return _LOADED_FILES[resolved]
 
 
 def shape_from_dict(data: dict[str, Any]) -> CoefficientShape:

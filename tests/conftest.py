@@ -61,7 +61,10 @@ def clean_registry():
 
     saved = dict(registry._REGISTRY)
     saved_flag = registry._entry_points_loaded
+    saved_files = dict(registry._LOADED_FILES)
     yield registry
+    registry._LOADED_FILES.clear()
+    registry._LOADED_FILES.update(saved_files)
     registry._REGISTRY.clear()
     registry._REGISTRY.update(saved)
     registry._entry_points_loaded = saved_flag

@@ -1,0 +1,241 @@
+"""Tests of the task -> TorchRL environment layer (`envs`)."""
+
+from __future__ import annotations
+
+import io
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDictBase
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase
+
+from envs import (
+    KNOWN_TASKS,
+    action_bounds,
+    drain_episode_stats,
+    get_normalization_state,
+    make_env,
+    make_eval_env,
+    observation_and_action_dims,
+    set_normalization_state,
+)
+
+torch.set_num_threads(1)
+
+PENDULUM = "Pendulum-v1"
+PENDULUM_LIMIT = 200  # TimeLimit of Pendulum-v1
+
+
+class Replay:
+    """Policy that plays a fixed action sequence, one ``[num_envs, act_dim]`` slice per step."""
+
+    def __init__(self, actions: torch.Tensor) -> None:
+        self.actions = actions
+        self.t = 0
+
+    def __call__(self, td: TensorDictBase) -> TensorDictBase:
+        td.set("action", self.actions[self.t].clone())
+        self.t += 1
+        return td
+
+
+def random_actions(steps: int, num_envs: int, dim: int, seed: int, scale: float = 2.5):
+    generator = torch.Generator().manual_seed(seed)
+    return scale * (2 * torch.rand(steps, num_envs, dim, generator=generator) - 1)
+
+
+def play(env: EnvBase, actions: torch.Tensor) -> TensorDictBase:
+    """``env.rollout`` of the given actions without stopping at episode ends: ``[num_envs, T]``."""
+    return env.rollout(actions.shape[0], Replay(actions), break_when_any_done=False)
+
+
+def test_unknown_task_lists_known_tasks() -> None:
+    with pytest.raises(ValueError) as info:
+        make_env("CartPole-v1")
+    for task in KNOWN_TASKS:
+        assert task in str(info.value)
+    assert len(KNOWN_TASKS) == 11
+    assert {"Hopper-v4", "Hopper-v5", "Humanoid-v5", PENDULUM} <= set(KNOWN_TASKS)
+
+
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_batch_size_and_specs(num_envs: int) -> None:
+    env = make_env(PENDULUM, num_envs=num_envs, seed=0)
+    assert env.batch_size == torch.Size([num_envs])
+    assert observation_and_action_dims(env) == (3, 1)
+    low, high = action_bounds(env)
+    assert low.tolist() == [-2.0] and high.tolist() == [2.0]
+    td = env.rollout(5, break_when_any_done=False)
+    assert td.batch_size == torch.Size([num_envs, 5])
+    assert td["next", "observation"].dtype == torch.float32
+    assert td["next", "reward"].shape == (num_envs, 5, 1)
+    for key in ("done", "terminated", "truncated"):
+        assert td["next", key].shape == (num_envs, 5, 1)
+        assert td["next", key].dtype == torch.bool
+    assert td["next", "observation"].abs().max() <= 10.0
+
+
+def test_truncation_final_observation_and_reset_match_gymnasium() -> None:
+    """Pendulum truncates at step 200: true final obs, then a fresh episode, as in gymnasium."""
+    steps = PENDULUM_LIMIT + 5
+    actions = random_actions(steps, 1, 1, seed=1)
+    td = play(make_env(PENDULUM, num_envs=1, seed=4, normalize=False), actions)[0]
+
+    end = PENDULUM_LIMIT - 1
+    assert td["next", "truncated"][end].item() and not td["next", "terminated"][end].item()
+    assert td["next", "done"][end].item()
+    done = td["next", "done"].squeeze(-1)
+    assert done.sum().item() == 1 and not td["next", "terminated"].any()
+
+    # make_env's seeding reset plus rollout's own reset: the first episode is the second draw.
+    ref = gym.make(PENDULUM)
+    ref.reset(seed=4)
+    obs, _ = ref.reset()
+    for t in range(steps):
+        if t == PENDULUM_LIMIT:
+            obs, _ = ref.reset()
+        np.testing.assert_array_equal(td["observation"][t].numpy(), obs)
+        obs, reward, terminated, truncated, _ = ref.step(actions[t, 0].numpy())
+        np.testing.assert_array_equal(td["next", "observation"][t].numpy(), obs)
+        assert td["next", "reward"][t].item() == pytest.approx(reward, rel=1e-6)
+        assert td["next", "truncated"][t].item() == truncated
+        assert td["next", "terminated"][t].item() == terminated
+    # The final observation is the episode's last state, not the next episode's first one.
+    assert not torch.equal(td["next", "observation"][end], td["observation"][end + 1])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("use_collector", [False, True])
+def test_no_junk_transitions_after_episode_end(use_collector: bool) -> None:
+    """Hopper with random actions terminates often; every post-reset step must be real."""
+    num_envs, steps = 2, 300
+    env = make_env("Hopper-v4", num_envs=num_envs, seed=0, normalize=False)
+    if use_collector:
+        collector = Collector(env, env.rand_action, frames_per_batch=num_envs * steps)
+        td = next(iter(collector))
+        collector.shutdown()
+    else:
+        td = env.rollout(steps, break_when_any_done=False)
+    assert td.batch_size == torch.Size([num_envs, steps])
+    done = td["next", "done"].squeeze(-1)
+    ends = [(i, t) for i, t in done.nonzero().tolist() if t + 1 < steps]
+    assert len(ends) >= 4, "random Hopper should fall several times in 300 steps"
+    assert torch.equal(td["next", "terminated"], td["next", "done"])  # falls, no time-outs
+    for i, t in ends:
+        final, fresh = td["next", "observation"][i, t], td["observation"][i, t + 1]
+        assert final.abs().sum() > 0 and not torch.equal(final, fresh)
+        assert abs(fresh[0].item() - 1.25) < 0.01  # torso height of Hopper's reset pose
+        reward = td["next", "reward"][i, t + 1].item()
+        assert 0.0 < reward < 3.0  # healthy bonus 1 +- forward/control terms
+        assert td["next", "observation"][i, t + 1].abs().sum() > 0
+    # Between episode ends the trajectory is continuous.
+    cont = ~done[:, :-1]
+    assert torch.equal(td["next", "observation"][:, :-1][cont], td["observation"][:, 1:][cont])
+
+
+def test_actions_are_clipped_in_env_but_stored_unclipped() -> None:
+    big = torch.full((20, 1, 1), 7.5)
+    env_big = make_env(PENDULUM, seed=3, normalize=False)
+    env_max = make_env(PENDULUM, seed=3, normalize=False)
+    td_big, td_max = play(env_big, big), play(env_max, torch.full_like(big, 2.0))
+    assert torch.equal(td_big["action"], big.transpose(0, 1))
+    assert torch.equal(td_big["next", "observation"], td_max["next", "observation"])
+    assert torch.equal(td_big["next", "reward"], td_max["next", "reward"])
+
+
+def test_seeding_is_deterministic_and_per_sub_env() -> None:
+    actions = random_actions(60, 2, 1, seed=5)
+    a = play(make_env(PENDULUM, num_envs=2, seed=11), actions)
+    b = play(make_env(PENDULUM, num_envs=2, seed=11), actions)
+    assert (a == b).all()
+    c = play(make_env(PENDULUM, num_envs=2, seed=12), actions)
+    assert not torch.equal(a["next", "observation"], c["next", "observation"])
+    # Sub-env i is seeded seed + i.
+    raw = play(make_env(PENDULUM, num_envs=2, seed=11, normalize=False), actions)
+    single = play(make_env(PENDULUM, num_envs=1, seed=12, normalize=False), actions[:, 1:])
+    assert torch.equal(raw[1]["next", "observation"], single[0]["next", "observation"])
+
+
+def test_normalization_state_round_trip() -> None:
+    actions = random_actions(80, 2, 1, seed=2)
+    trained = make_env(PENDULUM, num_envs=2, seed=0)
+    play(trained, actions)
+    state = get_normalization_state(trained)
+    assert state["obs_mean"].shape == (3,) and state["discounted_returns"].shape == (2,)
+
+    # Checkpoint-friendly: survives torch.save / torch.load(weights_only=True).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+
+    restored = make_env(PENDULUM, num_envs=2, seed=0)
+    set_normalization_state(restored, loaded)
+    again = get_normalization_state(restored)
+    assert again.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(torch.as_tensor(again[key]), torch.as_tensor(value)), key
+
+    # Continuing the trained env and the restored one from the same reset gives the same data.
+    more = random_actions(50, 2, 1, seed=3)
+    trained.set_seed(7)
+    restored.set_seed(7)
+    out_trained, out_restored = play(trained, more), play(restored, more)
+    assert (out_trained == out_restored).all()
+    fresh = make_env(PENDULUM, num_envs=2, seed=0)
+    fresh.set_seed(7)
+    assert not torch.equal(play(fresh, more)["observation"], out_trained["observation"])
+
+    with pytest.raises(ValueError):
+        set_normalization_state(make_env(PENDULUM, num_envs=3, seed=0), state)
+
+
+def test_eval_env_is_frozen_with_raw_rewards() -> None:
+    trained = make_env(PENDULUM, num_envs=2, seed=0)
+    play(trained, random_actions(100, 2, 1, seed=6))
+    state = get_normalization_state(trained)
+
+    steps = PENDULUM_LIMIT + 30  # crosses an episode end, i.e. a reset
+    actions = random_actions(steps, 1, 1, seed=8)
+    eval_env = make_eval_env(PENDULUM, seed=9, normalization_state=state)
+    assert eval_env.batch_size == torch.Size([1])
+    td = play(eval_env, actions)
+    after = get_normalization_state(eval_env)
+    assert set(after) == {"obs_mean", "obs_var", "obs_count"}
+    for key in after:
+        assert torch.equal(torch.as_tensor(after[key]), torch.as_tensor(state[key])), key
+
+    raw = play(make_env(PENDULUM, num_envs=1, seed=9, normalize=False), actions)
+    assert torch.equal(td["next", "reward"], raw["next", "reward"])
+    expected = (raw["next", "observation"].double() - state["obs_mean"]) / torch.sqrt(
+        state["obs_var"] + 1e-8
+    )
+    torch.testing.assert_close(td["next", "observation"], expected.clamp(-10, 10).float())
+    assert drain_episode_stats(eval_env)[0][1] == PENDULUM_LIMIT
+
+    unnormalised = make_eval_env(PENDULUM, seed=9, normalization_state=None)
+    raw_obs = play(unnormalised, actions)["next", "observation"]
+    assert torch.equal(raw_obs, raw["next", "observation"])
+
+
+def test_episode_stats_are_raw_returns() -> None:
+    steps = 2 * PENDULUM_LIMIT + 10
+    actions = random_actions(steps, 2, 1, seed=4)
+    env = make_env(PENDULUM, num_envs=2, seed=21)
+    normalised = play(env, actions)
+    raw = play(make_env(PENDULUM, num_envs=2, seed=21, normalize=False), actions)
+    assert not torch.allclose(normalised["next", "reward"], raw["next", "reward"])
+    assert normalised["next", "reward"].abs().max() <= 10.0
+
+    episodes = drain_episode_stats(env)
+    assert len(episodes) == 4 and all(length == PENDULUM_LIMIT for _, length in episodes)
+    rewards = raw["next", "reward"].squeeze(-1).double()
+    expected = []
+    for k in range(2):  # episodes end for both sub-envs at the same steps
+        segment = rewards[:, k * PENDULUM_LIMIT : (k + 1) * PENDULUM_LIMIT].sum(-1)
+        expected += segment.tolist()
+    assert [ret for ret, _ in episodes] == pytest.approx(expected, rel=1e-5)
+    assert drain_episode_stats(env) == []

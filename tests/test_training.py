@@ -1,0 +1,212 @@
+"""The training pipeline: exactness against ClipPPOLoss, resume, determinism, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from algos.config import TrainConfig
+from algos.train import train
+from klip.cli import main
+
+TINY = dict(task="Hopper-v4", rollout_steps=256, minibatch_size=64, epochs=2, eval_episodes=0,
+            checkpoint_every=1)
+
+
+def tiny(**overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY, "steps": 3 * 256, **overrides})
+
+
+def final_parameters(out: Path) -> dict[str, torch.Tensor]:
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return checkpoint["state_dict"]
+
+
+def metric_rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "metrics.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    # Timings differ from run to run; everything else must not.
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
+def assert_same_parameters(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    actor_critic = [key for key in a if key.startswith(("actor.", "critic."))]
+    assert actor_critic
+    for key in actor_critic:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_clip_and_step_training_end_with_bitwise_identical_parameters(tmp_path):
+    train(tiny(loss="clip"), tmp_path / "clip", progress=False)
+    train(tiny(loss="klip", shape="step"), tmp_path / "step", progress=False)
+    clip, step = final_parameters(tmp_path / "clip"), final_parameters(tmp_path / "step")
+    assert_same_parameters(clip, step)
+    # And training did move the parameters (the test would be vacuous otherwise).
+    fresh = TrainConfig(**TINY, steps=256)
+    from algos.ppo import PPOModule
+
+    initial = PPOModule(fresh.to_dict()).state_dict()
+    assert not torch.equal(initial["actor.module.0.module.mean.0.weight"],
+                           step["actor.module.0.module.mean.0.weight"])
+
+
+def test_resumed_run_ends_like_the_uninterrupted_run(tmp_path):
+    config = tiny(steps=4 * 256, shape="sigmoid", shape_params={"tau": 0.05})
+    train(config, tmp_path / "whole", progress=False)
+    train(config, tmp_path / "split", progress=False, stop_after_iterations=2)
+    assert len(metric_rows(tmp_path / "split")) == 2
+    train(config, tmp_path / "split", resume=True, progress=False)
+    assert_same_parameters(final_parameters(tmp_path / "whole"), final_parameters(tmp_path / "split"))
+    assert metric_rows(tmp_path / "whole") == metric_rows(tmp_path / "split")
+
+
+def test_same_seed_gives_identical_metrics_and_other_seed_differs(tmp_path):
+    config = tiny(steps=2 * 256)
+    train(config, tmp_path / "a", progress=False)
+    train(config, tmp_path / "b", progress=False)
+    train(tiny(steps=2 * 256, seed=1), tmp_path / "c", progress=False)
+    assert metric_rows(tmp_path / "a") == metric_rows(tmp_path / "b")
+    assert metric_rows(tmp_path / "a") != metric_rows(tmp_path / "c")
+
+
+@pytest.mark.parametrize("loss", ["kl_fixed", "kl_adaptive"])
+def test_scalar_beta_baselines_train(tmp_path, loss):
+    train(tiny(loss=loss, steps=2 * 256), tmp_path / loss, progress=False)
+    rows = metric_rows(tmp_path / loss)
+    assert len(rows) == 2
+    assert float(rows[-1]["train/kl"]) >= 0
+    betas = [float(row["train/beta"]) for row in rows]
+    if loss == "kl_fixed":
+        assert betas == [1.0, 1.0]
+
+
+def test_train_command_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--task", "Pendulum-v1", "--shape", "linear_ramp", "--shape-param",
+                 "delta=0.1", "--steps", "512", "--rollout-steps", "256", "--epochs", "2",
+                 "--eval-episodes", "2", "--no-progress", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "learning curve" in printed and str(out) in printed
+    for name in ("config.yaml", "metrics.csv", "eval.json", "learning_curve.png", "summary.json",
+                 "checkpoints/last.ckpt"):
+        assert (out / name).is_file(), name
+    assert any((out / "tensorboard").iterdir())
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["episodes"] == 2 and len(evaluation["returns"]) == 2
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    for column in ("train/fraction_kill", "train/gate_mean", "train/kl_k3", "time/steps_per_s",
+                   "train/loss_objective", "frames"):
+        assert column in header
+    assert yaml.safe_load((out / "config.yaml").read_text())["shape_params"] == {"delta": 0.1}
+
+
+def test_config_file_with_command_line_override(tmp_path):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("task: Pendulum-v1\nsteps: 512\nrollout_steps: 256\nepochs: 1\n"
+                           "eval_episodes: 0\nshape: sigmoid\nshape_params: {tau: 0.1}\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config_file), "--epochs", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["epochs"] == 2 and resolved["shape"] == "sigmoid"
+    assert resolved["shape_params"] == {"tau": 0.1}
+
+
+def test_shape_file_and_plugin_train(tmp_path):
+    plugin = tmp_path / "gates.py"
+    plugin.write_text(
+        "import torch\nfrom shapes import CoefficientShape, register_shape\n"
+        "@register_shape('half')\nclass Half(CoefficientShape):\n"
+        "    def gate(self, ratio, advantage):\n        return torch.full_like(ratio, 0.5)\n"
+    )
+    shape_file = tmp_path / "sig.json"
+    shape_file.write_text('{"name": "sigmoid", "params": {"eps": 0.1, "tau": 0.02}}')
+    common = ["--task", "Pendulum-v1", "--steps", "256", "--rollout-steps", "256", "--epochs", "1",
+              "--eval-episodes", "0", "--no-progress"]
+    assert main(["train", *common, "--shape-file", str(shape_file), "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", *common, "--shape-plugin", str(plugin), "--shape", "half",
+                 "--out", str(tmp_path / "b")]) == 0
+    rows = metric_rows(tmp_path / "b")
+    assert float(rows[0]["train/gate_mean"]) == 0.5
+
+
+def test_shapes_commands(tmp_path, capsys):
+    assert main(["shapes", "list"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("step", "sigmoid", "linear_ramp", "none", "learned"):
+        assert name in listed
+    assert main(["shapes", "show", "sigmoid"]) == 0
+    assert "tau" in capsys.readouterr().out
+    png = tmp_path / "gates.png"
+    assert main(["shapes", "plot", "step", "sigmoid:tau=0.05", "linear_ramp:delta=0.1",
+                 "--out", str(png)]) == 0
+    assert png.stat().st_size > 10_000
+
+
+BAD_INPUTS = [
+    (["--task", "Hopper-v9"], "unknown task 'Hopper-v9'; known tasks: HalfCheetah-v4"),
+    (["--shape", "tanh"], "unknown shape 'tanh'; registered shapes:"),
+    (["--shape", "sigmoid", "--shape-param", "tau=-1"], "'tau' = -1 is outside"),
+    (["--shape-param", "tau"], "must look like NAME=VALUE"),
+    (["--steps", "0"], "steps must be a positive integer, got 0"),
+    (["--steps", "-5"], "steps must be a positive integer"),
+    (["--loss", "trpo"], "unknown loss 'trpo'"),
+]
+
+
+@pytest.mark.parametrize("arguments,message", BAD_INPUTS)
+def test_bad_input_gives_one_clear_line(tmp_path, capsys, arguments, message):
+    out = tmp_path / "run"
+    code = main(["train", "--task", "Pendulum-v1", "--steps", "256", "--rollout-steps", "256",
+                 *arguments, "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code != 0
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("klip: error: ") and message in lines[0]
+    assert "Traceback" not in captured.err
+    assert not out.exists()
+
+
+def test_bad_output_directories_and_files(tmp_path, capsys):
+    base = ["train", "--task", "Pendulum-v1", "--steps", "256", "--rollout-steps", "256",
+            "--epochs", "1", "--eval-episodes", "0", "--no-progress"]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main([*base, "--out", str(blocker / "run")]) == 2
+    assert "cannot write to output directory" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main([*base, "--out", str(run)]) == 0
+    capsys.readouterr()
+    metrics_before = (run / "metrics.csv").read_bytes()
+    assert main([*base, "--seed", "3", "--out", str(run)]) == 2
+    assert "already holds a different run (differs in: seed)" in capsys.readouterr().err
+    assert main([*base, "--out", str(run)]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    assert main([*base, "--steps", "512", "--out", str(run), "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "checkpoint" in error and "unreadable" in error
+    assert (run / "metrics.csv").read_bytes() == metrics_before
+    bad_shape = tmp_path / "bad.json"
+    bad_shape.write_text("{oops")
+    assert main([*base, "--shape-file", str(bad_shape), "--out", str(tmp_path / "other")]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
+def test_debug_flag_shows_the_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "klip", "train", "--task", "Nope-v0", "--debug"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr and "klip: error: unknown task" in result.stderr
