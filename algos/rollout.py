@@ -15,7 +15,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, ExplorationType
 
-from envs.state import get_env_state, set_env_state
+from envs import get_env_state, set_env_state
 
 
 class Rollouts(Protocol):

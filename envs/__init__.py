@@ -5,19 +5,24 @@ from envs.tasks import (
     action_bounds,
     drain_episode_stats,
     get_normalization_state,
+    gym_vector_env,
     make_env,
     make_eval_env,
     observation_and_action_dims,
     set_normalization_state,
 )
+from envs.state import get_env_state, set_env_state
 
 __all__ = [
     "KNOWN_TASKS",
     "action_bounds",
     "drain_episode_stats",
+    "get_env_state",
     "get_normalization_state",
+    "gym_vector_env",
     "make_env",
     "make_eval_env",
     "observation_and_action_dims",
+    "set_env_state",
     "set_normalization_state",
 ]

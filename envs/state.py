@@ -19,7 +19,7 @@ import torch
 from gymnasium.wrappers import TimeLimit
 from torchrl.envs import EnvBase
 
-from envs.tasks import _find, _gym_stack, get_normalization_state, set_normalization_state
+from envs.tasks import _find, gym_vector_env, get_normalization_state, set_normalization_state
 from envs.wrappers import EpisodeRecorder
 
 _PLAIN = (np.ndarray, float, int, bool, np.floating, np.integer, type(None))
@@ -43,7 +43,7 @@ def _from_checkpoint(value: Any) -> Any:
 
 
 def _sub_envs(env: EnvBase) -> list[gym.Env]:
-    return list(_gym_stack(env).unwrapped.envs)
+    return list(gym_vector_env(env).unwrapped.envs)
 
 
 def _time_limit(sub_env: gym.Env) -> TimeLimit | None:

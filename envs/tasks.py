@@ -20,6 +20,7 @@ __all__ = [
     "action_bounds",
     "drain_episode_stats",
     "get_normalization_state",
+    "gym_vector_env",
     "make_env",
     "make_eval_env",
     "observation_and_action_dims",
@@ -46,7 +47,7 @@ def _check_task(task: str) -> None:
 
 def _sub_env_fn(task: str) -> Callable[[], gym.Env]:
     def thunk() -> gym.Env:
-        # v4 MuJoCo tasks emit a deprecation warning per construction; they are wanted here.
+        # The passive env checker only validates gymnasium's own envs, at one wrapper per step.
         return DropInfo(gym.make(task, disable_env_checker=True))
 
     return thunk
@@ -137,7 +138,7 @@ def make_eval_env(task: str, *, seed: int, normalization_state: dict[str, Any] |
     return env
 
 
-def _gym_stack(env: EnvBase) -> VectorEnv:
+def gym_vector_env(env: EnvBase) -> VectorEnv:
     """The gymnasium vector stack under a (possibly transformed) env from this module."""
     base = env.base_env if isinstance(env, TransformedEnv) else env
     if not isinstance(base, VecGymWrapper):
@@ -147,7 +148,7 @@ def _gym_stack(env: EnvBase) -> VectorEnv:
 
 def _find(env: EnvBase, cls: type) -> Any:
     """Innermost-first search of the gymnasium wrapper chain for a ``cls`` instance (or None)."""
-    venv = _gym_stack(env)
+    venv = gym_vector_env(env)
     while isinstance(venv, VectorWrapper):
         if isinstance(venv, cls):
             return venv
@@ -169,7 +170,7 @@ def observation_and_action_dims(env: EnvBase) -> tuple[int, int]:
 
 def action_bounds(env: EnvBase) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension ``(low, high)`` of the underlying action space (the spec is unbounded)."""
-    space = _gym_stack(env).unwrapped.single_action_space
+    space = gym_vector_env(env).unwrapped.single_action_space
     return (
         torch.as_tensor(space.low, dtype=torch.float32),
         torch.as_tensor(space.high, dtype=torch.float32),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from gymnasium.vector import AutoresetMode
+from gymnasium.vector import AutoresetMode, VectorEnv
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import GymWrapper
 
@@ -22,7 +22,7 @@ class VecGymWrapper(GymWrapper):
 
     def __init__(
         self,
-        env: object,
+        env: VectorEnv,
         *,
         action_low: np.ndarray,
         action_high: np.ndarray,
@@ -49,6 +49,7 @@ class VecGymWrapper(GymWrapper):
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict.get("action").detach().cpu().numpy()
         obs, reward, terminated, truncated, _ = self._env.step(action)
+        # Zero-copy is safe: every wrapper in the stack returns freshly allocated arrays.
         # Reshape on the numpy side (cheaper than torch views) to the specs' [num_envs, 1].
         terminated = terminated[:, None]
         truncated = truncated[:, None]
