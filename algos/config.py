@@ -53,6 +53,7 @@ class TrainConfig:
     hidden: int = 64
     collector: str = "torchrl"
     compile: bool = False
+    fused_adam: bool = False
     eval_episodes: int = 10
     checkpoint_every: int = 10
     diagnostics: bool = True

@@ -14,9 +14,8 @@ the way TorchRL does, so for the same seed the rollouts are bitwise equal to
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +27,8 @@ from envs import get_env_state, gym_vector_env, set_env_state
 
 def _policy_head(actor: Any) -> torch.nn.Module:
     """The `GaussianPolicyHead` inside our `ProbabilisticActor` (observation -> loc, scale)."""
-    head = actor.module[0].module
-    if not callable(head):
+    head = actor.module[0]
+    if not hasattr(head, "mean") or not hasattr(head, "log_std"):
         raise TypeError("the fast collector needs an actor built by algos.networks.make_actor")
     return head
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
-from tensordict.nn import TensorDictModule
-from torch import Tensor, nn
-from torchrl.modules import IndependentNormal, ProbabilisticActor, ValueOperator
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torch import nn
+from torchrl.modules import IndependentNormal, ProbabilisticActor
 
 OBSERVATION_KEY = "observation"
 
@@ -35,27 +36,48 @@ def mlp(in_features: int, out_features: int, hidden: int, head_gain: float) -> n
     )
 
 
-class GaussianPolicyHead(nn.Module):
-    """Mean from an MLP, scale from a free log-std vector (not a function of the state)."""
+class GaussianPolicyHead(TensorDictModuleBase):
+    """Mean from an MLP, scale from a free log-std vector (not a function of the state).
+
+    Reads and writes the TensorDict itself instead of being wrapped in a
+    `TensorDictModule`, whose output path costs ~0.15 ms per tensor in
+    tensordict 0.14 (`TensorDict.from_any` probes for pandas on every call);
+    same numbers, a third less time per minibatch update.
+    """
+
+    in_keys = [OBSERVATION_KEY]
+    out_keys = ["loc", "scale"]
 
     def __init__(self, observation_dim: int, action_dim: int, hidden: int = 64) -> None:
         super().__init__()
         self.mean = mlp(observation_dim, action_dim, hidden, head_gain=0.01)
         self.log_std = nn.Parameter(torch.zeros(action_dim))
 
-    def forward(self, observation: Tensor) -> tuple[Tensor, Tensor]:
-        loc = self.mean(observation)
-        return loc, self.log_std.exp().expand_as(loc)
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        loc = self.mean(tensordict.get(OBSERVATION_KEY))
+        tensordict.set("loc", loc)
+        tensordict.set("scale", self.log_std.exp().expand_as(loc))
+        return tensordict
+
+
+class ValueHead(TensorDictModuleBase):
+    """State value from an MLP, written as `state_value` (see `GaussianPolicyHead` for why)."""
+
+    in_keys = [OBSERVATION_KEY]
+    out_keys = ["state_value"]
+
+    def __init__(self, observation_dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = mlp(observation_dim, 1, hidden, head_gain=1.0)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        tensordict.set("state_value", self.net(tensordict.get(OBSERVATION_KEY)))
+        return tensordict
 
 
 def make_actor(observation_dim: int, action_dim: int, hidden: int = 64) -> ProbabilisticActor:
-    head = TensorDictModule(
-        GaussianPolicyHead(observation_dim, action_dim, hidden),
-        in_keys=[OBSERVATION_KEY],
-        out_keys=["loc", "scale"],
-    )
     return ProbabilisticActor(
-        head,
+        GaussianPolicyHead(observation_dim, action_dim, hidden),
         in_keys=["loc", "scale"],
         distribution_class=IndependentNormal,
         # The raw loc: TorchRL's default squashes it through tanh(loc/5)*5.
@@ -64,5 +86,5 @@ def make_actor(observation_dim: int, action_dim: int, hidden: int = 64) -> Proba
     )
 
 
-def make_critic(observation_dim: int, hidden: int = 64) -> ValueOperator:
-    return ValueOperator(mlp(observation_dim, 1, hidden, head_gain=1.0), in_keys=[OBSERVATION_KEY])
+def make_critic(observation_dim: int, hidden: int = 64) -> ValueHead:
+    return ValueHead(observation_dim, hidden)

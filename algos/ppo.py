@@ -78,19 +78,23 @@ class PPOModule(L.LightningModule):
                                     value_network=self.critic, average_gae=False)
         self.rollouts = make_rollouts(cfg.collector, self.env, self.actor, cfg.frames_per_env)
         self.frames = 0
+        self._metric_keys: list[str] | None = None
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.return_history: list[tuple[int, float]] = []
         # The iteration draws from its own RNG stream (actions, shuffles), saved in
         # checkpoints, so whatever Lightning draws between iterations cannot shift it.
         self._rng_state = torch.get_rng_state()
-        self._update = self._update_minibatch
-        if cfg.compile:
-            self._update = torch.compile(self._update_minibatch, dynamic=False)
+        # Compiling the loss module compiles its backward too (AOTAutograd); the
+        # optimiser step stays eager. Not bitwise equal to eager: opt-in.
+        self._loss = torch.compile(self.loss_module, dynamic=False) if cfg.compile else self.loss_module
 
     # -- optimisation set-up ----------------------------------------------------
     def configure_optimizers(self) -> Any:
         cfg = self.config
-        optimizer = torch.optim.Adam(self.loss_module.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        # fused=True is ~0.3 ms faster per minibatch here but rounds differently
+        # from the default implementation, so it is opt-in like `compile`.
+        optimizer = torch.optim.Adam(self.loss_module.parameters(), lr=cfg.lr, eps=cfg.adam_eps,
+                                     fused=cfg.fused_adam or None)
         iterations = cfg.iterations
 
         def linear(iteration: int) -> float:
@@ -120,12 +124,12 @@ class PPOModule(L.LightningModule):
         advantaged = time.perf_counter()
 
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        metrics: list[TensorDictBase] = []
+        metrics: list[list[Tensor]] = []
         for _ in range(cfg.epochs):
             shuffled = data[torch.randperm(data.shape[0])]
             for start in range(0, data.shape[0], cfg.minibatch_size):
                 minibatch = shuffled[start : start + cfg.minibatch_size]
-                metrics.append(self._update(minibatch, optimizer, parameters))
+                metrics.append(self._update_minibatch(minibatch, optimizer, parameters))
         scheduler.step()
         self._rng_state = torch.get_rng_state()
         updated = time.perf_counter()
@@ -140,28 +144,24 @@ class PPOModule(L.LightningModule):
 
     def _update_minibatch(
         self, minibatch: TensorDictBase, optimizer: torch.optim.Optimizer, parameters: list[Tensor]
-    ) -> TensorDictBase:
-        losses = self.loss_module(minibatch)
+    ) -> list[Tensor]:
+        losses = self._loss(minibatch)
         total = sum(value for key, value in losses.items() if key.startswith("loss_"))
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
         optimizer.step()
-        losses.set("grad_norm", grad_norm)
-        return losses.detach()
+        if self._metric_keys is None:
+            self._metric_keys = [key for key, value in losses.items() if value.numel() == 1]
+        return [losses[key].detach().reshape(()) for key in self._metric_keys] + [grad_norm]
 
     def _update_keys(self, rollout: TensorDictBase) -> list[str]:
         return [key for key in UPDATE_KEYS if key in rollout]
 
-    @staticmethod
-    def _summarise(metrics: list[TensorDictBase]) -> dict[str, float]:
-        # One stack and one mean per key per iteration: no per-minibatch .item().
-        stacked = torch.stack(metrics)
-        return {
-            key: float(value.float().mean())
-            for key, value in stacked.items()
-            if value.numel() == stacked.numel()
-        }
+    def _summarise(self, metrics: list[list[Tensor]]) -> dict[str, float]:
+        # One stack and one mean per iteration: no per-minibatch .item().
+        means = torch.stack([torch.stack(row) for row in metrics]).float().mean(0).tolist()
+        return dict(zip([*self._metric_keys, "grad_norm"], means, strict=True))
 
     # -- logging ----------------------------------------------------------------
     def _log_iteration(

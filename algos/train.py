@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
+import resource
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,9 @@ def train(
     eval_path = out / "eval.json"
     evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else None
     summary = {"final_return_last10pct": final, "frames": module.frames, "wall_seconds": wall,
-               "episodes": len(module.return_history)}
+               "episodes": len(module.return_history),
+               # ru_maxrss is in KiB on Linux.
+               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "episodes.csv").write_text(
         "frames,return\n" + "".join(f"{f},{r}\n" for f, r in module.return_history)

@@ -1,5 +1,6 @@
 """Task name -> TorchRL environment (CleanRL / SB3 PPO MuJoCo protocol)."""
 
+from envs.state import get_env_state, set_env_state
 from envs.tasks import (
     KNOWN_TASKS,
     action_bounds,
@@ -11,7 +12,6 @@ from envs.tasks import (
     observation_and_action_dims,
     set_normalization_state,
 )
-from envs.state import get_env_state, set_env_state
 
 __all__ = [
     "KNOWN_TASKS",

@@ -19,7 +19,7 @@ import torch
 from gymnasium.wrappers import TimeLimit
 from torchrl.envs import EnvBase
 
-from envs.tasks import _find, gym_vector_env, get_normalization_state, set_normalization_state
+from envs.tasks import _find, get_normalization_state, gym_vector_env, set_normalization_state
 from envs.wrappers import EpisodeRecorder
 
 _PLAIN = (np.ndarray, float, int, bool, np.floating, np.integer, type(None))

@@ -53,8 +53,8 @@ def test_clip_and_step_training_end_with_bitwise_identical_parameters(tmp_path):
     from algos.ppo import PPOModule
 
     initial = PPOModule(fresh.to_dict()).state_dict()
-    assert not torch.equal(initial["actor.module.0.module.mean.0.weight"],
-                           step["actor.module.0.module.mean.0.weight"])
+    assert not torch.equal(initial["actor.module.0.mean.0.weight"],
+                           step["actor.module.0.mean.0.weight"])
 
 
 def test_resumed_run_ends_like_the_uninterrupted_run(tmp_path):
