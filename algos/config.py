@@ -51,7 +51,7 @@ class TrainConfig:
     kl_beta: float = 1.0
     kl_target: float = 0.02
     hidden: int = 64
-    collector: str = "torchrl"
+    collector: str = "fast"
     compile: bool = False
     fused_adam: bool = False
     eval_episodes: int = 10

@@ -47,70 +47,62 @@ class FastRollouts:
     @torch.no_grad()
     def collect(self) -> TensorDictBase:
         num_envs, steps = self.observation.shape[0], self.frames_per_env
-        observation_dim = self.observation.shape[-1]
-        observations = torch.empty(num_envs, steps, observation_dim)
-        next_observations = torch.empty_like(observations)
-        log_probs = torch.empty(num_envs, steps)
-        rewards = torch.empty(num_envs, steps, 1)
-        terminated = torch.zeros(num_envs, steps, 1, dtype=torch.bool)
-        truncated = torch.zeros_like(terminated)
-
-        # The scale does not depend on the state, so the distribution's scale terms
-        # are computed once; each is the same tensor op the distribution would run.
         layers = [(m.weight, m.bias) for m in self.head.mean if isinstance(m, torch.nn.Linear)]
-        loc_shape = (num_envs, layers[-1][0].shape[0])
+        hidden_layers, (out_weight, out_bias) = layers[:-1], layers[-1]
+        loc_shape = (num_envs, out_weight.shape[0])
         scale = self.head.log_std.exp().expand(loc_shape)
-        variance_twice = 2 * scale**2
-        log_scale_and_const = scale.log() + math.log(math.sqrt(2 * math.pi))
-        actions = torch.empty(num_envs, steps, loc_shape[1])
-        locs = torch.empty_like(actions)
+        linear, tanh = torch.nn.functional.linear, torch.tanh
 
+        # Per step only what acting needs; everything else is batched after the loop.
+        observations, locs, actions = [], [], []
+        next_observations, rewards, terminations, truncations = [], [], [], []
         observation = self.observation
-        for t in range(steps):
+        for _ in range(steps):
             hidden = observation
-            for index, (weight, bias) in enumerate(layers):
-                hidden = torch.nn.functional.linear(hidden, weight, bias)
-                if index < len(layers) - 1:
-                    hidden = torch.tanh(hidden)
-            loc = hidden
-            # = IndependentNormal(loc, scale).rsample() and .log_prob(), op for op.
-            noise = torch.empty(loc_shape).normal_()
-            action = loc + noise * scale
-            log_prob = (-((action - loc) ** 2) / variance_twice - log_scale_and_const).sum(-1)
-            observations[:, t] = observation
-            actions[:, t], locs[:, t], log_probs[:, t] = action, loc, log_prob
-
-            next_obs, reward, term, trunc, _ = self.vector_env.step(action.numpy())
-            next_observation = torch.from_numpy(next_obs)
-            next_observations[:, t] = next_observation
-            rewards[:, t, 0] = torch.from_numpy(reward.astype(np.float32))
-            terminated[:, t, 0] = torch.from_numpy(term)
-            truncated[:, t, 0] = torch.from_numpy(trunc)
-            done = term | trunc
+            for weight, bias in hidden_layers:
+                hidden = tanh(linear(hidden, weight, bias))
+            loc = linear(hidden, out_weight, out_bias)
+            # IndependentNormal(loc, scale).rsample(), op for op (same RNG draws).
+            action = loc + torch.empty(loc_shape).normal_() * scale
+            next_obs, reward, terminated, truncated, _ = self.vector_env.step(action.numpy())
+            observations.append(observation)
+            locs.append(loc)
+            actions.append(action)
+            next_observations.append(next_obs)
+            rewards.append(reward)
+            terminations.append(terminated)
+            truncations.append(truncated)
+            done = terminated | truncated
             if done.any():
                 reset_obs, _ = self.vector_env.reset(options={"reset_mask": done})
-                mask = torch.from_numpy(done).unsqueeze(-1)
-                next_observation = torch.where(mask, torch.from_numpy(reset_obs), next_observation)
-            observation = next_observation.clone()
+                next_obs = np.where(done[:, None], reset_obs, next_obs)
+            observation = torch.from_numpy(next_obs)
         self.observation = observation
-        scales = scale.unsqueeze(1).expand(num_envs, steps, loc_shape[1]).clone()
 
-        done = terminated | truncated
-        not_done = torch.zeros_like(done)
+        loc = torch.stack(locs, 1)
+        action = torch.stack(actions, 1)
+        scales = scale.unsqueeze(1).expand_as(loc)
+        # Normal.log_prob summed over the action dimensions, in the same operation order.
+        log_prob = (
+            -((action - loc) ** 2) / (2 * scales**2) - scales.log() - math.log(math.sqrt(2 * math.pi))
+        ).sum(-1)
+        terminated = torch.from_numpy(np.stack(terminations, 1)).unsqueeze(-1)
+        truncated = torch.from_numpy(np.stack(truncations, 1)).unsqueeze(-1)
+        not_done = torch.zeros_like(terminated)
         return TensorDict(
             {
-                "observation": observations,
-                "action": actions,
-                "action_log_prob": log_probs,
-                "loc": locs,
-                "scale": scales,
+                "observation": torch.stack(observations, 1),
+                "action": action,
+                "action_log_prob": log_prob,
+                "loc": loc,
+                "scale": scales.clone(),
                 "done": not_done,
                 "terminated": not_done.clone(),
                 "truncated": not_done.clone(),
                 "next": {
-                    "observation": next_observations,
-                    "reward": rewards,
-                    "done": done,
+                    "observation": torch.from_numpy(np.stack(next_observations, 1)),
+                    "reward": torch.from_numpy(np.stack(rewards, 1).astype(np.float32)).unsqueeze(-1),
+                    "done": terminated | truncated,
                     "terminated": terminated,
                     "truncated": truncated,
                 },

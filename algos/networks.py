@@ -45,8 +45,8 @@ class GaussianPolicyHead(TensorDictModuleBase):
     same numbers, a third less time per minibatch update.
     """
 
-    in_keys = [OBSERVATION_KEY]
-    out_keys = ["loc", "scale"]
+    in_keys = [OBSERVATION_KEY]  # noqa: RUF012 (tensordict reads these class lists)
+    out_keys = ["loc", "scale"]  # noqa: RUF012
 
     def __init__(self, observation_dim: int, action_dim: int, hidden: int = 64) -> None:
         super().__init__()
@@ -63,8 +63,8 @@ class GaussianPolicyHead(TensorDictModuleBase):
 class ValueHead(TensorDictModuleBase):
     """State value from an MLP, written as `state_value` (see `GaussianPolicyHead` for why)."""
 
-    in_keys = [OBSERVATION_KEY]
-    out_keys = ["state_value"]
+    in_keys = [OBSERVATION_KEY]  # noqa: RUF012 (tensordict reads these class lists)
+    out_keys = ["state_value"]  # noqa: RUF012
 
     def __init__(self, observation_dim: int, hidden: int = 64) -> None:
         super().__init__()

@@ -13,6 +13,9 @@ from envs import get_env_state, make_env, set_env_state
 def rollouts_of(collector: str, task: str, num_envs: int, count: int, steps: int):
     config = TrainConfig(task=task, num_envs=num_envs, rollout_steps=steps, collector=collector)
     module = PPOModule(config.to_dict())
+    with torch.no_grad():  # a policy away from its initialisation (log-std != 0)
+        for parameter in module.actor.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(7)))
     torch.manual_seed(3)
     return [module.rollouts.collect() for _ in range(count)]
 
