@@ -141,7 +141,11 @@ class KLipPPOLoss(_PPOFamilyLoss):
             `0` for a gate of exactly 0 or 1 (bitwise equal to `ClipPPOLoss` for
             `step`); `"kl"` computes the explicit `w*A + sg(beta)*log w`. Same
             gradient up to rounding.
-        diagnostics: write the region fractions, gate and beta statistics.
+        diagnostics: `True` writes the region fractions, gate and beta statistics
+            into every output; `"deferred"` only records the per-sample inputs and
+            computes the same statistics over all calls since the last
+            `pop_diagnostics()`, once, which keeps ~0.15 ms of small tensor ops per
+            call out of the minibatch loop; `False` skips them.
         clip_value: `True` uses the shape's `eps`; a float sets the radius.
         Other keyword arguments go to TorchRL's `PPOLoss` unchanged.
     """
@@ -153,7 +157,7 @@ class KLipPPOLoss(_PPOFamilyLoss):
         *,
         shape: CoefficientShape | str = "step",
         form: PolicyForm = "effective",
-        diagnostics: bool = True,
+        diagnostics: bool | Literal["deferred"] = True,
         clip_value: bool | float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -169,7 +173,10 @@ class KLipPPOLoss(_PPOFamilyLoss):
         super().__init__(actor_network, critic_network, clip_value=clip_value, **kwargs)
         self.shape = shape
         self.form = form
+        if diagnostics not in (True, False, "deferred"):
+            raise ValueError(f"diagnostics must be True, False or 'deferred', got {diagnostics!r}")
         self.diagnostics = diagnostics
+        self._records: list[tuple[Tensor, Tensor, Tensor]] = []
         self.register_buffer("region_eps", torch.tensor(region_eps))
 
     @property
@@ -182,7 +189,7 @@ class KLipPPOLoss(_PPOFamilyLoss):
                 keys.append("loss_critic")
             if self.clip_value:
                 keys.append("value_clip_fraction")
-            if self.diagnostics:
+            if self.diagnostics is True:
                 keys += list(KLIP_DIAGNOSTICS)
             self._out_keys = keys
         return self._out_keys
@@ -203,34 +210,43 @@ class KLipPPOLoss(_PPOFamilyLoss):
         )
         td_out = TensorDict({"loss_objective": -objective})
         td_out.set("kl_approx", kl_approx.detach().mean())
-        if self.diagnostics:
-            log_ratio = log_weight.detach()
-            self._write_diagnostics(td_out, log_ratio, log_ratio.exp(), advantage, gate)
+        if self.diagnostics is True:
+            td_out.update(self.diagnostics_of(log_weight.detach(), advantage, gate))
+        elif self.diagnostics == "deferred":
+            self._records.append((log_weight.detach(), advantage.detach(), gate))
         return self._add_entropy_critic_and_reduce(td_out, tensordict, dist, advantage.shape[:-1])
 
+    def pop_diagnostics(self) -> dict[str, float]:
+        """The diagnostics over every sample seen since the last call (`"deferred"` mode)."""
+        if not self._records:
+            return {}
+        log_ratio, advantage, gate = (torch.cat(parts) for parts in zip(*self._records, strict=True))
+        self._records.clear()
+        return {key: float(value) for key, value in self.diagnostics_of(log_ratio, advantage, gate).items()}
+
     @torch.no_grad()
-    def _write_diagnostics(
-        self, td_out: TensorDict, log_ratio: Tensor, ratio: Tensor, advantage: Tensor, gate: Tensor
-    ) -> None:
+    def diagnostics_of(self, log_ratio: Tensor, advantage: Tensor, gate: Tensor) -> dict[str, Tensor]:
+        """Region fractions, gate and |beta| statistics, k3 KL of a batch of samples."""
+        ratio = log_ratio.exp()
         above = log_ratio > self.region_eps.log1p()
         below = log_ratio < (-self.region_eps).log1p()
         positive, negative = advantage > 0, advantage < 0
         kill = (above & positive) | (below & negative)
         passed = (above & negative) | (below & positive)
-        changed = gate != 0
-        # One reduction for all fractions keeps the per-minibatch overhead small.
-        fractions = torch.stack([kill, passed, changed, above | below]).to(ratio.dtype)
+        # One reduction for all fractions keeps the number of small ops down.
+        fractions = torch.stack([kill, passed, gate != 0, above | below]).to(ratio.dtype)
         fractions = fractions.flatten(1).mean(1)
         beta_abs = (ratio * advantage * gate).abs()
-        kill_count = kill.sum().clamp_min(1)
-        td_out.set("fraction_kill", fractions[0])
-        td_out.set("fraction_pass", fractions[1])
-        td_out.set("fraction_in", 1 - fractions[0] - fractions[1])
-        td_out.set("fraction_changed", fractions[2])
-        td_out.set("clip_fraction", fractions[3])
-        td_out.set("gate_mean", gate.mean())
-        td_out.set("beta_abs_kill_mean", (beta_abs * kill).sum() / kill_count)
-        td_out.set("kl_k3", ((ratio - 1) - log_ratio).mean())
+        return {
+            "fraction_kill": fractions[0],
+            "fraction_pass": fractions[1],
+            "fraction_in": 1 - fractions[0] - fractions[1],
+            "fraction_changed": fractions[2],
+            "clip_fraction": fractions[3],
+            "gate_mean": gate.mean(),
+            "beta_abs_kill_mean": (beta_abs * kill).sum() / kill.sum().clamp_min(1),
+            "kl_k3": ((ratio - 1) - log_ratio).mean(),
+        }
 
     def update_after_rollout(self, stats: Mapping[str, float]) -> None:
         self.shape.update_after_rollout(stats)

@@ -8,6 +8,7 @@ metrics per iteration.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from typing import Any
@@ -42,7 +43,12 @@ def build_shape(config: TrainConfig) -> CoefficientShape:
 
 def build_loss(config: TrainConfig, actor: Any, critic: Any) -> LossModule:
     common = dict(
+        # With a zero coefficient the entropy term only costs time (its gradient is
+        # exactly zero); the trainer logs the policy entropy once per iteration instead.
+        entropy_bonus=config.entropy_coeff > 0,
         entropy_coeff=config.entropy_coeff,
+        # Explained variance is logged once per iteration over the whole batch (as CleanRL does).
+        log_explained_variance=False,
         critic_coeff=config.critic_coeff,
         loss_critic_type="l2",
         normalize_advantage=config.normalize_advantage,
@@ -55,8 +61,8 @@ def build_loss(config: TrainConfig, actor: Any, critic: Any) -> LossModule:
     if config.loss in ("kl_fixed", "kl_adaptive"):
         return ScalarKLPPOLoss(actor, critic, beta=config.kl_beta, kl_target=config.kl_target,
                                adaptive=config.loss == "kl_adaptive", **common)
-    return KLipPPOLoss(actor, critic, shape=build_shape(config), diagnostics=config.diagnostics,
-                       **common)
+    return KLipPPOLoss(actor, critic, shape=build_shape(config),
+                       diagnostics="deferred" if config.diagnostics else False, **common)
 
 
 class PPOModule(L.LightningModule):
@@ -136,6 +142,7 @@ class PPOModule(L.LightningModule):
 
         self.frames += data.shape[0]
         summary = self._summarise(metrics)
+        summary.update(self._batch_statistics(data))
         # TorchRL's own losses have no per-rollout hook; ours (and their shapes) may.
         update_after_rollout = getattr(self.loss_module, "update_after_rollout", None)
         if update_after_rollout is not None:
@@ -162,6 +169,21 @@ class PPOModule(L.LightningModule):
         # One stack and one mean per iteration: no per-minibatch .item().
         means = torch.stack([torch.stack(row) for row in metrics]).float().mean(0).tolist()
         return dict(zip([*self._metric_keys, "grad_norm"], means, strict=True))
+
+    @torch.no_grad()
+    def _batch_statistics(self, data: TensorDictBase) -> dict[str, float]:
+        """Per-iteration statistics computed once over the whole rollout, not per minibatch."""
+        target, value = data["value_target"], data["state_value"]
+        statistics = {
+            "explained_variance": float(1 - (target - value).var() / target.var().clamp_min(1e-8)),
+            # Diagonal Gaussian with a state-independent std: the entropy is the same everywhere.
+            "entropy": float(torch.log(data["scale"][0]).sum() + 0.5 * data["scale"].shape[-1]
+                             * (1 + math.log(2 * math.pi))),
+        }
+        pop_diagnostics = getattr(self.loss_module, "pop_diagnostics", None)
+        if pop_diagnostics is not None:
+            statistics.update(pop_diagnostics())
+        return statistics
 
     # -- logging ----------------------------------------------------------------
     def _log_iteration(

@@ -134,3 +134,20 @@ def test_diagnostics_count_regions():
     expected_beta = math.exp(0.5) * 1 + math.exp(-0.5) * 1
     assert out["beta_abs_kill_mean"].item() == pytest.approx(expected_beta / 2, rel=1e-4)
     assert set(loss.out_keys) <= set(out.keys())
+
+
+def test_deferred_diagnostics_equal_the_per_call_ones_over_all_calls():
+    actor, critic = make_actor_critic(torch.float64)
+    log_ratio, advantage = adversarial_case(512, torch.float64, 11)
+    batch = make_batch(actor, log_ratio, advantage)
+    config = dict(shape="sigmoid", normalize_advantage=False)
+    per_call = KLipPPOLoss(actor, critic, diagnostics=True, **config).double()
+    deferred = KLipPPOLoss(actor, critic, diagnostics="deferred", **config).double()
+    outputs = [per_call(batch[i : i + 128]) for i in range(0, 512, 128)]
+    for i in range(0, 512, 128):
+        assert "fraction_kill" not in deferred(batch[i : i + 128]).keys()
+    summary = deferred.pop_diagnostics()
+    for key in ("fraction_kill", "fraction_pass", "fraction_in", "fraction_changed", "gate_mean",
+                "kl_k3", "clip_fraction"):
+        assert summary[key] == pytest.approx(sum(float(o[key]) for o in outputs) / 4, rel=1e-12)
+    assert deferred.pop_diagnostics() == {}
