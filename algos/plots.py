@@ -64,11 +64,12 @@ def plot_shapes(shapes: Sequence[CoefficientShape], out: Path, ratio_max: float 
     figure, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     for column, sign in enumerate((1.0, -1.0)):
         advantage = torch.full_like(ratio, sign)
-        for shape in shapes:
+        for index, shape in enumerate(shapes):
             gate = shape.gate(ratio, advantage).detach()
-            label = f"{shape.display_name()}({shape.extra_repr()})"
-            axes[0, column].plot(ratio, gate, label=label)
-            axes[1, column].plot(ratio, advantage * (1 - gate), label=label)
+            style = {"label": f"{shape.display_name()}({shape.extra_repr()})",
+                     "linestyle": ("-", "--", "-.", ":")[index % 4], "linewidth": 2.2 - 0.3 * (index % 4)}
+            axes[0, column].plot(ratio, gate, **style)
+            axes[1, column].plot(ratio, advantage * (1 - gate), **style)
         eps_values = {getattr(shape, "eps", None) for shape in shapes} - {None}
         for axis in axes[:, column]:
             for eps in eps_values:
