@@ -116,7 +116,9 @@ class PPOModule(L.LightningModule):
     # -- one PPO iteration --------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> None:
         cfg = self.config
-        optimizer = self.optimizers().optimizer  # the raw torch optimiser: no per-step wrapper
+        # Lightning's optimiser wrapper: its step() counts global_step (one per minibatch),
+        # which checkpointing relies on; it costs a few microseconds per minibatch.
+        optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         started = time.perf_counter()
         torch.set_rng_state(self._rng_state)
@@ -150,7 +152,7 @@ class PPOModule(L.LightningModule):
         self._log_iteration(summary, rollout, started, collected, advantaged, updated)
 
     def _update_minibatch(
-        self, minibatch: TensorDictBase, optimizer: torch.optim.Optimizer, parameters: list[Tensor]
+        self, minibatch: TensorDictBase, optimizer: Any, parameters: list[Tensor]
     ) -> list[Tensor]:
         losses = self._loss(minibatch)
         total = sum(value for key, value in losses.items() if key.startswith("loss_"))

@@ -112,15 +112,19 @@ def train(
     # Lightning's start-up banners and tips say nothing about this run.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # A resumed run writes into its own checkpoint directory on purpose.
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     L.seed_everything(config.seed, verbose=False)
     module = PPOModule(config.to_dict())
     max_epochs = config.iterations
     if stop_after_iterations is not None:
         max_epochs = min(max_epochs, stop_after_iterations)
+    # No monitored metric: save_top_k=1 keeps the newest, written as last.ckpt every
+    # `checkpoint_every` iterations, so a killed run loses at most that many.
     checkpoints = ModelCheckpoint(
-        dirpath=out / CHECKPOINT_DIR, filename="iteration-{epoch}",
-        every_n_epochs=config.checkpoint_every, save_top_k=0, save_last=True,
-        save_on_train_epoch_end=True,
+        dirpath=out / CHECKPOINT_DIR, filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
+        every_n_epochs=config.checkpoint_every, save_top_k=1, save_last=False,
+        save_on_train_epoch_end=True, enable_version_counter=False,
     )
     trainer = L.Trainer(
         accelerator="cpu",

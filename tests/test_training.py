@@ -210,3 +210,28 @@ def test_debug_flag_shows_the_traceback():
     )
     assert result.returncode == 2
     assert "Traceback" in result.stderr and "klip: error: unknown task" in result.stderr
+
+
+def test_killed_process_resumes_from_its_last_checkpoint(tmp_path):
+    import os
+    import signal
+    import time
+
+    flags = ["--task", "Pendulum-v1", "--steps", str(256 * 40), "--rollout-steps", "256",
+             "--epochs", "2", "--checkpoint-every", "3", "--eval-episodes", "0", "--no-progress"]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "klip", "train", *flags, "--out", str(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = killed / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # let it run past the checkpoint, so rows after it must be dropped
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    assert main(["train", *flags, "--out", str(killed), "--resume"]) == 0
+    assert main(["train", *flags, "--out", str(tmp_path / "whole")]) == 0
+    assert_same_parameters(final_parameters(killed), final_parameters(tmp_path / "whole"))
+    assert metric_rows(killed) == metric_rows(tmp_path / "whole")
