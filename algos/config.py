@@ -16,6 +16,42 @@ LOSSES: tuple[str, ...] = ("klip", "clip", "kl_fixed", "kl_adaptive")
 COLLECTORS: tuple[str, ...] = ("torchrl", "fast")
 
 
+OPTION_HELP: dict[str, str] = {
+    "task": "task name (see envs.KNOWN_TASKS)",
+    "loss": "klip (a coefficient shape), clip (TorchRL's ClipPPOLoss), kl_fixed, kl_adaptive",
+    "shape": "registered shape name for --loss klip",
+    "shape_params": "shape parameters (command line: --shape-param NAME=VALUE)",
+    "shape_file": "shape JSON file (overrides --shape)",
+    "shape_plugin": ".py file registering shapes, imported before the shape is built",
+    "steps": "total environment steps (rounded down to whole rollouts)",
+    "seed": "seed of networks, environments and sampling",
+    "num_envs": "sub-environments stepped together; rollout_steps is split across them",
+    "rollout_steps": "frames per PPO iteration, all sub-environments together",
+    "epochs": "passes over each rollout",
+    "minibatch_size": "samples per gradient step",
+    "lr": "Adam learning rate",
+    "anneal_lr": "anneal the learning rate linearly to 0",
+    "adam_eps": "Adam epsilon",
+    "gamma": "discount",
+    "gae_lambda": "GAE lambda",
+    "clip_eps": "clip radius of --loss clip",
+    "value_clip": "value-clipping radius, or none",
+    "critic_coeff": "critic loss coefficient (on TorchRL's un-halved MSE)",
+    "entropy_coeff": "entropy bonus coefficient",
+    "max_grad_norm": "global gradient-norm clip",
+    "normalize_advantage": "standardise advantages per minibatch",
+    "kl_beta": "initial beta of the scalar-beta losses",
+    "kl_target": "KL target of --loss kl_adaptive",
+    "hidden": "hidden width of the 2-layer tanh MLPs",
+    "collector": "fast (lean loop, bitwise equal to TorchRL's) or torchrl (TorchRL's Collector)",
+    "compile": "torch.compile the loss module (not bitwise equal to eager)",
+    "fused_adam": "fused Adam kernel (faster; rounds differently from the default)",
+    "eval_episodes": "deterministic evaluation episodes at the end (0: none)",
+    "checkpoint_every": "iterations between checkpoints",
+    "diagnostics": "log the shape diagnostics (region fractions, gate, beta, k3 KL)",
+}
+
+
 class ConfigError(ValueError):
     """A bad configuration value; the message names the option."""
 

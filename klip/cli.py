@@ -16,7 +16,7 @@ from typing import Any
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, defaulting to 'not given' so YAML values survive."""
-    from algos.config import TrainConfig
+    from algos.config import OPTION_HELP, TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
@@ -25,7 +25,7 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + field.name.replace("_", "-")
         hint = hints[field.name]
         kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
-                                  "help": f"(default: {field.default})"}
+                                  "help": f"{OPTION_HELP.get(field.name, '')} (default: {field.default})"}
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif hint is int:

@@ -235,3 +235,16 @@ def test_killed_process_resumes_from_its_last_checkpoint(tmp_path):
     assert main(["train", *flags, "--out", str(tmp_path / "whole")]) == 0
     assert_same_parameters(final_parameters(killed), final_parameters(tmp_path / "whole"))
     assert metric_rows(killed) == metric_rows(tmp_path / "whole")
+
+
+def test_every_option_is_documented_and_settable_from_the_command_line():
+    import dataclasses
+
+    from algos.config import OPTION_HELP
+    from klip.cli import build_parser
+
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    assert fields == set(OPTION_HELP)
+    train_help = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for name in fields - {"shape_params"}:
+        assert "--" + name.replace("_", "-") in train_help, name
