@@ -128,6 +128,26 @@ class _PPOFamilyLoss(PPOLoss):
     def update_after_rollout(self, stats: Mapping[str, float]) -> None:
         """Called once per PPO iteration with that iteration's mean loss metrics."""
 
+    def _policy_out_keys(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def out_keys(self) -> list[str]:
+        if self._out_keys is None:
+            keys = self._policy_out_keys()
+            if self.entropy_bonus:
+                keys += ["entropy", "loss_entropy"]
+            if self._has_critic:
+                keys.append("loss_critic")
+            if self.clip_value:
+                keys.append("value_clip_fraction")
+            self._out_keys = keys
+        return self._out_keys
+
+    @out_keys.setter
+    def out_keys(self, values: list[str]) -> None:
+        self._out_keys = values
+
 
 class KLipPPOLoss(_PPOFamilyLoss):
     """PPO with a per-sample KL coefficient `beta = -w*A*g(w, A)` from a coefficient shape.
@@ -179,24 +199,9 @@ class KLipPPOLoss(_PPOFamilyLoss):
         self._records: list[tuple[Tensor, Tensor, Tensor]] = []
         self.register_buffer("region_eps", torch.tensor(region_eps))
 
-    @property
-    def out_keys(self) -> list[str]:
-        if self._out_keys is None:
-            keys = ["loss_objective"]
-            if self.entropy_bonus:
-                keys += ["entropy", "loss_entropy"]
-            if self._has_critic:
-                keys.append("loss_critic")
-            if self.clip_value:
-                keys.append("value_clip_fraction")
-            if self.diagnostics is True:
-                keys += list(KLIP_DIAGNOSTICS)
-            self._out_keys = keys
-        return self._out_keys
-
-    @out_keys.setter
-    def out_keys(self, values: list[str]) -> None:
-        self._out_keys = values
+    def _policy_out_keys(self) -> list[str]:
+        return ["loss_objective", "kl_approx"] + (
+            list(KLIP_DIAGNOSTICS) if self.diagnostics is True else [])
 
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         tensordict, advantage, log_weight, log_is_weight, dist, kl_approx = (
@@ -284,20 +289,8 @@ class ScalarKLPPOLoss(_PPOFamilyLoss):
         self.kl_target = kl_target
         self.register_buffer("beta", torch.tensor(float(beta)))
 
-    @property
-    def out_keys(self) -> list[str]:
-        if self._out_keys is None:
-            keys = ["loss_objective", "kl", "beta", "kl_approx"]
-            if self.entropy_bonus:
-                keys += ["entropy", "loss_entropy"]
-            if self._has_critic:
-                keys.append("loss_critic")
-            self._out_keys = keys
-        return self._out_keys
-
-    @out_keys.setter
-    def out_keys(self, values: list[str]) -> None:
-        self._out_keys = values
+    def _policy_out_keys(self) -> list[str]:
+        return ["loss_objective", "kl", "beta", "kl_approx"]
 
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         try:
