@@ -57,8 +57,9 @@ def test_clip_and_step_training_end_with_bitwise_identical_parameters(tmp_path):
                            step["actor.module.0.mean.0.weight"])
 
 
-def test_resumed_run_ends_like_the_uninterrupted_run(tmp_path):
-    config = tiny(steps=4 * 256, shape="sigmoid", shape_params={"tau": 0.05})
+@pytest.mark.parametrize("collector", ["fast", "torchrl"])
+def test_resumed_run_ends_like_the_uninterrupted_run(tmp_path, collector):
+    config = tiny(steps=4 * 256, shape="sigmoid", shape_params={"tau": 0.05}, collector=collector)
     train(config, tmp_path / "whole", progress=False)
     train(config, tmp_path / "split", progress=False, stop_after_iterations=2)
     assert len(metric_rows(tmp_path / "split")) == 2
