@@ -103,8 +103,10 @@ def train(
     out = Path(out)
     build_shape(config)  # fail on a bad shape before touching the output directory
     checkpoint = prepare_output(out, config, resume)
-    if checkpoint is not None:
-        frames = load_checkpoint_frames(checkpoint)
+    if resume:
+        # Rows logged after the checkpoint (or all of them, if the run died before its
+        # first checkpoint) are redone, so they are dropped rather than duplicated.
+        frames = load_checkpoint_frames(checkpoint) if checkpoint is not None else 0
         truncate_metrics(out / "metrics.csv", frames)
     (out / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
@@ -112,6 +114,8 @@ def train(
     # Lightning's start-up banners and tips say nothing about this run.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # The paper's protocol uses the -v4 tasks on purpose.
+    warnings.filterwarnings("ignore", message=".*is out of date. You should consider upgrading.*")
     # A resumed run writes into its own checkpoint directory on purpose.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     L.seed_everything(config.seed, verbose=False)

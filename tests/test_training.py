@@ -249,3 +249,14 @@ def test_every_option_is_documented_and_settable_from_the_command_line():
     train_help = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     for name in fields - {"shape_params"}:
         assert "--" + name.replace("_", "-") in train_help, name
+
+
+def test_resume_without_a_checkpoint_restarts_and_keeps_no_stale_rows(tmp_path):
+    import shutil
+
+    config = tiny(task="Pendulum-v1", steps=2 * 256, checkpoint_every=10)
+    train(config, tmp_path / "run", progress=False)
+    expected = metric_rows(tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints")  # as if it died before its first checkpoint
+    train(config, tmp_path / "run", resume=True, progress=False)
+    assert metric_rows(tmp_path / "run") == expected
