@@ -70,7 +70,12 @@ def _train(args: argparse.Namespace) -> int:
     from algos.train import train
     from shapes import parse_param_assignments
 
-    options: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    options: dict[str, Any] = {}
+    if args.resume and args.out and (args.out / "config.yaml").is_file():
+        # `--resume --out DIR` alone continues DIR's run with its own options.
+        options.update(load_config_file(args.out / "config.yaml"))
+    if args.config:
+        options.update(load_config_file(args.config))
     given = {field.name for field in dataclasses.fields(TrainConfig)} & set(vars(args))
     options.update({name: getattr(args, name) for name in given})
     if args.shape_param_list:

@@ -232,7 +232,7 @@ def test_killed_process_resumes_from_its_last_checkpoint(tmp_path):
     process.wait()
     assert checkpoint.exists()
     assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
-    assert main(["train", *flags, "--out", str(killed), "--resume"]) == 0
+    assert main(["train", "--out", str(killed), "--resume", "--no-progress"]) == 0  # options from the run
     assert main(["train", *flags, "--out", str(tmp_path / "whole")]) == 0
     assert_same_parameters(final_parameters(killed), final_parameters(tmp_path / "whole"))
     assert metric_rows(killed) == metric_rows(tmp_path / "whole")
