@@ -151,3 +151,16 @@ def test_deferred_diagnostics_equal_the_per_call_ones_over_all_calls():
                 "kl_k3", "clip_fraction"):
         assert summary[key] == pytest.approx(sum(float(o[key]) for o in outputs) / 4, rel=1e-12)
     assert deferred.pop_diagnostics() == {}
+
+
+def test_set_keys_renames_inputs_like_clip_ppo_loss():
+    actor, critic = make_actor_critic()
+    batch = make_batch(actor, 0.3 * torch.randn(64), torch.randn(64))
+    renamed = batch.clone()
+    renamed["my_advantage"] = renamed.pop("advantage")
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    expected, _ = gradients(KLipPPOLoss(actor, critic), batch, parameters)
+    loss = KLipPPOLoss(actor, critic)
+    loss.set_keys(advantage="my_advantage")
+    actual, _ = gradients(loss, renamed, parameters)
+    assert all(torch.equal(a, b) for a, b in zip(expected, actual, strict=True))
