@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
 from envs import KNOWN_TASKS
 
-LossName = Literal["klip", "clip", "kl_fixed", "kl_adaptive"]
 LOSSES: tuple[str, ...] = ("klip", "clip", "kl_fixed", "kl_adaptive")
 COLLECTORS: tuple[str, ...] = ("torchrl", "fast")
 

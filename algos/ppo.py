@@ -85,6 +85,7 @@ class PPOModule(L.LightningModule):
         self.rollouts = make_rollouts(cfg.collector, self.env, self.actor, cfg.frames_per_env)
         self.frames = 0
         self._metric_keys: list[str] | None = None
+        self._loss_keys: list[str] = []
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.return_history: list[tuple[int, float]] = []
         # The iteration draws from its own RNG stream (actions, shuffles), saved in
@@ -156,13 +157,14 @@ class PPOModule(L.LightningModule):
         self, minibatch: TensorDictBase, optimizer: Any, parameters: list[Tensor]
     ) -> list[Tensor]:
         losses = self._loss(minibatch)
-        total = sum(value for key, value in losses.items() if key.startswith("loss_"))
+        if self._metric_keys is None:  # the output keys are fixed: find them once
+            self._loss_keys = [key for key in losses.keys() if key.startswith("loss_")]  # noqa: SIM118 (a TensorDict iterates its batch)
+            self._metric_keys = [key for key, value in losses.items() if value.numel() == 1]
+        total = sum(losses[key] for key in self._loss_keys)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
         optimizer.step()
-        if self._metric_keys is None:
-            self._metric_keys = [key for key, value in losses.items() if value.numel() == 1]
         return [losses[key].detach().reshape(()) for key in self._metric_keys] + [grad_norm]
 
     def _update_keys(self, rollout: TensorDictBase) -> list[str]:
