@@ -14,7 +14,6 @@ the way TorchRL does, so for the same seed the rollouts are bitwise equal to
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -22,15 +21,8 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
+from algos.networks import gaussian_log_prob, policy_head
 from envs import get_env_state, gym_vector_env, set_env_state
-
-
-def _policy_head(actor: Any) -> torch.nn.Module:
-    """The `GaussianPolicyHead` inside our `ProbabilisticActor` (observation -> loc, scale)."""
-    head = actor.module[0]
-    if not hasattr(head, "mean") or not hasattr(head, "log_std"):
-        raise TypeError("the fast collector needs an actor built by algos.networks.make_actor")
-    return head
 
 
 class FastRollouts:
@@ -39,7 +31,7 @@ class FastRollouts:
     def __init__(self, env: EnvBase, actor: Any, frames_per_env: int) -> None:
         self.env = env
         self.vector_env = gym_vector_env(env)
-        self.head = _policy_head(actor)
+        self.head = policy_head(actor)
         self.frames_per_env = frames_per_env
         # The collector starts from a full TorchRL reset; so do we.
         self.observation = env.reset()["observation"].clone()
@@ -82,10 +74,7 @@ class FastRollouts:
         loc = torch.stack(locs, 1)
         action = torch.stack(actions, 1)
         scales = scale.unsqueeze(1).expand_as(loc)
-        # Normal.log_prob summed over the action dimensions, in the same operation order.
-        log_prob = (
-            -((action - loc) ** 2) / (2 * scales**2) - scales.log() - math.log(math.sqrt(2 * math.pi))
-        ).sum(-1)
+        log_prob = gaussian_log_prob(action, loc, scales)
         terminated = torch.from_numpy(np.stack(terminations, 1)).unsqueeze(-1)
         truncated = torch.from_numpy(np.stack(truncations, 1)).unsqueeze(-1)
         not_done = torch.zeros_like(terminated)

@@ -218,8 +218,12 @@ class KLipPPOLoss(_PPOFamilyLoss):
         if self.diagnostics is True:
             td_out.update(self.diagnostics_of(log_weight.detach(), advantage, gate))
         elif self.diagnostics == "deferred":
-            self._records.append((log_weight.detach(), advantage.detach(), gate))
+            self.record_diagnostics(log_weight, advantage, gate)
         return self._add_entropy_critic_and_reduce(td_out, tensordict, dist, advantage.shape[:-1])
+
+    def record_diagnostics(self, log_weight: Tensor, advantage: Tensor, gate: Tensor) -> None:
+        """Keep one call's per-sample inputs for `pop_diagnostics` (`"deferred"` mode)."""
+        self._records.append((log_weight.detach(), advantage.detach(), gate))
 
     def pop_diagnostics(self) -> dict[str, float]:
         """The diagnostics over every sample seen since the last call (`"deferred"` mode)."""

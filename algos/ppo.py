@@ -25,6 +25,7 @@ from algos.config import TrainConfig
 from algos.loss import KLipPPOLoss, ScalarKLPPOLoss
 from algos.networks import make_actor, make_critic
 from algos.rollout import make_rollouts
+from algos.update import make_minibatch_loss
 from envs import drain_episode_stats, make_env, observation_and_action_dims
 from shapes import CoefficientShape, load_shape, load_shapes_from_file, make_shape
 
@@ -84,16 +85,15 @@ class PPOModule(L.LightningModule):
                                     value_network=self.critic, average_gae=False)
         self.rollouts = make_rollouts(cfg.collector, self.env, self.actor, cfg.frames_per_env)
         self.frames = 0
-        self._metric_keys: list[str] | None = None
-        self._loss_keys: list[str] = []
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.return_history: list[tuple[int, float]] = []
         # The iteration draws from its own RNG stream (actions, shuffles), saved in
         # checkpoints, so whatever Lightning draws between iterations cannot shift it.
         self._rng_state = torch.get_rng_state()
-        # Compiling the loss module compiles its backward too (AOTAutograd); the
-        # optimiser step stays eager. Not bitwise equal to eager: opt-in.
-        self._loss = torch.compile(self.loss_module, dynamic=False) if cfg.compile else self.loss_module
+        # KLip shapes run through `TensorLoss` (bitwise the loss module, less overhead);
+        # `--loss clip` and the scalar-KL baselines through TorchRL's loss modules.
+        self.minibatch_loss = make_minibatch_loss(self.loss_module, self.actor, self.critic,
+                                                  compile=cfg.compile)
 
     # -- optimisation set-up ----------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -134,11 +134,10 @@ class PPOModule(L.LightningModule):
         advantaged = time.perf_counter()
 
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        metrics: list[list[Tensor]] = []
+        metrics: list[Tensor] = []
         for _ in range(cfg.epochs):
             shuffled = data[torch.randperm(data.shape[0])]
-            for start in range(0, data.shape[0], cfg.minibatch_size):
-                minibatch = shuffled[start : start + cfg.minibatch_size]
+            for minibatch in self.minibatch_loss.minibatches(shuffled, cfg.minibatch_size):
                 metrics.append(self._update_minibatch(minibatch, optimizer, parameters))
         scheduler.step()
         self._rng_state = torch.get_rng_state()
@@ -153,27 +152,21 @@ class PPOModule(L.LightningModule):
             update_after_rollout(summary)
         self._log_iteration(summary, rollout, started, collected, advantaged, updated)
 
-    def _update_minibatch(
-        self, minibatch: TensorDictBase, optimizer: Any, parameters: list[Tensor]
-    ) -> list[Tensor]:
-        losses = self._loss(minibatch)
-        if self._metric_keys is None:  # the output keys are fixed: find them once
-            self._loss_keys = [key for key in losses.keys() if key.startswith("loss_")]  # noqa: SIM118 (a TensorDict iterates its batch)
-            self._metric_keys = [key for key, value in losses.items() if value.numel() == 1]
-        total = sum(losses[key] for key in self._loss_keys)
+    def _update_minibatch(self, minibatch: Any, optimizer: Any, parameters: list[Tensor]) -> Tensor:
+        total, metrics = self.minibatch_loss(minibatch)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
         optimizer.step()
-        return [losses[key].detach().reshape(()) for key in self._metric_keys] + [grad_norm]
+        return torch.cat([metrics, grad_norm.reshape(1)])
 
     def _update_keys(self, rollout: TensorDictBase) -> list[str]:
         return [key for key in UPDATE_KEYS if key in rollout]
 
-    def _summarise(self, metrics: list[list[Tensor]]) -> dict[str, float]:
+    def _summarise(self, metrics: list[Tensor]) -> dict[str, float]:
         # One stack and one mean per iteration: no per-minibatch .item().
-        means = torch.stack([torch.stack(row) for row in metrics]).float().mean(0).tolist()
-        return dict(zip([*self._metric_keys, "grad_norm"], means, strict=True))
+        means = torch.stack(metrics).float().mean(0).tolist()
+        return dict(zip([*self.minibatch_loss.metric_names, "grad_norm"], means, strict=True))
 
     @torch.no_grad()
     def _batch_statistics(self, data: TensorDictBase) -> dict[str, float]:

@@ -1,0 +1,118 @@
+"""TensorLoss (the trainer's fast path) against KLipPPOLoss (the TorchRL loss module): bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_actor_critic, make_batch
+from test_loss_exactness import adversarial_case, random_case
+from torchrl.objectives import ClipPPOLoss
+
+from algos import KLipPPOLoss
+from algos.update import ModuleLoss, TensorLoss, make_minibatch_loss, tensor_loss_unsupported
+
+CONFIGS = {
+    # What PPOModule builds for the paper's protocol.
+    "paper": dict(entropy_bonus=False, critic_coeff=0.25, loss_critic_type="l2",
+                  normalize_advantage=True, clip_value=0.2, functional=False,
+                  log_explained_variance=False),
+    "entropy-unnormalised-unclipped": dict(entropy_bonus=True, entropy_coeff=0.01, critic_coeff=0.5,
+                                           loss_critic_type="l2", normalize_advantage=False,
+                                           functional=False, log_explained_variance=False),
+}
+SHAPES = ["step", "sigmoid", "linear_ramp", "learned", "none"]
+
+
+def run_update(minibatch_loss, batch, parameters):
+    for parameter in parameters:
+        parameter.grad = None
+    data = batch.clone()
+    (minibatch,) = list(minibatch_loss.minibatches(data, data.shape[0]))
+    total, metrics = minibatch_loss(minibatch)
+    total.backward()
+    return total.detach(), metrics, [parameter.grad.clone() for parameter in parameters]
+
+
+def compare(shape: str, form: str, config: str, dtype: torch.dtype, case, seed: int, size: int = 64):
+    actor, critic = make_actor_critic(dtype, seed)
+    batch = make_batch(actor, *case(size, dtype, seed), seed)
+    kwargs = dict(CONFIGS[config], shape=shape, form=form, diagnostics="deferred")
+    module = KLipPPOLoss(actor, critic, **kwargs).to(dtype)
+    tensor = KLipPPOLoss(actor, critic, **kwargs).to(dtype)
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    reference = ModuleLoss(module)
+    expected = run_update(reference, batch, parameters)
+    fast = TensorLoss(tensor, actor, critic)
+    actual = run_update(fast, batch, parameters)
+    assert fast.metric_names == reference.metric_names
+    return expected, actual, module.pop_diagnostics(), tensor.pop_diagnostics()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", [random_case, adversarial_case])
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_tensor_loss_bitwise_equals_the_loss_module(shape, config, case, dtype):
+    for seed in range(2):
+        expected, actual, expected_diagnostics, actual_diagnostics = compare(
+            shape, "effective", config, dtype, case, seed)
+        (total, metrics, grads), (fast_total, fast_metrics, fast_grads) = expected, actual
+        assert torch.equal(total, fast_total)
+        assert torch.equal(metrics, fast_metrics), (metrics, fast_metrics)
+        for grad, fast_grad in zip(grads, fast_grads, strict=True):
+            assert torch.equal(grad, fast_grad), (grad - fast_grad).abs().max()
+        assert expected_diagnostics == actual_diagnostics
+        assert set(expected_diagnostics) >= {"fraction_kill", "gate_mean"}
+
+
+@pytest.mark.parametrize("shape", ["step", "sigmoid"])
+def test_tensor_loss_kl_form_bitwise(shape):
+    expected, actual, _, _ = compare(shape, "kl", "paper", torch.float32, random_case, 0, size=256)
+    for grad, fast_grad in zip(expected[2], actual[2], strict=True):
+        assert torch.equal(grad, fast_grad)
+
+
+def test_tensor_loss_reads_the_loss_modules_keys():
+    actor, critic = make_actor_critic()
+    batch = make_batch(actor, *random_case(64, torch.float32, 0))
+    loss = KLipPPOLoss(actor, critic, diagnostics=False, **CONFIGS["paper"])
+    loss.set_keys(advantage="my_advantage", value_target="my_target")
+    tensor_loss = TensorLoss(loss, actor, critic)
+    renamed = batch.rename_key_("advantage", "my_advantage").rename_key_("value_target", "my_target")
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    _, metrics, _ = run_update(tensor_loss, renamed, parameters)
+    _, expected, _ = run_update(ModuleLoss(loss), renamed, parameters)
+    assert torch.equal(metrics, expected)
+
+
+def test_fallback_to_the_loss_module_with_a_reason():
+    actor, critic = make_actor_critic()
+    clip = ClipPPOLoss(actor, critic, functional=False)
+    assert "ClipPPOLoss is not KLipPPOLoss" in tensor_loss_unsupported(clip, actor, critic)
+    assert isinstance(make_minibatch_loss(clip, actor, critic), ModuleLoss)
+
+    smooth = KLipPPOLoss(actor, critic, loss_critic_type="smooth_l1", functional=False)
+    assert "a critic loss other than l2" in tensor_loss_unsupported(smooth, actor, critic)
+    functional = KLipPPOLoss(actor, critic, log_explained_variance=False)  # functional: TorchRL's default
+    assert "functional parameters" in tensor_loss_unsupported(functional, actor, critic)
+    with pytest.raises(ValueError, match="cannot replace this loss module: the loss uses functional"):
+        TensorLoss(functional, actor, critic)
+
+    paper = KLipPPOLoss(actor, critic, diagnostics="deferred", **CONFIGS["paper"])
+    assert tensor_loss_unsupported(paper, actor, critic) is None
+    assert isinstance(make_minibatch_loss(paper, actor, critic), TensorLoss)
+    assert "not an algos.networks.ValueHead" in tensor_loss_unsupported(paper, actor, torch.nn.Linear(5, 1))
+
+
+def test_compiled_tensor_loss_close_to_eager():
+    """torch.compile fuses kernels: not bitwise, but the same numbers to float32 rounding."""
+    actor, critic = make_actor_critic()
+    batch = make_batch(actor, *random_case(64, torch.float32, 0))
+    loss = KLipPPOLoss(actor, critic, diagnostics=False, **CONFIGS["paper"])
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    total, metrics, grads = run_update(TensorLoss(loss, actor, critic), batch, parameters)
+    compiled = run_update(TensorLoss(loss, actor, critic, compile=True), batch, parameters)
+    torch.testing.assert_close(compiled[0], total, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled[1], metrics, rtol=1e-5, atol=1e-6)
+    for grad, compiled_grad in zip(grads, compiled[2], strict=True):
+        torch.testing.assert_close(compiled_grad, grad, rtol=1e-4, atol=1e-6)
