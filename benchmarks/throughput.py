@@ -88,45 +88,56 @@ LOSS_SCRIPT = textwrap.dedent(
     from algos import KLipPPOLoss
     from algos.config import TrainConfig
     from algos.ppo import PPOModule
+    from algos.update import ModuleLoss, TensorLoss
     task = sys.argv[1]
     module = PPOModule(TrainConfig(task=task, collector="fast").to_dict())
     rollout = module.rollouts.collect()
     with torch.no_grad():
         module.advantage_module(rollout)
     data = rollout.select(*module._update_keys(rollout)).reshape(-1)
+    actor, critic = module.actor, module.critic
     common = dict(entropy_coeff=0.0, entropy_bonus=False, critic_coeff=0.25,
                   loss_critic_type="l2", normalize_advantage=True, clip_value=0.2,
                   functional=False, log_explained_variance=False)
-    losses = {
-        "ClipPPOLoss": ClipPPOLoss(module.actor, module.critic, clip_epsilon=0.2, **common),
-        "KLipPPOLoss(step)": KLipPPOLoss(module.actor, module.critic, shape="step", **common),
-        "KLipPPOLoss(step, deferred diagnostics)": KLipPPOLoss(
-            module.actor, module.critic, shape="step", diagnostics="deferred", **common),
-    }
-    parameters = list(module.actor.parameters()) + list(module.critic.parameters())
-    optimizer = torch.optim.Adam(parameters, lr=3e-4, eps=1e-5)
 
-    def iteration(loss):
+    def klip(**kwargs):
+        return KLipPPOLoss(actor, critic, shape="step", **common, **kwargs)
+
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    foreach = torch.optim.Adam(parameters, lr=3e-4, eps=1e-5, foreach=True)
+    fused = torch.optim.Adam(parameters, lr=3e-4, eps=1e-5, fused=True)
+    # name -> (minibatch loss, optimizer); the last two are what `klip train` runs.
+    candidates = {
+        "ClipPPOLoss": (ModuleLoss(ClipPPOLoss(actor, critic, clip_epsilon=0.2, **common)), foreach),
+        "KLipPPOLoss(step)": (ModuleLoss(klip()), foreach),
+        "KLipPPOLoss(step), deferred diagnostics": (ModuleLoss(klip(diagnostics="deferred")), foreach),
+        "klip train: TensorLoss(step)": (
+            TensorLoss(klip(diagnostics="deferred"), actor, critic), foreach),
+        "klip train --compile --fused-adam": (
+            TensorLoss(klip(diagnostics="deferred"), actor, critic, compile=True), fused),
+    }
+
+    def iteration(loss, optimizer):
         started = time.perf_counter()
         for _ in range(10):
             shuffled = data[torch.randperm(2048)]
-            for start in range(0, 2048, 64):
-                out = loss(shuffled[start:start + 64])
-                total = sum(v for k, v in out.items() if k.startswith("loss_"))
+            for minibatch in loss.minibatches(shuffled, 64):
+                total, _ = loss(minibatch)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 torch.nn.utils.clip_grad_norm_(parameters, 0.5)
                 optimizer.step()
-        if hasattr(loss, "pop_diagnostics"):
-            loss.pop_diagnostics()
+        pop = getattr(getattr(loss, "loss_module", getattr(loss, "loss", None)), "pop_diagnostics", None)
+        if pop is not None:
+            pop()
         return time.perf_counter() - started
 
-    times = {name: [] for name in losses}
-    for name, loss in losses.items():
-        iteration(loss)  # warm-up
+    times = {name: [] for name in candidates}
+    for loss, optimizer in candidates.values():
+        iteration(loss, optimizer)  # warm-up (and compilation)
     for _ in range(int(sys.argv[2])):  # interleaved, so drift hits all alike
-        for name, loss in losses.items():
-            times[name].append(iteration(loss))
+        for name, (loss, optimizer) in candidates.items():
+            times[name].append(iteration(loss, optimizer))
     print(json.dumps({name: min(values) / 320 for name, values in times.items()}))
     """
 )
@@ -239,6 +250,8 @@ def main() -> None:
     for name, seconds in per_update.items():
         print(f"  {name}: {seconds * 1e3:.3f} ms per minibatch update")
     print(f"KLipPPOLoss(step) / ClipPPOLoss per update: {step / clip:.3f}")
+    trained = per_update["klip train: TensorLoss(step)"]
+    print(f"klip train's update (TensorLoss(step), bitwise KLipPPOLoss) / ClipPPOLoss: {trained / clip:.3f}")
 
     # The issue's floor: bare simulation of one rollout plus the fastest 320 updates.
     floor_seconds = 2048 * raw["sim_step_s"] + 320 * min(per_update.values())

@@ -8,12 +8,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
-from gymnasium.wrappers.vector import TransformAction, TransformObservation, TransformReward
+from gymnasium.vector import VectorEnv, VectorWrapper
+from gymnasium.wrappers.vector import TransformObservation
 from torchrl.envs import EnvBase, TransformedEnv
 
 from envs.torchrl_env import VecGymWrapper
-from envs.wrappers import DropInfo, EpisodeRecorder, ObservationNormalizer, ReturnScaler
+from envs.wrappers import ClipAction, EpisodeRecorder, LeanSyncVectorEnv, ObservationNormalizer, ReturnScaler
 
 __all__ = [
     "KNOWN_TASKS",
@@ -48,7 +48,7 @@ def _check_task(task: str) -> None:
 def _sub_env_fn(task: str) -> Callable[[], gym.Env]:
     def thunk() -> gym.Env:
         # The passive env checker only validates gymnasium's own envs, at one wrapper per step.
-        return DropInfo(gym.make(task, disable_env_checker=True))
+        return gym.make(task, disable_env_checker=True)
 
     return thunk
 
@@ -65,30 +65,19 @@ def _build_vector_env(
     """Build the gymnasium stack; returns it with the single-env action bounds."""
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-    venv: VectorEnv = SyncVectorEnv(
-        [_sub_env_fn(task) for _ in range(num_envs)], autoreset_mode=AutoresetMode.DISABLED
-    )
+    venv: VectorEnv = LeanSyncVectorEnv([_sub_env_fn(task) for _ in range(num_envs)])
     # Raw episode statistics are recorded before any reward/observation processing.
     venv = EpisodeRecorder(venv)
     space = venv.single_action_space
     if not isinstance(space, gym.spaces.Box):
         raise TypeError(f"{task}: only Box action spaces are supported, got {space}")
     low, high = space.low.astype(np.float32), space.high.astype(np.float32)
-    # Clip at the env; the advertised space is unbounded (as gymnasium's ClipAction does) so that
-    # TorchRL never projects the policy's action, whose log-prob is what PPO stores.
-    venv = TransformAction(
-        venv,
-        lambda a: np.clip(a, low, high),
-        single_action_space=gym.spaces.Box(-np.inf, np.inf, space.shape, np.float32),
-    )
+    # Clip at the env; the advertised space is unbounded so that TorchRL never projects
+    # the policy's action, whose log-prob is what PPO stores.
+    venv = ClipAction(venv)
     obs_shape = venv.single_observation_space.shape
     if obs_norm:
-        venv = ObservationNormalizer(venv, update=obs_update)
-        venv = TransformObservation(
-            venv,
-            lambda o: np.clip(o, -OBS_CLIP, OBS_CLIP),
-            single_observation_space=gym.spaces.Box(-OBS_CLIP, OBS_CLIP, obs_shape, np.float32),
-        )
+        venv = ObservationNormalizer(venv, clip=OBS_CLIP, update=obs_update)
     else:
         # One dtype convention for policies (MuJoCo emits float64).
         venv = TransformObservation(
@@ -97,8 +86,7 @@ def _build_vector_env(
             single_observation_space=gym.spaces.Box(-np.inf, np.inf, obs_shape, np.float32),
         )
     if reward_norm:
-        venv = ReturnScaler(venv, gamma=gamma)
-        venv = TransformReward(venv, lambda r: np.clip(r, -REWARD_CLIP, REWARD_CLIP))
+        venv = ReturnScaler(venv, gamma=gamma, clip=REWARD_CLIP)
     return venv, low, high
 
 

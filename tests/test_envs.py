@@ -239,3 +239,48 @@ def test_episode_stats_are_raw_returns() -> None:
         expected += segment.tolist()
     assert [ret for ret, _ in episodes] == pytest.approx(expected, rel=1e-5)
     assert drain_episode_stats(env) == []
+
+
+def test_lean_stack_equals_gymnasiums_wrappers() -> None:
+    """LeanSyncVectorEnv + ClipAction + clipping normalisers == SyncVectorEnv + gymnasium's Transform*."""
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+    from gymnasium.wrappers.vector import TransformAction, TransformObservation, TransformReward
+
+    from envs.wrappers import ClipAction, LeanSyncVectorEnv, ObservationNormalizer, ReturnScaler
+
+    def sub_envs() -> list:
+        return [lambda: gym.make("Hopper-v4", disable_env_checker=True) for _ in range(3)]
+
+    lean = ReturnScaler(
+        ObservationNormalizer(ClipAction(LeanSyncVectorEnv(sub_envs())), clip=1.0), gamma=0.99, clip=0.5)
+    reference = SyncVectorEnv(sub_envs(), autoreset_mode=AutoresetMode.DISABLED)
+    low, high = reference.single_action_space.low, reference.single_action_space.high
+    reference = TransformAction(reference, lambda a: np.clip(a, low, high))
+    reference = TransformObservation(ObservationNormalizer(reference), lambda o: np.clip(o, -1.0, 1.0))
+    reference = TransformReward(ReturnScaler(reference, gamma=0.99), lambda r: np.clip(r, -0.5, 0.5))
+
+    rng = np.random.default_rng(0)
+    observations = [env.reset(seed=7)[0] for env in (lean, reference)]
+    np.testing.assert_array_equal(*observations)
+    resets = 0
+    for _ in range(300):
+        action = rng.uniform(-3, 3, size=(3, 3)).astype(np.float32)  # beyond the bounds
+        out_lean, out_reference = lean.step(action), reference.step(action)
+        for lean_part, reference_part in zip(out_lean[:4], out_reference[:4], strict=True):
+            np.testing.assert_array_equal(lean_part, reference_part)
+            assert lean_part.dtype == reference_part.dtype
+        assert out_lean[4] == {}
+        done = out_lean[2] | out_lean[3]
+        if done.any():
+            resets += 1
+            reset_lean = lean.reset(options={"reset_mask": done})[0]
+            reset_reference = reference.reset(options={"reset_mask": done})[0]
+            np.testing.assert_array_equal(reset_lean, reset_reference)
+    assert resets > 3
+    assert np.abs(out_lean[0]).max() <= 1.0 and np.abs(out_lean[1]).max() <= 0.5
+
+    # Stepping a finished sub-env without resetting it is refused, as gymnasium asserts.
+    while not (done := (out_lean := lean.step(np.zeros((3, 3), np.float32)))[2] | out_lean[3]).any():
+        pass
+    with pytest.raises(RuntimeError, match="finished and were not reset"):
+        lean.step(np.zeros((3, 3), np.float32))
