@@ -1,7 +1,7 @@
 """Compare groups of finished `klip train` runs: final returns and binned learning curves.
 
     .venv/bin/python benchmarks/compare_runs.py exact=runs/exact-s* fused=runs/fused-s* \\
-        --out benchmarks/results/fused_adam_seed_noise.png
+        --out benchmarks/results/seed_noise.png
 
 Each group is NAME=RUN_DIR [RUN_DIR ...] (shell globs expand). Prints, per group, the
 final return (mean raw episode return over the last 10% of training, PAPER.md) as
