@@ -43,7 +43,7 @@ OPTION_HELP: dict[str, str] = {
     "kl_target": "KL target of --loss kl_adaptive",
     "hidden": "hidden width of the 2-layer tanh MLPs",
     "collector": "fast (lean loop, bitwise equal to TorchRL's) or torchrl (TorchRL's Collector)",
-    "compile": "torch.compile the minibatch loss and its backward (~2-8 s to compile; not bitwise equal to eager)",
+    "compile": "torch.compile the minibatch loss and its backward (1-8 s; not bitwise equal to eager)",
     "fused_adam": "fused Adam kernel (faster; rounds differently from the default)",
     "eval_episodes": "deterministic evaluation episodes at the end (0: none)",
     "checkpoint_every": "iterations between checkpoints",

@@ -66,6 +66,21 @@ def build_loss(config: TrainConfig, actor: Any, critic: Any) -> LossModule:
                        diagnostics="deferred" if config.diagnostics else False, **common)
 
 
+def configure_inductor() -> None:
+    """Inductor settings for one training process per core (both measured here)."""
+    import os
+
+    import torch._inductor.config as inductor_config
+
+    # Its default pool of compile workers, alive after compiling, slowed this process's
+    # collection by ~15% on 2 cores: compile in-process.
+    inductor_config.compile_threads = 1
+    # Before trusting the vector ISA the CPU reports, inductor builds and loads a probe
+    # library in 6 child processes: ~1 s per process. TORCHINDUCTOR_VEC_ISA_OK=0 restores it.
+    if "TORCHINDUCTOR_VEC_ISA_OK" not in os.environ:
+        inductor_config.cpp.vec_isa_ok = True
+
+
 class PPOModule(L.LightningModule):
     """PPO on one task with a chosen loss; `current_epoch` counts PPO iterations."""
 
@@ -91,11 +106,7 @@ class PPOModule(L.LightningModule):
         # checkpoints, so whatever Lightning draws between iterations cannot shift it.
         self._rng_state = torch.get_rng_state()
         if cfg.compile:
-            # Inductor's default pool of compile workers, kept alive after compiling, was
-            # measured to slow this process's collection by ~15% on 2 cores: compile in-process.
-            import torch._inductor.config as inductor_config
-
-            inductor_config.compile_threads = 1
+            configure_inductor()
         # KLip shapes run through `TensorLoss` (bitwise the loss module, less overhead);
         # `--loss clip` and the scalar-KL baselines through TorchRL's loss modules.
         self.minibatch_loss = make_minibatch_loss(self.loss_module, self.actor, self.critic,
