@@ -87,8 +87,9 @@ LOSS_SCRIPT = textwrap.dedent(
     from torchrl.objectives import ClipPPOLoss
     from algos import KLipPPOLoss
     from algos.config import TrainConfig
-    from algos.ppo import PPOModule
+    from algos.ppo import PPOModule, configure_inductor
     from algos.update import ModuleLoss, TensorLoss
+    configure_inductor()  # as `klip train --compile` does
     task = sys.argv[1]
     module = PPOModule(TrainConfig(task=task, collector="fast").to_dict())
     rollout = module.rollouts.collect()

@@ -71,10 +71,9 @@ def _build_vector_env(
     space = venv.single_action_space
     if not isinstance(space, gym.spaces.Box):
         raise TypeError(f"{task}: only Box action spaces are supported, got {space}")
-    low, high = space.low.astype(np.float32), space.high.astype(np.float32)
     # Clip at the env; the advertised space is unbounded so that TorchRL never projects
     # the policy's action, whose log-prob is what PPO stores.
-    venv = ClipAction(venv)
+    venv = clip_action = ClipAction(venv)
     obs_shape = venv.single_observation_space.shape
     if obs_norm:
         venv = ObservationNormalizer(venv, clip=OBS_CLIP, update=obs_update)
@@ -87,7 +86,7 @@ def _build_vector_env(
         )
     if reward_norm:
         venv = ReturnScaler(venv, gamma=gamma, clip=REWARD_CLIP)
-    return venv, low, high
+    return venv, clip_action.low, clip_action.high
 
 
 def make_env(
