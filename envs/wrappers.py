@@ -38,10 +38,25 @@ class _RunningMeanStd(RunningMeanStd):
     def update(self, x: np.ndarray) -> None:
         """Fold a batch ``x`` (leading axis = samples) into the statistics."""
         n = x.shape[0]
+        if n == 1:
+            self._update_one(x[0])
+            return
         batch_mean = np.add.reduce(x, axis=0) / n
         delta = x - batch_mean
         batch_var = np.add.reduce(delta * delta, axis=0) / n
         self.update_from_moments(batch_mean, batch_var, n)
+
+    def _update_one(self, x: np.ndarray) -> None:
+        """``update`` for a single sample (the 1-env protocol, every step), 7 ufunc calls, not 16.
+
+        gymnasium's formulas with batch mean ``x``, batch variance 0 and count 1 (a product by
+        1 and a sum with 0 are exact, so the bits are the same for finite samples).
+        """
+        delta = x - self.mean
+        total = self.count + 1
+        self.mean = self.mean + delta / total
+        self.var = (self.var * self.count + np.square(delta) * self.count / total) / total
+        self.count = total
 
 
 def _reset_mask(options: dict[str, Any] | None) -> np.ndarray | None:

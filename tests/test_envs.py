@@ -284,3 +284,23 @@ def test_lean_stack_equals_gymnasiums_wrappers() -> None:
         pass
     with pytest.raises(RuntimeError, match="finished and were not reset"):
         lean.step(np.zeros((3, 3), np.float32))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("shape", [(), (11,)])
+def test_running_mean_std_bitwise_equals_gymnasiums(batch: int, shape: tuple[int, ...]) -> None:
+    from gymnasium.wrappers.utils import RunningMeanStd
+
+    from envs.wrappers import _RunningMeanStd
+
+    ours, reference = _RunningMeanStd(shape=shape), RunningMeanStd(shape=shape)
+    rng = np.random.default_rng(batch)
+    for step in range(500):
+        # Scales from 1e-3 to 1e3, and exact repeats (zero deviations).
+        x = rng.normal(size=(batch, *shape)) * 10.0 ** rng.integers(-3, 4)
+        if step % 50 == 0:
+            x = np.zeros((batch, *shape)) + ours.mean
+        ours.update(x)
+        reference.update(x)
+        assert np.array_equal(ours.mean, reference.mean) and np.array_equal(ours.var, reference.var)
+        assert ours.count == reference.count
