@@ -114,7 +114,7 @@ class TensorLoss:
         reason = tensor_loss_unsupported(loss_module, actor, critic)
         if reason is not None:
             raise ValueError(f"TensorLoss cannot replace this loss module: {reason}")
-        self.loss = loss_module
+        self.loss_module = loss_module
         self.head = policy_head(actor)
         self.critic = critic
         keys = loss_module.tensor_keys
@@ -144,8 +144,8 @@ class TensorLoss:
 
     def __call__(self, minibatch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         total, metrics, log_weight, advantage, gate = self._losses(*minibatch)
-        if self.loss.diagnostics == "deferred":
-            self.loss.record_diagnostics(log_weight, advantage, gate)
+        if self.loss_module.diagnostics == "deferred":
+            self.loss_module.record_diagnostics(log_weight, advantage, gate)
         return total, metrics
 
     def losses(
@@ -158,7 +158,7 @@ class TensorLoss:
         old_value: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Total loss, metrics, and the per-sample inputs of the diagnostics."""
-        loss = self.loss
+        loss = self.loss_module
         if loss.normalize_advantage and advantage.numel() > 1:
             advantage = (advantage - advantage.mean()) / advantage.std().clamp_min(ADVANTAGE_STD_MIN)
         loc = self.head.mean(observation)

@@ -128,7 +128,7 @@ LOSS_SCRIPT = textwrap.dedent(
                 total.backward()
                 torch.nn.utils.clip_grad_norm_(parameters, 0.5)
                 optimizer.step()
-        pop = getattr(getattr(loss, "loss_module", getattr(loss, "loss", None)), "pop_diagnostics", None)
+        pop = getattr(loss.loss_module, "pop_diagnostics", None)
         if pop is not None:
             pop()
         return time.perf_counter() - started
