@@ -9,6 +9,7 @@ metrics per iteration.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import deque
 from typing import Any
@@ -68,9 +69,7 @@ def build_loss(config: TrainConfig, actor: Any, critic: Any) -> LossModule:
 
 def configure_inductor() -> None:
     """Inductor settings for one training process per core (both measured here)."""
-    import os
-
-    import torch._inductor.config as inductor_config
+    import torch._inductor.config as inductor_config  # imported only when compiling
 
     # Its default pool of compile workers, alive after compiling, slowed this process's
     # collection by ~15% on 2 cores: compile in-process.
