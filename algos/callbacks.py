@@ -12,11 +12,10 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from klip.envs import get_normalization_state, make_eval_env
 from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 from lightning.pytorch.loggers import CSVLogger
 from tqdm.auto import tqdm
-
-from envs import get_normalization_state, make_eval_env
 
 
 class _AppendingWriter(_ExperimentWriter):

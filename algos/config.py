@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from envs import KNOWN_TASKS
+from klip.envs import KNOWN_TASKS
 
 LOSSES: tuple[str, ...] = ("klip", "clip", "kl_fixed", "kl_adaptive")
 COLLECTORS: tuple[str, ...] = ("torchrl", "fast")
@@ -57,7 +56,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """Every option of a training run. Defaults follow PAPER.md (CleanRL / SB3 MuJoCo)."""
+    """Every option of a training run. Defaults follow the CleanRL / SB3 MuJoCo PPO protocol."""
 
     task: str = "Hopper-v4"
     loss: str = "klip"

@@ -92,7 +92,7 @@ def policy_head(actor: ProbabilisticActor) -> GaussianPolicyHead:
     """The `GaussianPolicyHead` inside an actor from `make_actor` (observation -> loc, scale)."""
     head = actor.module[0] if isinstance(actor, ProbabilisticActor) else None
     if not isinstance(head, GaussianPolicyHead):
-        raise TypeError("this fast path needs an actor built by algos.networks.make_actor")
+        raise TypeError("this fast path needs an actor built by klip.algos.networks.make_actor")
     return head
 
 

@@ -12,8 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-
-from shapes import CoefficientShape
+from klip.shapes import CoefficientShape
 
 
 def read_metrics(path: Path) -> dict[str, np.ndarray]:

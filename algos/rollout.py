@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from klip.envs import get_env_state, set_env_state
 from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, ExplorationType
-
-from envs import get_env_state, set_env_state
 
 
 class Rollouts(Protocol):
@@ -59,7 +58,7 @@ def make_rollouts(kind: str, env: EnvBase, actor: Any, frames_per_env: int) -> R
     if kind == "torchrl":
         return TorchRLRollouts(env, actor, frames_per_env)
     if kind == "fast":
-        from algos.fast_rollout import FastRollouts
+        from klip.algos.fast_rollout import FastRollouts
 
         return FastRollouts(env, actor, frames_per_env)
     raise ValueError(f"unknown collector {kind!r}; choose 'torchrl' or 'fast'")

@@ -16,13 +16,12 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
+from klip.algos.callbacks import FinalEvaluation, MetricsCSVLogger, TrainingProgress, truncate_metrics
+from klip.algos.config import ConfigError, TrainConfig
+from klip.algos.plots import plot_learning_curve
+from klip.algos.ppo import PPOModule, build_shape
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-
-from algos.callbacks import FinalEvaluation, MetricsCSVLogger, TrainingProgress, truncate_metrics
-from algos.config import ConfigError, TrainConfig
-from algos.plots import plot_learning_curve
-from algos.ppo import PPOModule, build_shape
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
@@ -170,7 +169,7 @@ def train(
 
 
 def final_return(history: list[tuple[int, float]], frames: int) -> float:
-    """Mean raw return of the episodes that ended in the last 10% of training (PAPER.md)."""
+    """Mean raw return of the episodes that ended in the last 10% of training."""
     if not history:
         return float("nan")
     cutoff = 0.9 * frames

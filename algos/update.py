@@ -24,12 +24,11 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
+from klip.algos.loss import KLipPPOLoss, klip_objective
+from klip.algos.networks import ValueHead, gaussian_entropy, gaussian_log_prob, policy_head
 from tensordict import TensorDictBase
 from torch import Tensor
 from torchrl.objectives import LossModule
-
-from algos.loss import KLipPPOLoss, klip_objective
-from algos.networks import ValueHead, gaussian_entropy, gaussian_log_prob, policy_head
 
 # TorchRL's `_standardize` clamps the advantage std at float32's resolution.
 ADVANTAGE_STD_MIN = torch.finfo(torch.float).resolution
@@ -86,7 +85,7 @@ def tensor_loss_unsupported(loss_module: LossModule, actor: Any, critic: Any) ->
     except TypeError as error:
         return str(error)
     if not isinstance(critic, ValueHead):
-        return "the critic is not an algos.networks.ValueHead"
+        return "the critic is not a klip.algos.networks.ValueHead"
     checks = {
         "functional parameters": loss_module.functional,
         "a delayed actor": loss_module.delay_actor,

@@ -14,9 +14,8 @@ import hashlib
 import time
 
 import torch
-
-from algos.config import TrainConfig
-from algos.ppo import PPOModule
+from klip.algos.config import TrainConfig
+from klip.algos.ppo import PPOModule
 
 
 def main() -> None:

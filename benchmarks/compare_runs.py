@@ -4,7 +4,7 @@
         --out benchmarks/results/seed_noise.png
 
 Each group is NAME=RUN_DIR [RUN_DIR ...] (shell globs expand). Prints, per group, the
-final return (mean raw episode return over the last 10% of training, PAPER.md) as
+final return (mean raw episode return over the last 10% of training) as
 mean +- std over runs, and draws each group's mean curve with a band of +- one std
 across runs, on a common grid of env steps.
 """

@@ -85,10 +85,10 @@ LOSS_SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from torchrl.objectives import ClipPPOLoss
-    from algos import KLipPPOLoss
-    from algos.config import TrainConfig
-    from algos.ppo import PPOModule, configure_inductor
-    from algos.update import ModuleLoss, TensorLoss
+    from klip.algos import KLipPPOLoss
+    from klip.algos.config import TrainConfig
+    from klip.algos.ppo import PPOModule, configure_inductor
+    from klip.algos.update import ModuleLoss, TensorLoss
     configure_inductor()  # as `klip train --compile` does
     task = sys.argv[1]
     module = PPOModule(TrainConfig(task=task, collector="fast").to_dict())

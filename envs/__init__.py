@@ -1,7 +1,7 @@
 """Task name -> TorchRL environment (CleanRL / SB3 PPO MuJoCo protocol)."""
 
-from envs.state import get_env_state, set_env_state
-from envs.tasks import (
+from klip.envs.state import get_env_state, set_env_state
+from klip.envs.tasks import (
     KNOWN_TASKS,
     action_bounds,
     drain_episode_stats,

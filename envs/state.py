@@ -17,10 +17,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.wrappers import TimeLimit
+from klip.envs.tasks import _find, get_normalization_state, gym_vector_env, set_normalization_state
+from klip.envs.wrappers import EpisodeRecorder
 from torchrl.envs import EnvBase
-
-from envs.tasks import _find, get_normalization_state, gym_vector_env, set_normalization_state
-from envs.wrappers import EpisodeRecorder
 
 _PLAIN = (np.ndarray, float, int, bool, np.floating, np.integer, type(None))
 

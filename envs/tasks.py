@@ -10,10 +10,15 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv, VectorWrapper
 from gymnasium.wrappers.vector import TransformObservation
+from klip.envs.torchrl_env import VecGymWrapper
+from klip.envs.wrappers import (
+    ClipAction,
+    EpisodeRecorder,
+    LeanSyncVectorEnv,
+    ObservationNormalizer,
+    ReturnScaler,
+)
 from torchrl.envs import EnvBase, TransformedEnv
-
-from envs.torchrl_env import VecGymWrapper
-from envs.wrappers import ClipAction, EpisodeRecorder, LeanSyncVectorEnv, ObservationNormalizer, ReturnScaler
 
 __all__ = [
     "KNOWN_TASKS",
@@ -129,7 +134,7 @@ def gym_vector_env(env: EnvBase) -> VectorEnv:
     """The gymnasium vector stack under a (possibly transformed) env from this module."""
     base = env.base_env if isinstance(env, TransformedEnv) else env
     if not isinstance(base, VecGymWrapper):
-        raise TypeError(f"expected an env built by envs.make_env/make_eval_env, got {type(env)}")
+        raise TypeError(f"expected an env built by klip.envs.make_env/make_eval_env, got {type(env)}")
     return base._env
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, defaulting to 'not given' so YAML values survive."""
-    from algos.config import OPTION_HELP, TrainConfig
+    from klip.algos.config import OPTION_HELP, TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
@@ -66,9 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from algos.config import TrainConfig, load_config_file
-    from algos.train import train
-    from shapes import parse_param_assignments
+    from klip.algos.config import TrainConfig, load_config_file
+    from klip.algos.train import train
+    from klip.shapes import parse_param_assignments
 
     options: dict[str, Any] = {}
     if args.resume and args.out and (args.out / "config.yaml").is_file():
@@ -95,7 +95,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _parse_shape_spec(spec: str) -> Any:
-    from shapes import load_shape, make_shape, parse_param_assignments
+    from klip.shapes import load_shape, make_shape, parse_param_assignments
 
     if spec.endswith(".json"):
         return load_shape(spec)
@@ -105,7 +105,7 @@ def _parse_shape_spec(spec: str) -> Any:
 
 
 def _shapes(args: argparse.Namespace) -> int:
-    from shapes import available_shapes, get_shape_class, load_shapes_from_file
+    from klip.shapes import available_shapes, get_shape_class, load_shapes_from_file
 
     for plugin in args.plugin:
         load_shapes_from_file(plugin)
@@ -123,7 +123,7 @@ def _shapes(args: argparse.Namespace) -> int:
             print(f"  {key} = {spec.default:g}  valid {spec.describe_range()}  {search}  {spec.help}")
         print(json.dumps(cls().to_dict()))
     else:
-        from algos.plots import plot_shapes
+        from klip.algos.plots import plot_shapes
 
         path = plot_shapes([_parse_shape_spec(spec) for spec in args.names], args.out)
         print(f"plot written to {path}")

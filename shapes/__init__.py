@@ -1,11 +1,11 @@
 """Coefficient shapes: the gate `g(w, A)` that defines a PPO variant.
 
-    from shapes import CoefficientShape, register_shape, make_shape, available_shapes
+    from klip.shapes import CoefficientShape, register_shape, make_shape, available_shapes
 """
 
-from shapes.base import CoefficientShape, Param, signed_distance_past_boundary
-from shapes.builtin import LearnedShape, LinearRampShape, NoGateShape, SigmoidShape, StepShape
-from shapes.registry import (
+from klip.shapes.base import CoefficientShape, Param, signed_distance_past_boundary
+from klip.shapes.builtin import LearnedShape, LinearRampShape, NoGateShape, SigmoidShape, StepShape
+from klip.shapes.registry import (
     ENTRY_POINT_GROUP,
     UnknownShapeError,
     available_shapes,

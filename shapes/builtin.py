@@ -6,10 +6,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
+from klip.shapes.base import CoefficientShape, Param, signed_distance_past_boundary
+from klip.shapes.registry import register_shape
 from torch import Tensor
-
-from shapes.base import CoefficientShape, Param, signed_distance_past_boundary
-from shapes.registry import register_shape
 
 if TYPE_CHECKING:
     import optuna
@@ -64,7 +63,7 @@ class SigmoidShape(CoefficientShape):
     """`g = sigmoid(d / tau)` of the signed distance `d` past the kill boundary.
 
     Brakes samples already inside the band: at eps=0.2, tau=0.05 it removes
-    about 12% of the gradient at w=1.1 (PAPER.md). Tends to `step` as tau -> 0.
+    about 12% of the gradient at w=1.1. Tends to `step` as tau -> 0.
     """
 
     params: ClassVar[Mapping[str, Param]] = {

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-
-from shapes.base import SHAPE_FILE_FORMAT, CoefficientShape
+from klip.shapes.base import SHAPE_FILE_FORMAT, CoefficientShape
 
 ENTRY_POINT_GROUP = "klip.shapes"
 

@@ -6,9 +6,8 @@ import os
 
 import pytest
 import torch
+from klip.algos import make_actor, make_critic
 from tensordict import TensorDict
-
-from algos import make_actor, make_critic
 
 torch.set_num_threads(1)
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -57,7 +56,7 @@ def gradients(loss_module, batch: TensorDict, parameters: list[torch.Tensor]):
 @pytest.fixture
 def clean_registry():
     """Undo registrations a test makes, so tests stay independent."""
-    from shapes import registry
+    from klip.shapes import registry
 
     saved = dict(registry._REGISTRY)
     saved_flag = registry._entry_points_loaded

@@ -8,11 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from tensordict import TensorDictBase
-from torchrl.collectors import Collector
-from torchrl.envs import EnvBase
-
-from envs import (
+from klip.envs import (
     KNOWN_TASKS,
     action_bounds,
     drain_episode_stats,
@@ -22,6 +18,9 @@ from envs import (
     observation_and_action_dims,
     set_normalization_state,
 )
+from tensordict import TensorDictBase
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase
 
 torch.set_num_threads(1)
 
@@ -245,8 +244,7 @@ def test_lean_stack_equals_gymnasiums_wrappers() -> None:
     """LeanSyncVectorEnv + ClipAction + clipping normalisers == SyncVectorEnv + gymnasium's Transform*."""
     from gymnasium.vector import AutoresetMode, SyncVectorEnv
     from gymnasium.wrappers.vector import TransformAction, TransformObservation, TransformReward
-
-    from envs.wrappers import ClipAction, LeanSyncVectorEnv, ObservationNormalizer, ReturnScaler
+    from klip.envs.wrappers import ClipAction, LeanSyncVectorEnv, ObservationNormalizer, ReturnScaler
 
     def sub_envs() -> list:
         return [lambda: gym.make("Hopper-v4", disable_env_checker=True) for _ in range(3)]
@@ -290,8 +288,7 @@ def test_lean_stack_equals_gymnasiums_wrappers() -> None:
 @pytest.mark.parametrize("shape", [(), (11,)])
 def test_running_mean_std_bitwise_equals_gymnasiums(batch: int, shape: tuple[int, ...]) -> None:
     from gymnasium.wrappers.utils import RunningMeanStd
-
-    from envs.wrappers import _RunningMeanStd
+    from klip.envs.wrappers import _RunningMeanStd
 
     ours, reference = _RunningMeanStd(shape=shape), RunningMeanStd(shape=shape)
     rng = np.random.default_rng(batch)

@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 from conftest import gradients, make_actor_critic, make_batch
+from klip.algos import KLipPPOLoss
 from torchrl.objectives import ClipPPOLoss, PPOLoss
-
-from algos import KLipPPOLoss
 
 EPS = 0.2
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from algos.config import TrainConfig
-from algos.ppo import PPOModule
-from envs import get_env_state, make_env, set_env_state
+from klip.algos.config import TrainConfig
+from klip.algos.ppo import PPOModule
+from klip.envs import get_env_state, make_env, set_env_state
 
 
 def rollouts_of(collector: str, task: str, num_envs: int, count: int, steps: int):

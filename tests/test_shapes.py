@@ -14,10 +14,8 @@ import torch
 from conftest import make_actor_critic, make_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import shapes
-from algos import KLipPPOLoss, klip_objective
-from shapes import (
+from klip.algos import KLipPPOLoss, klip_objective
+from klip.shapes import (
     CoefficientShape,
     LearnedShape,
     available_shapes,
@@ -28,6 +26,8 @@ from shapes import (
     save_shape,
     signed_distance_past_boundary,
 )
+
+from klip import shapes
 
 BUILTIN = ["step", "none", "sigmoid", "linear_ramp", "learned"]
 ratios = st.floats(1e-6, 1e6, allow_nan=False)
@@ -172,7 +172,7 @@ def test_search_space_builds_a_valid_shape(name):
 USER_SHAPE = textwrap.dedent(
     """
     import torch
-    from shapes import CoefficientShape, Param, register_shape
+    from klip.shapes import CoefficientShape, Param, register_shape
 
     @register_shape("half_brake")
     class HalfBrake(CoefficientShape):
@@ -214,7 +214,7 @@ def test_entry_point_plugin_is_discovered(tmp_path, clean_registry, monkeypatch)
 def test_shape_json_written_by_one_process_loads_in_another(tmp_path):
     path = tmp_path / "learned.json"
     script = (
-        "import torch, shapes\n"
+        "import torch\nfrom klip import shapes\n"
         "s = shapes.make_shape('learned', eps=0.15)\n"
         "s.set_vector(torch.linspace(0, 1, s.vector_size))\n"
         f"shapes.save_shape(s, {str(path)!r})\n"

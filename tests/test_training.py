@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from klip.algos.config import TrainConfig
+from klip.algos.train import train
 
-from algos.config import TrainConfig
-from algos.train import train
 from klip.cli import main
 
 TINY = dict(task="Hopper-v4", rollout_steps=256, minibatch_size=64, epochs=2, eval_episodes=0,
@@ -50,7 +50,7 @@ def test_clip_and_step_training_end_with_bitwise_identical_parameters(tmp_path):
     assert_same_parameters(clip, step)
     # And training did move the parameters (the test would be vacuous otherwise).
     fresh = TrainConfig(**TINY, steps=256)
-    from algos.ppo import PPOModule
+    from klip.algos.ppo import PPOModule
 
     initial = PPOModule(fresh.to_dict()).state_dict()
     assert not torch.equal(initial["actor.module.0.mean.0.weight"],
@@ -241,7 +241,8 @@ def test_killed_process_resumes_from_its_last_checkpoint(tmp_path):
 def test_every_option_is_documented_and_settable_from_the_command_line():
     import dataclasses
 
-    from algos.config import OPTION_HELP
+    from klip.algos.config import OPTION_HELP
+
     from klip.cli import build_parser
 
     fields = {field.name for field in dataclasses.fields(TrainConfig)}

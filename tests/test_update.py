@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_actor_critic, make_batch
+from klip.algos import KLipPPOLoss
+from klip.algos.update import ModuleLoss, TensorLoss, make_minibatch_loss, tensor_loss_unsupported
 from test_loss_exactness import adversarial_case, random_case
 from torchrl.objectives import ClipPPOLoss
-
-from algos import KLipPPOLoss
-from algos.update import ModuleLoss, TensorLoss, make_minibatch_loss, tensor_loss_unsupported
 
 CONFIGS = {
     # What PPOModule builds for the paper's protocol.
@@ -101,7 +100,8 @@ def test_fallback_to_the_loss_module_with_a_reason():
     paper = KLipPPOLoss(actor, critic, diagnostics="deferred", **CONFIGS["paper"])
     assert tensor_loss_unsupported(paper, actor, critic) is None
     assert isinstance(make_minibatch_loss(paper, actor, critic), TensorLoss)
-    assert "not an algos.networks.ValueHead" in tensor_loss_unsupported(paper, actor, torch.nn.Linear(5, 1))
+    reason = tensor_loss_unsupported(paper, actor, torch.nn.Linear(5, 1))
+    assert "not a klip.algos.networks.ValueHead" in reason
 
 
 def test_compiled_tensor_loss_close_to_eager():
