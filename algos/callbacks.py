@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from klip.envs import get_normalization_state, make_eval_env
-from lightning.fabric.loggers.csv_logs import _ExperimentWriter
-from lightning.pytorch.loggers import CSVLogger
+from lightning_fabric.loggers.csv_logs import _ExperimentWriter
+from pytorch_lightning.loggers import CSVLogger
 from tqdm.auto import tqdm
 
 
@@ -60,7 +60,7 @@ def truncate_metrics(path: Path, frames: int) -> None:
         writer.writerows(kept)
 
 
-class TrainingProgress(L.Callback):
+class TrainingProgress(pl.Callback):
     """A tqdm bar in env steps, with steps/s and the recent raw episode return."""
 
     def __init__(self, total_frames: int, enabled: bool = True) -> None:
@@ -68,11 +68,11 @@ class TrainingProgress(L.Callback):
         self.enabled = enabled
         self.bar: tqdm | None = None
 
-    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+    def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
         self.bar = tqdm(total=self.total_frames, initial=module.frames, unit="step",
                         disable=not self.enabled, dynamic_ncols=True, smoothing=0.1)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
         if self.bar is None:
             return
         row = getattr(module, "last_row", {})
@@ -82,7 +82,7 @@ class TrainingProgress(L.Callback):
             postfix["return"] = f"{row['episode/return_recent']:.1f}"
         self.bar.set_postfix(postfix, refresh=False)
 
-    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+    def on_train_end(self, trainer: pl.Trainer, module: Any) -> None:
         if self.bar is not None:
             self.bar.close()
 
@@ -115,13 +115,13 @@ def evaluate(module: Any, episodes: int, seed: int) -> dict[str, Any]:
     }
 
 
-class FinalEvaluation(L.Callback):
+class FinalEvaluation(pl.Callback):
     """Writes `eval.json` when training ends."""
 
     def __init__(self, out: Path, episodes: int, seed: int) -> None:
         self.out, self.episodes, self.seed = out, episodes, seed
 
-    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+    def on_train_end(self, trainer: pl.Trainer, module: Any) -> None:
         if self.episodes == 0:
             return
         result = evaluate(module, self.episodes, self.seed)

@@ -14,8 +14,8 @@ import time
 from collections import deque
 from typing import Any
 
-import lightning as L
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from klip.algos.config import TrainConfig
 from klip.algos.loss import KLipPPOLoss, ScalarKLPPOLoss
@@ -79,7 +79,7 @@ def configure_inductor() -> None:
         inductor_config.cpp.vec_isa_ok = True
 
 
-class PPOModule(L.LightningModule):
+class PPOModule(pl.LightningModule):
     """PPO on one task with a chosen loss; `current_epoch` counts PPO iterations."""
 
     def __init__(self, config: dict[str, Any]) -> None:

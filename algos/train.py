@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
+import pytorch_lightning as pl
 import torch
 import yaml
 from klip.algos.callbacks import FinalEvaluation, MetricsCSVLogger, TrainingProgress, truncate_metrics
 from klip.algos.config import ConfigError, TrainConfig
 from klip.algos.plots import plot_learning_curve
 from klip.algos.ppo import PPOModule, build_shape
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
@@ -111,13 +111,13 @@ def train(
 
     torch.set_num_threads(1)
     # Lightning's start-up banners and tips say nothing about this run.
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     # The paper's protocol uses the -v4 tasks on purpose.
     warnings.filterwarnings("ignore", message=".*is out of date. You should consider upgrading.*")
     # A resumed run writes into its own checkpoint directory on purpose.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-    L.seed_everything(config.seed, verbose=False)
+    pl.seed_everything(config.seed, verbose=False)
     module = PPOModule(config.to_dict())
     max_epochs = config.iterations
     if stop_after_iterations is not None:
@@ -129,7 +129,7 @@ def train(
         every_n_epochs=config.checkpoint_every, save_top_k=1, save_last=False,
         save_on_train_epoch_end=True, enable_version_counter=False,
     )
-    trainer = L.Trainer(
+    trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
         max_epochs=max_epochs,

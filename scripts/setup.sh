@@ -22,4 +22,4 @@ pip_install() {
 }
 pip_install "$TORCH_PIN"
 pip_install -e ".[test,bench,postgres]"
-.venv/bin/python -c "import torch, torchrl, lightning, optuna, gymnasium, mujoco"
+.venv/bin/python -c "import torch, torchrl, pytorch_lightning, optuna, gymnasium, mujoco"
