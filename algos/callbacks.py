@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from klip.envs import get_normalization_state, make_eval_env
 from lightning_fabric.loggers.csv_logs import _ExperimentWriter
 from pytorch_lightning.loggers import CSVLogger
 from tqdm.auto import tqdm
+
+from klip.envs import get_normalization_state, make_eval_env
 
 
 class _AppendingWriter(_ExperimentWriter):

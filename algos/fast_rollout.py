@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from klip.algos.networks import gaussian_log_prob, policy_head
-from klip.envs import get_env_state, gym_vector_env, set_env_state
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
+
+from klip.algos.networks import gaussian_log_prob, policy_head
+from klip.envs import get_env_state, gym_vector_env, set_env_state
 
 # PyTorch's CPU `normal_` fills a tensor of fewer than 16 float32 elements (or any
 # non-contiguous one) one number at a time, in order; larger contiguous ones use a

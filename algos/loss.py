@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
-from klip.shapes import CoefficientShape, make_shape
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torchrl.objectives import PPOLoss
+
+from klip.shapes import CoefficientShape, make_shape
 
 PolicyForm = Literal["effective", "kl"]
 

@@ -17,6 +17,11 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from tensordict import TensorDictBase
+from torch import Tensor
+from torchrl.objectives import ClipPPOLoss, LossModule
+from torchrl.objectives.value import GAE
+
 from klip.algos.config import TrainConfig
 from klip.algos.loss import KLipPPOLoss, ScalarKLPPOLoss
 from klip.algos.networks import make_actor, make_critic
@@ -24,10 +29,6 @@ from klip.algos.rollout import make_rollouts
 from klip.algos.update import make_minibatch_loss
 from klip.envs import drain_episode_stats, make_env, observation_and_action_dims
 from klip.shapes import CoefficientShape, load_shape, load_shapes_from_file, make_shape
-from tensordict import TensorDictBase
-from torch import Tensor
-from torchrl.objectives import ClipPPOLoss, LossModule
-from torchrl.objectives.value import GAE
 
 # Keys the update reads; selecting them once per rollout keeps minibatch slicing cheap.
 UPDATE_KEYS = ("observation", "action", "action_log_prob", "advantage", "value_target",

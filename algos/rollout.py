@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from klip.envs import get_env_state, set_env_state
 from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, ExplorationType
+
+from klip.envs import get_env_state, set_env_state
 
 
 class Rollouts(Protocol):

@@ -16,12 +16,13 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import yaml
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
 from klip.algos.callbacks import FinalEvaluation, MetricsCSVLogger, TrainingProgress, truncate_metrics
 from klip.algos.config import ConfigError, TrainConfig
 from klip.algos.plots import plot_learning_curve
 from klip.algos.ppo import PPOModule, build_shape
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"

@@ -24,11 +24,12 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
-from klip.algos.loss import KLipPPOLoss, klip_objective
-from klip.algos.networks import ValueHead, gaussian_entropy, gaussian_log_prob, policy_head
 from tensordict import TensorDictBase
 from torch import Tensor
 from torchrl.objectives import LossModule
+
+from klip.algos.loss import KLipPPOLoss, klip_objective
+from klip.algos.networks import ValueHead, gaussian_entropy, gaussian_log_prob, policy_head
 
 # TorchRL's `_standardize` clamps the advantage std at float32's resolution.
 ADVANTAGE_STD_MIN = torch.finfo(torch.float).resolution

@@ -14,6 +14,7 @@ import hashlib
 import time
 
 import torch
+
 from klip.algos.config import TrainConfig
 from klip.algos.ppo import PPOModule
 

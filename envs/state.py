@@ -17,9 +17,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.wrappers import TimeLimit
+from torchrl.envs import EnvBase
+
 from klip.envs.tasks import _find, get_normalization_state, gym_vector_env, set_normalization_state
 from klip.envs.wrappers import EpisodeRecorder
-from torchrl.envs import EnvBase
 
 _PLAIN = (np.ndarray, float, int, bool, np.floating, np.integer, type(None))
 

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv, VectorWrapper
 from gymnasium.wrappers.vector import TransformObservation
+from torchrl.envs import EnvBase, TransformedEnv
+
 from klip.envs.torchrl_env import VecGymWrapper
 from klip.envs.wrappers import (
     ClipAction,
@@ -18,7 +20,6 @@ from klip.envs.wrappers import (
     ObservationNormalizer,
     ReturnScaler,
 )
-from torchrl.envs import EnvBase, TransformedEnv
 
 __all__ = [
     "KNOWN_TASKS",

@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
+from torch import Tensor
+
 from klip.shapes.base import CoefficientShape, Param, signed_distance_past_boundary
 from klip.shapes.registry import register_shape
-from torch import Tensor
 
 if TYPE_CHECKING:
     import optuna

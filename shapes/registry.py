@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+
 from klip.shapes.base import SHAPE_FILE_FORMAT, CoefficientShape
 
 ENTRY_POINT_GROUP = "klip.shapes"

@@ -6,8 +6,9 @@ import os
 
 import pytest
 import torch
-from klip.algos import make_actor, make_critic
 from tensordict import TensorDict
+
+from klip.algos import make_actor, make_critic
 
 torch.set_num_threads(1)
 os.environ.setdefault("MUJOCO_GL", "egl")

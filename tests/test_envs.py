@@ -8,6 +8,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from tensordict import TensorDictBase
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase
+
 from klip.envs import (
     KNOWN_TASKS,
     action_bounds,
@@ -18,9 +22,6 @@ from klip.envs import (
     observation_and_action_dims,
     set_normalization_state,
 )
-from tensordict import TensorDictBase
-from torchrl.collectors import Collector
-from torchrl.envs import EnvBase
 
 torch.set_num_threads(1)
 
@@ -244,6 +245,7 @@ def test_lean_stack_equals_gymnasiums_wrappers() -> None:
     """LeanSyncVectorEnv + ClipAction + clipping normalisers == SyncVectorEnv + gymnasium's Transform*."""
     from gymnasium.vector import AutoresetMode, SyncVectorEnv
     from gymnasium.wrappers.vector import TransformAction, TransformObservation, TransformReward
+
     from klip.envs.wrappers import ClipAction, LeanSyncVectorEnv, ObservationNormalizer, ReturnScaler
 
     def sub_envs() -> list:
@@ -288,6 +290,7 @@ def test_lean_stack_equals_gymnasiums_wrappers() -> None:
 @pytest.mark.parametrize("shape", [(), (11,)])
 def test_running_mean_std_bitwise_equals_gymnasiums(batch: int, shape: tuple[int, ...]) -> None:
     from gymnasium.wrappers.utils import RunningMeanStd
+
     from klip.envs.wrappers import _RunningMeanStd
 
     ours, reference = _RunningMeanStd(shape=shape), RunningMeanStd(shape=shape)

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 from conftest import gradients, make_actor_critic, make_batch
-from klip.algos import KLipPPOLoss
 from torchrl.objectives import ClipPPOLoss, PPOLoss
+
+from klip.algos import KLipPPOLoss
 
 EPS = 0.2
 

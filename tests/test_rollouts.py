@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from klip.algos.config import TrainConfig
 from klip.algos.ppo import PPOModule
 from klip.envs import get_env_state, make_env, set_env_state

@@ -14,6 +14,8 @@ import torch
 from conftest import make_actor_critic, make_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from klip import shapes
 from klip.algos import KLipPPOLoss, klip_objective
 from klip.shapes import (
     CoefficientShape,
@@ -26,8 +28,6 @@ from klip.shapes import (
     save_shape,
     signed_distance_past_boundary,
 )
-
-from klip import shapes
 
 BUILTIN = ["step", "none", "sigmoid", "linear_ramp", "learned"]
 ratios = st.floats(1e-6, 1e6, allow_nan=False)

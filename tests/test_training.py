@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from klip.algos.config import TrainConfig
 from klip.algos.train import train
-
 from klip.cli import main
 
 TINY = dict(task="Hopper-v4", rollout_steps=256, minibatch_size=64, epochs=2, eval_episodes=0,
@@ -242,7 +242,6 @@ def test_every_option_is_documented_and_settable_from_the_command_line():
     import dataclasses
 
     from klip.algos.config import OPTION_HELP
-
     from klip.cli import build_parser
 
     fields = {field.name for field in dataclasses.fields(TrainConfig)}

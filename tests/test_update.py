@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_actor_critic, make_batch
-from klip.algos import KLipPPOLoss
-from klip.algos.update import ModuleLoss, TensorLoss, make_minibatch_loss, tensor_loss_unsupported
 from test_loss_exactness import adversarial_case, random_case
 from torchrl.objectives import ClipPPOLoss
+
+from klip.algos import KLipPPOLoss
+from klip.algos.update import ModuleLoss, TensorLoss, make_minibatch_loss, tensor_loss_unsupported
 
 CONFIGS = {
     # What PPOModule builds for the paper's protocol.
