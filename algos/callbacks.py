@@ -12,21 +12,11 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.loggers.csv_logs import _ExperimentWriter
 from pytorch_lightning.loggers import CSVLogger
 from tqdm.auto import tqdm
 
+from klip import compat
 from klip.envs import get_normalization_state, make_eval_env
-
-
-class _AppendingWriter(_ExperimentWriter):
-    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run must append to it."""
-
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with open(self.metrics_file_path, newline="") as file:
-                header = next(csv.reader(file), [])
-            self.metrics_keys = list(header)
 
 
 class MetricsCSVLogger(CSVLogger):
@@ -36,10 +26,9 @@ class MetricsCSVLogger(CSVLogger):
         super().__init__(save_dir=str(out), name="", version="", flush_logs_every_n_steps=1)
 
     @property
-    def experiment(self) -> _ExperimentWriter:
-        if self._experiment is None:
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    def experiment(self) -> compat.ExperimentWriter:
+        # Lightning's writer deletes an existing metrics.csv; a resumed run appends to it.
+        return compat.appending_csv_experiment(self)
 
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         """The resolved config is written as config.yaml by the run itself."""

@@ -1,28 +1,36 @@
 """Policy losses in TorchRL's PPO family.
 
-`KLipPPOLoss` is the per-sample KL template `w*A + sg(beta)*log pi` with
-`beta = -w*A*g(w, A)` for a gate `g` from `shapes`; with the `step` shape its
-gradients equal `ClipPPOLoss`'s bit for bit. `ScalarKLPPOLoss` is the classic
-PPO-KL with one beta for all samples (fixed, or adapted once per rollout).
-
-Both subclass TorchRL's `PPOLoss`, so they take the same actor/critic
-arguments, tensordict keys (`set_keys`), critic / entropy / value-clipping /
-advantage-normalisation options and value estimators as `ClipPPOLoss`.
+- `klip_objective`: the per-sample KL template `w*A + sg(beta)*log pi` with
+  `beta = -w*A*g(w, A)` for a gate `g` from `klip.shapes`, written once.
+- `KLipPPOLoss`: that template as a TorchRL `LossModule`; with the `step` shape its
+  gradients equal `ClipPPOLoss`'s bit for bit. It subclasses TorchRL's `PPOLoss`, so it
+  takes the same actor/critic arguments, tensordict keys (`set_keys`), critic / entropy /
+  value-clipping / advantage-normalisation options and value estimators as `ClipPPOLoss`,
+  and drops into any TorchRL pipeline.
+- `KLipTensorLoss`: the same losses on plain tensors, bitwise equal to `KLipPPOLoss`.
+  **This is what `klip train` runs for shapes**; the module is its tested reference.
+- `ScalarKLPPOLoss`: the classic PPO-KL with one beta for all samples (fixed, or adapted
+  once per rollout), for comparison.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
-from torchrl.objectives import PPOLoss
+from torchrl.objectives import LossModule, PPOLoss
 
+from klip import compat
+from klip.algos.networks import ValueHead, gaussian_entropy, gaussian_log_prob, policy_head
 from klip.shapes import CoefficientShape, make_shape
 
 PolicyForm = Literal["effective", "kl"]
+
+# TorchRL's `_standardize` clamps the advantage std at float32's resolution.
+ADVANTAGE_STD_MIN = torch.finfo(torch.float).resolution
 
 # Diagnostics written next to the losses (all detached scalars).
 KLIP_DIAGNOSTICS = (
@@ -34,7 +42,6 @@ KLIP_DIAGNOSTICS = (
     "gate_mean",
     "beta_abs_kill_mean",
     "kl_k3",
-    "kl_approx",
 )
 
 
@@ -73,6 +80,20 @@ def klip_objective(
 class _PPOFamilyLoss(PPOLoss):
     """What every policy term here shares with TorchRL's PPO losses; subclasses add the term."""
 
+    def __init__(
+        self,
+        actor_network: Any,
+        critic_network: Any,
+        *,
+        clip_value: bool | float | None,
+        policy_clip_radius: float,
+        **kwargs: Any,
+    ) -> None:
+        # As in ClipPPOLoss, `clip_value=True` means "the policy's own clip radius".
+        if isinstance(clip_value, bool):
+            clip_value = policy_clip_radius if clip_value else None
+        super().__init__(actor_network, critic_network, clip_value=clip_value, **kwargs)
+
     def _advantage_and_log_weight(
         self, tensordict: TensorDictBase
     ) -> tuple[TensorDictBase, Tensor, Tensor, Tensor | None, Any, Tensor]:
@@ -84,13 +105,13 @@ class _PPOFamilyLoss(PPOLoss):
                 raise RuntimeError("no advantage in the data and no critic to compute it")
             self.value_estimator(
                 tensordict,
-                params=self._cached_critic_network_params_detached,
+                params=compat.ppo_detached_critic_params(self),
                 target_params=self.target_critic_network_params,
             )
             advantage = tensordict.get(self.tensor_keys.advantage)
-        advantage = self._maybe_normalize_advantage(advantage, tensordict, update_norm=update_norm)
-        log_weight, dist, kl_approx, log_is_weight = self._log_weight(
-            tensordict, adv_shape=advantage.shape[:-1]
+        advantage = compat.ppo_normalized_advantage(self, advantage, tensordict, update_norm)
+        log_weight, dist, kl_approx, log_is_weight = compat.ppo_log_weight(
+            self, tensordict, advantage.shape[:-1]
         )
         if advantage.shape != log_weight.shape:
             advantage = advantage.expand_as(log_weight)
@@ -100,10 +121,10 @@ class _PPOFamilyLoss(PPOLoss):
         self, td_out: TensorDict, tensordict: TensorDictBase, dist: Any, adv_shape: torch.Size
     ) -> TensorDict:
         if self.entropy_bonus:
-            entropy = self._get_entropy(dist, adv_shape=adv_shape)
+            entropy, loss_entropy = compat.ppo_entropy_loss(self, dist, adv_shape)
             td_out.set("entropy", entropy.detach().mean())
-            td_out.set("loss_entropy", self._weighted_loss_entropy(entropy))
-        if self._has_critic:
+            td_out.set("loss_entropy", loss_entropy)
+        if compat.ppo_has_critic(self):
             loss_critic, value_clip_fraction, explained_variance = self.loss_critic(tensordict)
             td_out.set("loss_critic", loss_critic)
             if value_clip_fraction is not None:
@@ -111,18 +132,11 @@ class _PPOFamilyLoss(PPOLoss):
             if explained_variance is not None:
                 td_out.set("explained_variance", explained_variance)
         td_out = td_out.named_apply(
-            lambda name, value: self._reduce_loss(value, tensordict).squeeze(-1)
+            lambda name, value: compat.ppo_reduce(self, value, tensordict).squeeze(-1)
             if name.startswith("loss_")
             else value,
         )
-        self._clear_weakrefs(
-            tensordict,
-            td_out,
-            "actor_network_params",
-            "critic_network_params",
-            "target_actor_network_params",
-            "target_critic_network_params",
-        )
+        compat.ppo_release_weakrefs(self, tensordict, td_out)
         return td_out
 
     def update_after_rollout(self, stats: Mapping[str, float]) -> None:
@@ -133,20 +147,21 @@ class _PPOFamilyLoss(PPOLoss):
 
     @property
     def out_keys(self) -> list[str]:
-        if self._out_keys is None:
+        keys = compat.ppo_cached_out_keys(self)
+        if keys is None:
             keys = self._policy_out_keys()
             if self.entropy_bonus:
                 keys += ["entropy", "loss_entropy"]
-            if self._has_critic:
+            if compat.ppo_has_critic(self):
                 keys.append("loss_critic")
             if self.clip_value:
                 keys.append("value_clip_fraction")
-            self._out_keys = keys
-        return self._out_keys
+            compat.set_ppo_cached_out_keys(self, keys)
+        return keys
 
     @out_keys.setter
     def out_keys(self, values: list[str]) -> None:
-        self._out_keys = values
+        compat.set_ppo_cached_out_keys(self, values)
 
 
 class KLipPPOLoss(_PPOFamilyLoss):
@@ -188,9 +203,8 @@ class KLipPPOLoss(_PPOFamilyLoss):
         if form not in ("effective", "kl"):
             raise ValueError(f"form must be 'effective' or 'kl', got {form!r}")
         region_eps = float(getattr(shape, "eps", 0.2))
-        if isinstance(clip_value, bool):
-            clip_value = region_eps if clip_value else None
-        super().__init__(actor_network, critic_network, clip_value=clip_value, **kwargs)
+        super().__init__(actor_network, critic_network, clip_value=clip_value,
+                         policy_clip_radius=region_eps, **kwargs)
         self.shape = shape
         self.form = form
         if diagnostics not in (True, False, "deferred"):
@@ -261,6 +275,132 @@ class KLipPPOLoss(_PPOFamilyLoss):
         self.shape.update_after_rollout(stats)
 
 
+def tensor_loss_unsupported(loss_module: LossModule, actor: Any, critic: Any) -> str | None:
+    """Why `KLipTensorLoss` cannot stand in for `loss_module` (None when it can)."""
+    if type(loss_module) is not KLipPPOLoss:
+        return f"{type(loss_module).__name__} is not KLipPPOLoss"
+    try:
+        policy_head(actor)
+    except TypeError as error:
+        return str(error)
+    if not isinstance(critic, ValueHead):
+        return "the critic is not a klip.algos.networks.ValueHead"
+    checks = {
+        "functional parameters": loss_module.functional,
+        "a delayed actor": loss_module.delay_actor,
+        "an importance-ratio cap": loss_module.max_importance_ratio is not None,
+        "advantage scaling by return statistics": loss_module.advantage_norm is not None,
+        "advantage-normalisation excluded dims": bool(loss_module.normalize_advantage_exclude_dims),
+        "a critic loss other than l2": loss_module.loss_critic_type != "l2",
+        "no critic": not compat.ppo_has_critic(loss_module),
+        "separate losses": loss_module.separate_losses,
+        "a reduction other than mean": loss_module.reduction != "mean",
+        "per-head entropy coefficients": compat.ppo_entropy_coeff_map(loss_module) is not None,
+        "per-call diagnostics": loss_module.diagnostics is True,
+        "per-call explained variance": loss_module.log_explained_variance,
+    }
+    found = [name for name, present in checks.items() if present]
+    return f"the loss uses {', '.join(found)}" if found else None
+
+
+class KLipTensorLoss:
+    """`KLipPPOLoss`'s losses and gradients, bit for bit, on plain tensors: what `klip train` runs.
+
+    On a 64-sample minibatch, `PPOLoss.forward` spends about a third of the update in
+    TensorDict and `torch.distributions` bookkeeping. This class repeats TorchRL's operations
+    in TorchRL's order (advantage standardisation, the Gaussian log-prob, the policy term
+    through the same `klip_objective`, the clipped l2 critic loss, the entropy bonus, the mean
+    reductions and their sum order), so its losses and gradients are bitwise the module's
+    (`tests/test_update.py`); it is also small enough for `torch.compile`. It covers the
+    configurations `PPOModule` builds; `tensor_loss_unsupported` says why it cannot stand in
+    for any other, and `klip.algos.update.make_minibatch_loss` then falls back to the module.
+    """
+
+    def __init__(
+        self, loss_module: KLipPPOLoss, actor: Any, critic: ValueHead, *, compile: bool = False
+    ) -> None:
+        reason = tensor_loss_unsupported(loss_module, actor, critic)
+        if reason is not None:
+            raise ValueError(f"KLipTensorLoss cannot replace this loss module: {reason}")
+        self.loss_module = loss_module
+        self.head = policy_head(actor)
+        self.critic = critic
+        keys = loss_module.tensor_keys
+        # The loss module's keys, so `set_keys` is honoured here too.
+        self.in_keys = [self.head.in_keys[0], keys.action, keys.sample_log_prob, keys.advantage,
+                        keys.value_target, keys.value]
+        names = ["loss_objective", "kl_approx"]
+        if loss_module.entropy_bonus:
+            names += ["entropy", "loss_entropy"]
+        names.append("loss_critic")
+        # Read once: `clip_value` is a tensor buffer, and branching on it inside a
+        # compiled function would break the graph.
+        self._clips_value = bool(loss_module.clip_value)
+        if self._clips_value:
+            names.append("value_clip_fraction")
+        self._metric_names = names
+        self._losses = torch.compile(self.losses, dynamic=False) if compile else self.losses
+
+    @property
+    def metric_names(self) -> list[str]:
+        return self._metric_names
+
+    def minibatches(self, data: TensorDictBase, size: int) -> Iterator[tuple[Tensor, ...]]:
+        columns = [data.get(key) for key in self.in_keys]
+        for start in range(0, data.shape[0], size):
+            yield tuple(column[start : start + size] for column in columns)
+
+    def __call__(self, minibatch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        total, metrics, log_weight, advantage, gate = self._losses(*minibatch)
+        if self.loss_module.diagnostics == "deferred":
+            self.loss_module.record_diagnostics(log_weight, advantage, gate)
+        return total, metrics
+
+    def losses(
+        self,
+        observation: Tensor,
+        action: Tensor,
+        old_log_prob: Tensor,
+        advantage: Tensor,
+        value_target: Tensor,
+        old_value: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Total loss, metrics, and the per-sample inputs of the diagnostics."""
+        loss = self.loss_module
+        if loss.normalize_advantage and advantage.numel() > 1:
+            advantage = (advantage - advantage.mean()) / advantage.std().clamp_min(ADVANTAGE_STD_MIN)
+        loc = self.head.mean(observation)
+        scale = self.head.log_std.exp().expand_as(loc)
+        log_prob = gaussian_log_prob(action, loc, scale)
+        log_weight = (log_prob - old_log_prob).unsqueeze(-1)
+        kl_approx = (old_log_prob - log_prob).unsqueeze(-1)
+        objective, gate = klip_objective(loss.shape, log_weight, advantage, form=loss.form)
+        terms = [(-objective).mean()]
+        metrics = [terms[0].detach(), kl_approx.detach().mean()]
+        if loss.entropy_bonus:
+            entropy = gaussian_entropy(scale).unsqueeze(-1)
+            terms.append((-loss.entropy_coeff * entropy).mean())
+            metrics += [entropy.detach().mean(), terms[-1].detach()]
+
+        value = self.critic.net(observation)
+        value_loss = torch.nn.functional.mse_loss(value_target, value, reduction="none")
+        clip_fraction = None
+        if self._clips_value:
+            change = value - old_value
+            clipped = change.clamp(-loss.clip_value, loss.clip_value)
+            with torch.no_grad():
+                clip_fraction = (change != clipped).to(value.dtype).mean()
+            clipped_loss = torch.nn.functional.mse_loss(value_target, old_value + clipped, reduction="none")
+            value_loss = torch.maximum(value_loss, clipped_loss)
+        terms.append((loss.critic_coeff * value_loss).mean())
+        metrics.append(terms[-1].detach())
+        if clip_fraction is not None:
+            metrics.append(clip_fraction)
+        # Summed from 0 in the module's output order, as the trainer sums TorchRL's outputs;
+        # one stacked metrics output keeps a compiled graph's outputs few.
+        return sum(terms), torch.stack(metrics), log_weight.detach(), advantage.detach(), gate
+
+
 class ScalarKLPPOLoss(_PPOFamilyLoss):
     """PPO-KL: maximise `w*A - beta * KL(pi_old || pi_new)` with analytic KL and one scalar beta.
 
@@ -286,9 +426,8 @@ class ScalarKLPPOLoss(_PPOFamilyLoss):
             raise ValueError(f"beta must be > 0, got {beta}")
         if not kl_target > 0:
             raise ValueError(f"kl_target must be > 0, got {kl_target}")
-        if isinstance(clip_value, bool):
-            clip_value = 0.2 if clip_value else None
-        super().__init__(actor_network, critic_network, clip_value=clip_value, **kwargs)
+        super().__init__(actor_network, critic_network, clip_value=clip_value,
+                         policy_clip_radius=0.2, **kwargs)
         self.adaptive = adaptive
         self.kl_target = kl_target
         self.register_buffer("beta", torch.tensor(float(beta)))

@@ -9,7 +9,6 @@ metrics per iteration.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import deque
 from typing import Any
@@ -22,6 +21,7 @@ from torch import Tensor
 from torchrl.objectives import ClipPPOLoss, LossModule
 from torchrl.objectives.value import GAE
 
+from klip import compat
 from klip.algos.config import TrainConfig
 from klip.algos.loss import KLipPPOLoss, ScalarKLPPOLoss
 from klip.algos.networks import make_actor, make_critic
@@ -67,19 +67,6 @@ def build_loss(config: TrainConfig, actor: Any, critic: Any) -> LossModule:
                        diagnostics="deferred" if config.diagnostics else False, **common)
 
 
-def configure_inductor() -> None:
-    """Inductor settings for one training process per core (both measured here)."""
-    import torch._inductor.config as inductor_config  # imported only when compiling
-
-    # Its default pool of compile workers, alive after compiling, slowed this process's
-    # collection by ~15% on 2 cores: compile in-process.
-    inductor_config.compile_threads = 1
-    # Before trusting the vector ISA the CPU reports, inductor builds and loads a probe
-    # library in 6 child processes: ~1 s per process. TORCHINDUCTOR_VEC_ISA_OK=0 restores it.
-    if "TORCHINDUCTOR_VEC_ISA_OK" not in os.environ:
-        inductor_config.cpp.vec_isa_ok = True
-
-
 class PPOModule(pl.LightningModule):
     """PPO on one task with a chosen loss; `current_epoch` counts PPO iterations."""
 
@@ -105,7 +92,7 @@ class PPOModule(pl.LightningModule):
         # checkpoints, so whatever Lightning draws between iterations cannot shift it.
         self._rng_state = torch.get_rng_state()
         if cfg.compile:
-            configure_inductor()
+            compat.configure_inductor()
         # KLip shapes run through `TensorLoss` (bitwise the loss module, less overhead);
         # `--loss clip` and the scalar-KL baselines through TorchRL's loss modules.
         self.minibatch_loss = make_minibatch_loss(self.loss_module, self.actor, self.critic,

@@ -1,21 +1,13 @@
 """The loss of one minibatch update, as the trainer's hot loop calls it.
 
-Two implementations behind one small interface (`minibatches`, `__call__`,
-`metric_names`):
+Two implementations behind one small interface (`minibatches`, `__call__`, `metric_names`):
 
-- `ModuleLoss` calls any TorchRL loss module on TensorDict minibatches. It is
-  the reference path, and the one `--loss clip` and the scalar-KL baselines use.
-- `TensorLoss` computes `KLipPPOLoss`'s losses from the same networks on plain
-  tensors. On a 64-sample minibatch the loss module's forward spends about a
-  third of the update in TensorDict and `torch.distributions` bookkeeping
-  (`benchmarks/throughput.py` measures both). `TensorLoss` repeats TorchRL's
-  operations in TorchRL's order: advantage standardisation, the Gaussian
-  log-prob, the policy term through the same `klip_objective`, the clipped l2
-  critic loss, the entropy bonus and the mean reductions. Its losses and
-  gradients are therefore bitwise equal to the module's
-  (`tests/test_update.py`), and it is small enough for `torch.compile`.
-  It covers the configurations `PPOModule` builds; `make_minibatch_loss` falls
-  back to `ModuleLoss` for anything else and says why.
+- `KLipTensorLoss` (in `klip.algos.loss`, beside the module it mirrors): what `klip train`
+  runs for every shape, bitwise equal to `KLipPPOLoss` and cheaper per minibatch.
+- `ModuleLoss`: any TorchRL loss module on TensorDict minibatches; what `--loss clip` and
+  the scalar-KL baselines run, and the reference path of the bitwise tests.
+
+`make_minibatch_loss` picks the first where it computes exactly what the module computes.
 """
 
 from __future__ import annotations
@@ -28,11 +20,7 @@ from tensordict import TensorDictBase
 from torch import Tensor
 from torchrl.objectives import LossModule
 
-from klip.algos.loss import KLipPPOLoss, klip_objective
-from klip.algos.networks import ValueHead, gaussian_entropy, gaussian_log_prob, policy_head
-
-# TorchRL's `_standardize` clamps the advantage std at float32's resolution.
-ADVANTAGE_STD_MIN = torch.finfo(torch.float).resolution
+from klip.algos.loss import KLipTensorLoss, tensor_loss_unsupported
 
 
 class MinibatchLoss(Protocol):
@@ -77,126 +65,10 @@ class ModuleLoss:
         return self._metric_keys
 
 
-def tensor_loss_unsupported(loss_module: LossModule, actor: Any, critic: Any) -> str | None:
-    """Why `TensorLoss` cannot stand in for `loss_module` (None when it can)."""
-    if type(loss_module) is not KLipPPOLoss:
-        return f"{type(loss_module).__name__} is not KLipPPOLoss"
-    try:
-        policy_head(actor)
-    except TypeError as error:
-        return str(error)
-    if not isinstance(critic, ValueHead):
-        return "the critic is not a klip.algos.networks.ValueHead"
-    checks = {
-        "functional parameters": loss_module.functional,
-        "a delayed actor": loss_module.delay_actor,
-        "an importance-ratio cap": loss_module.max_importance_ratio is not None,
-        "advantage scaling by return statistics": loss_module.advantage_norm is not None,
-        "advantage-normalisation excluded dims": bool(loss_module.normalize_advantage_exclude_dims),
-        "a critic loss other than l2": loss_module.loss_critic_type != "l2",
-        "no critic": not loss_module._has_critic,
-        "separate losses": loss_module.separate_losses,
-        "a reduction other than mean": loss_module.reduction != "mean",
-        "per-head entropy coefficients": loss_module._entropy_coeff_map is not None,
-        "per-call diagnostics": loss_module.diagnostics is True,
-        "per-call explained variance": loss_module.log_explained_variance,
-    }
-    found = [name for name, present in checks.items() if present]
-    return f"the loss uses {', '.join(found)}" if found else None
-
-
-class TensorLoss:
-    """`KLipPPOLoss`'s losses and gradients, bit for bit, on plain tensors (see the module doc)."""
-
-    def __init__(
-        self, loss_module: KLipPPOLoss, actor: Any, critic: ValueHead, *, compile: bool = False
-    ) -> None:
-        reason = tensor_loss_unsupported(loss_module, actor, critic)
-        if reason is not None:
-            raise ValueError(f"TensorLoss cannot replace this loss module: {reason}")
-        self.loss_module = loss_module
-        self.head = policy_head(actor)
-        self.critic = critic
-        keys = loss_module.tensor_keys
-        # The loss module's keys, so `set_keys` is honoured here too.
-        self.in_keys = [self.head.in_keys[0], keys.action, keys.sample_log_prob, keys.advantage,
-                        keys.value_target, keys.value]
-        names = ["loss_objective", "kl_approx"]
-        if loss_module.entropy_bonus:
-            names += ["entropy", "loss_entropy"]
-        names.append("loss_critic")
-        # Read once: `clip_value` is a tensor buffer, and branching on it inside a
-        # compiled function would break the graph.
-        self._clips_value = bool(loss_module.clip_value)
-        if self._clips_value:
-            names.append("value_clip_fraction")
-        self._metric_names = names
-        self._losses = torch.compile(self.losses, dynamic=False) if compile else self.losses
-
-    @property
-    def metric_names(self) -> list[str]:
-        return self._metric_names
-
-    def minibatches(self, data: TensorDictBase, size: int) -> Iterator[tuple[Tensor, ...]]:
-        columns = [data.get(key) for key in self.in_keys]
-        for start in range(0, data.shape[0], size):
-            yield tuple(column[start : start + size] for column in columns)
-
-    def __call__(self, minibatch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-        total, metrics, log_weight, advantage, gate = self._losses(*minibatch)
-        if self.loss_module.diagnostics == "deferred":
-            self.loss_module.record_diagnostics(log_weight, advantage, gate)
-        return total, metrics
-
-    def losses(
-        self,
-        observation: Tensor,
-        action: Tensor,
-        old_log_prob: Tensor,
-        advantage: Tensor,
-        value_target: Tensor,
-        old_value: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Total loss, metrics, and the per-sample inputs of the diagnostics."""
-        loss = self.loss_module
-        if loss.normalize_advantage and advantage.numel() > 1:
-            advantage = (advantage - advantage.mean()) / advantage.std().clamp_min(ADVANTAGE_STD_MIN)
-        loc = self.head.mean(observation)
-        scale = self.head.log_std.exp().expand_as(loc)
-        log_prob = gaussian_log_prob(action, loc, scale)
-        log_weight = (log_prob - old_log_prob).unsqueeze(-1)
-        kl_approx = (old_log_prob - log_prob).unsqueeze(-1)
-        objective, gate = klip_objective(loss.shape, log_weight, advantage, form=loss.form)
-        terms = [(-objective).mean()]
-        metrics = [terms[0].detach(), kl_approx.detach().mean()]
-        if loss.entropy_bonus:
-            entropy = gaussian_entropy(scale).unsqueeze(-1)
-            terms.append((-loss.entropy_coeff * entropy).mean())
-            metrics += [entropy.detach().mean(), terms[-1].detach()]
-
-        value = self.critic.net(observation)
-        value_loss = torch.nn.functional.mse_loss(value_target, value, reduction="none")
-        clip_fraction = None
-        if self._clips_value:
-            change = value - old_value
-            clipped = change.clamp(-loss.clip_value, loss.clip_value)
-            with torch.no_grad():
-                clip_fraction = (change != clipped).to(value.dtype).mean()
-            clipped_loss = torch.nn.functional.mse_loss(value_target, old_value + clipped, reduction="none")
-            value_loss = torch.maximum(value_loss, clipped_loss)
-        terms.append((loss.critic_coeff * value_loss).mean())
-        metrics.append(terms[-1].detach())
-        if clip_fraction is not None:
-            metrics.append(clip_fraction)
-        # Summed from 0 in the module's output order, as `ModuleLoss` sums TorchRL's outputs;
-        # one stacked metrics output keeps a compiled graph's outputs few.
-        return sum(terms), torch.stack(metrics), log_weight.detach(), advantage.detach(), gate
-
-
 def make_minibatch_loss(
     loss_module: LossModule, actor: Any, critic: Any, *, compile: bool = False
 ) -> MinibatchLoss:
-    """`TensorLoss` where it computes exactly what `loss_module` computes, else `ModuleLoss`."""
+    """`KLipTensorLoss` where it computes exactly what `loss_module` computes, else `ModuleLoss`."""
     if tensor_loss_unsupported(loss_module, actor, critic) is None:
-        return TensorLoss(loss_module, actor, critic, compile=compile)
+        return KLipTensorLoss(loss_module, actor, critic, compile=compile)
     return ModuleLoss(loss_module, compile=compile)

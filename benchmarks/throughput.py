@@ -87,8 +87,10 @@ LOSS_SCRIPT = textwrap.dedent(
     from torchrl.objectives import ClipPPOLoss
     from klip.algos import KLipPPOLoss
     from klip.algos.config import TrainConfig
-    from klip.algos.ppo import PPOModule, configure_inductor
-    from klip.algos.update import ModuleLoss, TensorLoss
+    from klip.algos.ppo import PPOModule
+    from klip.compat import configure_inductor
+    from klip.algos.loss import KLipTensorLoss
+    from klip.algos.update import ModuleLoss
     configure_inductor()  # as `klip train --compile` does
     task = sys.argv[1]
     module = PPOModule(TrainConfig(task=task, collector="fast").to_dict())
@@ -112,10 +114,10 @@ LOSS_SCRIPT = textwrap.dedent(
         "ClipPPOLoss": (ModuleLoss(ClipPPOLoss(actor, critic, clip_epsilon=0.2, **common)), foreach),
         "KLipPPOLoss(step)": (ModuleLoss(klip()), foreach),
         "KLipPPOLoss(step), deferred diagnostics": (ModuleLoss(klip(diagnostics="deferred")), foreach),
-        "klip train: TensorLoss(step)": (
-            TensorLoss(klip(diagnostics="deferred"), actor, critic), foreach),
+        "klip train: KLipTensorLoss(step)": (
+            KLipTensorLoss(klip(diagnostics="deferred"), actor, critic), foreach),
         "klip train --compile --fused-adam": (
-            TensorLoss(klip(diagnostics="deferred"), actor, critic, compile=True), fused),
+            KLipTensorLoss(klip(diagnostics="deferred"), actor, critic, compile=True), fused),
     }
 
     def iteration(loss, optimizer):
@@ -251,8 +253,9 @@ def main() -> None:
     for name, seconds in per_update.items():
         print(f"  {name}: {seconds * 1e3:.3f} ms per minibatch update")
     print(f"KLipPPOLoss(step) / ClipPPOLoss per update: {step / clip:.3f}")
-    trained = per_update["klip train: TensorLoss(step)"]
-    print(f"klip train's update (TensorLoss(step), bitwise KLipPPOLoss) / ClipPPOLoss: {trained / clip:.3f}")
+    trained = per_update["klip train: KLipTensorLoss(step)"]
+    print("klip train's update (KLipTensorLoss(step), bitwise KLipPPOLoss) / ClipPPOLoss: "
+          f"{trained / clip:.3f}")
 
     # The floor: bare simulation of one rollout plus the fastest 320 updates.
     floor_seconds = 2048 * raw["sim_step_s"] + 320 * min(per_update.values())

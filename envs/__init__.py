@@ -3,7 +3,6 @@
 from klip.envs.state import get_env_state, set_env_state
 from klip.envs.tasks import (
     KNOWN_TASKS,
-    action_bounds,
     drain_episode_stats,
     get_normalization_state,
     gym_vector_env,
@@ -15,7 +14,6 @@ from klip.envs.tasks import (
 
 __all__ = [
     "KNOWN_TASKS",
-    "action_bounds",
     "drain_episode_stats",
     "get_env_state",
     "get_normalization_state",

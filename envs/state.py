@@ -19,7 +19,8 @@ import torch
 from gymnasium.wrappers import TimeLimit
 from torchrl.envs import EnvBase
 
-from klip.envs.tasks import _find, get_normalization_state, gym_vector_env, set_normalization_state
+from klip import compat
+from klip.envs.tasks import find_wrapper, get_normalization_state, gym_vector_env, set_normalization_state
 from klip.envs.wrappers import EpisodeRecorder
 
 _PLAIN = (np.ndarray, float, int, bool, np.floating, np.integer, type(None))
@@ -90,9 +91,9 @@ def get_env_state(env: EnvBase) -> dict[str, Any]:
         sub_states.append({
             "simulator": _simulator_state(base),
             "rng": copy.deepcopy(base.np_random.bit_generator.state),
-            "elapsed_steps": None if time_limit is None else time_limit._elapsed_steps,
+            "elapsed_steps": None if time_limit is None else compat.time_limit_elapsed_steps(time_limit),
         })
-    recorder: EpisodeRecorder = _find(env, EpisodeRecorder)
+    recorder: EpisodeRecorder = find_wrapper(env, EpisodeRecorder)
     return _to_checkpoint({
         "sub_envs": sub_states,
         "episode_returns": recorder.episode_returns.copy(),
@@ -115,8 +116,8 @@ def set_env_state(env: EnvBase, state: dict[str, Any]) -> None:
         base.np_random.bit_generator.state = copy.deepcopy(sub_state["rng"])
         time_limit = _time_limit(sub_env)
         if time_limit is not None:
-            time_limit._elapsed_steps = sub_state["elapsed_steps"]
-    recorder: EpisodeRecorder = _find(env, EpisodeRecorder)
+            compat.set_time_limit_elapsed_steps(time_limit, sub_state["elapsed_steps"])
+    recorder: EpisodeRecorder = find_wrapper(env, EpisodeRecorder)
     recorder.episode_returns = _from_checkpoint(state["episode_returns"]).astype(np.float64)
     recorder.episode_lengths = _from_checkpoint(state["episode_lengths"]).astype(np.int64)
     recorder.finished = list(state["finished"])

@@ -12,6 +12,7 @@ from gymnasium.vector import VectorEnv, VectorWrapper
 from gymnasium.wrappers.vector import TransformObservation
 from torchrl.envs import EnvBase, TransformedEnv
 
+from klip import compat
 from klip.envs.torchrl_env import VecGymWrapper
 from klip.envs.wrappers import (
     ClipAction,
@@ -23,7 +24,6 @@ from klip.envs.wrappers import (
 
 __all__ = [
     "KNOWN_TASKS",
-    "action_bounds",
     "drain_episode_stats",
     "get_normalization_state",
     "gym_vector_env",
@@ -126,7 +126,7 @@ def make_eval_env(task: str, *, seed: int, normalization_state: dict[str, Any] |
     )
     env = VecGymWrapper(venv, action_low=low, action_high=high)
     if obs_norm:
-        _set_obs_state(_find(env, ObservationNormalizer), normalization_state)
+        _set_obs_state(find_wrapper(env, ObservationNormalizer), normalization_state)
     env.set_seed(seed)
     return env
 
@@ -136,10 +136,10 @@ def gym_vector_env(env: EnvBase) -> VectorEnv:
     base = env.base_env if isinstance(env, TransformedEnv) else env
     if not isinstance(base, VecGymWrapper):
         raise TypeError(f"expected an env built by klip.envs.make_env/make_eval_env, got {type(env)}")
-    return base._env
+    return compat.gym_wrapper_env(base)
 
 
-def _find(env: EnvBase, cls: type) -> Any:
+def find_wrapper(env: EnvBase, cls: type) -> Any:
     """Innermost-first search of the gymnasium wrapper chain for a ``cls`` instance (or None)."""
     venv = gym_vector_env(env)
     while isinstance(venv, VectorWrapper):
@@ -151,7 +151,7 @@ def _find(env: EnvBase, cls: type) -> Any:
 
 def drain_episode_stats(env: EnvBase) -> list[tuple[float, int]]:
     """Raw ``(return, length)`` of the episodes finished since the last call, then forget them."""
-    return _find(env, EpisodeRecorder).drain()
+    return find_wrapper(env, EpisodeRecorder).drain()
 
 
 def observation_and_action_dims(env: EnvBase) -> tuple[int, int]:
@@ -161,15 +161,6 @@ def observation_and_action_dims(env: EnvBase) -> tuple[int, int]:
     return int(obs_shape[-1]), int(action_shape[-1])
 
 
-def action_bounds(env: EnvBase) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension ``(low, high)`` of the underlying action space (the spec is unbounded)."""
-    space = gym_vector_env(env).unwrapped.single_action_space
-    return (
-        torch.as_tensor(space.low, dtype=torch.float32),
-        torch.as_tensor(space.high, dtype=torch.float32),
-    )
-
-
 def get_normalization_state(env: EnvBase) -> dict[str, Any]:
     """Snapshot of the normalisation statistics ({} when the env does not normalise).
 
@@ -177,13 +168,13 @@ def get_normalization_state(env: EnvBase) -> dict[str, Any]:
     ``torch.load(weights_only=True)`` (numpy arrays do not).
     """
     state: dict[str, Any] = {}
-    obs_norm: ObservationNormalizer | None = _find(env, ObservationNormalizer)
+    obs_norm: ObservationNormalizer | None = find_wrapper(env, ObservationNormalizer)
     if obs_norm is not None:
         rms = obs_norm.obs_rms
         state["obs_mean"] = torch.tensor(rms.mean, dtype=torch.float64)
         state["obs_var"] = torch.tensor(rms.var, dtype=torch.float64)
         state["obs_count"] = float(rms.count)
-    ret_scale: ReturnScaler | None = _find(env, ReturnScaler)
+    ret_scale: ReturnScaler | None = find_wrapper(env, ReturnScaler)
     if ret_scale is not None:
         rms = ret_scale.return_rms
         state["return_mean"] = float(rms.mean)
@@ -208,8 +199,8 @@ def set_normalization_state(env: EnvBase, state: dict[str, Any]) -> None:
 
     An env without reward normalisation (the eval env) takes only the observation part.
     """
-    obs_norm: ObservationNormalizer | None = _find(env, ObservationNormalizer)
-    ret_scale: ReturnScaler | None = _find(env, ReturnScaler)
+    obs_norm: ObservationNormalizer | None = find_wrapper(env, ObservationNormalizer)
+    ret_scale: ReturnScaler | None = find_wrapper(env, ReturnScaler)
     if (obs_norm is not None) != ("obs_mean" in state):
         raise ValueError("normalisation state and env disagree on observation normalisation")
     if obs_norm is not None:

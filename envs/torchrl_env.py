@@ -8,6 +8,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import GymWrapper
 
+from klip import compat
+
 __all__ = ["VecGymWrapper"]
 
 
@@ -48,7 +50,7 @@ class VecGymWrapper(GymWrapper):
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict.get("action").detach().cpu().numpy()
-        obs, reward, terminated, truncated, _ = self._env.step(action)
+        obs, reward, terminated, truncated, _ = compat.gym_wrapper_env(self).step(action)
         # Zero-copy is safe: every wrapper in the stack returns freshly allocated arrays.
         # Reshape on the numpy side (cheaper than torch views) to the specs' [num_envs, 1].
         terminated = terminated[:, None]
@@ -60,7 +62,7 @@ class VecGymWrapper(GymWrapper):
             "truncated": torch.from_numpy(truncated),
             "done": torch.from_numpy(terminated | truncated),
         }
-        return TensorDict._new_unsafe(out, batch_size=self.batch_size, device=self.device)
+        return compat.new_tensordict_unchecked(out, self.batch_size, self.device)
 
     def _step_proc_data(self, next_tensordict_out: TensorDictBase) -> TensorDictBase:
         # EnvBase reshapes rewards and completes missing done keys here; ``_step`` already

@@ -14,9 +14,9 @@ from torchrl.envs import EnvBase
 
 from klip.envs import (
     KNOWN_TASKS,
-    action_bounds,
     drain_episode_stats,
     get_normalization_state,
+    gym_vector_env,
     make_env,
     make_eval_env,
     observation_and_action_dims,
@@ -66,8 +66,8 @@ def test_batch_size_and_specs(num_envs: int) -> None:
     env = make_env(PENDULUM, num_envs=num_envs, seed=0)
     assert env.batch_size == torch.Size([num_envs])
     assert observation_and_action_dims(env) == (3, 1)
-    low, high = action_bounds(env)
-    assert low.tolist() == [-2.0] and high.tolist() == [2.0]
+    space = gym_vector_env(env).unwrapped.single_action_space
+    assert space.low.tolist() == [-2.0] and space.high.tolist() == [2.0]
     td = env.rollout(5, break_when_any_done=False)
     assert td.batch_size == torch.Size([num_envs, 5])
     assert td["next", "observation"].dtype == torch.float32

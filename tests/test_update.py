@@ -1,4 +1,4 @@
-"""TensorLoss (the trainer's fast path) against KLipPPOLoss (the TorchRL loss module): bit for bit."""
+"""KLipTensorLoss (the trainer's fast path) against KLipPPOLoss (the TorchRL loss module): bit for bit."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from test_loss_exactness import adversarial_case, random_case
 from torchrl.objectives import ClipPPOLoss
 
 from klip.algos import KLipPPOLoss
-from klip.algos.update import ModuleLoss, TensorLoss, make_minibatch_loss, tensor_loss_unsupported
+from klip.algos.loss import KLipTensorLoss, tensor_loss_unsupported
+from klip.algos.update import ModuleLoss, make_minibatch_loss
 
 CONFIGS = {
     # What PPOModule builds for the paper's protocol.
@@ -42,7 +43,7 @@ def compare(shape: str, form: str, config: str, dtype: torch.dtype, case, seed: 
     parameters = list(actor.parameters()) + list(critic.parameters())
     reference = ModuleLoss(module)
     expected = run_update(reference, batch, parameters)
-    fast = TensorLoss(tensor, actor, critic)
+    fast = KLipTensorLoss(tensor, actor, critic)
     actual = run_update(fast, batch, parameters)
     assert fast.metric_names == reference.metric_names
     return expected, actual, module.pop_diagnostics(), tensor.pop_diagnostics()
@@ -77,7 +78,7 @@ def test_tensor_loss_reads_the_loss_modules_keys():
     batch = make_batch(actor, *random_case(64, torch.float32, 0))
     loss = KLipPPOLoss(actor, critic, diagnostics=False, **CONFIGS["paper"])
     loss.set_keys(advantage="my_advantage", value_target="my_target")
-    tensor_loss = TensorLoss(loss, actor, critic)
+    tensor_loss = KLipTensorLoss(loss, actor, critic)
     renamed = batch.rename_key_("advantage", "my_advantage").rename_key_("value_target", "my_target")
     parameters = list(actor.parameters()) + list(critic.parameters())
     _, metrics, _ = run_update(tensor_loss, renamed, parameters)
@@ -96,11 +97,11 @@ def test_fallback_to_the_loss_module_with_a_reason():
     functional = KLipPPOLoss(actor, critic, log_explained_variance=False)  # functional: TorchRL's default
     assert "functional parameters" in tensor_loss_unsupported(functional, actor, critic)
     with pytest.raises(ValueError, match="cannot replace this loss module: the loss uses functional"):
-        TensorLoss(functional, actor, critic)
+        KLipTensorLoss(functional, actor, critic)
 
     paper = KLipPPOLoss(actor, critic, diagnostics="deferred", **CONFIGS["paper"])
     assert tensor_loss_unsupported(paper, actor, critic) is None
-    assert isinstance(make_minibatch_loss(paper, actor, critic), TensorLoss)
+    assert isinstance(make_minibatch_loss(paper, actor, critic), KLipTensorLoss)
     reason = tensor_loss_unsupported(paper, actor, torch.nn.Linear(5, 1))
     assert "not a klip.algos.networks.ValueHead" in reason
 
@@ -111,8 +112,8 @@ def test_compiled_tensor_loss_close_to_eager():
     batch = make_batch(actor, *random_case(64, torch.float32, 0))
     loss = KLipPPOLoss(actor, critic, diagnostics=False, **CONFIGS["paper"])
     parameters = list(actor.parameters()) + list(critic.parameters())
-    total, metrics, grads = run_update(TensorLoss(loss, actor, critic), batch, parameters)
-    compiled = run_update(TensorLoss(loss, actor, critic, compile=True), batch, parameters)
+    total, metrics, grads = run_update(KLipTensorLoss(loss, actor, critic), batch, parameters)
+    compiled = run_update(KLipTensorLoss(loss, actor, critic, compile=True), batch, parameters)
     torch.testing.assert_close(compiled[0], total, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compiled[1], metrics, rtol=1e-5, atol=1e-6)
     for grad, compiled_grad in zip(grads, compiled[2], strict=True):
