@@ -179,8 +179,8 @@ class KLipPPOLoss(_PPOFamilyLoss):
         diagnostics: `True` writes the region fractions, gate and beta statistics
             into every output; `"deferred"` only records the per-sample inputs and
             computes the same statistics over all calls since the last
-            `pop_diagnostics()`, once, which keeps ~0.15 ms of small tensor ops per
-            call out of the minibatch loop; `False` skips them.
+            `pop_diagnostics()`, once, which keeps many small tensor ops out of
+            the minibatch loop; `False` skips them.
         clip_value: `True` uses the shape's `eps`; a float sets the radius.
         Other keyword arguments go to TorchRL's `PPOLoss` unchanged.
     """

@@ -48,6 +48,13 @@ def test_clip_and_step_training_end_with_bitwise_identical_parameters(tmp_path):
     train(tiny(loss="klip", shape="step"), tmp_path / "step", progress=False)
     clip, step = final_parameters(tmp_path / "clip"), final_parameters(tmp_path / "step")
     assert_same_parameters(clip, step)
+    # Every column both log is identical, except the surrogate's value: the two surrogates
+    # have equal gradients, not equal values (on killed samples PPO-Clip's is clip(w)*A).
+    clip_rows, step_rows = metric_rows(tmp_path / "clip"), metric_rows(tmp_path / "step")
+    shared = (set(clip_rows[0]) & set(step_rows[0])) - {"train/loss_objective"}
+    assert {"train/loss_critic", "train/kl_approx", "train/grad_norm"} <= shared
+    for clip_row, step_row in zip(clip_rows, step_rows, strict=True):
+        assert {k: clip_row[k] for k in shared} == {k: step_row[k] for k in shared}
     # And training did move the parameters (the test would be vacuous otherwise).
     fresh = TrainConfig(**TINY, steps=256)
     from klip.algos.ppo import PPOModule
