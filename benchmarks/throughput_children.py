@@ -66,8 +66,8 @@ def raw_gym_rates(task: str) -> dict[str, float]:
     return {"env_step_s": step_seconds, "sim_step_s": (time.perf_counter() - started) / 5000}
 
 
-def per_update_seconds(task: str, repeats: int) -> dict[str, float]:
-    """Seconds per minibatch update of each loss path, best of `repeats` interleaved rounds."""
+def update_candidates(task: str) -> tuple[dict[str, tuple[Any, torch.optim.Optimizer]], Any, list]:
+    """Each loss path on one real Hopper rollout: name -> (minibatch loss, optimizer)."""
     from torchrl.objectives import ClipPPOLoss
 
     from klip.algos import KLipPPOLoss
@@ -94,7 +94,7 @@ def per_update_seconds(task: str, repeats: int) -> dict[str, float]:
     parameters = list(actor.parameters()) + list(critic.parameters())
     foreach = torch.optim.Adam(parameters, lr=3e-4, eps=1e-5, foreach=True)
     fused = torch.optim.Adam(parameters, lr=3e-4, eps=1e-5, fused=True)
-    # name -> (minibatch loss, optimizer); the last two are what `klip train` runs.
+    # The last two are what `klip train` runs.
     candidates = {
         "ClipPPOLoss": (ModuleLoss(ClipPPOLoss(actor, critic, clip_epsilon=0.2, **common)), foreach),
         "KLipPPOLoss(step)": (ModuleLoss(klip()), foreach),
@@ -104,6 +104,12 @@ def per_update_seconds(task: str, repeats: int) -> dict[str, float]:
         "klip train --compile --fused-adam": (
             KLipTensorLoss(klip(diagnostics="deferred"), actor, critic, compile=True), fused),
     }
+    return candidates, data, parameters
+
+
+def per_update_seconds(task: str, repeats: int) -> dict[str, float]:
+    """Seconds per minibatch update of each loss path, best of `repeats` interleaved rounds."""
+    candidates, data, parameters = update_candidates(task)
 
     def iteration(loss: Any, optimizer: torch.optim.Optimizer) -> float:
         started = time.perf_counter()
