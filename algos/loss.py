@@ -260,6 +260,10 @@ class KLipPPOLoss(_PPOFamilyLoss):
     def update_after_rollout(self, stats: Mapping[str, float]) -> None:
         self.shape.update_after_rollout(stats)
 
+    def set_context(self, **context: float) -> None:
+        """Per-iteration context for conditioned shapes (e.g. `progress`); others ignore it."""
+        self.shape.set_context(**context)
+
 
 class ScalarKLPPOLoss(_PPOFamilyLoss):
     """PPO-KL: maximise `w*A - beta * KL(pi_old || pi_new)` with analytic KL and one scalar beta.

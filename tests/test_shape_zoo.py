@@ -8,6 +8,7 @@ writes it, differentiated by autograd in float64, and its per-sample gradient
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 
 import pytest
@@ -16,6 +17,8 @@ from conftest import make_actor_critic, make_batch
 from test_loss_exactness import adversarial_case
 
 from klip.algos import KLipPPOLoss, klip_objective
+from klip.algos.config import TrainConfig
+from klip.algos.train import train
 from klip.shapes import (
     CoefficientShape,
     DriftShape,
@@ -327,6 +330,44 @@ def test_conditioned_shape_in_a_study():
     assert shape.current_eps().item() == pytest.approx(trial.params["shape.eps_end"])
 
 
+# -- training ---------------------------------------------------------------------------
+
+TINY = dict(task="Pendulum-v1", rollout_steps=256, minibatch_size=64, epochs=1, eval_episodes=0,
+            checkpoint_every=1)
+
+
+def last_checkpoint(out):
+    return torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+
+def test_a_drift_in_a_few_lines_trains(tmp_path, clean_registry):
+    @register_drift("soft_square", params={"eps": 0.3})
+    def soft_square(ratio, advantage, eps):
+        return advantage.abs() * (ratio - 1) ** 2 / (2 * eps)
+
+    result = train(TrainConfig(**TINY, steps=256, shape="soft_square"), tmp_path / "run", progress=False)
+    assert result.frames == 256
+    row = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    header, values = row[0].split(","), row[1].split(",")
+    gate_mean = float(values[header.index("train/gate_mean")])
+    assert math.isfinite(gate_mean) and gate_mean != 0.0  # the drift's gate acted
+
+
+def test_the_trainer_sets_progress(tmp_path, monkeypatch):
+    seen: list[float] = []
+    original = get_shape_class("annealed_clip").set_context
+
+    def record(self, **context):
+        seen.append(float(context["progress"]))
+        original(self, **context)
+
+    monkeypatch.setattr(get_shape_class("annealed_clip"), "set_context", record)
+    train(TrainConfig(**TINY, steps=3 * 256, shape="annealed_clip"), tmp_path / "run", progress=False)
+    assert seen == pytest.approx([0.0, 1 / 3, 2 / 3])
+    state = last_checkpoint(tmp_path / "run")["state_dict"]
+    assert state["loss_module.shape.progress"].item() == pytest.approx(2 / 3)
+
+
 def test_registry_lists_every_new_shape():
     for name in ("rollback", "spo", "dpo", "clip_higher", "truncate", "annealed_clip"):
         assert name in available_shapes()
@@ -335,3 +376,19 @@ def test_registry_lists_every_new_shape():
 def test_register_shape_still_rejects_plain_functions(clean_registry):
     with pytest.raises(TypeError, match="needs a CoefficientShape subclass"):
         register_shape("function")(lambda ratio, advantage: ratio)
+
+
+def test_a_conditioned_run_resumes_like_the_uninterrupted_run(tmp_path):
+    config = TrainConfig(**TINY, steps=3 * 256, shape="annealed_clip",
+                         shape_params={"eps_start": 0.3, "eps_end": 0.05})
+    train(config, tmp_path / "whole", progress=False)
+    train(config, tmp_path / "split", progress=False, stop_after_iterations=2)
+    train(config, tmp_path / "split", resume=True, progress=False)
+    whole, split = last_checkpoint(tmp_path / "whole"), last_checkpoint(tmp_path / "split")
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(value, split["state_dict"][key]), key
+    rows = [(tmp_path / run / "metrics.csv").read_text().splitlines() for run in ("whole", "split")]
+    header = rows[0][0].split(",")
+    kept = [index for index, column in enumerate(header) if not column.startswith("time/")]
+    for a, b in zip(rows[0][1:], rows[1][1:], strict=True):
+        assert [a.split(",")[i] for i in kept] == [b.split(",")[i] for i in kept]
