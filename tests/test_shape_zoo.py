@@ -392,3 +392,28 @@ def test_a_conditioned_run_resumes_like_the_uninterrupted_run(tmp_path):
     kept = [index for index, column in enumerate(header) if not column.startswith("time/")]
     for a, b in zip(rows[0][1:], rows[1][1:], strict=True):
         assert [a.split(",")[i] for i in kept] == [b.split(",")[i] for i in kept]
+
+
+def test_gallery_of_every_registered_shape(tmp_path, capsys, clean_registry, monkeypatch):
+    from klip.algos import plots
+    from klip.cli import main
+
+    @register_drift("gallery_extra")
+    def gallery_extra(ratio, advantage, scale=1.0):
+        return scale * advantage.abs() * (ratio - 1) ** 2
+
+    png = tmp_path / "gallery.png"
+    assert main(["shapes", "plot", "--all", "--out", str(png)]) == 0
+    assert "gallery written" in capsys.readouterr().out
+    assert png.stat().st_size > 50_000
+    drawn: list[str] = []
+
+    def record(shapes, out, **kwargs):
+        drawn.extend(shape.display_name() for shape in shapes)
+        return out
+
+    monkeypatch.setattr(plots, "plot_gallery", record)
+    assert main(["shapes", "plot", "--all", "--out", str(png)]) == 0
+    assert drawn == available_shapes() and "gallery_extra" in drawn
+    assert main(["shapes", "plot", "--out", str(tmp_path / "none.png")]) == 2
+    assert "name at least one shape, or pass --all" in capsys.readouterr().err
