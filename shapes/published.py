@@ -29,7 +29,7 @@ class RollbackShape(CoefficientShape):
     """PPO-RB: `g = (1 + alpha) 1[kill]`, a negative slope past the bound (rolls back).
 
     Wang, He and Tan, "Truly Proximal Policy Optimization", UAI 2019,
-    arXiv 1903.07940, eq. (9): `min(w A, F(w) A)` with
+    arXiv 1903.07940 (PPO-RB objective): `min(w A, F(w) A)` with
     `F(w) = -alpha w + (1+alpha)(1+eps)` above `1+eps`, `-alpha w + (1+alpha)(1-eps)`
     below `1-eps`, and `w` in between. On the kill region the gradient is
     `-alpha A`, i.e. `A(1-g)` with `g = 1 + alpha`; elsewhere `A`. Published
@@ -66,7 +66,7 @@ class ClipHigherShape(CoefficientShape):
     """DAPO's clip-higher: `g = 1[kill]` for the asymmetric band `[1-eps_low, 1+eps_high]`.
 
     Yu et al., "DAPO: An Open-Source LLM Reinforcement Learning System at
-    Scale", arXiv 2503.14476, eq. (10): `min(w A, clip(w, 1-eps_low, 1+eps_high) A)`.
+    Scale", arXiv 2503.14476 (clip-higher): `min(w A, clip(w, 1-eps_low, 1+eps_high) A)`.
     Published defaults `eps_low = 0.2`, `eps_high = 0.28`. Decided in log space with
     `step`'s operations, so `eps_low == eps_high == eps` is bitwise `step(eps)`.
     """
@@ -99,14 +99,14 @@ class ClipHigherShape(CoefficientShape):
 class TruncateShape(CoefficientShape):
     """CISPO's truncated importance weight: `g = 1 - clip(w, 1-eps_low, 1+eps_high) / w`, any sign of A.
 
-    MiniMax, "MiniMax-M1", arXiv 2506.13585, eq. (4): maximise
+    MiniMax, "MiniMax-M1", arXiv 2506.13585 (the CISPO objective): maximise
     `sg(clip(w, 1-eps_low, 1+eps_high)) A log pi`. Its gradient is
     `clip(w) A grad log pi = (clip(w)/w) A grad w`, so `A(1-g) = A clip(w)/w`:
     every sample keeps a gradient, with its weight capped at `1+eps_high`
     (g in (0, 1) above the band) and, with a lower bound, raised to `1-eps_low`
-    below it (g < 0, amplified). The paper sets no lower bound ("a large
-    eps_low") and states no value for eps_high; the defaults here, `eps_low = 1`
-    (lower bound 0: none) and `eps_high = 0.2`, are ours.
+    below it (g < 0, amplified). The paper sets no lower bound (a large eps_low)
+    and tunes eps_high only; we found no value of it stated, so the defaults
+    here, `eps_low = 1` (lower bound 0: none) and `eps_high = 0.2`, are ours.
     """
 
     params: ClassVar[Mapping[str, Param]] = {

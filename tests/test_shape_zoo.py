@@ -39,7 +39,7 @@ def ppo_clip(w, a, eps_low, eps_high):
 
 
 def rollback_objective(w, a, eps, alpha):
-    """Wang et al. 2019, eq. (9): min(w A, F_RB(w) A)."""
+    """Wang et al. 2019 (PPO-RB): min(w A, F_RB(w) A)."""
     rolled = torch.where(
         w >= 1 + eps, -alpha * w + (1 + alpha) * (1 + eps),
         torch.where(w <= 1 - eps, -alpha * w + (1 + alpha) * (1 - eps), w),
@@ -67,7 +67,7 @@ def published_effective_advantage(objective, w, a, **params):
 
 
 def cispo_effective_advantage(w, a, eps_low, eps_high):
-    """MiniMax-M1 eq. (4): sg(clip(w)) A log pi. Differentiated in log pi, where it lives:
+    """MiniMax-M1 (CISPO): sg(clip(w)) A log pi. Differentiated in log pi, where it lives:
     d/dlog pi = clip(w) A, and d/dw = (d/dlog pi) / w."""
     log_pi = w.log().clone().requires_grad_()  # log pi up to the constant log pi_old
     weight = log_pi.exp().clamp(1 - eps_low, 1 + eps_high).detach()
@@ -150,8 +150,8 @@ def test_closed_form_gates_stated_in_the_docstrings():
     closed = torch.where(advantage >= 0, torch.tanh(x_pos / 2.0) ** 2 * (x_pos > 0),
                          torch.tanh(x_neg / 0.6) ** 2 / ratio * (x_neg > 0))
     torch.testing.assert_close(dpo[nonzero], closed[nonzero])
-    assert (dpo >= 0).all()  # DPO's drift is >= 0 and increasing where it acts: it only brakes...
-    assert (dpo[advantage < 0] > 1).any()  # ...but rolls back hard below the band for A < 0
+    assert (dpo >= 0).all()  # DPO never amplifies...
+    assert (dpo[advantage < 0] > 1).any()  # ...and rolls back (g > 1) at small ratios for A < 0
     truncate = make_shape("truncate", eps_low=0.2, eps_high=0.28).double().gate(ratio, advantage)
     torch.testing.assert_close(truncate, 1 - ratio.clamp(0.8, 1.28) / ratio)
     rollback = make_shape("rollback").double().gate(ratio, advantage)
