@@ -274,6 +274,10 @@ class KLipPPOLoss(_PPOFamilyLoss):
     def update_after_rollout(self, stats: Mapping[str, float]) -> None:
         self.shape.update_after_rollout(stats)
 
+    def set_context(self, **context: float) -> None:
+        """Per-iteration context for conditioned shapes (e.g. `progress`); others ignore it."""
+        self.shape.set_context(**context)
+
 
 def tensor_loss_unsupported(loss_module: LossModule, actor: Any, critic: Any) -> str | None:
     """Why `KLipTensorLoss` cannot stand in for `loss_module` (None when it can)."""

@@ -84,3 +84,79 @@ def plot_shapes(shapes: Sequence[CoefficientShape], out: Path, ratio_max: float 
     figure.savefig(out, dpi=110)
     plt.close(figure)
     return out
+
+
+def _band(shape: CoefficientShape) -> tuple[float, float] | None:
+    """The trust band `[1-eps_low, 1+eps_high]` a shape's parameters name, if any."""
+    if hasattr(shape, "eps"):
+        return 1 - shape.eps, 1 + shape.eps
+    if hasattr(shape, "eps_low") and hasattr(shape, "eps_high"):
+        return 1 - shape.eps_low, 1 + shape.eps_high
+    if hasattr(shape, "eps_start"):
+        return 1 - shape.eps_start, 1 + shape.eps_start
+    return None
+
+
+def plot_gallery(shapes: Sequence[CoefficientShape], out: Path, columns: int = 4,
+                 ratio_max: float = 2.0) -> Path:
+    """Every shape on the same axes: its gate (top) and effective advantage `A*(1-g)` (bottom).
+
+    One panel pair per shape, A = +1 solid and A = -1 dashed, the same y-limits
+    everywhere so shapes compare at a glance (curves leaving them are clipped,
+    not rescaled). Conditioned shapes show progress 0 (dark) and 1 (light).
+    """
+    from matplotlib.lines import Line2D
+
+    ratio = torch.linspace(1e-3, ratio_max, 1001, dtype=torch.float64)
+    rows = -(-len(shapes) // columns)
+    figure = plt.figure(figsize=(3.6 * columns, 4.4 * rows))
+    # One cell per shape, its two axes close together and the cells further apart.
+    cells = figure.add_gridspec(rows, columns, hspace=0.32, wspace=0.22)
+    colours = {1.0: "tab:blue", -1.0: "tab:red"}
+    for index, shape in enumerate(shapes):
+        row, column = divmod(index, columns)
+        cell = cells[row, column].subgridspec(2, 1, hspace=0.08)
+        top = figure.add_subplot(cell[0])
+        bottom = figure.add_subplot(cell[1], sharex=top)
+        progresses = (0.0, 1.0) if "progress" in shape.context else (None,)
+        saved = {key: float(getattr(shape, key)) for key in shape.context}
+        for progress in progresses:
+            if progress is not None:
+                shape.set_context(progress=progress)
+            for sign in (1.0, -1.0):
+                advantage = torch.full_like(ratio, sign)
+                with torch.no_grad():
+                    gate = shape.gate(ratio, advantage)
+                style = {"color": colours[sign], "linestyle": "-" if sign > 0 else "--",
+                         "alpha": 0.4 if progress == 1.0 else 1.0, "linewidth": 1.8}
+                top.plot(ratio, gate, **style)
+                bottom.plot(ratio, advantage * (1 - gate), **style)
+        shape.set_context(**saved)
+        band = _band(shape)
+        for axis in (top, bottom):
+            if band is not None:
+                axis.axvspan(*band, color="grey", alpha=0.15)
+            axis.axhline(0.0, color="black", linewidth=0.6)
+            axis.grid(alpha=0.3)
+            axis.set_xlim(0.0, ratio_max)
+        top.axhline(1.0, color="black", linewidth=0.6, linestyle=":")
+        top.set_ylim(-1.2, 2.2)
+        bottom.set_ylim(-2.2, 2.2)
+        top.tick_params(labelbottom=False)
+        title = f"{shape.display_name()}({shape.extra_repr()})"
+        if len(progresses) > 1:
+            title += "\nprogress 0 dark, 1 light"
+        top.set_title(title, fontsize=9)
+        if column == 0:
+            top.set_ylabel("gate g")
+            bottom.set_ylabel("A(1-g)")
+        if index + columns >= len(shapes):
+            bottom.set_xlabel("ratio w = pi_new / pi_old")
+    handles = [Line2D([], [], color=colours[1.0], linestyle="-", label="A = +1"),
+               Line2D([], [], color=colours[-1.0], linestyle="--", label="A = -1")]
+    figure.legend(handles=handles, loc="upper right", bbox_to_anchor=(0.9, 0.945), ncol=2, fontsize=9)
+    figure.suptitle("gate g (top) and effective advantage A(1-g) (bottom) of every registered shape; "
+                    "trust band shaded", fontsize=11, x=0.42, y=0.935)
+    figure.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return out

@@ -143,6 +143,10 @@ class PPOModule(pl.LightningModule):
         scheduler = self.lr_schedulers()
         started = time.perf_counter()
         torch.set_rng_state(self._rng_state)
+        # Conditioned shapes read the fraction of training done, on the LR annealing's clock.
+        set_context = getattr(self.loss_module, "set_context", None)
+        if set_context is not None:
+            set_context(progress=self.current_epoch / cfg.iterations)
 
         rollout = self.rollouts.collect()
         collected = time.perf_counter()

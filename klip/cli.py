@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = shape_commands.add_parser("show", help="a shape's parameters and search space")
     show.add_argument("name")
     plot = shape_commands.add_parser("plot", help="gate and effective advantage against the ratio")
-    plot.add_argument("names", nargs="+", help="NAME or NAME:key=value,key=value or FILE.json")
+    plot.add_argument("names", nargs="*", help="NAME or NAME:key=value,key=value or FILE.json")
+    plot.add_argument("--all", action="store_true",
+                      help="a gallery of every registered shape at its defaults")
     plot.add_argument("--out", type=Path, default=Path("shapes.png"))
     return parser
 
@@ -122,9 +124,16 @@ def _shapes(args: argparse.Namespace) -> int:
             search = f"search {spec.search}{' log' if spec.log else ''}" if spec.search else ""
             print(f"  {key} = {spec.default:g}  valid {spec.describe_range()}  {search}  {spec.help}")
         print(json.dumps(cls().to_dict()))
+    elif args.all:
+        from klip.algos.plots import plot_gallery
+
+        path = plot_gallery([get_shape_class(name)() for name in available_shapes()], args.out)
+        print(f"gallery written to {path}")
     else:
         from klip.algos.plots import plot_shapes
 
+        if not args.names:
+            raise ValueError("shapes plot: name at least one shape, or pass --all")
         path = plot_shapes([_parse_shape_spec(spec) for spec in args.names], args.out)
         print(f"plot written to {path}")
     return 0

@@ -1,4 +1,4 @@
-"""Built-in gates: step (PPO-Clip), none, sigmoid, linear ramp, learned."""
+"""Built-in gates: step (PPO-Clip), none, sigmoid, linear ramp, learned, annealed clip."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor
 
-from klip.shapes.base import CoefficientShape, Param, signed_distance_past_boundary
+from klip.shapes.base import (
+    CoefficientShape,
+    Param,
+    exact_kill_region,
+    signed_distance_past_boundary,
+)
 from klip.shapes.registry import register_shape
 
 if TYPE_CHECKING:
@@ -28,6 +33,7 @@ class StepShape(CoefficientShape):
     """
 
     params: ClassVar[Mapping[str, Param]] = {"eps": EPS}
+    gate_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     eps: float
 
     def __init__(self, **values: float) -> None:
@@ -40,20 +46,15 @@ class StepShape(CoefficientShape):
         return (signed_distance_past_boundary(ratio, advantage, self.eps) > 0).to(ratio.dtype)
 
     def gate_from_log_ratio(self, log_ratio: Tensor, ratio: Tensor, advantage: Tensor) -> Tensor:
-        # In exact arithmetic this is `log w > log1p(eps)` with A > 0, or
-        # `log w < log1p(-eps)` with A < 0. In floating point PPO-Clip's `min`
-        # keeps the gradient of a sample just past the bound whose clipped and
-        # unclipped terms round to the same value (exp(log1p(eps) + 1ulp) ==
-        # exp(log1p(eps)) in float32), so the gate repeats those exact operations.
         eps = self.eps_tensor
-        clipped = log_ratio.clamp((-eps).log1p(), eps.log1p())
-        kill = (clipped != log_ratio) & (clipped.exp() * advantage < ratio * advantage)
-        return kill.to(log_ratio.dtype)
+        return exact_kill_region(log_ratio, ratio, advantage, eps, eps).to(log_ratio.dtype)
 
 
 @register_shape("none")
 class NoGateShape(CoefficientShape):
     """`g = 0`: the unconstrained importance-sampled surrogate."""
+
+    gate_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
 
     def gate(self, ratio: Tensor, advantage: Tensor) -> Tensor:
         return torch.zeros_like(ratio)
@@ -72,6 +73,7 @@ class SigmoidShape(CoefficientShape):
         "tau": Param(0.05, 0.0, low_inclusive=False, search=(1e-3, 0.5), log=True,
                      help="temperature, in ratio units"),
     }
+    gate_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     eps: float
     tau: float
 
@@ -91,6 +93,7 @@ class LinearRampShape(CoefficientShape):
         "delta": Param(0.1, 0.0, low_inclusive=False, search=(1e-3, 2.0), log=True,
                        help="ramp width, in ratio units"),
     }
+    gate_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     eps: float
     delta: float
 
@@ -122,6 +125,11 @@ class LearnedShape(CoefficientShape):
         self.register_buffer("knots", knots, persistent=False)
         step_like = (knots > 0).to(knots.dtype)
         self.register_buffer("values", torch.stack([step_like, step_like.clone()]))
+
+    def gate_bounds(self) -> tuple[float, float]:
+        # The gate interpolates between running maxima of the knot values, so it stays
+        # within their range: [0, 1] by default, whatever `set_vector` was given otherwise.
+        return float(self.values.min()), float(self.values.max())
 
     @property
     def vector_size(self) -> int:
@@ -174,3 +182,48 @@ class LearnedShape(CoefficientShape):
         vector = [chosen[f"{side}{i}"] for side in ("pos", "neg") for i in range(len(cls.KNOTS))]
         shape.set_vector(vector)
         return shape
+
+
+@register_shape("annealed_clip")
+class AnnealedClipShape(CoefficientShape):
+    """PPO-Clip whose band narrows over training: `eps` goes linearly from `eps_start` to `eps_end`.
+
+    A conditioned shape: it reads `progress` (fraction of training done, set by
+    the trainer once per iteration), `eps(p) = eps_start + (eps_end - eps_start) * p`,
+    and gates like `step` with that radius, decided in log space with the same
+    operations, so at `eps_start == eps_end` it is bitwise the `step` gate. Not a
+    published method; an example of conditioning (linear clip-range annealing
+    is a common PPO option, e.g. Stable-Baselines3's schedulable `clip_range`).
+    """
+
+    params: ClassVar[Mapping[str, Param]] = {
+        "eps_start": Param(0.2, 0.0, 1.0, low_inclusive=False, high_inclusive=False,
+                           search=(0.05, 0.4), help="band radius at the start of training"),
+        "eps_end": Param(0.1, 0.0, 1.0, low_inclusive=False, high_inclusive=False,
+                         search=(0.01, 0.4), help="band radius at the end of training"),
+    }
+    gate_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    context: ClassVar[tuple[str, ...]] = ("progress",)
+    eps_start: float
+    eps_end: float
+    progress: Tensor
+
+    def __init__(self, **values: float) -> None:
+        super().__init__(**values)
+        # Buffers for the same reason as `step`'s: `.double()` converts them like the ratios.
+        self.register_buffer("eps_start_tensor", torch.tensor(self.eps_start), persistent=False)
+        self.register_buffer("eps_end_tensor", torch.tensor(self.eps_end), persistent=False)
+
+    def current_eps(self) -> Tensor:
+        """The band radius at the current `progress` (a 0-d tensor)."""
+        start, end = self.eps_start_tensor, self.eps_end_tensor
+        # `start + 0 * x` is exactly `start`: equal radii give step's bounds bit for bit.
+        return start + (end - start) * self.progress.to(start.dtype)
+
+    def gate(self, ratio: Tensor, advantage: Tensor) -> Tensor:
+        distance = signed_distance_past_boundary(ratio, advantage, self.current_eps().to(ratio.dtype))
+        return (distance > 0).to(ratio.dtype)
+
+    def gate_from_log_ratio(self, log_ratio: Tensor, ratio: Tensor, advantage: Tensor) -> Tensor:
+        eps = self.current_eps()
+        return exact_kill_region(log_ratio, ratio, advantage, eps, eps).to(log_ratio.dtype)

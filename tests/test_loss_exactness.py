@@ -10,6 +10,7 @@ from conftest import gradients, make_actor_critic, make_batch
 from torchrl.objectives import ClipPPOLoss, PPOLoss
 
 from klip.algos import KLipPPOLoss
+from klip.shapes import available_shapes
 
 EPS = 0.2
 
@@ -88,8 +89,19 @@ def test_step_gradients_close_for_other_batch_sizes(dtype, size, case):
             assert ((reference_grad - klip_grad).abs().max() / scale) <= 1e-6
 
 
-@pytest.mark.parametrize("shape", ["step", "sigmoid", "linear_ramp", "learned", "none"])
-@pytest.mark.parametrize("case", [random_case, adversarial_case])
+# `truncate`'s gate at w ~ 1e13 is 1 - 1e-13: the kl form's two terms, w*A and
+# beta*log w, cancel to A*clip(w)/w with float64's error relative to w*A, not to the result.
+KL_FORM_ILL_CONDITIONED = pytest.mark.xfail(
+    strict=True, reason="kl form: w*A + beta*log w cancels catastrophically for gates just below 1")
+KL_FORM_CASES = [
+    pytest.param(shape, case, marks=KL_FORM_ILL_CONDITIONED)
+    if (shape, case) == ("truncate", adversarial_case) else (shape, case)
+    for shape in available_shapes()
+    for case in (random_case, adversarial_case)
+]
+
+
+@pytest.mark.parametrize("shape,case", KL_FORM_CASES)
 def test_kl_form_and_effective_form_agree(shape, case):
     actor, _critic = make_actor_critic(torch.float64)
     log_ratio, advantage = case(512, torch.float64, 3)

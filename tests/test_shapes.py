@@ -29,7 +29,8 @@ from klip.shapes import (
     signed_distance_past_boundary,
 )
 
-BUILTIN = ["step", "none", "sigmoid", "linear_ramp", "learned"]
+# Every registered shape at import time: new built-ins are covered without editing this list.
+BUILTIN = available_shapes()
 ratios = st.floats(1e-6, 1e6, allow_nan=False)
 advantages = st.one_of(st.just(0.0), st.floats(-1e6, 1e6, allow_nan=False))
 
@@ -44,7 +45,9 @@ def test_finite_loss_and_gradient(name, form, ratio_values, data):
     )
     log_ratio = torch.tensor(ratio_values).log().requires_grad_()
     advantage = torch.tensor(advantage_values)
-    objective, gate = klip_objective(make_shape(name), log_ratio, advantage, form=form)
+    shape = make_shape(name)
+    shape.set_context(progress=data.draw(st.floats(0.0, 1.0)))  # ignored by unconditioned shapes
+    objective, gate = klip_objective(shape, log_ratio, advantage, form=form)
     objective.mean().backward()
     assert gate.shape == advantage.shape
     assert torch.isfinite(gate).all()
@@ -54,11 +57,24 @@ def test_finite_loss_and_gradient(name, form, ratio_values, data):
 
 @pytest.mark.parametrize("name", BUILTIN)
 @settings(max_examples=40, deadline=None)
-@given(ratio=ratios, advantage=advantages)
-def test_gate_shape_and_range(name, ratio, advantage):
-    gate = make_shape(name).gate(torch.tensor([ratio, ratio]), torch.tensor([advantage, -advantage]))
+@given(ratio=ratios, advantage=advantages, progress=st.floats(0.0, 1.0))
+def test_gate_shape_and_range(name, ratio, advantage, progress):
+    shape = make_shape(name)
+    shape.set_context(progress=progress)
+    gate = shape.gate(torch.tensor([ratio, ratio]), torch.tensor([advantage, -advantage]))
+    low, high = shape.gate_bounds()
     assert gate.shape == (2,)
-    assert ((gate >= 0) & (gate <= 1)).all()
+    assert ((gate >= low) & (gate <= high)).all()
+
+
+# Shapes whose gate only brakes (never rolls back or amplifies): the range test above
+# must keep checking [0, 1] for them, so a widened declaration fails here.
+BRAKING = ["step", "none", "sigmoid", "linear_ramp", "learned", "clip_higher", "annealed_clip"]
+
+
+@pytest.mark.parametrize("name", BRAKING)
+def test_braking_shapes_declare_the_unit_range(name):
+    assert make_shape(name).gate_bounds() == (0.0, 1.0)
 
 
 @pytest.mark.parametrize("name,width", [("sigmoid", "tau"), ("linear_ramp", "delta")])

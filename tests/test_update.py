@@ -11,6 +11,7 @@ from torchrl.objectives import ClipPPOLoss
 from klip.algos import KLipPPOLoss
 from klip.algos.loss import KLipTensorLoss, tensor_loss_unsupported
 from klip.algos.update import ModuleLoss, make_minibatch_loss
+from klip.shapes import available_shapes
 
 CONFIGS = {
     # What PPOModule builds for the paper's protocol.
@@ -21,7 +22,7 @@ CONFIGS = {
                                            loss_critic_type="l2", normalize_advantage=False,
                                            functional=False, log_explained_variance=False),
 }
-SHAPES = ["step", "sigmoid", "linear_ramp", "learned", "none"]
+SHAPES = available_shapes()  # every registered shape, new built-ins included
 
 
 def run_update(minibatch_loss, batch, parameters):
