@@ -18,17 +18,34 @@ def python_block(title_line: str) -> str:
     return matching[0]
 
 
+def tiny_run(tmp_path: Path) -> list[str]:
+    """Flags that turn a README command into a two-iteration Pendulum run in `tmp_path/run`."""
+    return ["--task", "Pendulum-v1", "--steps", "512", "--rollout-steps", "256", "--epochs", "1",
+            "--eval-episodes", "0", "--no-progress", "--out", str(tmp_path / "run")]
+
+
 def test_plugin_example_registers_and_trains(tmp_path: Path) -> None:
     (tmp_path / "my_gates.py").write_text(python_block("# my_gates.py"))
     command = re.search(r"klip train --shape-plugin my_gates\.py (.*)", README.read_text())
     assert command is not None, "the README no longer shows how to train the plugin shape"
-    flags = command.group(1).split()
-    tiny = ["--task", "Pendulum-v1", "--steps", "512", "--rollout-steps", "256", "--epochs", "1",
-            "--eval-episodes", "0", "--no-progress", "--out", str(tmp_path / "run")]
     result = subprocess.run(
-        [sys.executable, "-m", "klip", "train", "--shape-plugin", "my_gates.py", *flags, *tiny],
+        [sys.executable, "-m", "klip", "train", "--shape-plugin", "my_gates.py",
+         *command.group(1).split(), *tiny_run(tmp_path)],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     config = (tmp_path / "run" / "config.yaml").read_text()
     assert "soft_knee" in config and "width: 0.2" in config
+
+
+def test_drift_example_registers_and_trains(tmp_path: Path) -> None:
+    (tmp_path / "my_drifts.py").write_text(python_block("# my_drifts.py"))
+    command = re.search(r"klip train --shape-plugin my_drifts\.py (.*)", README.read_text())
+    assert command is not None, "the README no longer shows how to train the drift shape"
+    result = subprocess.run(
+        [sys.executable, "-m", "klip", "train", "--shape-plugin", "my_drifts.py",
+         *command.group(1).split(), *tiny_run(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "quadratic_band" in (tmp_path / "run" / "config.yaml").read_text()
