@@ -453,6 +453,9 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
         history = read_episodes(directory / "episodes.csv")
     except (OSError, ValueError, KeyError, TypeError) as error:
         return CellState("corrupt", f"unreadable result ({type(error).__name__}: {error})")
+    if frames < _expected_frames(config) and checkpoint.is_file():
+        # A run stopped early on purpose (or by an older budget) continues from its checkpoint.
+        return CellState("partial", f"stopped at {frames} of {_expected_frames(config)} frames")
     if frames != _expected_frames(config):
         return CellState("corrupt", f"summary.json says {frames} frames, expected {_expected_frames(config)}")
     recomputed = final_return(history, frames)
