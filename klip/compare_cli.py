@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +110,12 @@ def run_compare(args: argparse.Namespace) -> int:
         for job in jobs:
             print(f"  {job_key(job)}")
         return 0
-    outcome = run_grid(spec, args.out, storage=args.storage, workers=args.workers,
-                       write_report=not args.no_report, progress_interval=args.progress_every)
+    try:
+        outcome = run_grid(spec, args.out, storage=args.storage, workers=args.workers,
+                           write_report=not args.no_report, progress_interval=args.progress_every)
+    except KeyboardInterrupt:
+        print("klip: interrupted; run the same command again to continue the grid", file=sys.stderr)
+        return 130
     print(f"{outcome.done}/{outcome.total} cells done in {args.out}")
     if outcome.report is not None:
         print(f"report: {outcome.report}")

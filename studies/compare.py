@@ -459,7 +459,10 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
     if frames != _expected_frames(config):
         return CellState("corrupt", f"summary.json says {frames} frames, expected {_expected_frames(config)}")
     recomputed = final_return(history, frames)
-    if not math.isfinite(reported) or not math.isclose(reported, recomputed, rel_tol=1e-12, abs_tol=1e-9):
+    # NaN on both sides: no episode ended (a budget shorter than one episode).
+    agree = (math.isnan(reported) and math.isnan(recomputed)) or (
+        math.isfinite(reported) and math.isclose(reported, recomputed, rel_tol=1e-12, abs_tol=1e-9))
+    if not agree:
         return CellState("corrupt", f"summary.json's final return {reported} disagrees with "
                                     f"episodes.csv ({recomputed})")
     record_path = directory / CELL_FILE
@@ -469,7 +472,9 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
             record = json.loads(record_path.read_text())
         except json.JSONDecodeError:
             record = None
-    if record is not None and record.get("final_return") == reported and record.get("key") == cell.key:
+    same_return = record is not None and (record.get("final_return") == reported or (
+        math.isnan(reported) and math.isnan(float(record.get("final_return", 0.0)))))
+    if record is not None and same_return and record.get("key") == cell.key:
         if checkpoint.is_file():
             try:
                 if parameters_sha256(checkpoint) != record.get("parameters_sha256"):
@@ -586,10 +591,34 @@ def make_storage(url: str, *, heartbeat: bool = True) -> Any:
                       "heartbeat_stale_trial_callback":
                           RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)}
         try:
-            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
-                              if url.startswith("sqlite") else None, **kwargs)
+            storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
+                                 if url.startswith("sqlite") else None, **kwargs)
         except Exception as error:  # sqlalchemy raises many types for a bad URL or server
             raise CompareError(f"cannot open --storage {_hide_password(url)}: {error}") from None
+    if url.startswith("sqlite"):
+        _serialise_sqlite(storage.engine)
+    return storage
+
+
+def _serialise_sqlite(engine: Any) -> None:
+    """Make every SQLite transaction take the write lock when it begins (BEGIN IMMEDIATE).
+
+    Optuna pops a WAITING trial by reading its state and then writing RUNNING; PostgreSQL and
+    MySQL lock the row (SELECT ... FOR UPDATE), but SQLite ignores that and Python's sqlite3
+    starts the transaction only at the write, so two local workers can pop the same trial.
+    This is SQLAlchemy's documented pysqlite recipe for real transactions.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(connection: Any, record: Any) -> None:
+        connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners existed
 
 
 def _job_trials(study: Any) -> dict[str, list[Any]]:
@@ -732,7 +761,9 @@ def run_worker(out: Path, url: str, *, trainer: CellTrainer = train_cells,
         trial.set_user_attr("records", [
             {k: r[k] for k in ("key", "final_return", "parameters_sha256")} for r in records])
         done += 1
-        return float(sum(r["final_return"] for r in records) / len(records))
+        finite = [r["final_return"] for r in records if math.isfinite(r["final_return"])]
+        # Optuna refuses NaN; -inf marks a job none of whose runs finished an episode.
+        return float(sum(finite) / len(finite)) if finite else -math.inf
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -740,9 +771,22 @@ def run_worker(out: Path, url: str, *, trainer: CellTrainer = train_cells,
     return done
 
 
+def _die_with_parent() -> None:
+    """Linux: a worker whose `klip compare` is killed dies too, rather than train on unseen."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _worker_process(out: str, url: str, trainer: CellTrainer) -> None:
+    _die_with_parent()
     os.environ["OMP_NUM_THREADS"] = "1"
-    run_worker(Path(out), url, trainer=trainer)
+    with contextlib.suppress(KeyboardInterrupt):
+        run_worker(Path(out), url, trainer=trainer)
 
 
 # -- progress -----------------------------------------------------------------------------------
@@ -888,7 +932,10 @@ def measure_random_score(task: str, episodes: int = RANDOM_EPISODES, seed: int =
     import gymnasium as gym
     import numpy as np
 
-    env = gym.make(task)
+    with warnings.catch_warnings():
+        # The paper's protocol uses the -v4 tasks on purpose.
+        warnings.filterwarnings("ignore", message=".*is out of date.*")
+        env = gym.make(task)
     env.action_space.seed(seed)
     returns = []
     env.reset(seed=seed)

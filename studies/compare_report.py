@@ -14,6 +14,7 @@ Works on partial grids: missing cells are marked, corrupt cells are listed and l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -72,6 +73,7 @@ class GridResults:
     out: Path
     states: dict[str, CellState]
     returns: dict[str, dict[str, dict[int, float]]]  # task -> entry label -> seed -> final return
+    no_episode: list[str] = dataclasses.field(default_factory=list)  # done, but no episode ended
 
     def seeds_of(self, task: str, entry: Entry) -> dict[int, float]:
         return self.returns.get(task, {}).get(entry.label, {})
@@ -81,13 +83,17 @@ def collect(out: Path) -> GridResults:
     spec = load_grid(out)
     states: dict[str, CellState] = {}
     returns: dict[str, dict[str, dict[int, float]]] = {}
+    no_episode = []
     for cell in spec.cells():
         state = check_cell(spec, out, cell, write_record=False)
         states[cell.key] = state
         if state.status == "done" and state.record is not None:
-            returns.setdefault(cell.task, {}).setdefault(cell.entry.label, {})[cell.seed] = float(
-                state.record["final_return"])
-    return GridResults(spec, out, states, returns)
+            value = float(state.record["final_return"])
+            if not math.isfinite(value):
+                no_episode.append(cell.key)
+                continue
+            returns.setdefault(cell.task, {}).setdefault(cell.entry.label, {})[cell.seed] = value
+    return GridResults(spec, out, states, returns, no_episode)
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -131,6 +137,10 @@ def _completeness(results: GridResults) -> list[str]:
     if missing:
         lines += ["", f"Missing cells ({len(missing)}; marked — or counted n/{len(spec.seeds)} below): "
                   + ", ".join(f"`{key}`" for key in missing)]
+    if results.no_episode:
+        lines += ["", f"Cells done but with no episode ended in training ({len(results.no_episode)}; "
+                  "final return undefined, left out): "
+                  + ", ".join(f"`{key}`" for key in results.no_episode)]
     corrupt = [(cell.key, states[cell.key].reason) for cell in cells if states[cell.key].status == "corrupt"]
     if corrupt:
         lines += ["", f"**Corrupt cells ({len(corrupt)}), left out of every number below**; "
@@ -201,7 +211,8 @@ def plot_learning_curves(results: GridResults, path: Path) -> Path:
         axis.set_title(task)
         axis.set_xlabel("environment steps")
         axis.set_ylabel("episode return")
-        axis.legend(fontsize=7)
+        if axis.lines:
+            axis.legend(fontsize=7)
     for axis in list(axes.flat)[len(spec.tasks):]:
         axis.set_visible(False)
     figure.tight_layout()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -242,6 +244,29 @@ def test_queue_dry_trial_fails_with_a_note_and_workers_share_cells(tmp_path):
     dry = [t for t in study.trials if compare.JOB_ATTR not in t.user_attrs]
     assert dry and all(t.state == TrialState.FAIL and compare.DRY_ATTR in t.user_attrs for t in dry)
     assert len({t.user_attrs["pid"] for t in cells}) == 2
+
+
+POP = """
+import json, sys, warnings
+import optuna
+from klip.studies.compare import make_storage
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+warnings.simplefilter("ignore")
+study = optuna.load_study(study_name="queue", storage=make_storage(sys.argv[1], heartbeat=False))
+print(json.dumps([study.ask().user_attrs.get("i") for _ in range(40)]))
+"""
+
+
+def test_two_processes_never_pop_the_same_trial_from_sqlite(tmp_path):
+    # Plain Optuna on SQLite pops some trials twice under this load (SQLite ignores FOR UPDATE).
+    url = f"sqlite:///{tmp_path / 'queue.sqlite3'}"
+    study = optuna.create_study(study_name="queue", storage=url)
+    for i in range(60):
+        study.enqueue_trial({}, user_attrs={"i": i})
+    workers = [subprocess.Popen([sys.executable, "-c", POP, url], stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    popped = [i for worker in workers for i in json.loads(worker.communicate()[0]) if i is not None]
+    assert sorted(popped) == list(range(60))
 
 
 def test_dead_workers_cell_goes_back_to_the_queue(tmp_path, monkeypatch):
