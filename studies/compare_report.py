@@ -401,6 +401,19 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
     return lines
 
 
+def _runs(results: GridResults) -> list[str]:
+    rows = []
+    for cell in results.spec.cells():
+        state = results.states[cell.key]
+        if state.record is None:
+            rows.append([cell.task, f"`{cell.entry.label}`", str(cell.seed), state.status, "", ""])
+            continue
+        rows.append([cell.task, f"`{cell.entry.label}`", str(cell.seed), state.status,
+                     f"{state.record['final_return']:.1f}", f"`{state.record['parameters_sha256'][:16]}`"])
+    return ["## Every run", "", *_table(["task", "entry", "seed", "status", "final return",
+                                         "parameters SHA-256 (first 16 hex)"], rows)]
+
+
 def write_report(out: str | Path, *, n_resamples: int = 2000) -> Path:
     """Write `report.md` and `figures/*.png` into the grid directory; return the report's path."""
     out = Path(out)
@@ -419,6 +432,7 @@ def write_report(out: str | Path, *, n_resamples: int = 2000) -> Path:
     lines += _bitwise(results)
     lines += _aggregates(results, randoms, n_resamples)
     lines += _paper(results)
+    lines += _runs(results)
     path = out / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path

@@ -162,7 +162,7 @@ def test_grid_trains_every_cell_once_and_states_clip_step_equality(finished_grid
         assert [trial.state for trial in trials] == [TrialState.COMPLETE]
     report = (out / "report.md").read_text()
     assert "| Pendulum-v1 | 0 | yes | yes |" in report and "| Pendulum-v1 | 1 | yes | yes |" in report
-    assert "4 of 4 cells done." in report
+    assert "4 of 4 cells done." in report and "| Pendulum-v1 | `step` | 1 | done |" in report
     for figure in ("learning_curves", "aggregates", "probability_of_improvement", "performance_profiles"):
         assert (out / "figures" / f"{figure}.png").is_file()
     assert "4/4 cells done" in progress and "time left" in progress
@@ -176,6 +176,27 @@ def test_finished_grid_is_not_trained_again(finished_grid, tmp_path):
     spy = Spy()
     outcome = run_grid(spec, copy, trainer=spy, stream=io.StringIO(), write_report=False)
     assert spy.runs == [] and outcome.done == 4
+
+
+def test_grid_continues_from_its_directory_alone(finished_grid, capsys):
+    out, spec, *_ = finished_grid
+    assert main(["compare", "--out", str(out), "--plan"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [f"  {cell.key}" for cell in spec.cells()]
+
+
+def test_seeds_together_hand_a_trainer_all_seeds_of_a_cell_at_once(tmp_path):
+    out = tmp_path / "g"
+    spec = tiny_spec(out, entries="step", seeds=2)
+    spec.seeds_together = True
+    calls: list[list[str]] = []
+
+    def population(runs):
+        calls.append([run.cell.key for run in runs])
+        compare.train_cells(runs)
+
+    outcome = run_grid(spec, out, trainer=population, stream=io.StringIO(), write_report=False)
+    assert calls == [["Pendulum-v1/step/s0", "Pendulum-v1/step/s1"]] and outcome.done == 2
+    assert list(trials_by_job(out, spec)) == ["Pendulum-v1/step/s0,1"]
 
 
 def test_killed_cell_continues_from_its_checkpoint(tmp_path):
