@@ -670,10 +670,12 @@ def open_study(spec: GridSpec, out: Path, url: str, *, local: bool) -> Any:
         if local:
             for trial in trials.get(key, []):
                 if trial.state == TrialState.RUNNING:
+                    # Back to WAITING, keeping its place: the killed (half-trained) cells of
+                    # the early seeds continue first, so the partial grid stays seed-major.
                     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-                    storage.set_trial_user_attr(trial_id, "klip_note", "worker died; job queued again")
-                    storage.set_trial_state_values(trial_id, TrialState.FAIL)
-                    states.discard(TrialState.RUNNING)
+                    storage.set_trial_user_attr(trial_id, "klip_note", "its worker was killed; queued again")
+                    storage.set_trial_state_values(trial_id, TrialState.WAITING)
+                    states = (states - {TrialState.RUNNING}) | {TrialState.WAITING}
         if states & {TrialState.WAITING, TrialState.RUNNING}:
             continue
         if TrialState.COMPLETE in states:

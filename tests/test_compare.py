@@ -199,17 +199,21 @@ def test_seeds_together_hand_a_trainer_all_seeds_of_a_cell_at_once(tmp_path):
     assert list(trials_by_job(out, spec)) == ["Pendulum-v1/step/s0,1"]
 
 
-def test_killed_cell_continues_from_its_checkpoint(tmp_path):
+def test_killed_cell_continues_from_its_checkpoint_first(tmp_path):
     out = tmp_path / "g"
-    spec = tiny_spec(out, entries="step", steps=3 * 256)
-    cell = spec.cells()[0]
+    spec = tiny_spec(out, entries="step", seeds=2, steps=3 * 256)
+    cell, other = spec.cells()
     prepare_grid(out, spec)
-    # The grid's run killed after one of its three iterations.
+    study = open_study(spec, out, default_storage(out), local=True)
+    assert study.ask().user_attrs[compare.JOB_ATTR] == cell.key
+    # Its worker was killed after one of the cell's three iterations.
     train(spec.config(cell), spec.cell_dir(out, cell), progress=False, stop_after_iterations=1)
     assert check_cell(spec, out, cell).status == "partial"
     spy = Spy()
     run_grid(spec, out, trainer=spy, stream=io.StringIO(), write_report=False)
-    assert [(run.cell.key, run.resume) for run in spy.runs] == [(cell.key, True)]
+    assert [(run.cell.key, run.resume) for run in spy.runs] == [(cell.key, True), (other.key, False)]
+    (trial,) = trials_by_job(out, spec)[cell.key]
+    assert trial.state == TrialState.COMPLETE and "killed" in trial.user_attrs["klip_note"]
     whole = tmp_path / "whole"
     train(spec.config(cell), whole, progress=False)
     assert check_cell(spec, out, cell).record["parameters_sha256"] == parameters_sha256(
