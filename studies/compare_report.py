@@ -213,6 +213,9 @@ def plot_learning_curves(results: GridResults, path: Path) -> Path:
         axis.set_ylabel("episode return")
         if axis.lines:
             axis.legend(fontsize=7)
+        else:
+            axis.text(0.5, 0.5, "no run with a finished episode yet", ha="center", va="center",
+                      transform=axis.transAxes)
     for axis in list(axes.flat)[len(spec.tasks):]:
         axis.set_visible(False)
     figure.tight_layout()
