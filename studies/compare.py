@@ -981,6 +981,8 @@ def run_grid(
         raise CompareError(f"--workers must be at least 1, got {workers}")
     spec.validate()
     out = Path(out)
+    if storage is not None:
+        make_storage(storage, heartbeat=False)  # a bad URL fails before the directory is touched
     prepare_grid(out, spec)
     local = storage is None
     url = storage or default_storage(out)

@@ -344,6 +344,13 @@ def test_bad_command_lines_are_one_line_errors_with_exit_code_2(tmp_path, capsys
     assert code == 2 and len(error) == 1 and error[0].startswith("klip: error: ") and message in error[0]
 
 
+def test_bad_storage_url_is_refused_before_the_directory_is_made(tmp_path, capsys):
+    out = tmp_path / "g"
+    code = main(["compare", "--losses", "step", "--tasks", "Pendulum-v1", "--out", str(out),
+                 "--storage", "not-a-url"])
+    assert code == 2 and "is not a database URL" in capsys.readouterr().err and not out.exists()
+
+
 def test_report_of_a_directory_without_a_grid_is_refused(tmp_path, capsys):
     assert main(["compare", "report", str(tmp_path)]) == 2
     assert "holds no klip compare grid" in capsys.readouterr().err
