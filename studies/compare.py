@@ -556,17 +556,19 @@ def run_job(spec: GridSpec, out: Path, job: Sequence[Cell], trainer: CellTrainer
             log(f"{cell.key}: corrupt ({state.reason}); moved to {moved.relative_to(out)}, training again")
         resume = state.status == "partial"
         runs.append(CellRun(cell, spec.config(cell), spec.cell_dir(out, cell), resume))
+    started = time.perf_counter()
     if runs:
-        started = time.perf_counter()
         trainer(runs)
-        log(f"{job_key(job)}: trained in {time.perf_counter() - started:.0f} s"
-            + (" (resumed)" if any(run.resume for run in runs) else ""))
     records = []
     for cell in job:
         state = check_cell(spec, out, cell)
         if state.status != "done" or state.record is None:
             raise CellFailure(f"{cell.key} did not finish: {state.reason or state.status}")
         records.append(state.record)
+    if runs:
+        returns = ", ".join(f"{record['final_return']:.1f}" for record in records)
+        log(f"{job_key(job)}: final return {returns} (trained in {time.perf_counter() - started:.0f} s"
+            + (", resumed)" if any(run.resume for run in runs) else ")"))
     return records
 
 
@@ -800,7 +802,8 @@ def _last_frames(metrics: Path) -> int:
             file.seek(0, os.SEEK_END)
             file.seek(max(0, file.tell() - 4096))
             lines = file.read().decode(errors="replace").strip().splitlines()
-        header = metrics.open().readline().strip().split(",")
+        with open(metrics) as file:
+            header = file.readline().strip().split(",")
         return int(float(lines[-1].split(",")[header.index("frames")]))
     except (OSError, ValueError, IndexError):
         return 0
