@@ -664,6 +664,12 @@ def open_study(spec: GridSpec, out: Path, url: str, *, local: bool) -> Any:
         time.sleep(2)
         study = optuna.load_study(study_name=spec.study_name, storage=storage)
     study_id = storage.get_study_id_from_name(spec.study_name)
+    if local:
+        # Killed while finding the queue dry: nothing to redo.
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if JOB_ATTR not in trial.user_attrs:
+                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+                storage.set_trial_state_values(trial_id, TrialState.FAIL)
     trials = _job_trials(study)
     host = socket.gethostname()
     for job in spec.jobs():
