@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--all", action="store_true",
                       help="a gallery of every registered shape at its defaults")
     plot.add_argument("--out", type=Path, default=Path("shapes.png"))
+    from klip.compare_cli import add_compare_commands
+
+    add_compare_commands(commands)
     return parser
 
 
@@ -148,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "compare":
+            from klip.compare_cli import run_compare
+
+            return run_compare(args)
         return _shapes(args)
     except KeyboardInterrupt:
         print("klip: interrupted; continue with --resume", file=sys.stderr)

@@ -1,0 +1,131 @@
+"""`klip compare` and `klip compare report`: the command-line face of `klip.studies.compare`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+ENTRY_HELP = (
+    "comma-separated entries: a loss (clip, kl_fixed, kl_adaptive; options as "
+    "kl_adaptive:kl_target=0.01), a shape with parameters (step, sigmoid:tau=0.03), a shape "
+    ".json file, or study:NAME@STORAGE_URL (the study's best trial)"
+)
+
+
+def add_compare_commands(subparsers: Any) -> None:
+    """Add `compare` (and its `report`) to the `klip` command's subparsers."""
+    compare = subparsers.add_parser(
+        "compare", help="compare entries over tasks and seeds (a resumable grid of runs)",
+        description="Train every entry on every task with every seed (seed-major order), "
+                    "resuming what is finished or half done, then write DIR/report.md. "
+                    "Run the same command again to continue; --out DIR alone continues DIR's grid.",
+    )
+    compare.add_argument("--losses", "--entries", dest="entries", metavar="ENTRIES", help=ENTRY_HELP)
+    compare.add_argument("--tasks", help="comma-separated tasks, e.g. Hopper-v4,Walker2d-v4")
+    compare.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: 5)")
+    compare.add_argument("--steps", type=int, default=1_000_000,
+                         help="environment steps per run (default: 1000000)")
+    compare.add_argument("--out", type=Path, help="grid directory")
+    compare.add_argument("--config", type=Path, help="YAML file of training options shared by all runs")
+    compare.add_argument("--set", dest="settings", action="append", default=[], metavar="OPTION=VALUE",
+                         help="a training option shared by all runs (e.g. rollout_steps=256); repeatable")
+    compare.add_argument("--workers", type=int, default=1,
+                         help="local worker processes, one torch thread each (default: 1)")
+    compare.add_argument("--storage", help="Optuna RDB storage URL handing out the cells to every "
+                         "machine that runs this command (default: a SQLite file in the grid directory)")
+    compare.add_argument("--seeds-together", action="store_true",
+                         help="hand out each (entry, task) with all its seeds as one job (for a "
+                              "trainer that runs seeds as a population; the default trainer runs "
+                              "them one after another)")
+    compare.add_argument("--plan", action="store_true", help="print the cells in order and exit")
+    compare.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    compare.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                         help="seconds between progress lines (default: 30)")
+    compare.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = compare.add_subparsers(dest="compare_command", required=False)
+    report = commands.add_parser("report", help="write DIR/report.md and DIR/figures/*.png")
+    report.add_argument("dir", type=Path, help="grid directory")
+    report.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    report.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _split(text: str | None) -> list[str]:
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+def _base_options(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    from klip.algos.config import load_config_file
+    from klip.studies.compare import CompareError
+
+    options = load_config_file(args.config) if args.config else {}
+    for item in args.settings:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise CompareError(f"--set {item!r} must look like OPTION=VALUE")
+        options[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+    return options
+
+
+def _spec(args: argparse.Namespace) -> Any:
+    from klip.algos.config import TrainConfig
+    from klip.shapes import load_shapes_from_file
+    from klip.studies.compare import CompareError, GridSpec, load_grid, parse_entries
+
+    if args.out is None:
+        raise CompareError("--out DIR is required")
+    if args.entries is None and args.tasks is None:
+        # `klip compare --out DIR` continues the grid DIR holds.
+        return load_grid(args.out)
+    if not args.entries or not args.tasks:
+        raise CompareError("--losses and --tasks are both required (or neither, to continue --out's grid)")
+    if args.seeds < 1:
+        raise CompareError(f"--seeds must be at least 1, got {args.seeds}")
+    base = _base_options(args)
+    try:
+        TrainConfig.from_dict(base)
+    except (TypeError, ValueError) as error:
+        raise CompareError(f"base options: {error}") from None
+    if base.get("shape_plugin"):
+        load_shapes_from_file(base["shape_plugin"])
+    entries = parse_entries(_split(args.entries), args.out)
+    return GridSpec(entries, _split(args.tasks), list(range(args.seeds)), args.steps, base,
+                    seeds_together=args.seeds_together).validate()
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Handler of `klip compare ...`; returns the exit code."""
+    from klip.studies.compare import job_key, run_grid
+
+    if args.compare_command == "report":
+        from klip.studies.compare_report import write_report
+
+        print(f"report written to {write_report(args.dir, n_resamples=args.resamples)}")
+        return 0
+    spec = _spec(args)
+    if args.plan:
+        jobs = spec.jobs()
+        print(f"{len(spec.cells())} cells in {len(jobs)} jobs, in this order:")
+        for job in jobs:
+            print(f"  {job_key(job)}")
+        return 0
+    try:
+        outcome = run_grid(spec, args.out, storage=args.storage, workers=args.workers,
+                           write_report=not args.no_report, progress_interval=args.progress_every)
+    except KeyboardInterrupt:
+        print("klip: interrupted; run the same command again to continue the grid", file=sys.stderr)
+        return 130
+    print(f"{outcome.done}/{outcome.total} cells done in {args.out}")
+    if outcome.report is not None:
+        print(f"report: {outcome.report}")
+    if outcome.failed:
+        print(f"not finished ({len(outcome.failed)} jobs; run the same command again): "
+              + ", ".join(outcome.failed[:10]) + (" ..." if len(outcome.failed) > 10 else ""))
+        return 1
+    return 0
+
+
+__all__ = ["add_compare_commands", "run_compare"]

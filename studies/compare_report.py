@@ -1,0 +1,444 @@
+"""`klip compare report DIR`: the grid's Markdown report with its PNG figures.
+
+Per task: final return (mean raw return of the episodes that ended in the last 10% of
+training) as mean +- std over seeds per entry, and learning curves with mean +- std bands.
+Across tasks, when `step` is an entry: normalised scores (random policy = 0, the grid's own
+`step` runs = 1 per task) aggregated as IQM and mean with stratified bootstrap 95% CIs, the
+probability of improvement of each entry over `step`, and performance profiles
+(`klip.studies.statistics`, SciPy underneath). Also: `clip` against `step` run by run
+(bitwise equal parameters, identical metric columns), and the paper-protocol baselines
+against the published KLip-PPO paper's numbers.
+
+Works on partial grids: missing cells are marked, corrupt cells are listed and left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from klip.studies.compare import (
+    EVENTS_FILE,
+    Cell,
+    CellState,
+    Entry,
+    GridSpec,
+    check_cell,
+    load_grid,
+    random_scores,
+    read_episodes,
+)
+from klip.studies.statistics import (
+    Estimate,
+    aggregate,
+    normalise,
+    performance_profile,
+    probability_of_improvement,
+)
+
+REPORT_FILE = "report.md"
+NOTES_FILE = "notes.md"
+CURVE_POINTS = 50
+PAPER_SOURCE = "the published KLip-PPO paper (arXiv 2606.23932)"
+PAPER_STEPS = 1_000_000
+# Final return, mean +- std over seeds, 1M steps, MuJoCo -v4 tasks.
+PAPER: dict[str, dict[str, tuple[float, float]]] = {
+    "clip": {"Ant-v4": (2193, 361), "HalfCheetah-v4": (1955, 312), "Hopper-v4": (2598, 278),
+             "Humanoid-v4": (660, 70), "Walker2d-v4": (3717, 425)},
+    "kl_fixed": {"Ant-v4": (16, 16), "HalfCheetah-v4": (2111, 1066), "Hopper-v4": (2616, 208),
+                 "Humanoid-v4": (342, 31), "Walker2d-v4": (3995, 402)},
+    "kl_adaptive": {"Ant-v4": (159, 86), "HalfCheetah-v4": (2207, 1117), "Hopper-v4": (2236, 365),
+                    "Humanoid-v4": (553, 22), "Walker2d-v4": (3639, 374)},
+}
+PAPER_NAMES = {"clip": "PPO-Clip", "kl_fixed": "fixed beta (1.0)",
+               "kl_adaptive": "adaptive beta (KL target 0.02)"}
+# Options that change what is measured; the others (evaluation, checkpoints, logging) do not.
+NEUTRAL_OPTIONS = {"eval_episodes", "checkpoint_every", "diagnostics", "collector", "shape_plugin"}
+
+
+@dataclass
+class GridResults:
+    spec: GridSpec
+    out: Path
+    states: dict[str, CellState]
+    returns: dict[str, dict[str, dict[int, float]]]  # task -> entry label -> seed -> final return
+    no_episode: list[str] = dataclasses.field(default_factory=list)  # done, but no episode ended
+
+    def seeds_of(self, task: str, entry: Entry) -> dict[int, float]:
+        return self.returns.get(task, {}).get(entry.label, {})
+
+
+def collect(out: Path) -> GridResults:
+    spec = load_grid(out)
+    states: dict[str, CellState] = {}
+    returns: dict[str, dict[str, dict[int, float]]] = {}
+    no_episode = []
+    for cell in spec.cells():
+        state = check_cell(spec, out, cell, write_record=False)
+        states[cell.key] = state
+        if state.status == "done" and state.record is not None:
+            value = float(state.record["final_return"])
+            if not math.isfinite(value):
+                no_episode.append(cell.key)
+                continue
+            returns.setdefault(cell.task, {}).setdefault(cell.entry.label, {})[cell.seed] = value
+    return GridResults(spec, out, states, returns, no_episode)
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "—"
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+    return f"{np.mean(values):.1f} ± {std:.1f}" if math.isfinite(std) else f"{np.mean(values):.1f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _settings(results: GridResults, randoms: dict[str, dict[str, Any]]) -> list[str]:
+    spec = results.spec
+    lines = ["## Settings", "",
+             f"- steps per run: {spec.steps:,}; seeds: {', '.join(map(str, spec.seeds))}; "
+             f"tasks: {', '.join(spec.tasks)}",
+             "- base options: " + (", ".join(f"`{k}={v}`" for k, v in sorted(spec.base.items()))
+                                   or "none (the paper protocol's defaults)"),
+             "- final return: mean raw return of the episodes that ended in the last 10% of training;"
+             " ± is the standard deviation over seeds (ddof = 1)", ""]
+    lines += _table(["entry", "training options"],
+                    [[f"`{e.label}`", ", ".join(f"`{k}={v}`" for k, v in e.options.items())
+                      + (f" (from {e.source})" if e.source else "")] for e in spec.entries])
+    lines += ["Random-policy score (uniformly random actions, mean raw episode return):", ""]
+    lines += _table(["task", "random return", "episodes"],
+                    [[task, f"{randoms[task]['return_mean']:.1f}", str(randoms[task]["episodes"])]
+                     for task in spec.tasks])
+    return lines
+
+
+def _completeness(results: GridResults) -> list[str]:
+    spec, states = results.spec, results.states
+    cells = spec.cells()
+    done = sum(1 for cell in cells if states[cell.key].status == "done")
+    lines = ["## Completeness", "", f"{done} of {len(cells)} cells done."]
+    missing = [cell.key for cell in cells if states[cell.key].status in ("missing", "partial")]
+    if missing:
+        lines += ["", f"Missing cells ({len(missing)}; marked — or counted n/{len(spec.seeds)} below): "
+                  + ", ".join(f"`{key}`" for key in missing)]
+    if results.no_episode:
+        lines += ["", f"Cells done but with no episode ended in training ({len(results.no_episode)}; "
+                  "final return undefined, left out): "
+                  + ", ".join(f"`{key}`" for key in results.no_episode)]
+    corrupt = [(cell.key, states[cell.key].reason) for cell in cells if states[cell.key].status == "corrupt"]
+    if corrupt:
+        lines += ["", f"**Corrupt cells ({len(corrupt)}), left out of every number below**; "
+                  "`klip compare` with the same arguments moves them to `corrupt/` and trains them again:",
+                  ""]
+        lines += [f"- `{key}`: {reason}" for key, reason in corrupt]
+    events_path = results.out / EVENTS_FILE
+    if events_path.is_file():
+        events = [json.loads(line) for line in events_path.read_text().splitlines() if line.strip()]
+        reruns = [event for event in events if event.get("event") == "corrupt"]
+        if reruns:
+            lines += ["", "Cells found corrupt earlier and trained again:", ""]
+            lines += [f"- `{e['cell']}` ({e['time']}): {e['reason']}; kept in `{e['moved_to']}`"
+                      for e in reruns]
+    return [*lines, ""]
+
+
+def _per_task(results: GridResults) -> list[str]:
+    spec = results.spec
+    n = len(spec.seeds)
+    rows = []
+    for entry in spec.entries:
+        row = [f"`{entry.label}`"]
+        for task in spec.tasks:
+            values = list(results.seeds_of(task, entry).values())
+            text = _mean_std(values)
+            if values and len(values) < n:
+                text += f" ({len(values)}/{n})"
+            row.append(text)
+        rows.append(row)
+    return ["## Final return per task", "", *_table(["entry", *spec.tasks], rows)]
+
+
+def _curve(history: list[tuple[int, float]], grid: np.ndarray) -> np.ndarray:
+    """Mean return of the episodes ending in each bin of the frame grid, gaps filled."""
+    frames = np.array([f for f, _ in history], dtype=float)
+    values = np.array([r for _, r in history], dtype=float)
+    edges = np.concatenate([[0.0], grid])
+    index = np.clip(np.searchsorted(edges, frames, side="left") - 1, 0, len(grid) - 1)
+    sums = np.bincount(index, values, minlength=len(grid))
+    counts = np.bincount(index, minlength=len(grid))
+    centres = grid[counts > 0]
+    if centres.size == 0:
+        return np.full(len(grid), np.nan)
+    return np.interp(grid, centres, sums[counts > 0] / counts[counts > 0])
+
+
+def plot_learning_curves(results: GridResults, path: Path) -> Path:
+    spec = results.spec
+    grid = np.linspace(spec.steps / CURVE_POINTS, spec.steps, CURVE_POINTS)
+    columns = min(3, len(spec.tasks))
+    rows = math.ceil(len(spec.tasks) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    for axis, task in zip(axes.flat, spec.tasks, strict=False):
+        for entry in spec.entries:
+            curves = []
+            for seed in results.seeds_of(task, entry):
+                directory = spec.cell_dir(results.out, Cell(entry, task, seed))
+                history = read_episodes(directory / "episodes.csv")
+                if history:
+                    curves.append(_curve(history, grid))
+            if not curves:
+                continue
+            stacked = np.array(curves)
+            mean, std = stacked.mean(axis=0), stacked.std(axis=0)
+            axis.plot(grid, mean, label=f"{entry.label} (n={len(curves)})")
+            axis.fill_between(grid, mean - std, mean + std, alpha=0.2)
+        axis.set_title(task)
+        axis.set_xlabel("environment steps")
+        axis.set_ylabel("episode return")
+        if axis.lines:
+            axis.legend(fontsize=7)
+        else:
+            axis.text(0.5, 0.5, "no run with a finished episode yet", ha="center", va="center",
+                      transform=axis.transAxes)
+    for axis in list(axes.flat)[len(spec.tasks):]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _paper_entry(entry: Entry) -> str | None:
+    for name in PAPER:
+        if entry.options == {"loss": name}:
+            return name
+    return None
+
+
+def _paper(results: GridResults) -> list[str]:
+    spec = results.spec
+    pairs = [(entry, name) for entry in spec.entries if (name := _paper_entry(entry)) is not None]
+    tasks = [task for task in spec.tasks if task in PAPER["clip"]]
+    if not pairs or not tasks:
+        return []
+    lines = [f"## Against {PAPER_SOURCE}", ""]
+    differences = sorted(set(spec.base) - NEUTRAL_OPTIONS)
+    if spec.steps != PAPER_STEPS or differences:
+        lines += [f"**This grid does not follow the paper's protocol** (steps {spec.steps:,}"
+                  + (f"; options {', '.join(differences)}" if differences else "")
+                  + "): the comparison below is not meaningful.", ""]
+    rows, outside = [], []
+    for entry, name in pairs:
+        for task in tasks:
+            paper_mean, paper_std = PAPER[name][task]
+            values = list(results.seeds_of(task, entry).values())
+            if not values:
+                rows.append([PAPER_NAMES[name], task, f"{paper_mean:.0f} ± {paper_std:.0f}", "—", "—", "—"])
+                continue
+            ours = float(np.mean(values))
+            distance = (ours - paper_mean) / paper_std
+            within = abs(distance) <= 1
+            rows.append([PAPER_NAMES[name], task, f"{paper_mean:.0f} ± {paper_std:.0f}",
+                         _mean_std(values) + (f" ({len(values)}/{len(spec.seeds)})"
+                                              if len(values) < len(spec.seeds) else ""),
+                         f"{distance:+.2f}", "yes" if within else "**no**"])
+            if not within:
+                outside.append((entry, name, task, values, distance))
+    lines += _table(["method", "task", "paper", "ours", "(ours − paper) / paper std",
+                     "within 1 paper std"], rows)
+    if outside:
+        lines += ["Outside one paper standard deviation (per-seed final returns):", ""]
+        for entry, _name, task, _values, distance in outside:
+            seeds = results.seeds_of(task, entry)
+            lines.append(f"- {task}, `{entry.label}`: {distance:+.2f} paper stds; seeds "
+                         + ", ".join(f"{seed}: {value:.0f}" for seed, value in sorted(seeds.items())))
+        lines.append("")
+    notes = results.out / NOTES_FILE
+    lines += ["### Investigation", ""]
+    if notes.is_file():
+        lines += [notes.read_text().strip(), ""]
+    elif outside:
+        lines += [f"Not investigated yet: the explanation goes in `{NOTES_FILE}` in the grid "
+                  "directory, which this report includes here.", ""]
+    else:
+        lines += ["Every finished cell is within one paper standard deviation.", ""]
+    return lines
+
+
+def _bitwise(results: GridResults) -> list[str]:
+    spec = results.spec
+    clip = next((e for e in spec.entries if e.is_clip), None)
+    step = next((e for e in spec.entries if e.is_step), None)
+    if clip is None or step is None:
+        return []
+    lines = ["## `clip` against `step`, run by run", "",
+             "PPO-Clip (TorchRL's `ClipPPOLoss`) and the `step` shape from the same seed must end "
+             "with bitwise equal actor and critic parameters (SHA-256 of every tensor's bytes) and "
+             "identical metric columns (every column both log, but timings and `train/loss_objective`, "
+             "whose value differs by definition).", ""]
+    rows: list[list[str]] = []
+    only: set[str] = set()
+    for task in spec.tasks:
+        for seed in spec.seeds:
+            a = results.states[Cell(clip, task, seed).key]
+            b = results.states[Cell(step, task, seed).key]
+            if a.record is None or b.record is None:
+                rows.append([task, str(seed), "—", "—", "not both finished"])
+                continue
+            same_params = a.record["parameters_sha256"] == b.record["parameters_sha256"]
+            ma, mb = a.record["metrics_sha256"], b.record["metrics_sha256"]
+            only.update(set(ma) ^ set(mb))
+            compared = (set(ma) & set(mb)) - {"train/loss_objective"}
+            differing = sorted(c for c in compared if ma[c] != mb[c])
+            rows.append([task, str(seed), "yes" if same_params else "**no**",
+                         "yes" if not differing else "**no**: " + ", ".join(differing),
+                         f"`{a.record['parameters_sha256'][:16]}` / `{b.record['parameters_sha256'][:16]}`"])
+    lines += _table(["task", "seed", "parameters bitwise equal", "metric columns identical",
+                     "SHA-256 clip / step (first 16 hex)"], rows)
+    if only:
+        lines += ["Compared: every column both runs log. Logged by only one of the two (the ratio "
+                  "statistics of TorchRL's loss, the shape's diagnostics): "
+                  + ", ".join(f"`{column}`" for column in sorted(only)) + ".", ""]
+    return lines
+
+
+def _interval_plot(estimates: dict[str, dict[str, Estimate]], path: Path, reference: float | None,
+                   xlabel: str) -> Path:
+    names = list(next(iter(estimates.values())))
+    figure, axes = plt.subplots(1, len(estimates), figsize=(4.5 * len(estimates), 0.6 * len(names) + 1.5),
+                                squeeze=False)
+    for axis, (title, by_entry) in zip(axes.flat, estimates.items(), strict=True):
+        for row, name in enumerate(names):
+            estimate = by_entry[name]
+            axis.plot([estimate.low, estimate.high], [row, row], linewidth=6, alpha=0.5)
+            axis.plot([estimate.point], [row], "k|", markersize=14)
+        if reference is not None:
+            axis.axvline(reference, color="grey", linestyle="--", linewidth=1)
+        axis.set_yticks(range(len(names)), names)
+        axis.set_title(title)
+        axis.set_xlabel(xlabel)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resamples: int) -> list[str]:
+    spec = results.spec
+    lines = ["## Across tasks", ""]
+    step = next((e for e in spec.entries if e.is_step), None)
+    if step is None:
+        return [*lines, "`step` is not an entry of this grid, so there are no normalised scores "
+                "(random = 0, `step` = 1 per task); raw returns only (above).", ""]
+    references = {task: float(np.mean(list(results.seeds_of(task, step).values())))
+                  for task in spec.tasks if results.seeds_of(task, step)}
+    tasks = [task for task in spec.tasks if task in references
+             and references[task] != randoms[task]["return_mean"]]
+    if not tasks:
+        return [*lines, "No task has a finished `step` run yet: no normalised scores.", ""]
+    lines += [f"Normalised score per run: (return − random) / (mean `step` return − random), per task "
+              f"({', '.join(tasks)}). Point estimates with stratified bootstrap 95% CIs "
+              f"({n_resamples} resamples; `scipy.stats.bootstrap`, each task its own sample). "
+              "IQM: mean of the middle 50% of all runs.", ""]
+    normalised: dict[str, dict[str, np.ndarray]] = {}
+    for entry in spec.entries:
+        scores = {task: np.asarray(normalise(list(results.seeds_of(task, entry).values()),
+                                             randoms[task]["return_mean"], references[task]))
+                  for task in tasks if results.seeds_of(task, entry)}
+        if scores:
+            normalised[entry.label] = scores
+    rows = []
+    estimates: dict[str, dict[str, Estimate]] = {"IQM": {}, "mean": {}}
+    improvements: dict[str, dict[str, Estimate]] = {"P(entry > step)": {}}
+    for label, scores in normalised.items():
+        iqm_estimate = aggregate(scores, "iqm", n_resamples=n_resamples)
+        mean_estimate = aggregate(scores, "mean", n_resamples=n_resamples)
+        estimates["IQM"][label], estimates["mean"][label] = iqm_estimate, mean_estimate
+        coverage = f"{len(scores)}/{len(tasks)} tasks, {sum(s.size for s in scores.values())} runs"
+        if label == step.label:
+            improvement = "—"
+        else:
+            poi = probability_of_improvement(scores, normalised[step.label], n_resamples=n_resamples)
+            improvements["P(entry > step)"][label] = poi
+            improvement = poi.format()
+        rows.append([f"`{label}`", iqm_estimate.format(), mean_estimate.format(), improvement, coverage])
+    lines += _table(["entry", "IQM [95% CI]", "mean [95% CI]", "P(entry > step) [95% CI]", "runs"], rows)
+    figures = results.out / "figures"
+    _interval_plot(estimates, figures / "aggregates.png", 1.0, "normalised score")
+    lines += ["![IQM and mean of normalised scores](figures/aggregates.png)", ""]
+    if improvements["P(entry > step)"]:
+        _interval_plot(improvements, figures / "probability_of_improvement.png", 0.5, "probability")
+        lines += ["![probability of improvement over step](figures/probability_of_improvement.png)", ""]
+    thresholds = np.linspace(0.0, max(2.0, max(float(s.max()) for scores in normalised.values()
+                                               for s in scores.values())), 81)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, scores in normalised.items():
+        profile = performance_profile(scores, thresholds, n_resamples=n_resamples)
+        axis.plot(thresholds, profile.fraction, label=label)
+        axis.fill_between(thresholds, profile.low, profile.high, alpha=0.2)
+    axis.set_xlabel("normalised score τ")
+    axis.set_ylabel("fraction of runs with score > τ")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(figures / "performance_profiles.png", dpi=110)
+    plt.close(figure)
+    lines += ["Performance profiles (fraction of runs above each normalised score; each task weighs "
+              "the same; 95% CI bands):", "",
+              "![performance profiles](figures/performance_profiles.png)", ""]
+    return lines
+
+
+def _runs(results: GridResults) -> list[str]:
+    rows = []
+    for cell in results.spec.cells():
+        state = results.states[cell.key]
+        if state.record is None:
+            rows.append([cell.task, f"`{cell.entry.label}`", str(cell.seed), state.status, "", ""])
+            continue
+        rows.append([cell.task, f"`{cell.entry.label}`", str(cell.seed), state.status,
+                     f"{state.record['final_return']:.1f}", f"`{state.record['parameters_sha256'][:16]}`"])
+    return ["## Every run", "", *_table(["task", "entry", "seed", "status", "final return",
+                                         "parameters SHA-256 (first 16 hex)"], rows)]
+
+
+def write_report(out: str | Path, *, n_resamples: int = 2000) -> Path:
+    """Write `report.md` and `figures/*.png` into the grid directory; return the report's path."""
+    out = Path(out)
+    results = collect(out)
+    spec = results.spec
+    randoms = random_scores(out, spec.tasks)
+    (out / "figures").mkdir(exist_ok=True)
+    lines = [f"# Comparison: {', '.join(e.label for e in spec.entries)}", ""]
+    lines += _settings(results, randoms)
+    lines += _completeness(results)
+    lines += _per_task(results)
+    if results.returns:
+        plot_learning_curves(results, out / "figures" / "learning_curves.png")
+        lines += ["Learning curves (episode return against steps; mean ± std over seeds):", "",
+                  "![learning curves](figures/learning_curves.png)", ""]
+    lines += _bitwise(results)
+    lines += _aggregates(results, randoms, n_resamples)
+    lines += _paper(results)
+    lines += _runs(results)
+    path = out / "report.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+__all__ = ["PAPER", "PAPER_SOURCE", "GridResults", "collect", "plot_learning_curves", "write_report"]

@@ -1,0 +1,377 @@
+"""`klip compare`: entries, cell order, resumable grid through an Optuna study, report, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from klip.algos.train import train
+from klip.cli import main
+from klip.studies import compare
+from klip.studies.compare import (
+    Cell,
+    CellState,
+    CompareError,
+    GridSpec,
+    check_cell,
+    default_storage,
+    make_storage,
+    open_study,
+    parameters_sha256,
+    parse_entries,
+    parse_entry,
+    prepare_grid,
+    run_grid,
+    run_worker,
+)
+from klip.studies.compare_report import GridResults, _paper, collect, write_report
+
+BASE = {"rollout_steps": 256, "minibatch_size": 64, "epochs": 1, "eval_episodes": 0,
+        "checkpoint_every": 1}
+PAPER_TASKS = "Hopper-v4,HalfCheetah-v4,Walker2d-v4,Ant-v4,Humanoid-v4"
+
+
+def tiny_spec(tmp: Path, entries: str = "clip,step", seeds: int = 1, steps: int = 512) -> GridSpec:
+    return GridSpec(parse_entries(entries.split(","), tmp), ["Pendulum-v1"], list(range(seeds)),
+                    steps, dict(BASE)).validate()
+
+
+class Spy:
+    """A trainer that records what it was asked to train, then trains it."""
+
+    def __init__(self, fail: set[str] | None = None) -> None:
+        self.runs: list[compare.CellRun] = []
+        self.fail = fail or set()
+
+    def __call__(self, runs):
+        self.runs.extend(runs)
+        for run in runs:
+            if run.cell.key in self.fail:
+                raise RuntimeError("simulated crash")
+        compare.train_cells(runs)
+
+
+def trials_by_job(out: Path, spec: GridSpec) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    study = optuna.load_study(study_name=spec.study_name, storage=default_storage(out))
+    return compare._job_trials(study)
+
+
+@pytest.fixture(scope="module")
+def finished_grid(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grid") / "g"
+    spec = tiny_spec(out, seeds=2)
+    spy, stream = Spy(), io.StringIO()
+    outcome = run_grid(spec, out, trainer=spy, stream=stream, progress_interval=0.2)
+    return out, spec, spy, outcome, stream.getvalue()
+
+
+# -- entries and order ----------------------------------------------------------------------------
+
+
+def test_entries_are_losses_shapes_with_parameters_files_and_loss_options(tmp_path):
+    clip, step, sigmoid, kl = parse_entries(
+        ["clip", "step", "sigmoid:tau=0.03", "kl_adaptive:kl_target=0.01"], tmp_path)
+    assert clip.options == {"loss": "clip"} and clip.is_clip and not clip.is_step
+    assert step.options == {"loss": "klip", "shape": "step", "shape_params": {}} and step.is_step
+    assert sigmoid.options == {"loss": "klip", "shape": "sigmoid", "shape_params": {"tau": 0.03}}
+    assert sigmoid.label == "sigmoid:tau=0.03" and sigmoid.dirname == "sigmoid_tau=0.03"
+    assert kl.options == {"loss": "kl_adaptive", "kl_target": 0.01}
+    shape_file = tmp_path / "mine.json"
+    shape_file.write_text(json.dumps({"name": "sigmoid", "params": {"tau": 0.07}}))
+    entry = parse_entry(str(shape_file), tmp_path)
+    assert entry.label == "mine"
+    # A shape file without state becomes its name and all its parameters.
+    assert entry.options == {"loss": "klip", "shape": "sigmoid", "shape_params": {"eps": 0.2, "tau": 0.07}}
+
+
+def test_study_entry_takes_the_best_trials_shape(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = optuna.create_study(study_name="search", storage=url, direction="maximize")
+    for tau, value in ((0.02, 1.0), (0.09, 5.0)):
+        study.add_trial(optuna.create_trial(
+            params={"shape": "sigmoid", "tau": tau}, value=value,
+            distributions={"shape": optuna.distributions.CategoricalDistribution(["sigmoid"]),
+                           "tau": optuna.distributions.FloatDistribution(0.01, 0.1)}))
+    entry = parse_entry(f"study:search@{url}", tmp_path)
+    assert entry.label == "study-search"
+    assert entry.options == {"loss": "klip", "shape": "sigmoid", "shape_params": {"eps": 0.2, "tau": 0.09}}
+    assert entry.source["trial"] == 1
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nonsense", "unknown entry 'nonsense'"),
+    ("sigmoid:tau=abc", "not a number"),
+    ("clip:steps=5", "not OPTION=VALUE"),
+    ("missing.json", "shape file not found"),
+    ("study:nothing", "study:NAME@STORAGE_URL"),
+])
+def test_bad_entries_are_refused(tmp_path, spec, message):
+    with pytest.raises(CompareError, match=message):
+        parse_entry(spec, tmp_path)
+    with pytest.raises(CompareError, match="same entry"):
+        parse_entries(["step", "klip"], tmp_path)
+
+
+def test_cells_are_seed_major_with_step_right_after_clip(tmp_path):
+    spec = GridSpec(parse_entries(["kl_fixed", "step", "clip"], tmp_path), ["Hopper-v4", "Ant-v4"],
+                    [0, 1], 1_000_000)
+    keys = [cell.key for cell in spec.cells()]
+    assert keys[:6] == ["Hopper-v4/kl_fixed/s0", "Hopper-v4/clip/s0", "Hopper-v4/step/s0",
+                        "Ant-v4/kl_fixed/s0", "Ant-v4/clip/s0", "Ant-v4/step/s0"]
+    assert all(key.endswith("s1") for key in keys[6:]) and len(keys) == 12
+
+
+def test_paper_command_plans_one_hundred_cells(tmp_path, capsys):
+    out = tmp_path / "paper-table"
+    code = main(["compare", "--losses", "clip,step,kl_fixed,kl_adaptive", "--tasks", PAPER_TASKS,
+                 "--seeds", "5", "--steps", "1000000", "--out", str(out), "--plan"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and lines[0] == "100 cells in 100 jobs, in this order:"
+    assert [line.strip() for line in lines[1:3]] == ["Hopper-v4/clip/s0", "Hopper-v4/step/s0"]
+    assert lines[-1].strip() == "Humanoid-v4/kl_adaptive/s4"
+    assert not out.exists()
+
+
+# -- running the grid ----------------------------------------------------------------------------
+
+
+def test_grid_trains_every_cell_once_and_states_clip_step_equality(finished_grid):
+    out, spec, spy, outcome, progress = finished_grid
+    assert (outcome.done, outcome.total, outcome.failed) == (4, 4, [])
+    assert [run.cell.key for run in spy.runs] == [cell.key for cell in spec.cells()]
+    assert not any(run.resume for run in spy.runs)
+    records = {key: state.record for key, state in collect(out).states.items()}
+    for seed in (0, 1):
+        clip, step = records[f"Pendulum-v1/clip/s{seed}"], records[f"Pendulum-v1/step/s{seed}"]
+        assert clip["parameters_sha256"] == step["parameters_sha256"]
+        shared = (set(clip["metrics_sha256"]) & set(step["metrics_sha256"])) - {"train/loss_objective"}
+        assert all(clip["metrics_sha256"][k] == step["metrics_sha256"][k] for k in shared)
+    assert records["Pendulum-v1/clip/s0"]["parameters_sha256"] != records["Pendulum-v1/clip/s1"][
+        "parameters_sha256"]
+    # Each job went through the study exactly once.
+    for trials in trials_by_job(out, spec).values():
+        assert [trial.state for trial in trials] == [TrialState.COMPLETE]
+    report = (out / "report.md").read_text()
+    assert "| Pendulum-v1 | 0 | yes | yes |" in report and "| Pendulum-v1 | 1 | yes | yes |" in report
+    assert "4 of 4 cells done." in report and "| Pendulum-v1 | `step` | 1 | done |" in report
+    for figure in ("learning_curves", "aggregates", "probability_of_improvement", "performance_profiles"):
+        assert (out / "figures" / f"{figure}.png").is_file()
+    assert "4/4 cells done" in progress and "time left" in progress
+    assert json.loads((out / "random_scores.json").read_text())["Pendulum-v1"]["episodes"] == 20
+
+
+def test_finished_grid_is_not_trained_again(finished_grid, tmp_path):
+    out, spec, *_ = finished_grid
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    spy = Spy()
+    outcome = run_grid(spec, copy, trainer=spy, stream=io.StringIO(), write_report=False)
+    assert spy.runs == [] and outcome.done == 4
+
+
+def test_grid_continues_from_its_directory_alone(finished_grid, capsys):
+    out, spec, *_ = finished_grid
+    assert main(["compare", "--out", str(out), "--plan"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [f"  {cell.key}" for cell in spec.cells()]
+
+
+def test_seeds_together_hand_a_trainer_all_seeds_of_a_cell_at_once(tmp_path):
+    out = tmp_path / "g"
+    spec = tiny_spec(out, entries="step", seeds=2)
+    spec.seeds_together = True
+    calls: list[list[str]] = []
+
+    def population(runs):
+        calls.append([run.cell.key for run in runs])
+        compare.train_cells(runs)
+
+    outcome = run_grid(spec, out, trainer=population, stream=io.StringIO(), write_report=False)
+    assert calls == [["Pendulum-v1/step/s0", "Pendulum-v1/step/s1"]] and outcome.done == 2
+    assert list(trials_by_job(out, spec)) == ["Pendulum-v1/step/s0,1"]
+
+
+def test_killed_cell_continues_from_its_checkpoint_first(tmp_path):
+    out = tmp_path / "g"
+    spec = tiny_spec(out, entries="step", seeds=2, steps=3 * 256)
+    cell, other = spec.cells()
+    prepare_grid(out, spec)
+    study = open_study(spec, out, default_storage(out), local=True)
+    assert study.ask().user_attrs[compare.JOB_ATTR] == cell.key
+    # Its worker was killed after one of the cell's three iterations.
+    train(spec.config(cell), spec.cell_dir(out, cell), progress=False, stop_after_iterations=1)
+    assert check_cell(spec, out, cell).status == "partial"
+    spy = Spy()
+    run_grid(spec, out, trainer=spy, stream=io.StringIO(), write_report=False)
+    assert [(run.cell.key, run.resume) for run in spy.runs] == [(cell.key, True), (other.key, False)]
+    (trial,) = trials_by_job(out, spec)[cell.key]
+    assert trial.state == TrialState.COMPLETE and "killed" in trial.user_attrs["klip_note"]
+    whole = tmp_path / "whole"
+    train(spec.config(cell), whole, progress=False)
+    assert check_cell(spec, out, cell).record["parameters_sha256"] == parameters_sha256(
+        whole / "checkpoints" / "last.ckpt")
+
+
+def test_corrupt_cell_is_reported_left_out_and_trained_again(finished_grid, tmp_path):
+    out, spec, *_ = finished_grid
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    cell = Cell(spec.entries[1], "Pendulum-v1", 0)
+    summary_path = spec.cell_dir(copy, cell) / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["final_return_last10pct"] = 123.0
+    summary_path.write_text(json.dumps(summary))
+    state = collect(copy).states[cell.key]
+    assert state.status == "corrupt" and "disagrees with episodes.csv" in state.reason
+    report = write_report(copy, n_resamples=200).read_text()
+    assert f"`{cell.key}`: summary.json's final return 123.0 disagrees" in report
+    assert "(1/2)" in report  # step on Pendulum: only its valid seed is averaged
+    spy = Spy()
+    outcome = run_grid(spec, copy, trainer=spy, stream=io.StringIO(), write_report=True)
+    assert [(run.cell.key, run.resume) for run in spy.runs] == [(cell.key, False)]
+    assert outcome.done == 4 and check_cell(spec, copy, cell).status == "done"
+    events = [json.loads(line) for line in (copy / "events.jsonl").read_text().splitlines()]
+    assert events[0]["event"] == "corrupt" and events[0]["cell"] == cell.key
+    assert (copy / events[0]["moved_to"] / "summary.json").is_file()
+    assert "trained again" in (copy / "report.md").read_text()
+
+
+def test_failed_cell_leaves_a_partial_grid_whose_report_marks_it(tmp_path):
+    out = tmp_path / "g"
+    spec = tiny_spec(out, entries="clip,sigmoid:tau=0.05")
+    spy = Spy(fail={"Pendulum-v1/clip/s0"})
+    outcome = run_grid(spec, out, trainer=spy, stream=io.StringIO())
+    assert outcome.failed == ["Pendulum-v1/clip/s0"] and outcome.done == 1
+    (trial,) = trials_by_job(out, spec)["Pendulum-v1/clip/s0"]
+    assert trial.state == TrialState.FAIL and "simulated crash" in trial.user_attrs["klip_error"]
+    report = (out / "report.md").read_text()
+    assert "Missing cells (1" in report and "`Pendulum-v1/clip/s0`" in report
+    assert "`step` is not an entry of this grid" in report
+
+
+def test_queue_dry_trial_fails_with_a_note_and_workers_share_cells(tmp_path):
+    out = tmp_path / "g"
+    spec = tiny_spec(out, entries="clip,step", seeds=2)
+    outcome = run_grid(spec, out, workers=2, stream=io.StringIO(), write_report=False)
+    assert outcome.done == 4
+    study = optuna.load_study(study_name=spec.study_name, storage=default_storage(out))
+    cells = [t for t in study.trials if compare.JOB_ATTR in t.user_attrs]
+    assert sorted(t.user_attrs[compare.JOB_ATTR] for t in cells) == sorted(c.key for c in spec.cells())
+    assert all(t.state == TrialState.COMPLETE for t in cells)
+    dry = [t for t in study.trials if compare.JOB_ATTR not in t.user_attrs]
+    assert dry and all(t.state == TrialState.FAIL and compare.DRY_ATTR in t.user_attrs for t in dry)
+    assert len({t.user_attrs["pid"] for t in cells}) == 2
+
+
+POP = """
+import json, sys, warnings
+import optuna
+from klip.studies.compare import make_storage
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+warnings.simplefilter("ignore")
+study = optuna.load_study(study_name="queue", storage=make_storage(sys.argv[1], heartbeat=False))
+print(json.dumps([study.ask().user_attrs.get("i") for _ in range(40)]))
+"""
+
+
+def test_two_processes_never_pop_the_same_trial_from_sqlite(tmp_path):
+    # Plain Optuna on SQLite pops some trials twice under this load (SQLite ignores FOR UPDATE).
+    url = f"sqlite:///{tmp_path / 'queue.sqlite3'}"
+    study = optuna.create_study(study_name="queue", storage=url)
+    for i in range(60):
+        study.enqueue_trial({}, user_attrs={"i": i})
+    workers = [subprocess.Popen([sys.executable, "-c", POP, url], stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    popped = [i for worker in workers for i in json.loads(worker.communicate()[0]) if i is not None]
+    assert sorted(popped) == list(range(60))
+
+
+def test_dead_workers_cell_goes_back_to_the_queue(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(compare, "GRACE_PERIOD", 2)
+    out = tmp_path / "g"
+    spec = tiny_spec(out, entries="step")
+    prepare_grid(out, spec)
+    url = default_storage(out)
+    open_study(spec, out, url, local=False)
+    storage = make_storage(url)
+    study = optuna.load_study(study_name=spec.study_name, storage=storage)
+    with pytest.warns(UserWarning):
+        popped = study.ask()  # a worker takes the cell ...
+    storage.record_heartbeat(popped._trial_id)  # ... beats once, and dies
+    time.sleep(3)
+    spy = Spy()
+    assert run_worker(out, url, trainer=spy, poll_seconds=0.2) == 1
+    assert [run.cell.key for run in spy.runs] == [spec.cells()[0].key]
+    (dead, retried) = trials_by_job(out, spec)[spec.cells()[0].key]
+    assert dead.state == TrialState.FAIL and retried.state == TrialState.COMPLETE
+    assert retried.system_attrs["failed_trial"] == dead.number
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+
+def test_directory_holding_another_grid_is_refused(finished_grid, tmp_path, capsys):
+    out, *_ = finished_grid
+    with pytest.raises(CompareError, match=r"other settings \(differs in: steps\)"):
+        prepare_grid(out, tiny_spec(out, seeds=2, steps=768))
+    settings = [arg for k, v in BASE.items() for arg in ("--set", f"{k}={v}")]
+    code = main(["compare", "--losses", "clip,step", "--tasks", "Pendulum-v1", "--seeds", "3",
+                 "--steps", "512", "--out", str(out), *settings])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and error == [f"klip: error: {out} holds a grid with other settings "
+                                   "(differs in: seeds); choose another --out"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--losses", "clip,bogus", "--tasks", "Pendulum-v1"], "unknown entry 'bogus'"),
+    (["--losses", "clip", "--tasks", "Nope-v0"], "unknown task 'Nope-v0'"),
+    (["--losses", "clip", "--tasks", "Pendulum-v1", "--set", "seed=3"], "the grid sets seed itself"),
+    (["--losses", "clip", "--tasks", "Pendulum-v1", "--set", "colour=3"], "unknown option(s) colour"),
+    (["--losses", "clip"], "--losses and --tasks are both required"),
+])
+def test_bad_command_lines_are_one_line_errors_with_exit_code_2(tmp_path, capsys, argv, message):
+    code = main(["compare", *argv, "--out", str(tmp_path / "g"), "--plan"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and error[0].startswith("klip: error: ") and message in error[0]
+
+
+def test_bad_storage_url_is_refused_before_the_directory_is_made(tmp_path, capsys):
+    out = tmp_path / "g"
+    code = main(["compare", "--losses", "step", "--tasks", "Pendulum-v1", "--out", str(out),
+                 "--storage", "not-a-url"])
+    assert code == 2 and "is not a database URL" in capsys.readouterr().err and not out.exists()
+
+
+def test_report_of_a_directory_without_a_grid_is_refused(tmp_path, capsys):
+    assert main(["compare", "report", str(tmp_path)]) == 2
+    assert "holds no klip compare grid" in capsys.readouterr().err
+
+
+# -- the paper table ------------------------------------------------------------------------------
+
+
+def test_paper_table_flags_cells_outside_one_paper_std(tmp_path):
+    entries = parse_entries(["clip", "kl_fixed"], tmp_path)
+    spec = GridSpec(entries, ["Hopper-v4", "Ant-v4"], [0, 1], 1_000_000)
+    returns = {"Hopper-v4": {"clip": {0: 2500.0, 1: 2700.0}, "kl_fixed": {0: 100.0, 1: 200.0}},
+               "Ant-v4": {"clip": {0: 2200.0}}}
+    states = {cell.key: CellState("missing") for cell in spec.cells()}
+    text = "\n".join(_paper(GridResults(spec, tmp_path, states, returns)))
+    assert "the published KLip-PPO paper (arXiv 2606.23932)" in text
+    assert "| PPO-Clip | Hopper-v4 | 2598 ± 278 | 2600.0 ± 141.4 | +0.01 | yes |" in text
+    assert "| fixed beta (1.0) | Hopper-v4 | 2616 ± 208 | 150.0 ± 70.7 | -11.86 | **no** |" in text
+    assert "| PPO-Clip | Ant-v4 | 2193 ± 361 | 2200.0 (1/2) |" in text
+    assert "| fixed beta (1.0) | Ant-v4 | 16 ± 16 | — |" in text
+    assert "Hopper-v4, `kl_fixed`: -11.86 paper stds; seeds 0: 100, 1: 200" in text
+    assert "Not investigated yet" in text
+    (tmp_path / "notes.md").write_text("Fixed beta collapses on Hopper because ...")
+    assert "collapses on Hopper" in "\n".join(_paper(GridResults(spec, tmp_path, states, returns)))
