@@ -305,8 +305,10 @@ def test_dead_workers_cell_goes_back_to_the_queue(tmp_path, monkeypatch):
     storage = make_storage(url)
     study = optuna.load_study(study_name=spec.study_name, storage=storage)
     with pytest.warns(UserWarning):
-        popped = study.ask()  # a worker takes the cell ...
-    storage.record_heartbeat(popped._trial_id)  # ... beats once, and dies
+        popped = study.ask()  # A worker takes the cell ...
+    study_id = storage.get_study_id_from_name(spec.study_name)
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, popped.number))
+    # ... beats once, and dies.
     time.sleep(3)
     spy = Spy()
     assert run_worker(out, url, trainer=spy, poll_seconds=0.2) == 1
