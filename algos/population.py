@@ -505,7 +505,6 @@ class PopulationModule(pl.LightningModule):
 
     # -- one PPO iteration of every agent --------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        cfg = self.config
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         started = time.perf_counter()
@@ -518,6 +517,18 @@ class PopulationModule(pl.LightningModule):
         data = self.advantages(rollouts)
         advantaged = time.perf_counter()
 
+        metrics = self.update(data, optimizer)
+        scheduler.step()
+        updated = time.perf_counter()
+
+        self.frames += data["observation"].shape[1]
+        summaries = self._summarise(metrics, data)
+        self.loss_module.update_after_rollout(summaries)
+        self._log_iteration(summaries, rollouts, started, collected, advantaged, updated)
+
+    def update(self, data: dict[str, Tensor], optimizer: Any) -> list[Tensor]:
+        """K epochs of shuffled minibatch steps of every agent on its own `data[key][agent]`."""
+        cfg = self.config
         parameters = list(self.networks.parameters())
         samples = data["observation"].shape[1]
         agent_index = torch.arange(self.num_agents).unsqueeze(1)
@@ -528,13 +539,7 @@ class PopulationModule(pl.LightningModule):
             shuffled = {key: value[agent_index, order] for key, value in data.items()}
             for minibatch in self.loss_module.minibatches(shuffled, cfg.minibatch_size):
                 metrics.append(self._update_minibatch(minibatch, optimizer, parameters))
-        scheduler.step()
-        updated = time.perf_counter()
-
-        self.frames += samples
-        summaries = self._summarise(metrics, data)
-        self.loss_module.update_after_rollout(summaries)
-        self._log_iteration(summaries, rollouts, started, collected, advantaged, updated)
+        return metrics
 
     def _update_minibatch(self, minibatch: tuple[Tensor, ...], optimizer: Any,
                           parameters: list[Tensor]) -> Tensor:
