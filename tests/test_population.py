@@ -402,3 +402,25 @@ def test_parsers():
     assert parse_seeds("0,3,5") == [0, 3, 5]
     assert parse_seeds(" 0-2 , 9") == [0, 1, 2, 9]
     assert parse_sweep(["tau=0.01,0.03", "eps=0.1"]) == {"tau": [0.01, 0.03], "eps": [0.1]}
+
+
+def test_an_agent_learns_the_same_alone_or_in_a_population():
+    """Agent 7 trained beside agent 4 ends where agent 7 trained alone ends: its own env,
+    random stream, shuffles and update, whoever else is in the population. Not bitwise: a
+    reduction over `[1, samples]` and one over a row of `[2, samples]` may sum in another order."""
+    import pytorch_lightning as pl
+
+    def trained(seeds: list[int]) -> PopulationModule:
+        module = PopulationModule([TrainConfig(**TINY, steps=2 * 256, seed=seed).to_dict() for seed in seeds])
+        trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(module)
+        return module
+
+    alone, together = trained([7]), trained([4, 7])
+    for (name, a), b in zip(alone.networks.named_parameters(), together.networks.parameters(), strict=True):
+        torch.testing.assert_close(a[0], b[1], rtol=1e-4, atol=1e-6, msg=name)
+    assert len(alone.return_history[0]) == len(together.return_history[1])
+    for (frames_a, return_a), (frames_b, return_b) in zip(alone.return_history[0],
+                                                          together.return_history[1], strict=True):
+        assert frames_a == frames_b and return_a == pytest.approx(return_b, rel=1e-4)
