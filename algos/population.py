@@ -28,9 +28,12 @@ What is batched, and how:
   the stacked tensors (Adam is elementwise, so this is N independent Adams).
 - **Randomness**: one `torch.Generator` per agent (action noise, minibatch shuffles), saved
   in checkpoints; no agent draws from another's stream or from the global one.
-- **Environments**: one gymnasium stack per agent (`klip.envs.make_env` with the agent's
-  seed), so each agent keeps its own observation/reward normalisation and episode records,
-  exactly as its single run would; the stacks are stepped one after the other each step.
+- **Environments**: each agent's `klip.envs.make_env` stack is built with the agent's seed,
+  as its single run builds it; then `klip.envs.population.SharedPopulationEnv` adopts every
+  agent's sub-envs into one vector env whose wrappers keep per-agent normalisation statistics
+  and episode records (bitwise the per-agent stacks' transitions, and one wrapper layer per
+  step instead of N). `PopulationModule(..., shared_env=False)` steps the N stacks in turn
+  (the reference).
 
 One Lightning epoch is one PPO iteration of every agent; checkpoints hold everything an
 exact resume needs. `klip.algos.population_run` builds run directories and the CLI on top.
@@ -74,6 +77,7 @@ from klip.envs import (
     observation_and_action_dims,
     set_env_state,
 )
+from klip.envs.population import SharedPopulationEnv
 from klip.shapes import CoefficientShape
 
 # Options that may differ between the agents of one population; everything else is shared.
@@ -385,24 +389,40 @@ def rollout_noise_from(generator: torch.Generator, steps: int, shape: tuple[int,
 
 
 class PopulationRollouts:
-    """`FastRollouts` for N agents: one batched policy call per step, then each agent's env."""
+    """`FastRollouts` for N agents: one batched policy call per step, then the environments.
 
-    def __init__(self, envs: Sequence[Any], networks: StackedActorCritic, frames_per_env: int) -> None:
+    `shared_env=True` (the default) steps every agent's sub-envs through one
+    `klip.envs.population.SharedPopulationEnv`; `False` steps each agent's own `make_env`
+    stack in turn: the reference, bitwise the same transitions (`tests/test_population.py`).
+    """
+
+    def __init__(self, envs: Sequence[Any], networks: StackedActorCritic, frames_per_env: int,
+                 *, shared_env: bool = True) -> None:
         self.envs = list(envs)
         self.vector_envs = [gym_vector_env(env) for env in self.envs]
         self.networks = networks
         self.frames_per_env = frames_per_env
+        # Each agent's first reset, as its single run's collector does; the shared env then
+        # adopts the sub-envs and statistics as they are.
         self.observations = [env.reset()["observation"].clone() for env in self.envs]
+        self.shared = SharedPopulationEnv(self.envs) if shared_env else None
 
-    @torch.no_grad()
-    def collect(self, generators: Sequence[torch.Generator]) -> list[TensorDictBase]:
+    def _noise_and_scales(self, generators: Sequence[torch.Generator]) -> tuple[list[np.ndarray], Tensor]:
         agents, steps = len(self.envs), self.frames_per_env
         num_envs = self.observations[0].shape[0]
         action_dim = self.networks.log_std.shape[1]
         scales = self.networks.log_std.exp().unsqueeze(1).expand(agents, num_envs, action_dim)
-        scale_arrays = [scales[agent].numpy() for agent in range(agents)]
         noises = [rollout_noise_from(generators[agent], steps, (num_envs, action_dim)).numpy()
                   for agent in range(agents)]
+        return noises, scales
+
+    @torch.no_grad()
+    def collect(self, generators: Sequence[torch.Generator]) -> list[TensorDictBase]:
+        if self.shared is not None:
+            return self._collect_shared(generators)
+        agents, steps = len(self.envs), self.frames_per_env
+        noises, scales = self._noise_and_scales(generators)
+        scale_arrays = [scales[agent].numpy() for agent in range(agents)]
         records = [StepRecords() for _ in range(agents)]
         observations = self.observations
         for t in range(steps):
@@ -424,13 +444,54 @@ class PopulationRollouts:
         self.observations = observations
         return [records[agent].to_tensordict(scales[agent]) for agent in range(agents)]
 
+    def _collect_shared(self, generators: Sequence[torch.Generator]) -> list[TensorDictBase]:
+        assert self.shared is not None
+        agents, steps = len(self.envs), self.frames_per_env
+        num_envs = self.observations[0].shape[0]
+        noises, scales = self._noise_and_scales(generators)
+        # Agent-major rows, as the shared env orders its sub-envs.
+        noise = np.concatenate(noises, axis=1)
+        flat_scales = scales.reshape(agents * num_envs, -1)
+        scale_array = flat_scales.numpy()
+        records = StepRecords()
+        observation = torch.cat(self.observations)
+        for t in range(steps):
+            loc = self.networks.policy_mean(observation.view(agents, num_envs, -1))
+            loc = loc.reshape(agents * num_envs, -1)
+            action = loc.numpy() + noise[t] * scale_array
+            next_obs, reward, terminated, truncated, _ = self.shared.step(action)
+            records.append(observation, loc, action, next_obs, reward, terminated, truncated)
+            done = terminated | truncated
+            if done.any():
+                next_obs = np.where(done[:, None], self.shared.reset_done(done), next_obs)
+            observation = torch.from_numpy(next_obs)
+        self.observations = list(observation.reshape(agents, num_envs, -1).unbind(0))
+        rollout = records.to_tensordict(flat_scales).reshape(agents, num_envs, steps)
+        return list(rollout.unbind(0))
+
+    def drain_episodes(self, agent: int) -> list[tuple[float, int]]:
+        """Raw (return, length) of agent `agent`'s episodes finished since the last call."""
+        if self.shared is not None:
+            return self.shared.drain_episodes(agent)
+        return drain_episode_stats(self.envs[agent])
+
+    def agent_env(self, agent: int) -> Any:
+        """Agent `agent`'s own `make_env` env, its statistics up to date (evaluation)."""
+        if self.shared is not None:
+            self.shared.sync_to_agent_envs()
+        return self.envs[agent]
+
     def state_dict(self) -> dict[str, Any]:
+        if self.shared is not None:
+            self.shared.sync_to_agent_envs()
         return {"envs": [get_env_state(env) for env in self.envs],
                 "observations": [obs.clone() for obs in self.observations]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for env, env_state in zip(self.envs, state["envs"], strict=True):
             set_env_state(env, env_state)
+        if self.shared is not None:
+            self.shared.sync_from_agent_envs()
         self.observations = [obs.clone() for obs in state["observations"]]
 
 
@@ -443,7 +504,7 @@ class PopulationModule(pl.LightningModule):
     (`PPOModule` with that config) starts with.
     """
 
-    def __init__(self, configs: list[dict[str, Any]]) -> None:
+    def __init__(self, configs: list[dict[str, Any]], shared_env: bool = True) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.configs = [TrainConfig.from_dict(dict(c)).validate() for c in configs]
@@ -477,7 +538,8 @@ class PopulationModule(pl.LightningModule):
         self.generators = generators
         self.networks = StackedActorCritic(actors, critics)
         self.loss_module = PopulationLoss(cfg, shapes or None, self.networks)
-        self.rollouts = PopulationRollouts(envs, self.networks, cfg.frames_per_env)
+        self.rollouts = PopulationRollouts(envs, self.networks, cfg.frames_per_env,
+                                           shared_env=shared_env)
         self.frames = 0
         self.recent_returns: list[deque[float]] = [deque(maxlen=20) for _ in self.configs]
         self.return_history: list[list[tuple[int, float]]] = [[] for _ in self.configs]
@@ -601,7 +663,7 @@ class PopulationModule(pl.LightningModule):
         elapsed = updated - started
         rows = []
         for agent, (summary, rollout) in enumerate(zip(summaries, rollouts, strict=True)):
-            episodes = drain_episode_stats(self.envs[agent])
+            episodes = self.rollouts.drain_episodes(agent)
             for episode_return, _ in episodes:
                 self.recent_returns[agent].append(episode_return)
                 self.return_history[agent].append((self.frames, episode_return))

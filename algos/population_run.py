@@ -365,7 +365,7 @@ def _run(
         evaluation = None
         if config.eval_episodes:
             actor, _ = module.agent_modules(agent)
-            view = types.SimpleNamespace(config=config, env=module.envs[agent], actor=actor,
+            view = types.SimpleNamespace(config=config, env=module.rollouts.agent_env(agent), actor=actor,
                                          frames=module.frames)
             evaluation = evaluate(view, config.eval_episodes, seed=config.seed + 10_000)
             (directory / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")

@@ -424,3 +424,30 @@ def test_an_agent_learns_the_same_alone_or_in_a_population():
     for (frames_a, return_a), (frames_b, return_b) in zip(alone.return_history[0],
                                                           together.return_history[1], strict=True):
         assert frames_a == frames_b and return_a == pytest.approx(return_b, rel=1e-4)
+
+
+# -- one shared vector env ------------------------------------------------------------------
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_the_shared_env_gives_each_agent_bitwise_its_own_stacks_transitions(num_envs):
+    from klip.envs import get_normalization_state
+
+    configs = [TrainConfig(task="Hopper-v4", rollout_steps=256, num_envs=num_envs, seed=seed).to_dict()
+               for seed in (0, 5, 9)]
+    shared, separate = PopulationModule(configs, shared_env=True), PopulationModule(configs, shared_env=False)
+    episodes = 0
+    for _ in range(3):
+        ours = shared.rollouts.collect(shared.generators)
+        theirs = separate.rollouts.collect(separate.generators)
+        for agent in range(3):
+            for key in theirs[agent].keys(include_nested=True, leaves_only=True):
+                assert torch.equal(ours[agent][key], theirs[agent][key]), (agent, key)
+            ours_done = shared.rollouts.drain_episodes(agent)
+            assert ours_done == separate.rollouts.drain_episodes(agent)
+            episodes += len(ours_done)
+    assert episodes > 3  # Hopper's falls: resets and their statistics updates are covered
+    for agent in range(3):
+        ours_state = get_normalization_state(shared.rollouts.agent_env(agent))
+        theirs_state = get_normalization_state(separate.rollouts.agent_env(agent))
+        assert ours_state.keys() == theirs_state.keys()
+        for key, value in theirs_state.items():
+            assert torch.equal(torch.as_tensor(ours_state[key]), torch.as_tensor(value)), (agent, key)
