@@ -251,7 +251,9 @@ class PopulationLoss(nn.Module):
                  networks: StackedActorCritic, kl_betas: Sequence[float] | None = None) -> None:
         super().__init__()
         self.config = config
-        self.networks = networks
+        # Not a submodule: the networks belong to the LightningModule, and registering them
+        # here too would store every parameter twice in checkpoints.
+        self._networks = [networks]
         self.scalar_kl = config.loss in ("kl_fixed", "kl_adaptive")
         if self.scalar_kl:
             betas = kl_betas if kl_betas is not None else [config.kl_beta] * networks.num_agents
@@ -272,6 +274,10 @@ class PopulationLoss(nn.Module):
         self.metric_names = names
         self.diagnostics = config.diagnostics and not self.scalar_kl
         self._records: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    @property
+    def networks(self) -> StackedActorCritic:
+        return self._networks[0]
 
     def minibatches(self, data: dict[str, Tensor], size: int) -> Iterator[tuple[Tensor, ...]]:
         columns = [data[key] for key in UPDATE_COLUMNS]

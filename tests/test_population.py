@@ -451,3 +451,24 @@ def test_the_shared_env_gives_each_agent_bitwise_its_own_stacks_transitions(num_
         assert ours_state.keys() == theirs_state.keys()
         for key, value in theirs_state.items():
             assert torch.equal(torch.as_tensor(ours_state[key]), torch.as_tensor(value)), (agent, key)
+
+
+def test_stacked_networks_equal_vmap_and_each_agents_own_module():
+    from klip.algos.population import StackedMLP
+
+    actors, critics = agent_networks([0, 1, 2])
+    stacked = StackedActorCritic(actors, critics)
+    inputs = torch.randn(3, 16, OBS_DIM)
+    batched, vmapped = stacked.value(inputs), stacked.value.forward_vmap(inputs)
+    torch.testing.assert_close(batched, vmapped, rtol=1e-6, atol=1e-7)
+    for agent, critic in enumerate(critics):
+        torch.testing.assert_close(batched[agent], critic.net(inputs[agent]), rtol=1e-6, atol=1e-7)
+    # A module that is not Linear + activations goes through vmap, with the same values.
+    modules = [torch.nn.Sequential(torch.nn.Linear(OBS_DIM, 4), torch.nn.LayerNorm(4)) for _ in range(2)]
+    generic = StackedMLP(modules)
+    assert generic._layers is None
+    for agent, module in enumerate(modules):
+        torch.testing.assert_close(generic(inputs[:2])[agent], module(inputs[agent]), rtol=1e-6, atol=1e-6)
+    # Checkpoints hold each parameter once.
+    module = PopulationModule([TrainConfig(**TINY, steps=256, seed=seed).to_dict() for seed in (0, 1)])
+    assert not [key for key in module.state_dict() if key.startswith("loss_module.networks")]
