@@ -97,6 +97,10 @@ def check_population_configs(configs: Sequence[TrainConfig]) -> None:
     identities = [(c.seed, json.dumps(c.shape_params, sort_keys=True)) for c in configs]
     if len(set(identities)) != len(identities):
         raise ConfigError("duplicate agents: two agents have the same seed and shape parameters")
+    if configs[0].compile:
+        raise ConfigError("--compile is not supported for populations")
+    if configs[0].collector != "fast":
+        raise ConfigError("populations collect with --collector fast only")
 
 
 # -- batched networks ------------------------------------------------------------------
@@ -516,10 +520,6 @@ class PopulationModule(pl.LightningModule):
         self.configs = [TrainConfig.from_dict(dict(c)).validate() for c in configs]
         check_population_configs(self.configs)
         self.config = cfg = self.configs[0]
-        if cfg.compile:
-            raise ConfigError("--compile is not supported for populations")
-        if cfg.collector != "fast":
-            raise ConfigError("populations use the fast collector only")
         self.automatic_optimization = False
         envs, actors, critics, shapes, generators = [], [], [], [], []
         for agent_config in self.configs:

@@ -370,6 +370,8 @@ def test_train_agents_seam_returns_one_result_per_configuration(tmp_path):
     (["--sweep", "eps=0.2,1.5"], "outside the allowed range"),
     (["--sweep", "tau=0.1", "--shape-param", "tau=0.2"], "both set tau"),
     (["--sweep", "eps=0.1", "--loss", "clip"], "has no shape"),
+    (["--seeds", "0-1", "--compile"], "not supported for populations"),
+    (["--seeds", "0-1", "--collector", "torchrl"], "--collector fast only"),
 ])
 def test_bad_population_input_gives_one_line_exit_2_and_writes_nothing(tmp_path, capsys, arguments, message):
     out = tmp_path / "population"
