@@ -21,6 +21,7 @@ Results go to --json as well.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -60,10 +61,16 @@ def child_population(task: str, steps: int, agents: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         result = train_population(PopulationSpec(base, list(range(agents)), {}), Path(folder) / "run",
                                   progress=False)
-    assert result is not None
+        assert result is not None
+        with open(result.agents[0].out / "metrics.csv", newline="") as file:
+            rows = list(csv.DictReader(file))
+    # The population's wall time per phase (every agent's row holds the same shared times).
+    split = {part: sum(float(row[f"time/{part}_s"]) for row in rows)
+             for part in ("collect", "advantage", "update")}
     return {"agents": agents, "frames_per_agent": result.frames, "seconds": result.wall_seconds,
             "agent_steps_per_s": agents * result.frames / result.wall_seconds,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "split_seconds": split,
             "final_returns": [agent.final_return for agent in result.agents]}
 
 
@@ -113,7 +120,8 @@ def measure(task: str, agents_list: list[int], steps: int, sb3_steps: int, timeo
         rows.append(row)
         print(f"  N={agents:2d}: {row['agent_steps_per_s']:8.0f} agent-steps/s  "
               f"{row['vs_sb3']:5.2f}x SB3  {100 * row['of_simulation']:5.1f}% of simulation-only "
-              f"({row['simulation_agent_steps_per_s']:.0f}/s)  peak RSS {row['peak_rss_mib']:.0f} MiB",
+              f"({row['simulation_agent_steps_per_s']:.0f}/s)  peak RSS {row['peak_rss_mib']:.0f} MiB  "
+              + " ".join(f"{part} {seconds:.1f}s" for part, seconds in row["split_seconds"].items()),
               flush=True)
     return {"task": task, "sb3": {**sb3, "steps_per_s": sb3_rate}, "rows": rows}
 
