@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
+    # Populations (klip.algos.population_run): one agent per seed x sweep value, one process.
+    train.add_argument("--seeds", help="train one agent per seed in one process: 0-7 or 0,3,5")
+    train.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2",
+                       help="one agent per value of a shape parameter (x each seed); repeatable")
     _config_arguments(train)
 
     shapes_parser = commands.add_parser("shapes", help="list, show and plot coefficient shapes")
@@ -72,9 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     from klip.algos.config import TrainConfig, load_config_file
+    from klip.algos.population_run import is_population_request, train_population_from_args
     from klip.algos.train import train
     from klip.shapes import parse_param_assignments
 
+    if is_population_request(args):
+        return train_population_from_args(args)
     options: dict[str, Any] = {}
     if args.resume and args.out and (args.out / "config.yaml").is_file():
         # `--resume --out DIR` alone continues DIR's run with its own options.

@@ -1,0 +1,256 @@
+"""Every agent's sub-environments in one gymnasium vector env, each agent with its own statistics.
+
+A population of N agents built as N `make_env` stacks pays each wrapper's Python layers N
+times per step (episode recorder, action clip, observation and reward normalisers); on
+Hopper-v4 the stack costs about half as much again as the simulation. `SharedPopulationEnv`
+steps all N x E sub-envs through one `LeanSyncVectorEnv` and one layer of each wrapper, whose
+statistics are arrays with a leading agent axis: agent a's sub-envs are rows a*E .. a*E+E-1.
+
+Exactness: the grouped wrappers repeat the per-agent wrappers' arithmetic elementwise (the
+single-sample update of `_RunningMeanStd._update_one`, gymnasium's moment update, the same
+normalisation and clips), so each agent sees bitwise the transitions its own `make_env`
+stack gives (`tests/test_population.py`). It is built *from* the agents' `make_env` stacks:
+their seeded, reset sub-envs are adopted as they are, their statistics copied in, and
+`sync_to_agent_envs` / `sync_from_agent_envs` copy the statistics back and forth, so
+checkpoints, evaluation and resume keep using the single-run code (`klip.envs.state`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import VectorEnv, VectorWrapper
+from torchrl.envs import EnvBase
+
+from klip.envs.tasks import find_wrapper, gym_vector_env
+from klip.envs.wrappers import (
+    ClipAction,
+    EpisodeRecorder,
+    LeanSyncVectorEnv,
+    ObservationNormalizer,
+    ResetReturn,
+    ReturnScaler,
+    StepReturn,
+    _reset_mask,
+    _RunningMeanStd,
+)
+
+__all__ = ["GroupedRunningMeanStd", "SharedPopulationEnv"]
+
+
+class GroupedRunningMeanStd:
+    """`groups` independent `_RunningMeanStd`s as arrays: mean/var `[groups, *shape]`, count `[groups]`."""
+
+    def __init__(self, groups: int, shape: tuple[int, ...]) -> None:
+        reference = _RunningMeanStd(shape=shape, dtype=np.float64)
+        self.mean = np.repeat(reference.mean[None], groups, axis=0)
+        self.var = np.repeat(reference.var[None], groups, axis=0)
+        self.count = np.full(groups, float(reference.count), dtype=np.float64)
+        self.shape = shape
+
+    def _counts(self, count: np.ndarray) -> np.ndarray:
+        return count.reshape(-1, *([1] * len(self.shape)))
+
+    def update_all(self, x: np.ndarray) -> None:
+        """Fold `x` `[groups, samples, *shape]` into each group's statistics, vectorised."""
+        samples = x.shape[1]
+        count = self._counts(self.count)
+        if samples == 1:
+            # `_RunningMeanStd._update_one`, elementwise over groups.
+            delta = x[:, 0] - self.mean
+            total = count + 1
+            self.mean = self.mean + delta / total
+            self.var = (self.var * count + np.square(delta) * count / total) / total
+            self.count = total.reshape(-1)
+            return
+        # `_RunningMeanStd.update` and gymnasium's `update_mean_var_count_from_moments`.
+        batch_mean = np.add.reduce(x, axis=1) / samples
+        centred = x - batch_mean[:, None]
+        batch_var = np.add.reduce(centred * centred, axis=1) / samples
+        delta = batch_mean - self.mean
+        total = count + samples
+        new_mean = self.mean + delta * samples / total
+        m_a = self.var * count
+        m_b = batch_var * samples
+        m2 = m_a + m_b + np.square(delta) * count * samples / total
+        self.mean, self.var, self.count = new_mean, m2 / total, total.reshape(-1)
+
+    def update_group(self, group: int, x: np.ndarray) -> None:
+        """Fold `x` `[samples, *shape]` into one group, with the single-agent code itself."""
+        single = self.get(group)
+        single.update(x)
+        self.set(group, single)
+
+    def get(self, group: int) -> _RunningMeanStd:
+        single = _RunningMeanStd(shape=self.shape, dtype=np.float64)
+        single.mean, single.var = self.mean[group].copy(), self.var[group].copy()
+        single.count = float(self.count[group])
+        return single
+
+    def set(self, group: int, single: Any) -> None:
+        self.mean[group] = single.mean
+        self.var[group] = single.var
+        self.count[group] = single.count
+
+
+def _groups_of(mask: np.ndarray, groups: int) -> list[tuple[int, np.ndarray]]:
+    per_group = mask.reshape(groups, -1)
+    return [(group, per_group[group]) for group in np.flatnonzero(per_group.any(1))]
+
+
+class GroupedEpisodeRecorder(EpisodeRecorder):
+    """`EpisodeRecorder` whose finished episodes are kept per agent."""
+
+    def __init__(self, env: VectorEnv, groups: int) -> None:
+        super().__init__(env)
+        self.groups = groups
+        self.per_group = env.num_envs // groups
+        self.finished_by_group: list[list[tuple[float, int]]] = [[] for _ in range(groups)]
+
+    def step(self, actions: np.ndarray) -> StepReturn:
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        self.episode_returns += reward
+        self.episode_lengths += 1
+        done = terminated | truncated
+        if done.any():
+            for i in np.flatnonzero(done):
+                self.finished_by_group[i // self.per_group].append(
+                    (float(self.episode_returns[i]), int(self.episode_lengths[i])))
+            self.episode_returns[done] = 0.0
+            self.episode_lengths[done] = 0
+        return obs, reward, terminated, truncated, info
+
+    def drain_group(self, group: int) -> list[tuple[float, int]]:
+        finished, self.finished_by_group[group] = self.finished_by_group[group], []
+        return finished
+
+
+class GroupedObservationNormalizer(VectorWrapper):
+    """`ObservationNormalizer` with one set of statistics per agent (group of sub-envs)."""
+
+    def __init__(self, env: VectorEnv, groups: int, *, clip: float, epsilon: float) -> None:
+        super().__init__(env)
+        self.groups = groups
+        self.per_group = env.num_envs // groups
+        self.clip = clip
+        self.epsilon = epsilon
+        self.obs_rms = GroupedRunningMeanStd(groups, env.single_observation_space.shape)
+
+    def _normalize(self, obs: np.ndarray) -> np.ndarray:
+        grouped = obs.reshape(self.groups, self.per_group, -1)
+        scale = np.sqrt(self.obs_rms.var + self.epsilon)[:, None]
+        normalized = ((grouped - self.obs_rms.mean[:, None]) / scale).astype(np.float32)
+        normalized = normalized.reshape(obs.shape)
+        return np.minimum(np.maximum(normalized, -self.clip, out=normalized), self.clip, out=normalized)
+
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> ResetReturn:
+        mask = _reset_mask(options)
+        obs, info = self.env.reset(seed=seed, options=options)
+        mask = np.ones(self.num_envs, dtype=bool) if mask is None else mask
+        grouped = obs.reshape(self.groups, self.per_group, -1)
+        for group, group_mask in _groups_of(mask, self.groups):
+            self.obs_rms.update_group(group, grouped[group][group_mask])
+        return self._normalize(obs), info
+
+    def step(self, actions: np.ndarray) -> StepReturn:
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        self.obs_rms.update_all(obs.reshape(self.groups, self.per_group, -1))
+        return self._normalize(obs), reward, terminated, truncated, info
+
+
+class GroupedReturnScaler(VectorWrapper):
+    """`ReturnScaler` with one return statistic per agent (group of sub-envs)."""
+
+    def __init__(self, env: VectorEnv, groups: int, *, gamma: float, clip: float, epsilon: float) -> None:
+        super().__init__(env)
+        self.groups = groups
+        self.per_group = env.num_envs // groups
+        self.return_rms = GroupedRunningMeanStd(groups, ())
+        self.returns = np.zeros(self.num_envs, dtype=np.float64)
+        self.gamma, self.clip, self.epsilon = gamma, clip, epsilon
+
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> ResetReturn:
+        mask = _reset_mask(options)
+        out = self.env.reset(seed=seed, options=options)
+        if mask is None:
+            self.returns[:] = 0.0
+        else:
+            self.returns[mask] = 0.0
+        return out
+
+    def step(self, actions: np.ndarray) -> StepReturn:
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        self.returns = self.returns * self.gamma + reward
+        self.return_rms.update_all(self.returns.reshape(self.groups, self.per_group))
+        std = np.sqrt(self.return_rms.var + self.epsilon)
+        scaled = (reward.reshape(self.groups, self.per_group) / std[:, None]).reshape(reward.shape)
+        np.minimum(np.maximum(scaled, -self.clip, out=scaled), self.clip, out=scaled)
+        return obs, scaled, terminated, truncated, info
+
+
+class SharedPopulationEnv:
+    """One vector env over every agent's sub-envs, adopted from the agents' `make_env` stacks."""
+
+    def __init__(self, agent_envs: Sequence[EnvBase]) -> None:
+        self.agent_envs = list(agent_envs)
+        self.groups = len(self.agent_envs)
+        stacks = [gym_vector_env(env) for env in self.agent_envs]
+        sub_envs = [sub_env for stack in stacks for sub_env in stack.unwrapped.envs]
+        self.per_group = len(sub_envs) // self.groups
+        observation_normalizers = [find_wrapper(env, ObservationNormalizer) for env in self.agent_envs]
+        return_scalers = [find_wrapper(env, ReturnScaler) for env in self.agent_envs]
+        if any(w is None for w in observation_normalizers + return_scalers):
+            raise ValueError("SharedPopulationEnv needs training envs from make_env(normalize=True)")
+        first_obs, first_ret = observation_normalizers[0], return_scalers[0]
+        # The sub-envs as they are (seeded and reset by their own stacks): no reset here.
+        venv: VectorEnv = LeanSyncVectorEnv([(lambda sub_env=sub_env: sub_env) for sub_env in sub_envs])
+        self.recorder = venv = GroupedEpisodeRecorder(venv, self.groups)
+        venv = ClipAction(venv)
+        self.observation_normalizer = venv = GroupedObservationNormalizer(
+            venv, self.groups, clip=first_obs.clip, epsilon=first_obs.epsilon)
+        self.return_scaler = venv = GroupedReturnScaler(
+            venv, self.groups, gamma=first_ret.gamma, clip=first_ret.clip, epsilon=first_ret.epsilon)
+        self.vector_env = venv
+        self.sync_from_agent_envs()
+
+    def step(self, actions: np.ndarray) -> StepReturn:
+        return self.vector_env.step(actions)
+
+    def reset_done(self, done: np.ndarray) -> np.ndarray:
+        obs, _ = self.vector_env.reset(options={"reset_mask": done})
+        return obs
+
+    def drain_episodes(self, agent: int) -> list[tuple[float, int]]:
+        return self.recorder.drain_group(agent)
+
+    # -- statistics <-> the agents' own wrappers (checkpoints, evaluation) ----------------
+    def _agent_wrappers(self, agent: int) -> tuple[EpisodeRecorder, ObservationNormalizer, ReturnScaler]:
+        env = self.agent_envs[agent]
+        return (find_wrapper(env, EpisodeRecorder), find_wrapper(env, ObservationNormalizer),
+                find_wrapper(env, ReturnScaler))
+
+    def sync_to_agent_envs(self) -> None:
+        """Write the shared env's per-agent state into each agent's own wrappers."""
+        for agent in range(self.groups):
+            rows = slice(agent * self.per_group, (agent + 1) * self.per_group)
+            recorder, observation_normalizer, return_scaler = self._agent_wrappers(agent)
+            recorder.episode_returns = self.recorder.episode_returns[rows].copy()
+            recorder.episode_lengths = self.recorder.episode_lengths[rows].copy()
+            recorder.finished = list(self.recorder.finished_by_group[agent])
+            observation_normalizer.obs_rms = self.observation_normalizer.obs_rms.get(agent)
+            return_scaler.return_rms = self.return_scaler.return_rms.get(agent)
+            return_scaler.returns = self.return_scaler.returns[rows].copy()
+
+    def sync_from_agent_envs(self) -> None:
+        """Read each agent's own wrappers' state into the shared env (after they were restored)."""
+        for agent in range(self.groups):
+            rows = slice(agent * self.per_group, (agent + 1) * self.per_group)
+            recorder, observation_normalizer, return_scaler = self._agent_wrappers(agent)
+            self.recorder.episode_returns[rows] = recorder.episode_returns
+            self.recorder.episode_lengths[rows] = recorder.episode_lengths
+            self.recorder.finished_by_group[agent] = list(recorder.finished)
+            self.observation_normalizer.obs_rms.set(agent, observation_normalizer.obs_rms)
+            self.return_scaler.return_rms.set(agent, return_scaler.return_rms)
+            self.return_scaler.returns[rows] = return_scaler.returns
