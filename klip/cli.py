@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot = shape_commands.add_parser("plot", help="gate and effective advantage against the ratio")
     plot.add_argument("names", nargs="+", help="NAME or NAME:key=value,key=value or FILE.json")
     plot.add_argument("--out", type=Path, default=Path("shapes.png"))
+    from klip.study_cli import add_study_commands
+
+    add_study_commands(commands)
     return parser
 
 
@@ -139,6 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "study":
+            from klip.study_cli import run_study_command
+
+            return run_study_command(args)
         return _shapes(args)
     except KeyboardInterrupt:
         print("klip: interrupted; continue with --resume", file=sys.stderr)
