@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "study":
             from klip.study_cli import run_study_command
 
-            return run_study_command(args)
+            return run_study_command(args, argv)
         return _shapes(args)
     except KeyboardInterrupt:
         print("klip: interrupted; continue with --resume", file=sys.stderr)

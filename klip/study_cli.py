@@ -7,6 +7,7 @@ import dataclasses
 import shlex
 import sys
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,7 @@ def _settings(args: argparse.Namespace) -> Any:
         sampler=args.sampler, pruner=args.pruner, pruner_startup_trials=args.pruner_startup_trials,
         grid_points=args.grid_points, sampler_seed=args.sampler_seed, storage=storage,
         study_dir=args.study_dir, workers=args.workers, force=args.force, progress=not args.no_progress,
-        command=shlex.join(["klip", *sys.argv[1:]]),
+        command=shlex.join(["klip", *args.argv]),
     )
     from klip.studies.run import build_pruner, build_sampler
 
@@ -188,7 +189,7 @@ def _reference(args: argparse.Namespace) -> int:
     _positive("--seeds", args.seeds)
     tasks = _tasks(args.tasks, options, args.steps)
     references = ensure_references(tasks, args.steps, range(args.seeds), options,
-                                   command=shlex.join(["klip", *sys.argv[1:]]),
+                                   command=shlex.join(["klip", *args.argv]),
                                    log=lambda text: print(text, file=sys.stderr))
     for task, ref in references.items():
         print(f"{task}: random {ref.random_score:.1f}, step {ref.step_score:.1f} "
@@ -241,7 +242,9 @@ def _dashboard(args: argparse.Namespace) -> int:
     return subprocess.call([executable, storage.url, "--host", "127.0.0.1", "--port", str(args.port)])
 
 
-def run_study_command(args: argparse.Namespace) -> int:
+def run_study_command(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    """Run a `klip study` subcommand; `argv` (the command's words after `klip`) is recorded."""
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     handlers = {"run": _run, "reference": _reference, "report": _report, "export": _export,
                 "dashboard": _dashboard}
     return handlers[args.study_command](args)
