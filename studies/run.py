@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import random
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ ATTR_PARTIAL = "klip_pruned_partial"  # Wilcoxon-pruned but recorded COMPLETE wi
 ATTR_INSTANCES_SAVED = "klip_instances_saved"
 ATTR_PROGRESS = "klip_progress"
 ATTR_SURPLUS = "klip_surplus"
+ATTR_WORKER = "klip_worker"  # host:pid of the process that ran the trial
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Seconds between progress writes to the storage (each is a database write).
 PROGRESS_WRITE_INTERVAL = 5.0
@@ -266,6 +269,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.check_not_surplus(trial)
+        trial.set_user_attr(ATTR_WORKER, f"{socket.gethostname()}:{os.getpid()}")
         settings = self.settings
         values = {name: trial.suggest_float(name, dim.low, dim.high, log=dim.log)
                   for name, dim in settings.space.items()}
@@ -473,6 +477,7 @@ __all__ = [
     "ATTR_CURVES",
     "ATTR_RESULTS",
     "ATTR_SHAPE",
+    "ATTR_WORKER",
     "OBJECTIVE",
     "LearningCurvePruning",
     "Objective",
