@@ -357,7 +357,8 @@ def worker_loop(settings: StudySettings, study: optuna.Study, references: dict[s
     (the heartbeat marks it failed and enqueues a copy) instead of leaving it lost.
     """
     objective = Objective(settings, references, show)
-    poll = max(1, settings.storage.heartbeat_interval / 2)
+    # An idle worker re-checks often: the other workers may finish (or die) at any time.
+    poll = min(2.0, settings.storage.heartbeat_interval / 2)
     while True:
         trials = study.get_trials(deepcopy=False)
         if count(trials, FINISHED) >= settings.trials:
@@ -373,9 +374,13 @@ def worker_loop(settings: StudySettings, study: optuna.Study, references: dict[s
 
 
 def _worker_process(settings: StudySettings, worker: int) -> None:
+    import warnings
+
     import torch
 
     torch.set_num_threads(1)
+    # The paper's protocol uses the -v4 tasks on purpose (as klip train says too).
+    warnings.filterwarnings("ignore", message=".*is out of date. You should consider upgrading.*")
     quiet_optuna()
     study = prepare_study(settings, worker)
     worker_loop(settings, study, references_from_study(study))
