@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from klip.algos.agents import AgentResult, train_agents
 from klip.algos.config import TrainConfig
-from klip.shapes import save_shape
+from klip.shapes import load_shapes_from_file, save_shape
 from klip.studies.references import TaskReference, ensure_references
 from klip.studies.settings import (
     OBJECTIVE,
@@ -381,6 +381,9 @@ def _worker_process(settings: StudySettings, worker: int) -> None:
     torch.set_num_threads(1)
     # The paper's protocol uses the -v4 tasks on purpose (as klip train says too).
     warnings.filterwarnings("ignore", message=".*is out of date. You should consider upgrading.*")
+    if settings.train_options.get("shape_plugin"):
+        # A spawned process starts with the built-in shapes only.
+        load_shapes_from_file(settings.train_options["shape_plugin"])
     quiet_optuna()
     study = prepare_study(settings, worker)
     worker_loop(settings, study, references_from_study(study))
