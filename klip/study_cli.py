@@ -156,7 +156,7 @@ def _settings(args: argparse.Namespace) -> Any:
         sampler=args.sampler, pruner=args.pruner, pruner_startup_trials=args.pruner_startup_trials,
         grid_points=args.grid_points, sampler_seed=args.sampler_seed, storage=storage,
         study_dir=args.study_dir, workers=args.workers, force=args.force, progress=not args.no_progress,
-        command=shlex.join(["klip", *args.argv]),
+        command=shlex.join(["klip", *getattr(args, "argv", sys.argv[1:])]),
     )
     from klip.studies.run import build_pruner, build_sampler
 
@@ -189,7 +189,7 @@ def _reference(args: argparse.Namespace) -> int:
     _positive("--seeds", args.seeds)
     tasks = _tasks(args.tasks, options, args.steps)
     references = ensure_references(tasks, args.steps, range(args.seeds), options,
-                                   command=shlex.join(["klip", *args.argv]),
+                                   command=shlex.join(["klip", *getattr(args, "argv", sys.argv[1:])]),
                                    log=lambda text: print(text, file=sys.stderr))
     for task, ref in references.items():
         print(f"{task}: random {ref.random_score:.1f}, step {ref.step_score:.1f} "
