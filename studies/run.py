@@ -403,7 +403,9 @@ class StudyOutcome:
 def summarise(study: optuna.Study) -> StudyOutcome:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: t.value, default=None)  # type: ignore[arg-type, return-value]
+    # A Wilcoxon-pruned trial's partial mean is not a fair best; it counts only if nothing else does.
+    full = [t for t in complete if not t.user_attrs.get(ATTR_PARTIAL)] or complete
+    best = max(full, key=lambda t: t.value, default=None)  # type: ignore[arg-type, return-value]
     return StudyOutcome(
         study=study,
         finished=count(trials, FINISHED),
