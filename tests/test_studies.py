@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import time
@@ -100,10 +101,18 @@ def test_cli_study_runs_records_settings_and_continues_on_rerun(in_tmp, capsys):
     result = complete[0].user_attrs[ATTR_RESULTS][f"{TASK}/s0"]
     assert math.isfinite(result["normalised"]) and result["frames"] == STEPS
     assert complete[0].value == pytest.approx(result["normalised"])
-    # A re-run with a larger --trials continues the same study.
-    assert main([*args[:args.index("--trials") + 1], "3", *args[args.index("--trials") + 2:]]) == 0
+    capsys.readouterr()
+    # A re-run with a larger --trials continues the same study (with its progress bar on).
+    rerun = [*args[:args.index("--trials") + 1], "3", *args[args.index("--trials") + 2:]]
+    rerun.remove("--no-progress")
+    assert main(rerun) == 0
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
-    assert "3 finished trials" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "3 finished trials" in captured.out
+    # trials done / requested, best value so far, the current trial's task and step
+    assert "3/3" in captured.err
+    assert re.search(r"best -?\d+\.\d{3} \|", captured.err)
+    assert f"trial 2 {TASK}/s0 step 512/{STEPS}" in captured.err
 
 
 def test_wilcoxon_prunes_the_bad_region_as_a_marked_partial_trial(in_tmp):
