@@ -46,7 +46,7 @@ def _storage_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_study_commands(subparsers: Any) -> None:
-    """Register `klip study run|reference|report|export|dashboard`."""
+    """Register `klip study run|reference|report|export|rerun|dashboard`."""
     from klip.studies.settings import PRUNERS, SAMPLERS
     from klip.studies.storage import DEFAULT_GRACE_PERIOD, DEFAULT_HEARTBEAT_INTERVAL
 
@@ -95,6 +95,14 @@ def add_study_commands(subparsers: Any) -> None:
     _storage_arguments(export)
     export.add_argument("--trial", type=int, help="trial number (default: the best trial)")
     export.add_argument("--out", type=Path, help="output directory (default runs/studies/NAME/export)")
+
+    rerun = commands.add_parser("rerun", help="re-run one (task, seed) of a trial with klip train")
+    _storage_arguments(rerun)
+    rerun.add_argument("--trial", type=int, help="trial number (default: the best trial)")
+    rerun.add_argument("--task", help="task (default: the study's first)")
+    rerun.add_argument("--seed", type=int, default=0)
+    rerun.add_argument("--out", type=Path, help="run directory (default runs/studies/NAME/rerun-...)")
+    rerun.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     dashboard = commands.add_parser("dashboard", help="optuna-dashboard on 127.0.0.1")
     dashboard.add_argument("--storage", help="as for run (default sqlite:///klip-studies.db)")
@@ -228,6 +236,27 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rerun(args: argparse.Namespace) -> int:
+    """`klip train --from-trial STUDY:NUMBER`, as a study command: the trial's exported config."""
+    from klip.algos.config import TrainConfig, load_config_file
+    from klip.algos.train import train
+    from klip.studies.report import export_trial
+
+    study = _load(args)
+    base = Path("runs") / "studies" / args.study_name
+    shape_path, config_path, tasks = export_trial(study, base / "export", args.trial)
+    options = load_config_file(config_path)
+    task = args.task or options["task"]
+    if tasks and task not in tasks:
+        raise ValueError(f"task {task!r} is not one of the study's tasks: {', '.join(tasks)}")
+    config = TrainConfig.from_dict({**options, "task": task, "seed": args.seed}).validate()
+    out = args.out or base / f"rerun-{config_path.stem.removesuffix('-config')}-{task}-s{args.seed}"
+    result = train(config, out, progress=not args.no_progress)
+    print(f"final return (mean over last 10% of training): {result.final_return:.1f}")
+    print(f"outputs in {result.out}/ (shape {shape_path}, config {config_path})")
+    return 0
+
+
 def _dashboard(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
@@ -245,7 +274,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 def run_study_command(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """Run a `klip study` subcommand; `argv` (the command's words after `klip`) is recorded."""
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    handlers = {"run": _run, "reference": _reference, "report": _report, "export": _export,
+    handlers = {"run": _run, "reference": _reference, "report": _report, "export": _export, "rerun": _rerun,
                 "dashboard": _dashboard}
     return handlers[args.study_command](args)
 

@@ -220,6 +220,11 @@ def test_report_and_export_of_a_finished_study(in_tmp, capsys):
     retrained = json.loads((in_tmp / "retrain" / "summary.json").read_text())["final_return_last10pct"]
     original = study.best_trial.user_attrs[ATTR_RESULTS][f"{TASK}/s0"]["score"]
     assert retrained == pytest.approx(original)
+    # The same from the storage alone, for another seed of the trial.
+    assert main(["study", "rerun", "--study-name", "rep", "--storage", storage, "--seed", "1",
+                 "--out", str(in_tmp / "rerun"), "--no-progress"]) == 0
+    rerun = json.loads((in_tmp / "rerun" / "summary.json").read_text())["final_return_last10pct"]
+    assert rerun == pytest.approx(study.best_trial.user_attrs[ATTR_RESULTS][f"{TASK}/s1"]["score"])
 
 
 BASE = ["study", "run", "--tasks", TASK, "--steps-per-task", str(STEPS), "--trials", "2",
