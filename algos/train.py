@@ -96,9 +96,13 @@ def load_checkpoint_frames(path: Path) -> int:
 
 def train(
     config: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-    stop_after_iterations: int | None = None,
+    stop_after_iterations: int | None = None, callbacks: list[pl.Callback] | None = None,
 ) -> RunResult:
-    """Train one run into `out`. `stop_after_iterations` simulates an interruption (tests)."""
+    """Train one run into `out`. `stop_after_iterations` simulates an interruption (tests).
+
+    `callbacks` are extra Lightning callbacks (e.g. a study's pruning hook on the
+    training-epoch end, i.e. after every PPO iteration).
+    """
     config.validate()
     out = Path(out)
     build_shape(config)  # fail on a bad shape before touching the output directory
@@ -140,6 +144,7 @@ def train(
             TrainingProgress(config.iterations * config.rollout_steps, enabled=progress),
             FinalEvaluation(out, config.eval_episodes if stop_after_iterations is None else 0,
                             seed=config.seed + 10_000),
+            *(callbacks or []),
         ],
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     from klip.compare_cli import add_compare_commands
 
     add_compare_commands(commands)
+    from klip.study_cli import add_study_commands
+
+    add_study_commands(commands)
     return parser
 
 
@@ -162,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from klip.compare_cli import run_compare
 
             return run_compare(args)
+        if args.command == "study":
+            from klip.study_cli import run_study_command
+
+            return run_study_command(args, argv)
         return _shapes(args)
     except KeyboardInterrupt:
         print("klip: interrupted; continue with --resume", file=sys.stderr)

@@ -20,6 +20,15 @@ pip_install() {
     exit 1
   fi
 }
+# The study tests start a throw-away PostgreSQL server (Debian's package; initdb and pg_ctl).
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && command -v apt-get >/dev/null \
+    && [ "$(id -u)" = 0 ]; then
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+      >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup: apt-get install postgresql failed (the PostgreSQL study tests will be skipped)" >&2
+  fi
+fi
 pip_install "$TORCH_PIN"
 pip_install -e ".[test,bench,postgres]"
 .venv/bin/python -c "import torch, torchrl, pytorch_lightning, optuna, gymnasium, mujoco"

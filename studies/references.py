@@ -1,0 +1,187 @@
+"""Reference scores of the objective: a random policy (0) and the `step` shape, PPO-Clip (1).
+
+Both are measured by the project's own runs with the same metric (mean raw return
+of the episodes that end in the last 10% of the budget) and cached as data in the
+repository (`studies/references.json`) with the command that made them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from klip.algos.config import TrainConfig
+
+REFERENCE_FILE_ENV = "KLIP_REFERENCE_CACHE"
+DEFAULT_REFERENCE_FILE = Path(__file__).resolve().parent / "references.json"
+REFERENCE_SHAPE = "step"
+# Options that do not change what a run learns, so they do not split the cache.
+NON_PROTOCOL_OPTIONS = ("task", "seed", "steps", "shape", "shape_params", "shape_file", "shape_plugin",
+                        "loss", "eval_episodes", "checkpoint_every", "diagnostics", "compile",
+                        "collector")
+
+
+class ReferenceError(RuntimeError):
+    """Reference scores that cannot normalise (equal random and step scores)."""
+
+
+def reference_file() -> Path:
+    return Path(os.environ.get(REFERENCE_FILE_ENV, DEFAULT_REFERENCE_FILE))
+
+
+def protocol_hash(options: Mapping[str, Any]) -> str:
+    """Hash of the training options that shape a run's learning (not its task, seed or budget)."""
+    base = TrainConfig(**{key: value for key, value in options.items() if key in TrainConfig().to_dict()})
+    relevant = {key: value for key, value in base.to_dict().items() if key not in NON_PROTOCOL_OPTIONS}
+    text = json.dumps(relevant, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def reference_key(task: str, steps: int, seed: int, protocol: str) -> str:
+    return f"{task}|{steps}|s{seed}|{protocol}"
+
+
+@dataclass(frozen=True)
+class TaskReference:
+    task: str
+    random_score: float
+    step_score: float
+
+    def normalise(self, score: float) -> float:
+        return (score - self.random_score) / (self.step_score - self.random_score)
+
+
+def load_cache(path: Path | None = None) -> dict[str, Any]:
+    path = path or reference_file()
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ReferenceError(f"reference cache {path} is not valid JSON: {error}") from None
+    return data.get("references", {})
+
+
+def _save_entry(key: str, entry: dict[str, Any], path: Path) -> None:
+    """Add one entry; re-read first so concurrent workers do not drop each other's entries."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    references = load_cache(path)
+    references[key] = entry
+    payload = {"format": 1, "note": "klip study reference scores: real runs; see the README",
+               "references": dict(sorted(references.items()))}
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as file:
+        file.write(json.dumps(payload, indent=2) + "\n")
+    os.replace(file.name, path)
+
+
+def random_policy_score(task: str, steps: int, seed: int, min_episodes: int = 10) -> float:
+    """Expected episode return of uniformly random actions, over `steps` frames (>= `min_episodes`).
+
+    A random policy does not learn, so the mean over the last 10% of its budget and the
+    mean over all of its episodes estimate the same number; the latter has less noise.
+    """
+    import warnings
+
+    import gymnasium as gym
+
+    # The paper's protocol uses the -v4 tasks on purpose.
+    warnings.filterwarnings("ignore", message=".*is out of date. You should consider upgrading.*")
+    env = gym.make(task, disable_env_checker=True)
+    env.action_space.seed(seed)
+    env.reset(seed=seed)
+    returns: list[float] = []
+    episode_return, frame = 0.0, 0
+    while frame < steps or len(returns) < min_episodes:
+        _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+        frame += 1
+        episode_return += float(reward)
+        if terminated or truncated:
+            returns.append(episode_return)
+            episode_return = 0.0
+            env.reset()
+    env.close()
+    return float(np.mean(returns))
+
+
+def step_shape_score(options: Mapping[str, Any], task: str, steps: int, seed: int) -> float:
+    from klip.algos.train import train
+
+    config = TrainConfig.from_dict({
+        **options, "task": task, "steps": steps, "seed": seed, "loss": "klip",
+        "shape": REFERENCE_SHAPE, "shape_params": {}, "shape_file": None, "shape_plugin": None,
+        "eval_episodes": 0,
+    }).validate()
+    with tempfile.TemporaryDirectory(prefix="klip-reference-") as out:
+        return train(config, Path(out) / "run", progress=False).final_return
+
+
+def ensure_references(
+    tasks: Sequence[str],
+    steps: int,
+    seeds: Sequence[int],
+    options: Mapping[str, Any],
+    *,
+    command: str | None = None,
+    path: Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, TaskReference]:
+    """Per-task references (means over `seeds`), computing and caching any that are missing."""
+    path = path or reference_file()
+    protocol = protocol_hash(options)
+    command = command or " ".join(["klip", *sys.argv[1:]])
+    references: dict[str, TaskReference] = {}
+    for task in tasks:
+        random_scores, step_scores = [], []
+        for seed in seeds:
+            key = reference_key(task, steps, seed, protocol)
+            entry = load_cache(path).get(key)
+            if entry is None:
+                if log:
+                    log(f"computing reference scores: {task}, {steps} steps, seed {seed} (cache {path})")
+                started = time.perf_counter()
+                entry = {
+                    "task": task, "steps": steps, "seed": seed, "protocol_hash": protocol,
+                    "random_score": random_policy_score(task, steps, seed),
+                    "step_score": step_shape_score(options, task, steps, seed),
+                    "command": command,
+                    "seconds": round(time.perf_counter() - started, 1),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+                _save_entry(key, entry, path)
+            random_scores.append(float(entry["random_score"]))
+            step_scores.append(float(entry["step_score"]))
+        reference = TaskReference(task, float(np.mean(random_scores)), float(np.mean(step_scores)))
+        if not reference.step_score > reference.random_score:
+            # Below (or at) the random policy, the scale's sign flips or divides by zero.
+            raise ReferenceError(
+                f"{task}: the step shape ({reference.step_score:.1f}) does not beat a random policy "
+                f"({reference.random_score:.1f}) at {steps} steps, so the normalised objective is "
+                "undefined; use a larger budget"
+            )
+        references[task] = reference
+    return references
+
+
+__all__ = [
+    "DEFAULT_REFERENCE_FILE",
+    "REFERENCE_FILE_ENV",
+    "ReferenceError",
+    "TaskReference",
+    "ensure_references",
+    "load_cache",
+    "protocol_hash",
+    "random_policy_score",
+    "reference_file",
+    "reference_key",
+    "step_shape_score",
+]

@@ -1,0 +1,248 @@
+"""`klip study report` and `export`: everything is read from the storage, so any machine can report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from klip.shapes import save_shape, shape_from_dict
+from klip.studies.run import (
+    ATTR_CONFIG,
+    ATTR_CURVES,
+    ATTR_IDENTITY,
+    ATTR_INSTANCES_SAVED,
+    ATTR_PARTIAL,
+    ATTR_RESULTS,
+    ATTR_SHAPE,
+    references_from_study,
+    summarise,
+)
+from klip.studies.settings import StudyError
+from klip.studies.storage import StorageError, StorageSpec, open_storage, quiet_optuna
+
+
+def load_existing_study(name: str, storage: StorageSpec) -> optuna.Study:
+    quiet_optuna()
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(storage, retry_stale=False))
+    except KeyError:
+        raise StudyError(f"no study named {name!r} in {storage.describe()}") from None
+    except StorageError:
+        raise
+    except Exception as error:  # the database driver's own errors
+        first = str(error).strip().splitlines()[0]
+        raise StorageError(f"cannot read {storage.describe()}: {first}") from None
+
+
+def per_task_scores(trial: FrozenTrial) -> dict[str, dict[str, float]]:
+    """Mean raw and normalised score per task over the instances the trial evaluated."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for result in trial.user_attrs.get(ATTR_RESULTS, {}).values():
+        if result.get("complete", True):
+            by_task.setdefault(result["task"], []).append(result)
+    return {task: {"score": float(np.mean([r["score"] for r in rows])),
+                   "normalised": float(np.mean([r["normalised"] for r in rows])),
+                   "instances": len(rows)}
+            for task, rows in sorted(by_task.items())}
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """The best COMPLETE trial that evaluated every instance (a partial mean is not a fair best)."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.value is not None and math.isfinite(t.value)]
+    full = [t for t in complete if not t.user_attrs.get(ATTR_PARTIAL)]
+    candidates = full or complete
+    if not candidates:
+        raise StudyError(f"study {study.study_name!r} has no complete trial yet")
+    return max(candidates, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    trials = study.get_trials(deepcopy=False)
+    params = sorted({name for trial in trials for name in trial.params})
+    tasks = study.user_attrs.get(ATTR_IDENTITY, {}).get("tasks", [])
+    rows = []
+    for trial in trials:
+        scores = per_task_scores(trial)
+        duration = trial.duration.total_seconds() if trial.duration else None
+        row: dict[str, Any] = {"number": trial.number, "state": trial.state.name,
+                               "value": trial.value, "partial": bool(trial.user_attrs.get(ATTR_PARTIAL)),
+                               "instances_saved": trial.user_attrs.get(ATTR_INSTANCES_SAVED, 0),
+                               "retry_of": trial.system_attrs.get("failed_trial"),
+                               "seconds": None if duration is None else round(duration, 1)}
+        row.update({name: trial.params.get(name) for name in params})
+        row.update({f"{task} normalised": scores.get(task, {}).get("normalised") for task in tasks})
+        rows.append(row)
+    return rows
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write_tables(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
+    columns = list(rows[0]) if rows else ["number"]
+    csv_path, md_path = out / "trials.csv", out / "trials.md"
+    with open(csv_path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_format(row[c]) for c in columns) + " |" for row in rows]
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def importances(study: optuna.Study) -> dict[str, dict[str, float]]:
+    """Parameter importances by Optuna's default evaluator (PED-ANOVA) and, if installed, fANOVA."""
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+    results: dict[str, dict[str, float]] = {}
+    evaluators: list[tuple[str, Any]] = [("PED-ANOVA (Optuna 5 default)", PedAnovaImportanceEvaluator())]
+    try:
+        import sklearn  # noqa: F401
+        from optuna.importance import FanovaImportanceEvaluator
+
+        evaluators.append(("fANOVA", FanovaImportanceEvaluator(seed=0)))
+    except ImportError:
+        pass
+    for name, evaluator in evaluators:
+        try:
+            results[name] = dict(get_param_importances(study, evaluator=evaluator))
+        except (ValueError, RuntimeError) as error:
+            results[name] = {"error": str(error).splitlines()[0]}  # type: ignore[dict-item]
+    return results
+
+
+def _plots(study: optuna.Study, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    written = []
+    params = {name for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              for name in trial.params}
+    makers: list[tuple[str, Any]] = [("history", optuna_plots.plot_optimization_history)]
+    if params:
+        makers.append(("slice", optuna_plots.plot_slice))
+    if len(params) >= 2:
+        makers.append(("contour", optuna_plots.plot_contour))
+    for name, maker in makers:
+        try:
+            axes = maker(study)
+        except (ValueError, RuntimeError):
+            continue
+        figure = np.ravel(axes)[0].figure if isinstance(axes, np.ndarray) else axes.figure
+        path = out / f"{name}.png"
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def _learning_curves(study: optuna.Study, trial: FrozenTrial, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = trial.user_attrs.get(ATTR_CURVES, {})
+    results = trial.user_attrs.get(ATTR_RESULTS, {})
+    if not curves:
+        return None
+    tasks = sorted({results[name]["task"] for name in curves if name in results})
+    references = references_from_study(study)
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.5), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
+        for name, curve in sorted(curves.items()):
+            if name in results and results[name]["task"] == task and curve:
+                frames, returns = zip(*curve, strict=True)
+                axis.plot(frames, returns, label=f"trial {trial.number} {name.split('/')[-1]}")
+        if task in references:
+            # The references are final scores (last 10% of the budget), drawn as levels.
+            axis.axhline(references[task].step_score, color="k", linestyle="--", label="step (PPO-Clip)")
+            axis.axhline(references[task].random_score, color="grey", linestyle=":", label="random policy")
+        axis.set_title(task)
+        axis.set_xlabel("environment steps")
+        axis.set_ylabel("recent episode return")
+        axis.legend(fontsize=7)
+    path = out / "learning_curves.png"
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def write_report(study: optuna.Study, out: Path) -> list[str]:
+    """Write the report files into `out`; return the lines to print."""
+    out.mkdir(parents=True, exist_ok=True)
+    best = best_trial(study)
+    outcome = summarise(study)
+    lines = [f"study {study.study_name}: {outcome.finished} finished trials "
+             f"({outcome.pruned} pruned on the learning curve, {outcome.partial} partial by wilcoxon; "
+             f"{outcome.instances_saved:.1f} (task, seed) instances saved)",
+             f"best trial {best.number}: value {best.value:.4f}",
+             "best parameters: " + ", ".join(f"{k}={v:.6g}" for k, v in best.params.items())]
+    for task, scores in per_task_scores(best).items():
+        lines.append(f"  {task}: normalised {scores['normalised']:.3f}, return {scores['score']:.1f} "
+                     f"({scores['instances']} seeds)")
+    csv_path, md_path = write_tables(trial_rows(study), out)
+    lines.append(f"trial table: {csv_path}, {md_path}")
+    found = importances(study)
+    (out / "importances.json").write_text(json.dumps(found, indent=2) + "\n")
+    for evaluator, values in found.items():
+        text = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in values.items())
+        lines.append(f"importances ({evaluator}): {text}")
+    for path in _plots(study, out):
+        lines.append(f"plot: {path}")
+    curves = _learning_curves(study, best, out)
+    if curves is not None:
+        lines.append(f"learning curves of the best trial: {curves}")
+    shape_path = save_shape(shape_from_dict(best.user_attrs[ATTR_SHAPE]), out / "best_shape.json")
+    lines.append(f"best shape: {shape_path} (klip train --shape-file {shape_path})")
+    summary = {"study": study.study_name, "best_trial": best.number, "best_value": best.value,
+               "best_params": best.params, "per_task": per_task_scores(best),
+               "finished": outcome.finished, "pruned": outcome.pruned, "partial": outcome.partial,
+               "instances_saved": outcome.instances_saved, "command": study.user_attrs.get("klip_command")}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return lines
+
+
+def export_trial(study: optuna.Study, out: Path, number: int | None = None) -> tuple[Path, Path, list[str]]:
+    """A trial's shape JSON and a config YAML that `klip train --config` takes."""
+    if number is None:
+        trial = best_trial(study)
+    else:
+        matching = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        if not matching:
+            raise StudyError(f"study {study.study_name!r} has no trial {number}")
+        trial = matching[0]
+    if ATTR_SHAPE not in trial.user_attrs or ATTR_CONFIG not in trial.user_attrs:
+        raise StudyError(f"trial {trial.number} recorded no shape (it failed before training)")
+    out.mkdir(parents=True, exist_ok=True)
+    shape = shape_from_dict(trial.user_attrs[ATTR_SHAPE])
+    shape_path = save_shape(shape, out / f"trial-{trial.number}-shape.json")
+    tasks = list(study.user_attrs.get(ATTR_IDENTITY, {}).get("tasks", []))
+    config = {**trial.user_attrs[ATTR_CONFIG], "shape_file": str(shape_path)}
+    config.setdefault("task", tasks[0] if tasks else "Hopper-v4")
+    config["seed"] = 0
+    config_path = out / f"trial-{trial.number}-config.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return shape_path, config_path, tasks
+
+
+__all__ = ["best_trial", "export_trial", "importances", "load_existing_study", "per_task_scores",
+           "trial_rows", "write_report"]

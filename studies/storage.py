@@ -1,0 +1,132 @@
+"""Where a study lives: an SQLite file by default, any SQLAlchemy URL, or a journal file."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+DEFAULT_STORAGE_FILE = "klip-studies.db"
+RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+# Seconds: a worker records a heartbeat every interval; a RUNNING trial whose last
+# heartbeat is older than the grace period belongs to a dead worker.
+DEFAULT_HEARTBEAT_INTERVAL = 30
+DEFAULT_GRACE_PERIOD = 120
+# A trial is retried this many times before klip gives up on it (a trial that
+# kills its worker every time would otherwise loop forever).
+MAX_RETRIES = 3
+CONNECT_TIMEOUT_S = 10
+
+
+class StorageError(RuntimeError):
+    """Unknown scheme, unreachable database: one line."""
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    url: str
+    kind: str  # "rdb" or "journal"
+    heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL
+    grace_period: int = DEFAULT_GRACE_PERIOD
+
+    @property
+    def has_heartbeat(self) -> bool:
+        return self.kind == "rdb"
+
+    def describe(self) -> str:
+        return redact(self.url) if self.kind == "rdb" else f"journal file {self.url}"
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and recorded attributes."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user, has_password, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if has_password else ''}@{host}"
+
+
+def parse_storage(
+    storage: str | None,
+    heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL,
+    grace_period: int = DEFAULT_GRACE_PERIOD,
+) -> StorageSpec:
+    """`None` -> SQLite file in the working directory; `scheme://...` -> RDB; a path -> journal."""
+    if heartbeat_interval <= 0 or grace_period <= heartbeat_interval:
+        raise StorageError("heartbeat interval must be > 0 and the grace period longer than it")
+    if storage is None:
+        storage = f"sqlite:///{DEFAULT_STORAGE_FILE}"
+    if "://" in storage:
+        scheme = storage.split("://", 1)[0].split("+", 1)[0].lower()
+        if scheme not in RDB_SCHEMES:
+            raise StorageError(
+                f"unknown storage scheme {scheme!r} in --storage; use sqlite:///FILE, "
+                "postgresql://USER@HOST/DB, mysql://..., or a journal file path"
+            )
+        return StorageSpec(storage, "rdb", heartbeat_interval, grace_period)
+    if storage.endswith((".db", ".sqlite", ".sqlite3")):
+        return StorageSpec(f"sqlite:///{storage}", "rdb", heartbeat_interval, grace_period)
+    return StorageSpec(storage, "journal", heartbeat_interval, grace_period)
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower()
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if scheme in ("postgresql", "mysql"):
+        # Without a timeout, a firewalled host makes the first query hang for minutes.
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    if scheme == "sqlite":
+        # Several local workers share the file; wait for the lock instead of failing.
+        kwargs["connect_args"] = {"timeout": 60}
+    return kwargs
+
+
+def open_storage(spec: StorageSpec, *, retry_stale: bool = True) -> optuna.storages.BaseStorage:
+    """Connect (creating tables if needed); raise StorageError with one line if that fails."""
+    import sqlalchemy.exc
+
+    # Heartbeats are "experimental" in Optuna's words; klip relies on them on purpose.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if spec.kind == "journal":
+        path = Path(spec.url)
+        if path.parent and not path.parent.exists():
+            raise StorageError(f"journal file directory {path.parent} does not exist")
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        return optuna.storages.JournalStorage(backend)
+    callback = (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+                if retry_stale else None)
+    try:
+        return optuna.storages.RDBStorage(
+            spec.url,
+            engine_kwargs=_engine_kwargs(spec.url),
+            heartbeat_interval=spec.heartbeat_interval,
+            grace_period=spec.grace_period,
+            heartbeat_stale_trial_callback=callback,
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise StorageError(f"cannot open storage {redact(spec.url)}: {first}") from None
+
+
+def quiet_optuna() -> None:
+    """Optuna logs every trial at INFO; klip shows its own progress bar instead."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+__all__ = [
+    "DEFAULT_GRACE_PERIOD",
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_STORAGE_FILE",
+    "StorageError",
+    "StorageSpec",
+    "open_storage",
+    "parse_storage",
+    "quiet_optuna",
+    "redact",
+]

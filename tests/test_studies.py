@@ -1,0 +1,273 @@
+"""klip study on SQLite: runs, resume after a kill, pruning, report, export and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from studies_support import (
+    STEPS,
+    TASK,
+    TRAIN_FLAGS,
+    compute_references,
+    klip_command,
+    run_klip,
+    write_sabotage_plugin,
+)
+
+from klip.cli import main
+from klip.studies.references import REFERENCE_FILE_ENV, TaskReference, load_cache, protocol_hash
+from klip.studies.run import (
+    ATTR_CONFIG,
+    ATTR_IDENTITY,
+    ATTR_INSTANCES_SAVED,
+    ATTR_PARTIAL,
+    ATTR_RESULTS,
+    prepare_study,
+    run_study,
+)
+from klip.studies.settings import StudySettings
+from klip.studies.space import Dimension, resolve_space
+from klip.studies.storage import parse_storage
+
+SEEDS_FOR_WILCOXON = 5
+
+
+@pytest.fixture(scope="session")
+def reference_cache(tmp_path_factory) -> Path:
+    cache = tmp_path_factory.getbasetemp() / "klip-references.json"
+    compute_references(cache, SEEDS_FOR_WILCOXON)
+    return cache
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch, reference_cache) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(REFERENCE_FILE_ENV, str(reference_cache))
+    return tmp_path
+
+
+def sabotage_settings(tmp_path: Path, *, seeds: int, trials: int, pruner: str, name: str) -> StudySettings:
+    from klip.shapes import load_shapes_from_file
+
+    # One file for the whole session: a shape name registers once per process.
+    plugin = tmp_path.parent / "sabotage_shape.py"
+    if not plugin.is_file():
+        write_sabotage_plugin(tmp_path.parent)
+    load_shapes_from_file(plugin)
+    space, fixed = resolve_space("sabotage", fixed={"eps": 0.2})
+    options = {"rollout_steps": 512, "minibatch_size": 64, "epochs": 4, "lr": 1e-3,
+               "checkpoint_every": 100, "eval_episodes": 0, "shape_plugin": str(plugin)}
+    return StudySettings(
+        study_name=name, shape="sabotage", tasks=[TASK], steps_per_task=STEPS, seeds=seeds, trials=trials,
+        train_options=options, space=space, fixed=fixed, sampler="random", sampler_seed=0, pruner=pruner,
+        pruner_startup_trials=2, storage=parse_storage(str(tmp_path / "study.db")),
+        study_dir=tmp_path / "artefacts", progress=False,
+    )
+
+
+def test_references_are_real_runs_cached_with_their_command(reference_cache):
+    entries = load_cache(reference_cache)
+    key_protocol = protocol_hash({"rollout_steps": 512, "minibatch_size": 64, "epochs": 4, "lr": 1e-3})
+    seeds = sorted(e["seed"] for e in entries.values() if e["protocol_hash"] == key_protocol)
+    assert seeds == list(range(SEEDS_FOR_WILCOXON))
+    for entry in entries.values():
+        assert entry["command"].startswith("pytest")
+        assert entry["step_score"] > entry["random_score"]  # else the objective would be refused
+    reference = TaskReference(TASK, random_score=20.0, step_score=60.0)
+    assert reference.normalise(20.0) == 0.0 and reference.normalise(60.0) == 1.0
+
+
+def test_cli_study_runs_records_settings_and_continues_on_rerun(in_tmp, capsys):
+    args = ["study", "run", "--shape", "sigmoid", "--tasks", TASK, "--steps-per-task", str(STEPS),
+            "--seeds", "1", "--trials", "2", "--study-name", "tiny", "--no-progress", *TRAIN_FLAGS]
+    assert main(args) == 0
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///klip-studies.db")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 2
+    assert study.user_attrs[ATTR_IDENTITY]["shape"] == "sigmoid"
+    assert study.user_attrs["klip_command"].startswith("klip study run")
+    assert set(complete[0].params) == {"eps", "tau"}
+    result = complete[0].user_attrs[ATTR_RESULTS][f"{TASK}/s0"]
+    assert math.isfinite(result["normalised"]) and result["frames"] == STEPS
+    assert complete[0].value == pytest.approx(result["normalised"])
+    capsys.readouterr()
+    # A re-run with a larger --trials continues the same study (with its progress bar on).
+    rerun = [*args[:args.index("--trials") + 1], "3", *args[args.index("--trials") + 2:]]
+    rerun.remove("--no-progress")
+    assert main(rerun) == 0
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    captured = capsys.readouterr()
+    assert "3 finished trials" in captured.out
+    # trials done / requested, best value so far, the current trial's task and step
+    assert "3/3" in captured.err
+    assert re.search(r"best -?\d+\.\d{3} \|", captured.err)
+    assert f"trial 2 {TASK}/s0 step 512/{STEPS}" in captured.err
+
+
+def test_wilcoxon_prunes_the_bad_region_as_a_marked_partial_trial(in_tmp):
+    settings = sabotage_settings(in_tmp, seeds=SEEDS_FOR_WILCOXON, trials=3, pruner="auto", name="wil")
+    assert settings.resolved_pruner == "wilcoxon"
+    study = prepare_study(settings)
+    for sabotage in (0.0, 0.05, 1.0):  # two good trials first, so a best trial exists
+        study.enqueue_trial({"sabotage": sabotage})
+    outcome = run_study(settings, log=lambda text: None)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    bad = trials[2]
+    assert bad.user_attrs[ATTR_PARTIAL] is True
+    assert bad.user_attrs[ATTR_INSTANCES_SAVED] == 1  # pruned after 4 of 5 instances (p = 1/16)
+    assert len(bad.user_attrs[ATTR_RESULTS]) == 4
+    assert bad.value < min(t.value for t in trials[:2])
+    assert outcome.partial >= 1 and outcome.instances_saved >= 1
+    # Each (task, seed) is reported under its stable id, whatever the shuffled order.
+    assert set(bad.intermediate_values) < set(range(SEEDS_FOR_WILCOXON))
+    assert set(trials[0].intermediate_values) == set(range(SEEDS_FOR_WILCOXON))
+
+
+def test_median_prunes_the_bad_region_within_one_iteration(in_tmp):
+    settings = sabotage_settings(in_tmp, seeds=1, trials=3, pruner="median", name="med")
+    study = prepare_study(settings)
+    for sabotage in (0.0, 0.05, 1.0):
+        study.enqueue_trial({"sabotage": sabotage})
+    outcome = run_study(settings, log=lambda text: None)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+    bad = trials[2]
+    last_step = max(bad.intermediate_values)
+    frames = bad.user_attrs[ATTR_RESULTS][f"{TASK}/s0"]["frames"]
+    # The decision came after iteration last_step (0-based); training stopped right there.
+    assert frames == (last_step + 1) * 512 < STEPS
+    assert outcome.pruned == 1 and bad.user_attrs[ATTR_INSTANCES_SAVED] > 0
+
+
+def test_killed_study_resumes_and_its_dead_trial_is_retried(in_tmp):
+    args = ["study", "run", "--shape", "sigmoid", "--tasks", TASK, "--steps-per-task", str(STEPS),
+            "--seeds", "2", "--trials", "3", "--study-name", "killed", "--no-progress",
+            "--heartbeat-interval", "1", "--grace-period", "3", "--pruner", "none", *TRAIN_FLAGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(klip_command(*args), cwd=in_tmp, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    storage = "sqlite:///klip-studies.db"
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:  # kill it while its second trial is running
+            try:
+                trials = optuna.load_study(study_name="killed", storage=storage).get_trials()
+            except (KeyError, Exception):
+                trials = []
+            if any(t.state == TrialState.COMPLETE for t in trials) and \
+                    any(t.state == TrialState.RUNNING for t in trials):
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("the study never reached its second trial")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    result = run_klip(args, in_tmp)
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name="killed", storage=storage).get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(complete) == 3
+    assert len(failed) == 1  # the killed trial: marked failed, never silently lost ...
+    retries = [t for t in complete if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert len(retries) == 1 and retries[0].params == failed[0].params  # ... and retried
+
+
+def test_report_and_export_of_a_finished_study(in_tmp, capsys):
+    settings = sabotage_settings(in_tmp, seeds=2, trials=3, pruner="none", name="rep")
+    settings.space = {"sabotage": Dimension(0.0, 0.2), "eps": Dimension(0.1, 0.3)}
+    settings.fixed = {}
+    run_study(settings, log=lambda text: None)
+    storage = str(in_tmp / "study.db")
+    assert main(["study", "report", "--study-name", "rep", "--storage", storage,
+                 "--out", str(in_tmp / "report")]) == 0
+    printed = capsys.readouterr().out
+    assert "best trial" in printed and "PED-ANOVA" in printed and f"{TASK}: normalised" in printed
+    report = in_tmp / "report"
+    for name in ("trials.csv", "trials.md", "importances.json", "history.png", "slice.png", "contour.png",
+                 "learning_curves.png", "best_shape.json", "summary.json"):
+        assert (report / name).is_file(), name
+    summary = json.loads((report / "summary.json").read_text())
+    study = optuna.load_study(study_name="rep", storage=f"sqlite:///{storage}")
+    assert summary["best_value"] == pytest.approx(study.best_value)
+    assert len((report / "trials.csv").read_text().splitlines()) == 1 + 3
+
+    assert main(["study", "export", "--study-name", "rep", "--storage", storage,
+                 "--out", str(in_tmp / "export")]) == 0
+    config_path = in_tmp / "export" / f"trial-{study.best_trial.number}-config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    shape = json.loads(Path(config["shape_file"]).read_text())
+    assert shape["params"]["sabotage"] == pytest.approx(study.best_params["sabotage"])
+    assert config["rollout_steps"] == 512 and config["task"] == TASK
+    assert config == {**study.best_trial.user_attrs[ATTR_CONFIG], "shape_file": config["shape_file"],
+                      "task": TASK, "seed": 0}
+    # klip train takes it and reproduces the trial's own run of (task, seed 0) exactly.
+    assert main(["train", "--config", str(config_path), "--out", str(in_tmp / "retrain"),
+                 "--no-progress"]) == 0
+    retrained = json.loads((in_tmp / "retrain" / "summary.json").read_text())["final_return_last10pct"]
+    original = study.best_trial.user_attrs[ATTR_RESULTS][f"{TASK}/s0"]["score"]
+    assert retrained == pytest.approx(original)
+    # The same from the storage alone, for another seed of the trial.
+    assert main(["study", "rerun", "--study-name", "rep", "--storage", storage, "--seed", "1",
+                 "--out", str(in_tmp / "rerun"), "--no-progress"]) == 0
+    rerun = json.loads((in_tmp / "rerun" / "summary.json").read_text())["final_return_last10pct"]
+    assert rerun == pytest.approx(study.best_trial.user_attrs[ATTR_RESULTS][f"{TASK}/s1"]["score"])
+
+
+BASE = ["study", "run", "--tasks", TASK, "--steps-per-task", str(STEPS), "--trials", "2",
+        "--study-name", "bad", "--no-progress", *TRAIN_FLAGS]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--shape", "sigmoid", "--storage", "redis://localhost/0"], "unknown storage scheme 'redis'"),
+    (["--shape", "sigmoid", "--storage", "postgresql://postgres@127.0.0.1:1/none"], "cannot open storage"),
+    (["--shape", "nope"], "unknown shape 'nope'"),
+    (["--shape", "sigmoid", "--tasks", "Nope-v0"], "unknown task 'Nope-v0'"),
+    (["--shape", "sigmoid", "--fix", "nope=1"], "has no parameter 'nope'"),
+    (["--shape", "sigmoid", "--fix", "tau=-1"], "--fix tau=-1 is outside its allowed range"),
+    (["--shape", "sigmoid", "--fix", "eps=0.2", "--sampler", "cmaes"], "cmaes needs at least 2"),
+    (["--shape", "learned", "--sampler", "grid"], "sampler grid cannot handle this space"),
+    (["--shape", "sigmoid", "--search-space", "space.yaml"], "needs finite low < high"),
+    (["--shape", "sigmoid", "--search-space", "missing.yaml"], "search-space file not found"),
+])
+def test_bad_input_is_one_error_line_exit_2_and_writes_nothing(in_tmp, capsys, extra, message):
+    (in_tmp / "space.yaml").write_text("tau: {low: 0.5, high: 0.1}\n")
+    before = sorted(in_tmp.iterdir())
+    started = time.monotonic()
+    # --tasks given twice: argparse keeps the last.
+    assert main([*BASE, *extra]) == 2
+    assert time.monotonic() - started < 30
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("klip: error: "), error
+    assert message in error[0]
+    assert sorted(in_tmp.iterdir()) == before
+
+
+def test_study_name_reused_with_other_settings_is_refused_naming_the_difference(in_tmp, capsys):
+    from klip.cli import build_parser
+    from klip.study_cli import _settings
+
+    # Create the study (no trials) exactly as `klip study run` would.
+    prepare_study(_settings(build_parser().parse_args([*BASE, "--shape", "sigmoid"])))
+    before = sorted(in_tmp.iterdir())
+    assert main([*BASE, "--shape", "linear_ramp"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "differs in:" in error[0] and "shape 'sigmoid' -> 'linear_ramp'" in error[0]
+    assert main([*BASE, "--shape", "sigmoid", "--steps-per-task", str(2 * STEPS)]) == 2
+    assert "steps_per_task 4096 -> 8192" in capsys.readouterr().err
+    assert sorted(in_tmp.iterdir()) == before
+    study = optuna.load_study(study_name="bad", storage="sqlite:///klip-studies.db")
+    assert study.get_trials() == []

@@ -1,0 +1,119 @@
+"""Search spaces, samplers, pruners and storage parsing of klip study (no training)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from klip.shapes import get_shape_class
+from klip.studies.run import build_pruner, build_sampler, prepare_study
+from klip.studies.settings import StudyError, StudySettings, describe_differences
+from klip.studies.space import (
+    Dimension,
+    SearchSpaceError,
+    build_shape_from_values,
+    resolve_space,
+    vector_parameters,
+)
+from klip.studies.storage import StorageError, parse_storage, redact
+
+OPTIONS = {"rollout_steps": 512, "minibatch_size": 64}
+
+
+def settings(**overrides) -> StudySettings:
+    space, fixed = resolve_space(overrides.get("shape", "sigmoid"))
+    base = dict(study_name="s", shape="sigmoid", tasks=["Hopper-v4"], steps_per_task=4096, seeds=1,
+                trials=4, train_options=OPTIONS, space=space, fixed=fixed)
+    return StudySettings(**{**base, **overrides})
+
+
+def test_space_comes_from_the_shapes_declarations():
+    space, fixed = resolve_space("sigmoid")
+    params = get_shape_class("sigmoid").params
+    assert space["tau"] == Dimension(*params["tau"].search, log=True)
+    assert space["eps"] == Dimension(*params["eps"].search, log=False)
+    assert fixed == {}
+
+
+def test_overrides_and_fix_narrow_the_space():
+    space, fixed = resolve_space("sigmoid", {"tau": {"low": 0.01, "high": 0.1, "log": True}}, {"eps": 0.25})
+    assert space == {"tau": Dimension(0.01, 0.1, True)}
+    assert fixed == {"eps": 0.25}
+
+
+@pytest.mark.parametrize(("overrides", "fix", "message"), [
+    ({"nope": [0, 1]}, {}, "has no parameter 'nope'"),
+    ({"tau": [0.5, 0.1]}, {}, "needs finite low < high"),
+    ({"tau": {"low": 0, "high": 0.1, "log": True}}, {}, "low must be > 0"),
+    ({"eps": [0.1, 2.0]}, {}, "leaves its allowed range"),
+    ({"tau": "wide"}, {}, "needs low and high"),
+    ({}, {"eps": 1.5}, "outside its allowed range"),
+    ({}, {"eps": 0.2, "tau": 0.05}, "nothing left to search"),
+])
+def test_bad_spaces_are_refused_by_name(overrides, fix, message):
+    with pytest.raises(SearchSpaceError, match=message):
+        resolve_space("sigmoid", overrides, fix)
+
+
+def test_learned_vector_is_searchable_and_builds_the_shape():
+    names = vector_parameters(get_shape_class("learned"))
+    space, _ = resolve_space("learned")
+    assert set(names) <= set(space) and len(names) == 2 * len(get_shape_class("learned").KNOTS)
+    values = {name: index / 100 for index, name in enumerate(names)}
+    shape = build_shape_from_values("learned", {**values, "eps": 0.3})
+    assert shape.get_vector().tolist() == pytest.approx(list(values.values()))
+    assert shape.eps == 0.3
+
+
+def test_tpe_is_multivariate_with_constant_liar_and_workers_get_different_seeds():
+    first = build_sampler(settings(sampler="tpe", sampler_seed=7), worker=0)
+    second = build_sampler(settings(sampler="tpe", sampler_seed=7), worker=1)
+    assert isinstance(first, optuna.samplers.TPESampler)
+    assert first._multivariate and first._constant_liar
+    assert first._rng.rng.random() != second._rng.rng.random()
+
+
+def test_each_sampler_handles_the_space_it_can():
+    learned = settings(sampler="cmaes", shape="learned")
+    assert isinstance(build_sampler(learned), optuna.samplers.CmaEsSampler)
+    assert isinstance(build_sampler(settings(sampler="gp")), optuna.samplers.GPSampler)
+    assert isinstance(build_sampler(settings(sampler="random")), optuna.samplers.RandomSampler)
+    assert isinstance(build_sampler(settings(sampler="grid", grid_points=2)), optuna.samplers.GridSampler)
+    with pytest.raises(StudyError, match="exceeds the grid's 4 points"):
+        build_sampler(settings(sampler="grid", grid_points=2, trials=5))
+
+
+def test_pruner_auto_is_wilcoxon_from_four_instances_else_median():
+    assert isinstance(build_pruner(settings(seeds=4)), optuna.pruners.WilcoxonPruner)
+    assert isinstance(build_pruner(settings(seeds=3)), optuna.pruners.MedianPruner)
+    assert isinstance(build_pruner(settings(pruner="hyperband")), optuna.pruners.HyperbandPruner)
+    assert isinstance(build_pruner(settings(pruner="none")), optuna.pruners.NopPruner)
+    with pytest.raises(StudyError, match="at least 4"):
+        build_pruner(settings(pruner="wilcoxon", seeds=2))
+    assert [i.name for i in settings(seeds=2, tasks=["A", "B"]).instances] == ["A/s0", "A/s1", "B/s0", "B/s1"]
+
+
+def test_storage_parsing():
+    assert parse_storage(None).url == "sqlite:///klip-studies.db"
+    assert parse_storage("runs/s.db").url == "sqlite:///runs/s.db"
+    assert parse_storage("runs/s.log").kind == "journal"
+    assert parse_storage("postgresql+psycopg://u:pw@h/db").kind == "rdb"
+    with pytest.raises(StorageError, match="unknown storage scheme 'redis'"):
+        parse_storage("redis://h/0")
+    assert redact("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+    assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_journal_storage_holds_a_study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study = prepare_study(settings(storage=parse_storage(str(tmp_path / "journal.log"))))
+    assert study.user_attrs["klip_identity"]["shape"] == "sigmoid"
+    again = prepare_study(settings(storage=parse_storage(str(tmp_path / "journal.log"))))
+    assert again.study_name == study.study_name
+
+
+def test_differences_name_what_changed():
+    old = settings().identity()
+    new = settings(shape="step", seeds=2).identity()
+    text = describe_differences(old, new)
+    assert "shape 'sigmoid' -> 'step'" in text and "seeds 1 -> 2" in text
