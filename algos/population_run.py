@@ -15,7 +15,7 @@ Every input is checked before anything is written: a bad `--seeds`/`--sweep`, du
 agents, a parameter the shape does not have or a value outside its range, or `--resume` of a
 population with other seeds or values is one `ValueError` line (exit code 2 in the CLI).
 
-`train_agents(configs, out)` is the seam for studies: it trains a list of agent
+`train_population_agents(configs, out)` is the population seam for studies: it trains a list of agent
 configurations (differing only in seed and shape parameters) as one population and returns
 per-agent results.
 """
@@ -288,7 +288,7 @@ def train_population(
                 kill_after_iterations=kill_after_iterations)
 
 
-def train_agents(configs: list[TrainConfig], out: str | Path, *, progress: bool = False,
+def train_population_agents(configs: list[TrainConfig], out: str | Path, *, progress: bool = False,
                  names: list[str] | None = None) -> list[AgentResult]:
     """The seam for studies: train `configs` (same options but seed and shape parameters) as
     one population in `out` (a new directory) and return one result per config, in order."""
@@ -533,8 +533,8 @@ __all__ = [
     "parse_seeds",
     "parse_sweep",
     "spec_from_args",
-    "train_agents",
     "train_population",
+    "train_population_agents",
     "train_population_from_args",
     "validate_spec",
 ]

@@ -30,8 +30,8 @@ from klip.algos.population_run import (
     PopulationSpec,
     parse_seeds,
     parse_sweep,
-    train_agents,
     train_population,
+    train_population_agents,
 )
 from klip.algos.ppo import PPOModule, build_loss
 from klip.algos.update import make_minibatch_loss
@@ -345,9 +345,9 @@ def test_seeds_and_sweep_write_one_run_directory_per_agent_and_a_summary(tmp_pat
     assert rows[0]["final_return"] != rows[1]["final_return"]
 
 
-def test_train_agents_seam_returns_one_result_per_configuration(tmp_path):
+def test_train_population_agents_seam_returns_one_result_per_configuration(tmp_path):
     configs = [TrainConfig(**TINY, steps=256, seed=seed) for seed in (5, 6)]
-    results = train_agents(configs, tmp_path / "agents")
+    results = train_population_agents(configs, tmp_path / "agents")
     assert [r.config.seed for r in results] == [5, 6]
     assert all((r.out / "summary.json").is_file() for r in results)
 
