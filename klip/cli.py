@@ -15,8 +15,11 @@ from typing import Any
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, defaulting to 'not given' so YAML values survive."""
-    from klip.algos.config import OPTION_HELP, TrainConfig
+    """One flag per TrainConfig field, defaulting to 'not given' so YAML values survive.
+
+    The help text is the field's own (`TrainConfig` metadata), as in docs/options.md.
+    """
+    from klip.algos.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
@@ -25,28 +28,41 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + field.name.replace("_", "-")
         hint = hints[field.name]
         kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
-                                  "help": f"{OPTION_HELP.get(field.name, '')} (default: {field.default})"}
+                                  "help": f"{field.metadata['help']} (default: {field.default})"}
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif hint is int:
             kwargs["type"] = int
-        elif hint is float:
-            kwargs["type"] = float
         elif field.name == "value_clip":
-            kwargs["type"] = lambda text: None if text.lower() in ("none", "null") else float(text)
+            kwargs["type"] = _float_or_none
+        elif float in typing.get_args(hint) or hint is float:
+            kwargs["type"] = float
         parser.add_argument(flag, **kwargs)
     parser.add_argument("--shape-param", dest="shape_param_list", action="append", default=[],
                         metavar="NAME=VALUE", help="a shape parameter; repeatable")
 
 
+def _float_or_none(text: str) -> float | None:
+    return None if text.lower() in ("none", "null") else float(text)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its usage errors told in the one `klip: error:` line every error gets."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"klip: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="klip", description=__doc__)
+    parser = OneLineParser(prog="klip", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train one shape on one task")
     train.add_argument("--config", type=Path, help="YAML file of options; flags override it")
-    train.add_argument("--out", type=Path, help="output directory (default runs/<task>-<shape>-s<seed>)")
+    train.add_argument("--out", type=Path,
+                       help="run directory (default runs/<task>-<loss>-<shape>-s<seed>, "
+                            "runs/<task>-<loss>-s<seed> for losses without a shape)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -67,13 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     from klip.algos.config import TrainConfig, load_config_file
-    from klip.algos.train import train
+    from klip.algos.resolve import resolve_config, run_name
+    from klip.algos.train import config_with_run_paths, train
     from klip.shapes import parse_param_assignments
 
     options: dict[str, Any] = {}
     if args.resume and args.out and (args.out / "config.yaml").is_file():
-        # `--resume --out DIR` alone continues DIR's run with its own options.
-        options.update(load_config_file(args.out / "config.yaml"))
+        # `--resume --out DIR` alone continues DIR's run with its own options and shape copies.
+        options.update(config_with_run_paths(args.out, load_config_file(args.out / "config.yaml")))
     if args.config:
         options.update(load_config_file(args.config))
     given = {field.name for field in dataclasses.fields(TrainConfig)} & set(vars(args))
@@ -81,15 +98,16 @@ def _train(args: argparse.Namespace) -> int:
     if args.shape_param_list:
         options["shape_params"] = {**options.get("shape_params", {}),
                                    **parse_param_assignments(args.shape_param_list)}
-    config = TrainConfig.from_dict(options).validate()
-    out = args.out or Path("runs") / f"{config.task}-{config.loss}-{config.shape}-s{config.seed}"
-    result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    config = TrainConfig.from_dict(options)
+    if args.out is None:
+        args.out = Path("runs") / run_name(resolve_config(config)[0])
+    result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
     print(f"final return (mean over last 10% of training): {result.final_return:.1f}")
     if result.eval is not None:
         print(f"deterministic evaluation: {result.eval['return_mean']:.1f} "
               f"+- {result.eval['return_std']:.1f} over {result.eval['episodes']} episodes")
     print(f"wall time: {result.wall_seconds:.0f} s for {result.frames} steps")
-    print(f"outputs in {result.out}/ (metrics.csv, eval.json, checkpoints/, tensorboard/)")
+    print(f"outputs in {result.out}/ (metrics.csv, summary.json, eval.json, checkpoints/, tensorboard/)")
     print(f"learning curve: {result.plot}")
     return 0
 
@@ -130,6 +148,10 @@ def _shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+# Exit codes: 2 bad input (options, files, user code), 3 training diverged, 130 Ctrl-C.
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -141,14 +163,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         return _shapes(args)
     except KeyboardInterrupt:
-        print("klip: interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    except (ValueError, KeyError, OSError, RuntimeError) as error:
-        if debug:
-            traceback.print_exc()
-        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-        print(f"klip: error: {message}", file=sys.stderr)
-        return 2
+        print("klip: interrupted before any iteration was checkpointed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        return _report(error, debug)
+
+
+def _report(error: Exception, debug: bool) -> int:
+    """One `klip: error:` line (the traceback too under --debug) and the exit code."""
+    from klip.algos.divergence import TrainingDiverged
+    from klip.algos.train import RunInterrupted
+
+    if isinstance(error, RunInterrupted):
+        print(f"klip: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if not isinstance(error, (ValueError, KeyError, OSError, RuntimeError, FloatingPointError)):
+        raise error
+    if debug:
+        traceback.print_exception(error)
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    print(f"klip: error: {message}", file=sys.stderr)
+    return EXIT_DIVERGED if isinstance(error, TrainingDiverged) else EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

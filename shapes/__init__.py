@@ -7,6 +7,7 @@ from klip.shapes.base import CoefficientShape, Param, signed_distance_past_bound
 from klip.shapes.builtin import LearnedShape, LinearRampShape, NoGateShape, SigmoidShape, StepShape
 from klip.shapes.registry import (
     ENTRY_POINT_GROUP,
+    ShapePluginError,
     UnknownShapeError,
     available_shapes,
     get_shape_class,
@@ -26,6 +27,7 @@ __all__ = [
     "LinearRampShape",
     "NoGateShape",
     "Param",
+    "ShapePluginError",
     "SigmoidShape",
     "StepShape",
     "UnknownShapeError",

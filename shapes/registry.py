@@ -26,6 +26,10 @@ _LOADED_FILES: dict[Path, list[str]] = {}
 ShapeClass = TypeVar("ShapeClass", bound=type[CoefficientShape])
 
 
+class ShapePluginError(ValueError):
+    """A user's shape plugin failed to import; the message names the file and the exception."""
+
+
 class UnknownShapeError(KeyError, ValueError):
     """Raised for a shape name nobody registered; the message lists the known names."""
 
@@ -113,15 +117,37 @@ def load_shapes_from_file(path: str | Path) -> list[str]:
     resolved = path.resolve()
     if resolved in _LOADED_FILES:  # importing twice would re-register new class objects
         return _LOADED_FILES[resolved]
+    # A copy of a loaded file (a run directory keeps one) is the same code: reuse its shapes.
+    source = path.read_bytes()
+    for loaded, names in _LOADED_FILES.items():
+        if names and all(name in _REGISTRY for name in names) and _same_source(loaded, source):
+            _LOADED_FILES[resolved] = names
+            return names
     module_name = f"klip_user_shapes_{abs(hash(resolved))}"
     before = set(_REGISTRY)
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as error:  # user code may fail in any way, even sys.exit()
+        # Forget the half-imported module and whatever it registered before failing.
+        del sys.modules[module_name]
+        for name in set(_REGISTRY) - before:
+            del _REGISTRY[name]
+        raise ShapePluginError(
+            f"shape plugin {path} failed to import: {type(error).__name__}: {error}"
+        ) from error
     _LOADED_FILES[resolved] = sorted(set(_REGISTRY) - before)
     return _LOADED_FILES[resolved]
+
+
+def _same_source(path: Path, source: bytes) -> bool:
+    try:
+        return path.read_bytes() == source
+    except OSError:
+        return False
 
 
 def shape_from_dict(data: dict[str, Any]) -> CoefficientShape:
@@ -134,6 +160,9 @@ def shape_from_dict(data: dict[str, Any]) -> CoefficientShape:
     params = data.get("params", {})
     if not isinstance(params, dict):
         raise ValueError("shape 'params' must be an object of name -> number")
+    for key, value in params.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"shape parameter {key!r} is not finite: {value}")
     shape = make_shape(str(data["name"]), **params)
     state = data.get("state", {})
     if not isinstance(state, dict):
@@ -153,6 +182,8 @@ def shape_from_dict(data: dict[str, Any]) -> CoefficientShape:
                 tensor = torch.tensor(value, dtype=current[key].dtype)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"shape state {key!r} is not numeric: {error}") from None
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"shape state {key!r} holds non-finite values")
             if tensor.shape != current[key].shape:
                 raise ValueError(
                     f"shape state {key!r} has shape {list(tensor.shape)}, "
