@@ -27,7 +27,7 @@ def resolve_config(
     `shape` is a ready shape object (Python API); it replaces --shape/--shape-file.
     Resolving a resolved config gives it back unchanged.
     """
-    config = dataclasses.replace(config, shape_params=dict(config.shape_params)).validate()
+    config = dataclasses.replace(config).validate()  # validate() copies shape_params
     _refuse_options_of_other_losses(config, shape)
     if config.loss != "klip":
         return dataclasses.replace(

@@ -127,10 +127,16 @@ def take_run_directory(
         raise RunError(f"output path {out} exists and is not a directory")
     if resume and not (out / CONFIG_FILE).is_file():
         raise RunError(f"nothing to resume in {out}: no {CONFIG_FILE}")
+    if out.is_dir():
+        # Refuse what can be refused without touching anything; checked again under the lock.
+        check_run_directory(out, config, shape, resume)
     created = _make_directory(out)
     lock = RunLock(out)
     try:
-        lock.acquire()
+        try:
+            lock.acquire()
+        except PermissionError as error:
+            raise RunError(f"cannot write to output directory {out}: {error.strerror}") from None
         start = check_run_directory(out, config, shape, resume)
         start.created_directory = created
         record_run(out, config, shape, start, resume)
@@ -150,8 +156,9 @@ def _make_directory(out: Path) -> Path | None:
     missing = [parent for parent in [out, *out.parents] if not parent.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
+        if missing:  # an existing directory is proven writable by opening its lock file
+            with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+                pass
     except OSError as error:
         if missing:
             shutil.rmtree(missing[-1], ignore_errors=True)

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train one shape on one task")
+    # No abbreviated flags: in scripts a prefix would silently pick whichever flag matches.
+    train = commands.add_parser("train", help="train one shape on one task", allow_abbrev=False)
     train.add_argument("--config", type=Path, help="YAML file of options; flags override it")
     train.add_argument("--out", type=Path,
                        help="run directory (default runs/<task>-<loss>-<shape>-s<seed>, "
@@ -156,7 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help, or a usage error already told in one line
+        return int(exit_request.code or 0)
     debug = args.debug or "--debug" in argv
     try:
         if args.command == "train":

@@ -22,6 +22,8 @@ ENTRY_POINT_GROUP = "klip.shapes"
 _REGISTRY: dict[str, type[CoefficientShape]] = {}
 _entry_points_loaded = False
 _LOADED_FILES: dict[Path, list[str]] = {}
+# Source text -> the names it registered, so an identical copy is not imported twice.
+_LOADED_SOURCES: dict[bytes, list[str]] = {}
 
 ShapeClass = TypeVar("ShapeClass", bound=type[CoefficientShape])
 
@@ -119,10 +121,10 @@ def load_shapes_from_file(path: str | Path) -> list[str]:
         return _LOADED_FILES[resolved]
     # A copy of a loaded file (a run directory keeps one) is the same code: reuse its shapes.
     source = path.read_bytes()
-    for loaded, names in _LOADED_FILES.items():
-        if names and all(name in _REGISTRY for name in names) and _same_source(loaded, source):
-            _LOADED_FILES[resolved] = names
-            return names
+    names = _LOADED_SOURCES.get(source)
+    if names and all(name in _REGISTRY for name in names):
+        _LOADED_FILES[resolved] = names
+        return names
     module_name = f"klip_user_shapes_{abs(hash(resolved))}"
     before = set(_REGISTRY)
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -140,14 +142,8 @@ def load_shapes_from_file(path: str | Path) -> list[str]:
             f"shape plugin {path} failed to import: {type(error).__name__}: {error}"
         ) from error
     _LOADED_FILES[resolved] = sorted(set(_REGISTRY) - before)
+    _LOADED_SOURCES[source] = _LOADED_FILES[resolved]
     return _LOADED_FILES[resolved]
-
-
-def _same_source(path: Path, source: bytes) -> bool:
-    try:
-        return path.read_bytes() == source
-    except OSError:
-        return False
 
 
 def shape_from_dict(data: dict[str, Any]) -> CoefficientShape:
