@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--debug", action="store_true", help="show tracebacks")
     _config_arguments(train)
 
+    evaluation = commands.add_parser("eval", help="evaluate a run's last checkpoint deterministically")
+    evaluation.add_argument("run", type=Path, help="run directory")
+    evaluation.add_argument("--episodes", type=int, default=10, help="episodes (default: 10)")
+    evaluation.add_argument("--video", type=Path, metavar="FILE.mp4",
+                            help="also render the first episode off-screen (MuJoCo, MUJOCO_GL) "
+                                 "to FILE.mp4 or FILE.gif")
+    evaluation.add_argument("--debug", action="store_true", help="show tracebacks")
+
     shapes_parser = commands.add_parser("shapes", help="list, show and plot coefficient shapes")
     shapes_parser.add_argument("--plugin", type=Path, action="append", default=[],
                                help="a .py file registering shapes")
@@ -110,6 +118,17 @@ def _train(args: argparse.Namespace) -> int:
     print(f"wall time: {result.wall_seconds:.0f} s for {result.frames} steps")
     print(f"outputs in {result.out}/ (metrics.csv, summary.json, eval.json, checkpoints/, tensorboard/)")
     print(f"learning curve: {result.plot}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from klip.algos.run import evaluate_run
+
+    result = evaluate_run(args.run, args.episodes, args.video)
+    print(f"deterministic evaluation: {result['return_mean']:.1f} +- {result['return_std']:.1f} "
+          f"over {result['episodes']} episodes")
+    if "video" in result:
+        print(f"video ({result['video_frames']} frames) written to {result['video']}")
     return 0
 
 
@@ -165,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "eval":
+            return _eval(args)
         return _shapes(args)
     except KeyboardInterrupt:
         print("klip: interrupted before any iteration was checkpointed", file=sys.stderr)

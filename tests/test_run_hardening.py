@@ -318,3 +318,50 @@ def test_eval_every_writes_deterministic_evaluations(tmp_path):
     evaluations = rows(out / "evaluations.csv")
     assert [(row["iteration"], row["frames"]) for row in evaluations] == [("2", "512"), ("4", "1024")]
     assert all(float(row["return_mean"]) < 0 for row in evaluations)  # Pendulum returns are negative
+
+
+def test_klip_eval_evaluates_a_checkpoint_and_explains_a_missing_renderer(tmp_path, capsys, monkeypatch):
+    from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+
+    out = tmp_path / "run"
+    train(tiny(task="Hopper-v4", steps=ROLLOUT), out, progress=False)
+    assert main(["eval", str(out), "--episodes", "2"]) == 0
+    assert "over 2 episodes" in capsys.readouterr().out
+
+    def no_display(self):
+        raise RuntimeError("EGL: no display\nsecond line")
+
+    monkeypatch.setattr(MujocoEnv, "render", no_display)
+    assert main(["eval", str(out), "--episodes", "1", "--video", str(tmp_path / "v.gif")]) == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1
+    assert lines[0].startswith("klip: error: cannot render off-screen with MUJOCO_GL=")
+    assert "RuntimeError: EGL: no display" in lines[0]
+    assert main(["eval", str(tmp_path / "nowhere")]) == 2
+    assert "not a klip run directory" in capsys.readouterr().err
+
+
+# -- 11. the Python API --------------------------------------------------------------------------
+def test_python_api_trains_and_reads_runs_back(tmp_path):
+    import numpy as np
+
+    import klip
+    from klip.shapes import make_shape
+
+    run = klip.train({"task": "Pendulum-v1", "rollout_steps": ROLLOUT, "epochs": 1}, steps=2 * ROLLOUT,
+                     eval_episodes=0, shape=make_shape("sigmoid", tau=0.1), out=tmp_path / "api")
+    assert run.config.shape == "sigmoid" and run.config.shape_params == {"eps": 0.2, "tau": 0.1}
+    assert run.summary["frames"] == 2 * ROLLOUT
+    assert np.array_equal(run.metrics["iteration"], [1.0, 2.0])
+    assert run.metrics["lr"][0] == run.config.lr
+    assert "metrics.csv" in run.files and "shape.json" in run.files
+    again = klip.load_run(tmp_path / "api")
+    assert again.summary == run.summary and again.config == run.config
+    assert np.array_equal(again.episodes["end_frame"], run.episodes["end_frame"])
+    actor = again.policy()
+    assert any(parameter.requires_grad for parameter in actor.parameters())
+
+
+def test_import_klip_does_not_import_torch():
+    code = "import sys, klip; assert 'torch' not in sys.modules; assert callable(klip.train)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
