@@ -12,8 +12,6 @@ from typing import Any
 
 import yaml
 
-from klip.envs import KNOWN_TASKS
-
 LOSSES: tuple[str, ...] = ("klip", "clip", "kl_fixed", "kl_adaptive")
 COLLECTORS: tuple[str, ...] = ("torchrl", "fast")
 
@@ -136,6 +134,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
+        from klip.envs import KNOWN_TASKS  # imports TorchRL: not needed by `klip --help`
+
         if self.task not in KNOWN_TASKS:
             raise ConfigError(f"unknown task {self.task!r}; known tasks: {', '.join(KNOWN_TASKS)}")
         if self.loss not in LOSSES:

@@ -81,12 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     shapes_parser.add_argument("--plugin", type=Path, action="append", default=[],
                                help="a .py file registering shapes")
     shape_commands = shapes_parser.add_subparsers(dest="shapes_command", required=True)
-    shape_commands.add_parser("list", help="registered shape names")
+    listing = shape_commands.add_parser("list", help="registered shape names")
     show = shape_commands.add_parser("show", help="a shape's parameters and search space")
     show.add_argument("name")
     plot = shape_commands.add_parser("plot", help="gate and effective advantage against the ratio")
     plot.add_argument("names", nargs="+", help="NAME or NAME:key=value,key=value or FILE.json")
-    plot.add_argument("--out", type=Path, default=Path("shapes.png"))
+    plot.add_argument("--out", type=Path, default=Path("shapes.png"),
+                      help="image file, written exactly there (default: shapes.png)")
+    for command in (listing, show, plot):  # `klip shapes list --plugin F.py` works too
+        command.add_argument("--plugin", dest="plugins_after", type=Path, action="append", default=[],
+                             help="a .py file registering shapes; repeatable")
     return parser
 
 
@@ -145,7 +149,7 @@ def _parse_shape_spec(spec: str) -> Any:
 def _shapes(args: argparse.Namespace) -> int:
     from klip.shapes import available_shapes, get_shape_class, load_shapes_from_file
 
-    for plugin in args.plugin:
+    for plugin in [*args.plugin, *args.plugins_after]:
         load_shapes_from_file(plugin)
     if args.shapes_command == "list":
         for name in available_shapes():

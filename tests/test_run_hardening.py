@@ -365,3 +365,28 @@ def test_python_api_trains_and_reads_runs_back(tmp_path):
 def test_import_klip_does_not_import_torch():
     code = "import sys, klip; assert 'torch' not in sys.modules; assert callable(klip.train)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+# -- 12. small things ----------------------------------------------------------------------------
+def test_help_is_fast_and_does_not_import_torch():
+    code = ("import sys; from klip.cli import main\n"
+            "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'klip --help imported torch'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "runs/<task>-<loss>-<shape>-s<seed>" in result.stdout
+
+
+def test_shapes_plot_writes_exactly_the_given_path_and_plugin_after_the_subcommand(
+    tmp_path, capsys, clean_registry
+):
+    plugin = tmp_path / "gates.py"
+    plugin.write_text(RAISING_GATE.format(name="late_plugin_gate", good_calls=10**9, failure="pass"))
+    path = tmp_path / "gates-figure"
+    assert main(["shapes", "plot", "step", "late_plugin_gate", "--plugin", str(plugin),
+                 "--out", str(path)]) == 0
+    assert path.is_file() and path.read_bytes().startswith(b"\x89PNG")
+    assert set(tmp_path.iterdir()) == {plugin, path}  # not gates-figure.png
+    assert f"plot written to {path}" in capsys.readouterr().out
+    assert main(["shapes", "list", "--plugin", str(plugin)]) == 0
+    assert "late_plugin_gate" in capsys.readouterr().out
