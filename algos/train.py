@@ -7,6 +7,7 @@ check has passed, and a refused start removes whatever it created.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -46,7 +47,7 @@ from klip.algos.plots import plot_learning_curve
 from klip.algos.ppo import PPOModule
 from klip.algos.resolve import resolve_config
 from klip.algos.run_lock import RunLock, RunLocked
-from klip.shapes import CoefficientShape
+from klip.shapes import CoefficientShape, ShapePluginError
 
 CONFIG_FILE = "config.yaml"
 SHAPE_COPY = "shape.json"
@@ -66,12 +67,18 @@ class UserCodeError(ValueError):
 
 
 class RunInterrupted(Exception):
-    """Ctrl-C: the run stopped after a finished, checkpointed iteration."""
+    """Ctrl-C: the run stopped; `iteration` is the last one its checkpoint holds."""
 
-    def __init__(self, out: Path, iteration: int) -> None:
-        super().__init__(f"interrupted at iteration {iteration}; continue with "
-                         f"klip train --out {out} --resume")
+    def __init__(self, out: Path, iteration: int, during: int | None = None) -> None:
+        where = f"at iteration {iteration}" if during is None else (
+            f"during iteration {during} (the checkpoint holds iteration {iteration})")
+        super().__init__(f"interrupted {where}; continue with klip train --out {out} --resume")
         self.out, self.iteration = out, iteration
+
+
+class _StopNow(Exception):
+    """A second Ctrl-C: leave the running iteration (Lightning would turn a KeyboardInterrupt
+    into exit code 1)."""
 
 
 @dataclass
@@ -104,7 +111,8 @@ def train(
     `stop_after_iterations` simulates an interruption (tests). Process-wide effects: torch
     uses one thread, the global RNGs are seeded, Lightning's logger is set to WARNING.
     """
-    config, shape = resolve_user_code(lambda: resolve_config(config, shape))
+    given = UserCode.of(config, shape)
+    config, shape = resolve_user_code(lambda: resolve_config(config, shape), given)
     out = Path(out)
     with take_run_directory(out, config, shape, resume) as start:
         module, trainer, segment = build_trainer(config, shape, out, start, progress,
@@ -303,7 +311,8 @@ def build_trainer(
     torch.set_num_threads(1)
     _quiet_lightning()
     pl.seed_everything(config.seed, verbose=False)
-    module = resolve_user_code(lambda: PPOModule(config.to_dict(), shape=shape), shape)
+    module = resolve_user_code(lambda: PPOModule(config.to_dict(), shape=shape),
+                               UserCode.of(config, shape))
     max_epochs = config.iterations
     if stop_after_iterations is not None:
         max_epochs = min(max_epochs, stop_after_iterations)
@@ -361,13 +370,19 @@ def fit(
             resolve_user_code(
                 lambda: trainer.fit(module, ckpt_path=str(start.checkpoint) if start.checkpoint else None,
                                     weights_only=True),
-                shape, iteration=lambda: module.current_epoch + 1,
+                UserCode.of(module.config, shape), iteration=lambda: module.current_epoch + 1,
             )
         except (TrainingDiverged, UserCodeError) as error:
             segment.failure = str(error)
             write_summary(out, module, segment, trainer, status="failed")
             module.env.close()
             raise
+        except _StopNow:
+            module.env.close()
+            checkpoint = out / CHECKPOINT_DIR / LAST_CHECKPOINT
+            frames = int(read_checkpoint_state(checkpoint)["frames"]) if checkpoint.is_file() else 0
+            raise RunInterrupted(out, frames // module.config.rollout_steps,
+                                 during=module.current_epoch + 1) from None
     return segment.stop_requested
 
 
@@ -381,7 +396,7 @@ def stop_on_interrupt(segment: Segment) -> Iterator[None]:
 
     def request_stop(signum: int, frame: Any) -> None:
         if segment.stop_requested:
-            raise KeyboardInterrupt
+            raise _StopNow
         segment.stop_requested = True
 
     previous = signal.signal(signal.SIGINT, request_stop)
@@ -391,37 +406,38 @@ def stop_on_interrupt(segment: Segment) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def resolve_user_code(call: Any, shape: CoefficientShape | None = None, iteration: Any = None) -> Any:
-    """Run `call`; an exception raised inside a user's shape becomes one UserCodeError line."""
+@dataclass
+class UserCode:
+    """Where a run's user code lives: the plugin file and the shape's class file, if not klip's."""
+
+    shape_name: str
+    files: set[Path] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, config: TrainConfig, shape: CoefficientShape | None) -> UserCode:
+        files = {Path(config.shape_plugin).resolve()} if config.shape_plugin else set()
+        if shape is not None:
+            with contextlib.suppress(TypeError):  # a class without a source file
+                source = inspect.getsourcefile(type(shape))
+                files |= {Path(source).resolve()} if source else set()
+        name = shape.display_name() if shape is not None else (config.shape or "?")
+        return cls(name, {path for path in files if not path.is_relative_to(KLIP_PACKAGE_ROOT)})
+
+
+def resolve_user_code(call: Any, user_code: UserCode, iteration: Any = None) -> Any:
+    """Run `call`; an exception raised inside user code becomes one UserCodeError line."""
     try:
         return call()
     except (Exception, SystemExit) as error:
-        source = _user_source_in_traceback(error, shape)
-        if source is None:
-            raise
+        if isinstance(error, (UserCodeError, RunError, ConfigError, TrainingDiverged, ShapePluginError)):
+            raise  # already told in one line
+        frames = {Path(frame.filename).resolve() for frame in traceback.extract_tb(error.__traceback__)}
+        raised_in = sorted(user_code.files & frames)
+        if not raised_in:
+            raise  # klip's own code: a bug, shown with its traceback
         when = f" during iteration {iteration()}" if iteration is not None else ""
-        name = shape.display_name() if shape is not None else "?"
-        raise UserCodeError(f"shape {name!r} ({source}) raised {type(error).__name__}: {error}{when}"
-                            ) from error
-
-
-def _user_source_in_traceback(error: BaseException, shape: CoefficientShape | None) -> str | None:
-    if isinstance(error, (UserCodeError, RunError, ConfigError, TrainingDiverged)):
-        return None
-    from klip.shapes import ShapePluginError
-
-    if isinstance(error, ShapePluginError):
-        return None  # its message already names the plugin
-    if shape is None:
-        return None
-    try:
-        source = Path(inspect.getsourcefile(type(shape)) or "").resolve()
-    except TypeError:  # a class without a source file
-        return None
-    if source.is_relative_to(KLIP_PACKAGE_ROOT):
-        return None  # klip's own shapes: a bug in klip, shown with its traceback
-    files = {Path(frame.filename).resolve() for frame in traceback.extract_tb(error.__traceback__)}
-    return str(source) if source in files else None
+        raise UserCodeError(f"shape {user_code.shape_name!r} ({raised_in[0]}) raised "
+                            f"{type(error).__name__}: {error}{when}") from error
 
 
 # -- the outcome ---------------------------------------------------------------------------

@@ -191,8 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "eval":
             return _eval(args)
         return _shapes(args)
-    except KeyboardInterrupt:
-        print("klip: interrupted before any iteration was checkpointed", file=sys.stderr)
+    except KeyboardInterrupt:  # outside the iterations: starting up or writing the outputs
+        out = args.out if args.command == "train" else None
+        resume = f"; continue with klip train --out {out} --resume" if out else ""
+        print(f"klip: interrupted{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:
         return _report(error, debug)

@@ -224,19 +224,33 @@ RAISING_GATE = (
 )
 
 
-def test_a_gate_that_raises_during_training_gives_one_line(tmp_path, capsys, clean_registry):
+@pytest.mark.parametrize("failure,told", [("raise ValueError('bad knot')", "ValueError: bad knot"),
+                                          ("raise SystemExit(5)", "SystemExit: 5")])
+def test_a_gate_that_raises_during_training_gives_one_line(tmp_path, capsys, clean_registry, failure, told):
     plugin = tmp_path / "raising.py"
-    plugin.write_text(RAISING_GATE.format(name="raising", good_calls=0,
-                                          failure="raise ValueError('bad knot')"))
+    plugin.write_text(RAISING_GATE.format(name="raising", good_calls=0, failure=failure))
     arguments = ["train", *FLAGS, "--steps", str(ROLLOUT), "--shape-plugin", str(plugin),
                  "--shape", "raising", "--out", str(tmp_path / "run")]
     assert main(arguments) == 2
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1
     assert "shape 'raising'" in lines[0] and str(plugin) in lines[0]
-    assert "ValueError: bad knot" in lines[0] and "iteration 1" in lines[0]
+    assert told in lines[0] and "iteration 1" in lines[0]
     assert main([*arguments, "--resume", "--debug"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_plugin_shape_whose_constructor_raises_gives_one_line(tmp_path, capsys, clean_registry):
+    plugin = tmp_path / "bad_init.py"
+    plugin.write_text("from klip.shapes import CoefficientShape, register_shape\n"
+                      "@register_shape('bad_init')\nclass Bad(CoefficientShape):\n"
+                      "    def __init__(self, **values):\n        raise TypeError('no knots given')\n")
+    out = tmp_path / "run"
+    assert main(["train", *FLAGS, "--steps", str(ROLLOUT), "--shape-plugin", str(plugin),
+                 "--shape", "bad_init", "--out", str(out)]) == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert lines == [f"klip: error: shape 'bad_init' ({plugin}) raised TypeError: no knots given"]
+    assert not out.exists()
 
 
 # -- 7. divergence -----------------------------------------------------------------------------
@@ -284,6 +298,28 @@ def test_ctrl_c_checkpoints_the_last_finished_iteration_and_resumes_exactly(tmp_
     assert_same_parameters(out, tmp_path / "whole")
     assert without_timings(rows(out / "metrics.csv")) == without_timings(rows(tmp_path / "whole" /
                                                                                 "metrics.csv"))
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_run_still_resumes(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--task", "Pendulum-v1", "--steps", str(40 * 2048), "--rollout-steps", "2048",
+             "--epochs", "10", "--checkpoint-every", "1", "--eval-episodes", "0", "--no-progress"]
+    process = subprocess.Popen([sys.executable, "-m", "klip", "train", *flags, "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (out / "checkpoints" / "last.ckpt").is_file(), process)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith("klip: interrupted")
+    assert lines[0].endswith(f"continue with klip train --out {out} --resume")
+    done = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    iterations = done["klip"]["frames"] // 2048
+    resumed = klip("train", "--out", str(out), "--resume", "--steps", str((iterations + 1) * 2048),
+                   "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
 
 
 # -- 9. metrics that mean what they say -----------------------------------------------------------
