@@ -46,7 +46,7 @@ from klip.algos.divergence import TrainingDiverged
 from klip.algos.plots import plot_learning_curve
 from klip.algos.ppo import PPOModule
 from klip.algos.resolve import resolve_config
-from klip.algos.run_lock import RunLock, RunLocked
+from klip.algos.run_lock import LOCK_FILE, RunLock, RunLocked
 from klip.shapes import CoefficientShape, ShapePluginError
 
 CONFIG_FILE = "config.yaml"
@@ -115,8 +115,13 @@ def train(
     config, shape = resolve_user_code(lambda: resolve_config(config, shape), given)
     out = Path(out)
     with take_run_directory(out, config, shape, resume) as start:
-        module, trainer, segment = build_trainer(config, shape, out, start, progress,
-                                                 stop_after_iterations)
+        try:
+            module, trainer, segment = build_trainer(config, shape, out, start, progress,
+                                                     stop_after_iterations)
+        except BaseException:
+            if not resume:  # a failed start must not block the next attempt
+                forget_run(out, start)
+            raise
         interrupted = fit(trainer, module, start, shape, out, segment)
         result = finish(config, out, module, trainer, segment)
         module.env.close()
@@ -189,7 +194,7 @@ def check_run_directory(
     if not config_path.is_file():
         if resume:
             raise RunError(f"nothing to resume in {out}: no {CONFIG_FILE}")
-        if any(path.name != ".klip.lock" for path in out.iterdir()):
+        if any(path.name != LOCK_FILE for path in out.iterdir()):
             raise RunError(f"output directory {out} is not empty and holds no klip run")
         return RunStart()
     try:
@@ -269,6 +274,16 @@ def record_run(
         truncate_metrics(out / "metrics.csv", start.frames_done)
         truncate_metrics(out / EVALUATIONS_FILE, start.frames_done)
     (out / CONFIG_FILE).write_text(yaml.safe_dump(recorded, sort_keys=False))
+
+
+def forget_run(out: Path, start: RunStart) -> None:
+    """Undo `record_run` of a fresh run that failed before its first iteration."""
+    if start.created_directory is not None:
+        shutil.rmtree(start.created_directory, ignore_errors=True)
+        return
+    # The lock file too: still held, so no other process can be relying on it.
+    for name in (CONFIG_FILE, SHAPE_COPY, PLUGIN_COPY, LOCK_FILE):
+        (out / name).unlink(missing_ok=True)
 
 
 # -- the trainer --------------------------------------------------------------------------

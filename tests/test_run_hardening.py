@@ -105,6 +105,23 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     assert f"pid {os.getpid()} " in (out / LOCK_FILE).read_text()
 
 
+# -- 5. nothing left behind by a refused or failed start ------------------------------------------
+def test_a_start_that_fails_before_the_first_iteration_leaves_nothing(tmp_path, monkeypatch):
+    import klip.algos.train as training
+
+    def broken_environment(*args, **kwargs):
+        raise RuntimeError("MuJoCo could not start")
+
+    monkeypatch.setattr(training, "PPOModule", broken_environment)
+    with pytest.raises(RuntimeError, match="MuJoCo could not start"):
+        train(tiny(), tmp_path / "new" / "run", progress=False)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RuntimeError, match="MuJoCo could not start"):
+        train(tiny(), tmp_path / "empty", progress=False)
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
 # -- 2. resume is the same run or a clear refusal ------------------------------------------------
 def test_a_run_from_a_shape_file_resumes_from_its_own_copy(tmp_path):
     shape_file = tmp_path / "gate.json"
