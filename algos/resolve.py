@@ -11,7 +11,13 @@ import dataclasses
 from pathlib import Path
 
 from klip.algos.config import ConfigError, TrainConfig
-from klip.shapes import CoefficientShape, get_shape_class, load_shape, load_shapes_from_file
+from klip.shapes import (
+    CoefficientShape,
+    ShapePluginError,
+    get_shape_class,
+    load_shape,
+    load_shapes_from_file,
+)
 
 DEFAULT_SHAPE = "step"
 DEFAULT_CLIP_EPS = 0.2
@@ -37,7 +43,11 @@ def resolve_config(
             kl_target=config.kl_target or DEFAULT_KL_TARGET if config.loss == "kl_adaptive" else None,
         ), None
     if config.shape_plugin:
-        load_shapes_from_file(config.shape_plugin)
+        try:
+            load_shapes_from_file(config.shape_plugin)
+        except ShapePluginError as error:
+            wanted = f" (loaded for shape {config.shape!r})" if config.shape else ""
+            raise ShapePluginError(f"{error}{wanted}") from error.__cause__
     if shape is not None:
         built = _check_against_given_shape(config, shape, "the shape object passed to train()")
     elif config.shape_file:

@@ -213,6 +213,8 @@ def _report(error: Exception, debug: bool) -> int:
     if debug:
         traceback.print_exception(error)
     message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    # One line even when the message (a user's exception, a library's) has several.
+    message = " | ".join(line.strip() for line in message.splitlines() if line.strip())
     print(f"klip: error: {message}", file=sys.stderr)
     return EXIT_DIVERGED if isinstance(error, TrainingDiverged) else EXIT_BAD_INPUT
 

@@ -242,6 +242,7 @@ RAISING_GATE = (
 
 
 @pytest.mark.parametrize("failure,told", [("raise ValueError('bad knot')", "ValueError: bad knot"),
+                                          ("raise ValueError('two\\nlines')", "ValueError: two | lines"),
                                           ("raise SystemExit(5)", "SystemExit: 5")])
 def test_a_gate_that_raises_during_training_gives_one_line(tmp_path, capsys, clean_registry, failure, told):
     plugin = tmp_path / "raising.py"
@@ -371,6 +372,10 @@ def test_eval_every_writes_deterministic_evaluations(tmp_path):
     evaluations = rows(out / "evaluations.csv")
     assert [(row["iteration"], row["frames"]) for row in evaluations] == [("2", "512"), ("4", "1024")]
     assert all(float(row["return_mean"]) < 0 for row in evaluations)  # Pendulum returns are negative
+    # Evaluating does not disturb training, which is why --eval-every may change on resume.
+    train(tiny(steps=4 * ROLLOUT), tmp_path / "plain", progress=False)
+    assert without_timings(rows(out / "metrics.csv")) == without_timings(rows(tmp_path / "plain" /
+                                                                                "metrics.csv"))
 
 
 def test_klip_eval_evaluates_a_checkpoint_and_explains_a_missing_renderer(tmp_path, capsys, monkeypatch):

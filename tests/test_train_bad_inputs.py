@@ -98,7 +98,7 @@ CASES = [
     ("plugin-missing", ["--shape-plugin", "{sandbox}/nowhere.py"], "shape plugin file not found"),
     ("plugin-not-py", ["--shape-plugin", "{sandbox}/sigmoid.json"], "must be a .py file"),
     *[(f"plugin-{name.removesuffix('.py')}", ["--shape-plugin", f"{{sandbox}}/{name}"], message)
-      for name, message in [("syntax.py", "syntax.py failed to import: SyntaxError"),
+      for name, message in [("syntax.py", "syntax.py failed to import: SyntaxError: invalid syntax"),
                             ("missing_import.py", "failed to import: ModuleNotFoundError"),
                             ("type_error.py", "failed to import: TypeError"),
                             ("exits.py", "failed to import: SystemExit: 4")]],
