@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from klip.algos.config import ConfigError, TrainConfig
 from klip.shapes import (
@@ -109,6 +110,27 @@ def _check_against_given_shape(config: TrainConfig, shape: CoefficientShape, sou
     return shape
 
 
+def upgrade_recorded_options(recorded: dict[str, Any]) -> dict[str, Any]:
+    """The options of a config.yaml written before loss-specific options could be None.
+
+    Such a file records values its loss ignored (`shape: step` of a `--loss clip` run, the
+    `clip_eps` of a shape run, `kl_beta` of a non-KL run); they are dropped, as they did not run.
+    """
+    if "eval_every" in recorded:  # the current format
+        return recorded
+    options = {**recorded, "eval_every": 0}
+    loss = options.get("loss", "klip")
+    if loss == "klip":
+        options["clip_eps"] = None  # the shape's own eps ran
+    else:
+        options.update(shape=None, shape_params={}, shape_file=None, shape_plugin=None)
+    if loss not in ("kl_fixed", "kl_adaptive"):
+        options["kl_beta"] = None
+    if loss != "kl_adaptive":
+        options["kl_target"] = None
+    return options
+
+
 def run_name(config: TrainConfig) -> str:
     """Default run directory name: <task>-<loss>[-<shape>]-s<seed> of a resolved config."""
     shape = f"-{config.shape}" if config.loss == "klip" else ""
@@ -122,4 +144,4 @@ def absolute_to(base: Path, path: str | None) -> str | None:
     return str(path if Path(path).is_absolute() else base / path)
 
 
-__all__ = ["absolute_to", "resolve_config", "run_name"]
+__all__ = ["absolute_to", "resolve_config", "run_name", "upgrade_recorded_options"]

@@ -45,7 +45,7 @@ from klip.algos.config import RESUMABLE_OPTIONS, ConfigError, TrainConfig
 from klip.algos.divergence import TrainingDiverged
 from klip.algos.plots import plot_learning_curve
 from klip.algos.ppo import PPOModule
-from klip.algos.resolve import resolve_config
+from klip.algos.resolve import resolve_config, upgrade_recorded_options
 from klip.algos.run_lock import LOCK_FILE, RunLock, RunLocked
 from klip.shapes import CoefficientShape, ShapePluginError
 
@@ -201,6 +201,7 @@ def check_run_directory(
         previous = yaml.safe_load(config_path.read_text()) or {}
     except yaml.YAMLError:
         raise RunError(f"{config_path} is corrupt; choose another --out") from None
+    previous = _resolved_previous(out, previous)
     current = config.to_dict()
     changed = sorted(key for key in set(_comparable(previous)) | set(_comparable(current))
                      if previous.get(key) != current.get(key))
@@ -217,6 +218,20 @@ def check_run_directory(
     frames = int(state["frames"])
     _check_budget(config, frames, state.get("lr_plan"))
     return RunStart(checkpoint=checkpoint, frames_done=frames)
+
+
+def _resolved_previous(out: Path, recorded: dict[str, Any]) -> dict[str, Any]:
+    """A config.yaml from before the current format, resolved as it would be today."""
+    if "eval_every" in recorded:
+        return recorded
+    try:
+        options = config_with_run_paths(out, upgrade_recorded_options(recorded))
+        resolved = resolve_config(TrainConfig.from_dict(options))[0].to_dict()
+    except (ValueError, OSError) as error:
+        raise RunError(f"{out} was written by an older klip and cannot be read back ({error}); "
+                       "choose another --out") from None
+    return {**resolved, "shape_file": recorded.get("shape_file"),
+            "shape_plugin": recorded.get("shape_plugin")}
 
 
 def _changed_shape_sources(out: Path, config: TrainConfig, shape: CoefficientShape | None) -> list[str]:
@@ -519,9 +534,11 @@ def final_return(history: list[tuple[int, float]], frames: int) -> float:
 
 def config_with_run_paths(out: Path, recorded: dict[str, Any]) -> dict[str, Any]:
     """A run's recorded options with its shape copies addressed from any working directory."""
-    options = dict(recorded)
+    options = upgrade_recorded_options(recorded)
     for key in ("shape_file", "shape_plugin"):
-        if options.get(key) and not Path(options[key]).is_absolute():
+        # A relative path names the run's copy; runs from before the copies recorded the
+        # path the user gave, relative to where the run was started.
+        if options.get(key) and (out / options[key]).is_file():
             options[key] = str(out / options[key])
     return options
 

@@ -162,6 +162,22 @@ def test_a_run_from_a_plugin_resumes_from_its_own_copy(tmp_path):
     assert yaml.safe_load((out / "config.yaml").read_text())["eval_episodes"] == 1
 
 
+def test_a_run_recorded_by_an_older_klip_resumes_exactly(tmp_path):
+    config = tiny(steps=3 * ROLLOUT, loss="clip")
+    train(config, tmp_path / "whole", progress=False)
+    train(config, tmp_path / "old", progress=False, stop_after_iterations=1)
+    recorded = yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
+    del recorded["eval_every"]  # as written before this format: ignored options recorded too
+    recorded.update(shape="step", shape_params={}, kl_beta=1.0, kl_target=0.02)
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(recorded))
+    from klip.algos.run import load_run
+
+    assert load_run(tmp_path / "old").config.shape is None
+    assert main(["train", "--out", str(tmp_path / "old"), "--resume", "--no-progress"]) == 0
+    assert_same_parameters(tmp_path / "whole", tmp_path / "old")
+    assert "eval_every" in yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
+
+
 def test_learning_rate_stays_continuous_when_steps_grow(tmp_path):
     base_lr = 3e-4
     config = tiny(steps=4 * ROLLOUT, lr=base_lr)
