@@ -55,6 +55,7 @@ PLUGIN_COPY = "shape_plugin.py"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+WRITE_TEST_PREFIX = ".write-test-"
 KLIP_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -146,10 +147,14 @@ def take_run_directory(
     created = _make_directory(out)
     lock = RunLock(out)
     try:
-        try:
-            lock.acquire()
-        except PermissionError as error:
-            raise RunError(f"cannot write to output directory {out}: {error.strerror}") from None
+        lock.acquire()
+    except PermissionError as error:
+        raise RunError(f"cannot write to output directory {out}: {error.strerror}") from None
+    except RunLocked:
+        # Another process took the directory, even one this process just created: it is
+        # that process's now, so nothing here is removed.
+        raise
+    try:
         start = check_run_directory(out, config, shape, resume)
         start.created_directory = created
         record_run(out, config, shape, start, resume)
@@ -170,7 +175,7 @@ def _make_directory(out: Path) -> Path | None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         if missing:  # an existing directory is proven writable by opening its lock file
-            with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            with tempfile.NamedTemporaryFile(dir=out, prefix=WRITE_TEST_PREFIX):
                 pass
     except OSError as error:
         if missing:
@@ -194,7 +199,9 @@ def check_run_directory(
     if not config_path.is_file():
         if resume:
             raise RunError(f"nothing to resume in {out}: no {CONFIG_FILE}")
-        if any(path.name != LOCK_FILE for path in out.iterdir()):
+        # A starting process's lock and write test are not a run.
+        if any(path.name != LOCK_FILE and not path.name.startswith(WRITE_TEST_PREFIX)
+               for path in out.iterdir()):
             raise RunError(f"output directory {out} is not empty and holds no klip run")
         return RunStart()
     try:

@@ -96,6 +96,21 @@ def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
     assert "in use by another klip run" in lines[0]
 
 
+def test_two_processes_started_together_on_a_new_directory_give_one_run(tmp_path):
+    out = tmp_path / "fresh" / "run"
+    command = [sys.executable, "-m", "klip", "train", *FLAGS, "--steps", str(12 * ROLLOUT),
+               "--out", str(out)]
+    processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    results = [(process.wait(timeout=300), process.stderr.read()) for process in processes]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(stderr for code, stderr in results if code == 2)
+    assert "in use by another klip run" in refused or "already holds this run" in refused, refused
+    iterations = [float(row["iteration"]) for row in rows(out / "metrics.csv")]
+    assert iterations == list(range(1, 13))
+
+
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
