@@ -147,9 +147,16 @@ def _parse_shape_spec(spec: str) -> Any:
 
 
 def _shapes(args: argparse.Namespace) -> int:
+    plugins = [*args.plugin, *args.plugins_after]
+    if args.shapes_command == "list" and not plugins:
+        from klip.shapes.catalog import shape_summaries  # no torch: answers at once
+
+        for name, summary in shape_summaries().items():
+            print(f"{name:14s} {summary}")
+        return 0
     from klip.shapes import available_shapes, get_shape_class, load_shapes_from_file
 
-    for plugin in [*args.plugin, *args.plugins_after]:
+    for plugin in plugins:
         load_shapes_from_file(plugin)
     if args.shapes_command == "list":
         for name in available_shapes():

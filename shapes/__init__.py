@@ -3,22 +3,35 @@
     from klip.shapes import CoefficientShape, register_shape, make_shape, available_shapes
 """
 
-from klip.shapes.base import CoefficientShape, Param, signed_distance_past_boundary
-from klip.shapes.builtin import LearnedShape, LinearRampShape, NoGateShape, SigmoidShape, StepShape
-from klip.shapes.registry import (
-    ENTRY_POINT_GROUP,
-    ShapePluginError,
-    UnknownShapeError,
-    available_shapes,
-    get_shape_class,
-    load_shape,
-    load_shapes_from_file,
-    make_shape,
-    parse_param_assignments,
-    register_shape,
-    save_shape,
-    shape_from_dict,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from klip.shapes.base import CoefficientShape, Param, signed_distance_past_boundary
+    from klip.shapes.builtin import LearnedShape, LinearRampShape, NoGateShape, SigmoidShape, StepShape
+    from klip.shapes.registry import (
+        ENTRY_POINT_GROUP,
+        ShapePluginError,
+        UnknownShapeError,
+        available_shapes,
+        get_shape_class,
+        load_shape,
+        load_shapes_from_file,
+        make_shape,
+        parse_param_assignments,
+        register_shape,
+        save_shape,
+        shape_from_dict,
+    )
+
+# Imported on first use, so that `klip shapes list` and `klip --help` need no torch.
+_LAZY = {
+    **dict.fromkeys(["CoefficientShape", "Param", "signed_distance_past_boundary"], "klip.shapes.base"),
+    **dict.fromkeys(["LearnedShape", "LinearRampShape", "NoGateShape", "SigmoidShape", "StepShape"],
+                    "klip.shapes.builtin"),
+}
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -42,3 +55,10 @@ __all__ = [
     "shape_from_dict",
     "signed_distance_past_boundary",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        module = _LAZY.get(name, "klip.shapes.registry")
+        return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module 'klip.shapes' has no attribute {name!r}")

@@ -16,8 +16,7 @@ from typing import Any, TypeVar
 import torch
 
 from klip.shapes.base import SHAPE_FILE_FORMAT, CoefficientShape
-
-ENTRY_POINT_GROUP = "klip.shapes"
+from klip.shapes.catalog import ENTRY_POINT_GROUP
 
 _REGISTRY: dict[str, type[CoefficientShape]] = {}
 _entry_points_loaded = False
@@ -49,6 +48,7 @@ def register_shape(name: str, *, override: bool = False) -> Callable[[ShapeClass
         raise ValueError(f"shape name {name!r} must be non-empty letters, digits, '_' or '-'")
 
     def decorator(cls: ShapeClass) -> ShapeClass:
+        _ensure_builtins()  # so that a plugin cannot take a built-in name unnoticed
         if not (inspect.isclass(cls) and issubclass(cls, CoefficientShape)):
             raise TypeError(f"@register_shape({name!r}) needs a CoefficientShape subclass")
         existing = _REGISTRY.get(name)
@@ -64,12 +64,23 @@ def register_shape(name: str, *, override: bool = False) -> Callable[[ShapeClass
     return decorator
 
 
+def _ensure_builtins() -> None:
+    """Register the built-in shapes (klip.shapes imports lazily), without replacing a shape a
+    user registered with override=True; also after a test emptied the registry."""
+    from klip.shapes import builtin  # during builtin's own import: the classes defined so far
+
+    for value in list(vars(builtin).values()):
+        if inspect.isclass(value) and issubclass(value, CoefficientShape) and value.name:
+            _REGISTRY.setdefault(value.name, value)
+
+
 def _load_entry_points() -> None:
     """Import shapes that pip-installed packages declare in the `klip.shapes` group.
 
     A broken plugin warns instead of breaking every command.
     """
     global _entry_points_loaded
+    _ensure_builtins()
     if _entry_points_loaded:
         return
     _entry_points_loaded = True

@@ -479,3 +479,17 @@ def test_shapes_plot_writes_exactly_the_given_path_and_plugin_after_the_subcomma
     assert f"plot written to {path}" in capsys.readouterr().out
     assert main(["shapes", "list", "--plugin", str(plugin)]) == 0
     assert "late_plugin_gate" in capsys.readouterr().out
+
+
+def test_shapes_list_answers_without_torch_and_matches_the_registry():
+    from klip.shapes import available_shapes, get_shape_class
+    from klip.shapes.catalog import shape_summaries
+
+    registered = {name: (get_shape_class(name).__doc__ or "").strip().splitlines()[0]
+                  for name in available_shapes()}
+    assert shape_summaries() == registered
+    code = ("import sys; from klip.cli import main\nassert main(['shapes', 'list']) == 0\n"
+            "assert 'torch' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()] == sorted(registered)
