@@ -100,6 +100,7 @@ class PPOModule(pl.LightningModule):
                                     value_network=self.critic, average_gae=False)
         self.rollouts = make_rollouts(cfg.collector, self.env, self.actor, cfg.frames_per_env)
         self.frames = 0
+        self.iteration_lr = cfg.lr  # the rate the running iteration uses (its `lr` column)
         # Linear annealing (start iteration, factor there, iteration where it reaches 0);
         # a resume that changes --steps re-plans from the current rate (see `plan_lr_to`).
         self.lr_plan: tuple[int, float, int] = (0, 1.0, cfg.iterations)

@@ -27,8 +27,10 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + field.name.replace("_", "-")
         hint = hints[field.name]
+        # A None default means "not given": the help text says what then applies.
+        default = "" if field.default is None else f" (default: {field.default})"
         kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
-                                  "help": f"{field.metadata['help']} (default: {field.default})"}
+                                  "help": f"{field.metadata['help']}{default}"}
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif hint is int:
