@@ -135,6 +135,10 @@ CASES = [
      "--steps 256 is below the 512 steps this run has already trained"),
     ("resume-past-annealing", ["--out", "{sandbox}/done", "--resume", "--steps", "1024"],
      "annealed its learning rate to 0 at iteration 2"),
+    ("corrupt-checkpoint", ["--out", "{sandbox}/corrupt-checkpoint", "--resume", "--steps", "512"],
+     "last.ckpt is unreadable (UnpicklingError); delete it to restart the run"),
+    ("corrupt-config", ["--out", "{sandbox}/corrupt-config", "--steps", "512"],
+     "config.yaml is corrupt; choose another --out"),
     ("locked", ["--out", "{sandbox}/done", "--resume", "--steps", "512"],
      "is in use by another klip run (pid "),
 ]
@@ -155,6 +159,10 @@ def make_sandbox(root: Path, finished_run: Path) -> Path:
         (sandbox / name).write_text(text)
     (sandbox / "plugins" / "unrelated.txt").write_text("not a run\n")
     shutil.copytree(finished_run, sandbox / "done")
+    shutil.copytree(finished_run, sandbox / "corrupt-checkpoint")
+    (sandbox / "corrupt-checkpoint" / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    (sandbox / "corrupt-config").mkdir()
+    (sandbox / "corrupt-config" / "config.yaml").write_text("task: [unclosed\n")
     return sandbox
 
 

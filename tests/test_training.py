@@ -153,29 +153,7 @@ def test_shapes_commands(tmp_path, capsys):
     assert png.stat().st_size > 10_000
 
 
-BAD_INPUTS = [
-    (["--task", "Hopper-v9"], "unknown task 'Hopper-v9'; known tasks: HalfCheetah-v4"),
-    (["--shape", "tanh"], "unknown shape 'tanh'; registered shapes:"),
-    (["--shape", "sigmoid", "--shape-param", "tau=-1"], "'tau' = -1 is outside"),
-    (["--shape-param", "tau"], "must look like NAME=VALUE"),
-    (["--steps", "0"], "steps must be a positive integer, got 0"),
-    (["--steps", "-5"], "steps must be a positive integer"),
-    (["--loss", "trpo"], "unknown loss 'trpo'"),
-]
-
-
-@pytest.mark.parametrize("arguments,message", BAD_INPUTS)
-def test_bad_input_gives_one_clear_line(tmp_path, capsys, arguments, message):
-    out = tmp_path / "run"
-    code = main(["train", "--task", "Pendulum-v1", "--steps", "256", "--rollout-steps", "256",
-                 *arguments, "--out", str(out), "--no-progress"])
-    captured = capsys.readouterr()
-    assert code != 0
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("klip: error: ") and message in lines[0]
-    assert "Traceback" not in captured.err
-    assert not out.exists()
+# The bad-input catalogue of `klip train` is tests/test_train_bad_inputs.py.
 
 
 def test_bad_output_directories_and_files(tmp_path, capsys):
