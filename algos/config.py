@@ -85,7 +85,7 @@ class TrainConfig:
                              "evaluations.csv (0: never)")
     checkpoint_every: int = option(10, "iterations between checkpoints")
     diagnostics: bool = option(True, "log the shape diagnostics (region fractions, gate, beta, "
-                               "k3 KL) of --loss klip")
+                               "k3 KL) of --loss klip; other losses record false")
 
     @property
     def iterations(self) -> int:

@@ -42,6 +42,7 @@ def resolve_config(
             clip_eps=(config.clip_eps or DEFAULT_CLIP_EPS) if config.loss == "clip" else None,
             kl_beta=config.kl_beta or DEFAULT_KL_BETA if config.loss.startswith("kl_") else None,
             kl_target=config.kl_target or DEFAULT_KL_TARGET if config.loss == "kl_adaptive" else None,
+            diagnostics=False,  # the shape diagnostics exist for --loss klip only
         ), None
     if config.shape_plugin:
         try:
@@ -123,7 +124,8 @@ def upgrade_recorded_options(recorded: dict[str, Any]) -> dict[str, Any]:
     if loss == "klip":
         options["clip_eps"] = None  # the shape's own eps ran
     else:
-        options.update(shape=None, shape_params={}, shape_file=None, shape_plugin=None)
+        options.update(shape=None, shape_params={}, shape_file=None, shape_plugin=None,
+                       diagnostics=False)
     if loss not in ("kl_fixed", "kl_adaptive"):
         options["kl_beta"] = None
     if loss != "kl_adaptive":

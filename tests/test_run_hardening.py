@@ -257,6 +257,7 @@ def test_clip_eps_sets_the_shape_eps_and_the_run_is_named_by_its_shape(tmp_path,
     assert main(["train", *FLAGS, "--steps", str(ROLLOUT), "--loss", "clip", "--out", str(clip)]) == 0
     recorded = yaml.safe_load((clip / "config.yaml").read_text())
     assert recorded["shape"] is None and recorded["shape_params"] == {} and recorded["clip_eps"] == 0.2
+    assert recorded["diagnostics"] is False  # what ran: the shape diagnostics are klip's
 
 
 # -- 6. user code fails cleanly ------------------------------------------------------------------
