@@ -161,7 +161,7 @@ def _open_video(path: Path) -> Any:
     except Exception as error:  # imageio raises several types for a missing backend
         first_line = str(error).splitlines()[0] if str(error) else ""
         raise RenderError(f"cannot write {path} ({type(error).__name__}: {first_line}); an .mp4 needs "
-                          "the imageio-ffmpeg package (pip install imageio-ffmpeg), a .gif does not"
+                          "the imageio-ffmpeg package (pip install 'klip[video]'), a .gif does not"
                           ) from None
 
 
