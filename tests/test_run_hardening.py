@@ -430,6 +430,17 @@ def test_klip_eval_evaluates_a_checkpoint_and_explains_a_missing_renderer(tmp_pa
     assert main(["eval", str(tmp_path / "nowhere")]) == 2
     assert "not a klip run directory" in capsys.readouterr().err
 
+    import imageio.v2
+
+    def no_backend(*args, **kwargs):
+        raise ValueError("Could not find a backend to open `v.mp4`\n  FFMPEG: pip install imageio[ffmpeg]")
+
+    monkeypatch.setattr(imageio.v2, "get_writer", no_backend)
+    assert main(["eval", str(out), "--video", str(tmp_path / "v.mp4")]) == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "an .mp4 needs the imageio-ffmpeg package" in lines[0]
+    assert not (tmp_path / "v.mp4").exists()
+
 
 # -- 11. the Python API --------------------------------------------------------------------------
 def test_python_api_trains_and_reads_runs_back(tmp_path):
