@@ -361,9 +361,11 @@ def build_trainer(
         every_n_epochs=config.checkpoint_every, save_top_k=1, save_last=False,
         save_on_train_epoch_end=True, enable_version_counter=False,
     )
-    # purge_step hides the steps a killed segment logged after its last checkpoint.
+    # purge_step hides the steps an earlier segment logged after the checkpoint this one
+    # starts from (all of them when there is none).
+    earlier = (out / "tensorboard").is_dir()
     tensorboard = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False,
-                                    purge_step=start.frames_done + 1 if start.checkpoint else None)
+                                    purge_step=start.frames_done + 1 if earlier else None)
     final_episodes = config.eval_episodes if stop_after_iterations is None else 0
     trainer = pl.Trainer(
         accelerator="cpu",

@@ -239,6 +239,16 @@ def test_tensorboard_has_no_duplicated_steps_after_a_resume(tmp_path):
     assert steps == [ROLLOUT * k for k in range(1, 5)]
     assert "hp_metric" not in events.Tags()["scalars"]
 
+    # A run that died before its first checkpoint restarts: its earlier steps are hidden too.
+    early = tmp_path / "early"
+    train(tiny(steps=2 * ROLLOUT, checkpoint_every=10), early, progress=False)
+    shutil.rmtree(early / "checkpoints")
+    time.sleep(1.1)
+    train(tiny(steps=2 * ROLLOUT, checkpoint_every=10), early, resume=True, progress=False)
+    events = EventAccumulator(str(early / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("lr")] == [ROLLOUT, 2 * ROLLOUT]
+
 
 # -- 3. every recorded option is honoured -----------------------------------------------------
 def test_clip_eps_sets_the_shape_eps_and_the_run_is_named_by_its_shape(tmp_path, monkeypatch):
