@@ -113,7 +113,7 @@ def train(
     uses one thread, the global RNGs are seeded, Lightning's logger is set to WARNING.
     """
     given = UserCode.of(config, shape)
-    config, shape = resolve_user_code(lambda: resolve_config(config, shape), given)
+    config, shape = call_naming_user_errors(lambda: resolve_config(config, shape), given)
     out = Path(out)
     with take_run_directory(out, config, shape, resume) as start:
         try:
@@ -348,7 +348,7 @@ def build_trainer(
     torch.set_num_threads(1)
     _quiet_lightning()
     pl.seed_everything(config.seed, verbose=False)
-    module = resolve_user_code(lambda: PPOModule(config.to_dict(), shape=shape),
+    module = call_naming_user_errors(lambda: PPOModule(config.to_dict(), shape=shape),
                                UserCode.of(config, shape))
     max_epochs = config.iterations
     if stop_after_iterations is not None:
@@ -406,14 +406,14 @@ def fit(
     """Run the iterations; True if Ctrl-C stopped them (after a finished iteration)."""
     with stop_on_interrupt(segment):
         try:
-            resolve_user_code(
+            call_naming_user_errors(
                 lambda: trainer.fit(module, ckpt_path=str(start.checkpoint) if start.checkpoint else None,
                                     weights_only=True),
                 UserCode.of(module.config, shape), iteration=lambda: module.current_epoch + 1,
             )
         except (TrainingDiverged, UserCodeError) as error:
             segment.failure = str(error)
-            write_summary(out, module, segment, trainer, status="failed")
+            write_summary(out, module, segment, status="failed")
             module.env.close()
             raise
         except _StopNow:
@@ -463,7 +463,7 @@ class UserCode:
         return cls(name, {path for path in files if not path.is_relative_to(KLIP_PACKAGE_ROOT)})
 
 
-def resolve_user_code(call: Any, user_code: UserCode, iteration: Any = None) -> Any:
+def call_naming_user_errors(call: Any, user_code: UserCode, iteration: Any = None) -> Any:
     """Run `call`; an exception raised inside user code becomes one UserCodeError line."""
     try:
         return call()
@@ -489,13 +489,12 @@ def finish(config: TrainConfig, out: Path, module: PPOModule, trainer: pl.Traine
     plot = plot_learning_curve(module.return_history, out / "metrics.csv", out / "learning_curve.png",
                                title=f"{config.task}  loss={config.loss}  shape={config.shape}")
     status = "interrupted" if segment.stop_requested else "finished"
-    summary = write_summary(out, module, segment, trainer, status=status)
+    summary = write_summary(out, module, segment, status=status)
     return RunResult(out, summary["final_return_last10pct"] or math.nan, summary["wall_seconds"],
                      module.frames, summary["evaluation"], plot, summary, module.config)
 
 
-def write_summary(out: Path, module: PPOModule, segment: Segment, trainer: pl.Trainer,
-                  status: str) -> dict[str, Any]:
+def write_summary(out: Path, module: PPOModule, segment: Segment, status: str) -> dict[str, Any]:
     """summary.json: what ran, how it ended and what it scored; strict JSON (no NaN)."""
     config = module.config
     eval_path = out / "eval.json"
