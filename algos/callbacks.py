@@ -6,13 +6,14 @@ import csv
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tqdm.auto import tqdm
 
 from klip import compat
@@ -106,13 +107,42 @@ def evaluate(module: Any, episodes: int, seed: int) -> dict[str, Any]:
 
 
 class FinalEvaluation(pl.Callback):
-    """Writes `eval.json` when training ends."""
+    """Writes `eval.json` when training ends (not when `skip()` says it was cut short)."""
 
-    def __init__(self, out: Path, episodes: int, seed: int) -> None:
-        self.out, self.episodes, self.seed = out, episodes, seed
+    def __init__(self, out: Path, episodes: int, seed: int,
+                 skip: Callable[[], bool] = lambda: False) -> None:
+        self.out, self.episodes, self.seed, self.skip = out, episodes, seed, skip
 
     def on_train_end(self, trainer: pl.Trainer, module: Any) -> None:
-        if self.episodes == 0:
+        if self.episodes == 0 or self.skip():
             return
         result = evaluate(module, self.episodes, self.seed)
         (self.out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+EVALUATIONS_FILE = "evaluations.csv"
+EVALUATION_EPISODES = 5
+
+
+class PeriodicEvaluation(pl.Callback):
+    """Every `every` iterations: deterministic returns (frozen normalisation, the same seed
+    each time, so evaluations compare) into `evaluations.csv` and TensorBoard."""
+
+    def __init__(self, out: Path, every: int, seed: int, episodes: int = EVALUATION_EPISODES) -> None:
+        self.path, self.every, self.seed, self.episodes = out / EVALUATIONS_FILE, every, seed, episodes
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
+        iteration = module.current_epoch + 1
+        if self.every == 0 or iteration % self.every:
+            return
+        result = evaluate(module, self.episodes, self.seed)
+        new_file = not self.path.is_file()
+        with open(self.path, "a", newline="") as file:
+            writer = csv.writer(file)
+            if new_file:
+                writer.writerow(["iteration", "frames", "return_mean", "return_std", "episodes"])
+            writer.writerow([iteration, module.frames, result["return_mean"], result["return_std"],
+                             self.episodes])
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_metrics({"eval/return_mean": result["return_mean"]}, step=module.frames)

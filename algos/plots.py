@@ -81,7 +81,8 @@ def plot_shapes(shapes: Sequence[CoefficientShape], out: Path, ratio_max: float 
         axes[1, column].set_xlabel("ratio w = pi_new / pi_old")
     axes[0, 0].legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(out, dpi=110)
+    # An explicit format: matplotlib would otherwise add ".png" to a path without a suffix.
+    figure.savefig(out, dpi=110, format=out.suffix.removeprefix(".") or "png")
     plt.close(figure)
     return out
 

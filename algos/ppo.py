@@ -39,27 +39,26 @@ from torchrl.objectives.value import GAE
 
 from klip import compat
 from klip.algos.config import TrainConfig
+from klip.algos.divergence import TrainingDiverged, first_non_finite
 from klip.algos.loss import KLipPPOLoss, ScalarKLPPOLoss
 from klip.algos.networks import make_actor, make_critic
+from klip.algos.resolve import resolve_config
 from klip.algos.rollout import make_rollouts
 from klip.algos.update import make_minibatch_loss
-from klip.envs import drain_episode_stats, make_env, observation_and_action_dims
-from klip.shapes import CoefficientShape, load_shape, load_shapes_from_file, make_shape
+from klip.envs import drain_episodes, make_env, observation_and_action_dims
+from klip.shapes import CoefficientShape
 
 # Keys the update reads; selecting them once per rollout keeps minibatch slicing cheap.
 UPDATE_KEYS = ("observation", "action", "action_log_prob", "advantage", "value_target",
                "state_value", "loc", "scale")
 
 
-def build_shape(config: TrainConfig) -> CoefficientShape:
-    if config.shape_plugin:
-        load_shapes_from_file(config.shape_plugin)
-    if config.shape_file:
-        return load_shape(config.shape_file)
-    return make_shape(config.shape, **config.shape_params)
+def build_shape(config: TrainConfig) -> CoefficientShape | None:
+    return resolve_config(config)[1]
 
 
-def build_loss(config: TrainConfig, actor: Any, critic: Any) -> LossModule:
+def build_loss(config: TrainConfig, actor: Any, critic: Any,
+               shape: CoefficientShape | None = None) -> LossModule:
     common = dict(
         # With a zero coefficient the entropy term only costs time (its gradient is
         # exactly zero); the trainer logs the policy entropy once per iteration instead.
@@ -77,19 +76,21 @@ def build_loss(config: TrainConfig, actor: Any, critic: Any) -> LossModule:
     if config.loss == "clip":
         return ClipPPOLoss(actor, critic, clip_epsilon=config.clip_eps, **common)
     if config.loss in ("kl_fixed", "kl_adaptive"):
-        return ScalarKLPPOLoss(actor, critic, beta=config.kl_beta, kl_target=config.kl_target,
-                               adaptive=config.loss == "kl_adaptive", **common)
-    return KLipPPOLoss(actor, critic, shape=build_shape(config),
+        # kl_fixed records no kl_target (it has none); the loss then keeps its default.
+        target = {} if config.kl_target is None else {"kl_target": config.kl_target}
+        return ScalarKLPPOLoss(actor, critic, beta=config.kl_beta,
+                               adaptive=config.loss == "kl_adaptive", **target, **common)
+    return KLipPPOLoss(actor, critic, shape=shape if shape is not None else build_shape(config),
                        diagnostics="deferred" if config.diagnostics else False, **common)
 
 
 class PPOModule(pl.LightningModule):
     """PPO on one task with a chosen loss; `current_epoch` counts PPO iterations."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], shape: CoefficientShape | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.config = TrainConfig.from_dict(config).validate()
+        self.save_hyperparameters(ignore=["shape"])
+        self.config, shape = resolve_config(TrainConfig.from_dict(config), shape)
         self.automatic_optimization = False
         cfg = self.config
         torch.manual_seed(cfg.seed)
@@ -97,11 +98,15 @@ class PPOModule(pl.LightningModule):
         observation_dim, action_dim = observation_and_action_dims(self.env)
         self.actor = make_actor(observation_dim, action_dim, cfg.hidden)
         self.critic = make_critic(observation_dim, cfg.hidden)
-        self.loss_module = build_loss(cfg, self.actor, self.critic)
+        self.loss_module = build_loss(cfg, self.actor, self.critic, shape)
         self.advantage_module = GAE(gamma=cfg.gamma, lmbda=cfg.gae_lambda,
                                     value_network=self.critic, average_gae=False)
         self.rollouts = make_rollouts(cfg.collector, self.env, self.actor, cfg.frames_per_env)
         self.frames = 0
+        self.iteration_lr = cfg.lr  # the rate the running iteration uses (its `lr` column)
+        # Linear annealing (start iteration, factor there, iteration where it reaches 0);
+        # a resume that changes --steps re-plans from the current rate (see `plan_lr_to`).
+        self.lr_plan: tuple[int, float, int] = (0, 1.0, cfg.iterations)
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.return_history: list[tuple[int, float]] = []
         # The iteration draws from its own RNG stream (actions, shuffles), saved in
@@ -122,13 +127,23 @@ class PPOModule(pl.LightningModule):
         implementation = {"fused": True} if cfg.fused_adam else {"foreach": True}
         optimizer = torch.optim.Adam(self.loss_module.parameters(), lr=cfg.lr, eps=cfg.adam_eps,
                                      **implementation)
-        iterations = cfg.iterations
-
-        def linear(iteration: int) -> float:
-            return 1.0 - iteration / iterations if cfg.anneal_lr else 1.0
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         return [optimizer], [scheduler]
+
+    def lr_factor(self, iteration: int) -> float:
+        """Factor of the base learning rate at `iteration`."""
+        if not self.config.anneal_lr:
+            return 1.0
+        start, factor, end = self.lr_plan
+        # With the plan (0, 1.0, n) this is bitwise the plain schedule `1 - k/n`.
+        return factor * (1.0 - (iteration - start) / (end - start))
+
+    def plan_lr_to(self, iterations: int) -> None:
+        """After a resume that changed --steps: anneal from the current factor to 0 at `iterations`."""
+        if iterations == self.lr_plan[2]:
+            return
+        done = self.frames // self.config.rollout_steps
+        self.lr_plan = (done, self.lr_factor(done), iterations)
 
     def train_dataloader(self) -> Any:
         # One dummy item per Lightning epoch: the data comes from the environment.
@@ -143,6 +158,8 @@ class PPOModule(pl.LightningModule):
         scheduler = self.lr_schedulers()
         started = time.perf_counter()
         torch.set_rng_state(self._rng_state)
+        frames_before = self.frames
+        self.iteration_lr = float(optimizer.optimizer.param_groups[0]["lr"])
         # Conditioned shapes read the fraction of training done, on the LR annealing's clock.
         set_context = getattr(self.loss_module, "set_context", None)
         if set_context is not None:
@@ -168,12 +185,16 @@ class PPOModule(pl.LightningModule):
 
         self.frames += data.shape[0]
         summary = self._summarise(metrics)
+        problem = first_non_finite(metrics, [*self.minibatch_loss.metric_names, "grad_norm"],
+                                   self.loss_module.named_parameters())
+        if problem is not None:
+            raise TrainingDiverged(self.current_epoch + 1, problem)
         summary.update(self._batch_statistics(data))
         # TorchRL's own losses have no per-rollout hook; ours (and their shapes) may.
         update_after_rollout = getattr(self.loss_module, "update_after_rollout", None)
         if update_after_rollout is not None:
             update_after_rollout(summary)
-        self._log_iteration(summary, rollout, started, collected, advantaged, updated)
+        self._log_iteration(summary, rollout, frames_before, started, collected, advantaged, updated)
 
     def _update_minibatch(self, minibatch: Any, optimizer: Any, parameters: list[Tensor]) -> Tensor:
         total, metrics = self.minibatch_loss(minibatch)
@@ -213,21 +234,22 @@ class PPOModule(pl.LightningModule):
         self,
         summary: dict[str, float],
         rollout: TensorDictBase,
+        frames_before: int,
         started: float,
         collected: float,
         advantaged: float,
         updated: float,
     ) -> None:
-        episodes = drain_episode_stats(self.env)
-        for episode_return, _ in episodes:
+        episodes = drain_episodes(self.env)
+        for episode_return, _, end_frame in episodes:
             self.recent_returns.append(episode_return)
-            self.return_history.append((self.frames, episode_return))
+            self.return_history.append((frames_before + end_frame, episode_return))
         elapsed = updated - started
         row: dict[str, float] = {f"train/{key}": value for key, value in summary.items()}
         row.update({
             "iteration": float(self.current_epoch + 1),
             "frames": float(self.frames),
-            "lr": float(self.optimizers().optimizer.param_groups[0]["lr"]),
+            "lr": self.iteration_lr,
             "episodes": float(len(episodes)),
             "time/collect_s": collected - started,
             "time/advantage_s": advantaged - collected,
@@ -236,8 +258,8 @@ class PPOModule(pl.LightningModule):
             "rollout/reward_mean": float(rollout["next", "reward"].mean()),
         })
         if episodes:
-            row["episode/return_mean"] = float(np.mean([r for r, _ in episodes]))
-            row["episode/length_mean"] = float(np.mean([n for _, n in episodes]))
+            row["episode/return_mean"] = float(np.mean([r for r, _, _ in episodes]))
+            row["episode/length_mean"] = float(np.mean([n for _, n, _ in episodes]))
         if self.recent_returns:
             row["episode/return_recent"] = float(np.mean(self.recent_returns))
         if self.logger is not None:
@@ -253,6 +275,7 @@ class PPOModule(pl.LightningModule):
             "return_history": list(self.return_history),
             "rollouts": self.rollouts.state_dict(),
             "torch_rng": self._rng_state,
+            "lr_plan": self.lr_plan,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -262,3 +285,6 @@ class PPOModule(pl.LightningModule):
         self.return_history = list(state["return_history"])
         self.rollouts.load_state_dict(state["rollouts"])
         self._rng_state = state["torch_rng"]
+        if "lr_plan" in state:
+            self.lr_plan = tuple(state["lr_plan"])
+        self.plan_lr_to(self.config.iterations)

@@ -4,6 +4,7 @@ from klip.envs.state import get_env_state, set_env_state
 from klip.envs.tasks import (
     KNOWN_TASKS,
     drain_episode_stats,
+    drain_episodes,
     get_normalization_state,
     gym_vector_env,
     make_env,
@@ -15,6 +16,7 @@ from klip.envs.tasks import (
 __all__ = [
     "KNOWN_TASKS",
     "drain_episode_stats",
+    "drain_episodes",
     "get_env_state",
     "get_normalization_state",
     "gym_vector_env",

@@ -154,6 +154,12 @@ def drain_episode_stats(env: EnvBase) -> list[tuple[float, int]]:
     return find_wrapper(env, EpisodeRecorder).drain()
 
 
+def drain_episodes(env: EnvBase) -> list[tuple[float, int, int]]:
+    """Raw ``(return, length, end_frame)`` of the episodes finished since the last call, where
+    ``end_frame`` counts the frames (all sub-envs) since that call up to the episode's last step."""
+    return find_wrapper(env, EpisodeRecorder).drain_with_end_frames()
+
+
 def observation_and_action_dims(env: EnvBase) -> tuple[int, int]:
     """Flat observation and action sizes."""
     obs_shape = env.observation_spec["observation"].shape

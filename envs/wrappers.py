@@ -121,6 +121,9 @@ class EpisodeRecorder(VectorWrapper):
         self.episode_returns = np.zeros(self.num_envs, dtype=np.float64)
         self.episode_lengths = np.zeros(self.num_envs, dtype=np.int64)
         self.finished: list[tuple[float, int]] = []
+        # Vector steps since the last drain at which each finished episode ended.
+        self.finished_at_step: list[int] = []
+        self.steps_since_drain = 0
 
     def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> ResetReturn:
         """Reset (all or the masked sub-envs) and drop their unfinished episodes."""
@@ -139,10 +142,12 @@ class EpisodeRecorder(VectorWrapper):
         obs, reward, terminated, truncated, info = self.env.step(actions)
         self.episode_returns += reward
         self.episode_lengths += 1
+        self.steps_since_drain += 1
         done = terminated | truncated
         if done.any():
             for i in np.flatnonzero(done):
                 self.finished.append((float(self.episode_returns[i]), int(self.episode_lengths[i])))
+                self.finished_at_step.append(self.steps_since_drain)
             self.episode_returns[done] = 0.0
             self.episode_lengths[done] = 0
         return obs, reward, terminated, truncated, info
@@ -150,7 +155,14 @@ class EpisodeRecorder(VectorWrapper):
     def drain(self) -> list[tuple[float, int]]:
         """Return and forget the episodes finished since the last call."""
         finished, self.finished = self.finished, []
+        self.finished_at_step, self.steps_since_drain = [], 0
         return finished
+
+    def drain_with_end_frames(self) -> list[tuple[float, int, int]]:
+        """`(return, length, end_frame)`: end_frame counts frames of all sub-envs since the last
+        drain, up to and including the step that ended the episode."""
+        end_frames = [step * self.num_envs for step in self.finished_at_step]
+        return [(r, n, f) for (r, n), f in zip(self.drain(), end_frames, strict=True)]
 
 
 class ObservationNormalizer(VectorWrapper):

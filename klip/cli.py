@@ -15,8 +15,11 @@ from typing import Any
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, defaulting to 'not given' so YAML values survive."""
-    from klip.algos.config import OPTION_HELP, TrainConfig
+    """One flag per TrainConfig field, defaulting to 'not given' so YAML values survive.
+
+    The help text is the field's own (`TrainConfig` metadata), as in docs/options.md.
+    """
+    from klip.algos.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
@@ -24,29 +27,45 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + field.name.replace("_", "-")
         hint = hints[field.name]
+        # A None default means "not given": the help text says what then applies.
+        default = "" if field.default is None else f" (default: {field.default})"
         kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
-                                  "help": f"{OPTION_HELP.get(field.name, '')} (default: {field.default})"}
+                                  "help": f"{field.metadata['help']}{default}"}
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif hint is int:
             kwargs["type"] = int
-        elif hint is float:
-            kwargs["type"] = float
         elif field.name == "value_clip":
-            kwargs["type"] = lambda text: None if text.lower() in ("none", "null") else float(text)
+            kwargs["type"] = _float_or_none
+        elif float in typing.get_args(hint) or hint is float:
+            kwargs["type"] = float
         parser.add_argument(flag, **kwargs)
     parser.add_argument("--shape-param", dest="shape_param_list", action="append", default=[],
                         metavar="NAME=VALUE", help="a shape parameter; repeatable")
 
 
+def _float_or_none(text: str) -> float | None:
+    return None if text.lower() in ("none", "null") else float(text)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its usage errors told in the one `klip: error:` line every error gets."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"klip: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="klip", description=__doc__)
+    parser = OneLineParser(prog="klip", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train one shape on one task")
+    # No abbreviated flags: in scripts a prefix would silently pick whichever flag matches.
+    train = commands.add_parser("train", help="train one shape on one task", allow_abbrev=False)
     train.add_argument("--config", type=Path, help="YAML file of options; flags override it")
-    train.add_argument("--out", type=Path, help="output directory (default runs/<task>-<shape>-s<seed>)")
+    train.add_argument("--out", type=Path,
+                       help="run directory (default runs/<task>-<loss>-<shape>-s<seed>, "
+                            "runs/<task>-<loss>-s<seed> for losses without a shape)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -56,23 +75,34 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one agent per value of a shape parameter (x each seed); repeatable")
     _config_arguments(train)
 
+    evaluation = commands.add_parser("eval", help="evaluate a run's last checkpoint deterministically")
+    evaluation.add_argument("run", type=Path, help="run directory")
+    evaluation.add_argument("--episodes", type=int, default=10, help="episodes (default: 10)")
+    evaluation.add_argument("--video", type=Path, metavar="FILE.mp4",
+                            help="also render the first episode off-screen (MuJoCo, MUJOCO_GL) "
+                                 "to FILE.mp4 or FILE.gif")
+    evaluation.add_argument("--debug", action="store_true", help="show tracebacks")
+
     shapes_parser = commands.add_parser("shapes", help="list, show and plot coefficient shapes")
     shapes_parser.add_argument("--plugin", type=Path, action="append", default=[],
                                help="a .py file registering shapes")
     shape_commands = shapes_parser.add_subparsers(dest="shapes_command", required=True)
-    shape_commands.add_parser("list", help="registered shape names")
+    listing = shape_commands.add_parser("list", help="registered shape names")
     show = shape_commands.add_parser("show", help="a shape's parameters and search space")
     show.add_argument("name")
     plot = shape_commands.add_parser("plot", help="gate and effective advantage against the ratio")
     plot.add_argument("names", nargs="*", help="NAME or NAME:key=value,key=value or FILE.json")
     plot.add_argument("--all", action="store_true",
                       help="a gallery of every registered shape at its defaults")
-    plot.add_argument("--out", type=Path, default=Path("shapes.png"))
+    plot.add_argument("--out", type=Path, default=Path("shapes.png"),
+                      help="image file, written exactly there (default: shapes.png)")
+    for command in (listing, show, plot):  # `klip shapes list --plugin F.py` works too
+        command.add_argument("--plugin", dest="plugins_after", type=Path, action="append", default=[],
+                             help="a .py file registering shapes; repeatable")
     from klip.compare_cli import add_compare_commands
-
-    add_compare_commands(commands)
     from klip.study_cli import add_study_commands
 
+    add_compare_commands(commands)
     add_study_commands(commands)
     return parser
 
@@ -80,15 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from klip.algos.config import TrainConfig, load_config_file
     from klip.algos.population_run import is_population_request, train_population_from_args
-    from klip.algos.train import train
+    from klip.algos.resolve import resolve_config, run_name
+    from klip.algos.train import config_with_run_paths, train
     from klip.shapes import parse_param_assignments
 
     if is_population_request(args):
         return train_population_from_args(args)
     options: dict[str, Any] = {}
     if args.resume and args.out and (args.out / "config.yaml").is_file():
-        # `--resume --out DIR` alone continues DIR's run with its own options.
-        options.update(load_config_file(args.out / "config.yaml"))
+        # `--resume --out DIR` alone continues DIR's run with its own options and shape copies.
+        options.update(config_with_run_paths(args.out, load_config_file(args.out / "config.yaml")))
     if args.config:
         options.update(load_config_file(args.config))
     given = {field.name for field in dataclasses.fields(TrainConfig)} & set(vars(args))
@@ -96,16 +127,28 @@ def _train(args: argparse.Namespace) -> int:
     if args.shape_param_list:
         options["shape_params"] = {**options.get("shape_params", {}),
                                    **parse_param_assignments(args.shape_param_list)}
-    config = TrainConfig.from_dict(options).validate()
-    out = args.out or Path("runs") / f"{config.task}-{config.loss}-{config.shape}-s{config.seed}"
-    result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    config = TrainConfig.from_dict(options)
+    if args.out is None:
+        args.out = Path("runs") / run_name(resolve_config(config)[0])
+    result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
     print(f"final return (mean over last 10% of training): {result.final_return:.1f}")
     if result.eval is not None:
         print(f"deterministic evaluation: {result.eval['return_mean']:.1f} "
               f"+- {result.eval['return_std']:.1f} over {result.eval['episodes']} episodes")
     print(f"wall time: {result.wall_seconds:.0f} s for {result.frames} steps")
-    print(f"outputs in {result.out}/ (metrics.csv, eval.json, checkpoints/, tensorboard/)")
+    print(f"outputs in {result.out}/ (metrics.csv, summary.json, eval.json, checkpoints/, tensorboard/)")
     print(f"learning curve: {result.plot}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from klip.algos.run import evaluate_run
+
+    result = evaluate_run(args.run, args.episodes, args.video)
+    print(f"deterministic evaluation: {result['return_mean']:.1f} +- {result['return_std']:.1f} "
+          f"over {result['episodes']} episodes")
+    if "video" in result:
+        print(f"video ({result['video_frames']} frames) written to {result['video']}")
     return 0
 
 
@@ -120,9 +163,16 @@ def _parse_shape_spec(spec: str) -> Any:
 
 
 def _shapes(args: argparse.Namespace) -> int:
+    plugins = [*args.plugin, *args.plugins_after]
+    if args.shapes_command == "list" and not plugins:
+        from klip.shapes.catalog import shape_summaries  # no torch: answers at once
+
+        for name, summary in shape_summaries().items():
+            print(f"{name:14s} {summary}")
+        return 0
     from klip.shapes import available_shapes, get_shape_class, load_shapes_from_file
 
-    for plugin in args.plugin:
+    for plugin in plugins:
         load_shapes_from_file(plugin)
     if args.shapes_command == "list":
         for name in available_shapes():
@@ -152,15 +202,24 @@ def _shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+# Exit codes: 2 bad input (options, files, user code), 3 training diverged, 130 Ctrl-C.
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help, or a usage error already told in one line
+        return int(exit_request.code or 0)
     debug = args.debug or "--debug" in argv
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "eval":
+            return _eval(args)
         if args.command == "compare":
             from klip.compare_cli import run_compare
 
@@ -170,15 +229,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_study_command(args, argv)
         return _shapes(args)
-    except KeyboardInterrupt:
-        print("klip: interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    except (ValueError, KeyError, OSError, RuntimeError) as error:
-        if debug:
-            traceback.print_exc()
-        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-        print(f"klip: error: {message}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:  # outside the iterations: starting up or writing the outputs
+        out = args.out if args.command == "train" else None
+        resume = f"; continue with klip train --out {out} --resume" if out else ""
+        print(f"klip: interrupted{resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        return _report(error, debug)
+
+
+def _report(error: Exception, debug: bool) -> int:
+    """One `klip: error:` line (the traceback too under --debug) and the exit code."""
+    from klip.algos.divergence import TrainingDiverged
+    from klip.algos.train import RunInterrupted
+
+    if isinstance(error, RunInterrupted):
+        print(f"klip: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if not isinstance(error, (ValueError, KeyError, OSError, RuntimeError, FloatingPointError)):
+        raise error
+    if debug:
+        traceback.print_exception(error)
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    # One line even when the message (a user's exception, a library's) has several.
+    message = " | ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"klip: error: {message}", file=sys.stderr)
+    return EXIT_DIVERGED if isinstance(error, TrainingDiverged) else EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

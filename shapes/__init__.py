@@ -3,36 +3,54 @@
     from klip.shapes import CoefficientShape, register_shape, make_shape, available_shapes
 """
 
-from klip.shapes.base import (
-    CONTEXT_VARIABLES,
-    CoefficientShape,
-    Param,
-    exact_kill_region,
-    signed_distance_past_boundary,
-)
-from klip.shapes.builtin import (
-    AnnealedClipShape,
-    LearnedShape,
-    LinearRampShape,
-    NoGateShape,
-    SigmoidShape,
-    StepShape,
-)
-from klip.shapes.drift import DriftShape, register_drift
-from klip.shapes.published import ClipHigherShape, RollbackShape, TruncateShape, dpo, spo
-from klip.shapes.registry import (
-    ENTRY_POINT_GROUP,
-    UnknownShapeError,
-    available_shapes,
-    get_shape_class,
-    load_shape,
-    load_shapes_from_file,
-    make_shape,
-    parse_param_assignments,
-    register_shape,
-    save_shape,
-    shape_from_dict,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from klip.shapes.base import (
+        CONTEXT_VARIABLES,
+        CoefficientShape,
+        Param,
+        exact_kill_region,
+        signed_distance_past_boundary,
+    )
+    from klip.shapes.builtin import (
+        AnnealedClipShape,
+        LearnedShape,
+        LinearRampShape,
+        NoGateShape,
+        SigmoidShape,
+        StepShape,
+    )
+    from klip.shapes.drift import DriftShape, register_drift
+    from klip.shapes.published import ClipHigherShape, RollbackShape, TruncateShape, dpo, spo
+    from klip.shapes.registry import (
+        ENTRY_POINT_GROUP,
+        ShapePluginError,
+        UnknownShapeError,
+        available_shapes,
+        get_shape_class,
+        load_shape,
+        load_shapes_from_file,
+        make_shape,
+        parse_param_assignments,
+        register_shape,
+        save_shape,
+        shape_from_dict,
+    )
+
+# Imported on first use, so that `klip shapes list` and `klip --help` need no torch.
+_LAZY = {
+    **dict.fromkeys(["CONTEXT_VARIABLES", "CoefficientShape", "Param", "exact_kill_region",
+                     "signed_distance_past_boundary"], "klip.shapes.base"),
+    **dict.fromkeys(["AnnealedClipShape", "LearnedShape", "LinearRampShape", "NoGateShape",
+                     "SigmoidShape", "StepShape"], "klip.shapes.builtin"),
+    **dict.fromkeys(["DriftShape", "register_drift"], "klip.shapes.drift"),
+    **dict.fromkeys(["ClipHigherShape", "RollbackShape", "TruncateShape", "dpo", "spo"],
+                    "klip.shapes.published"),
+}
 
 __all__ = [
     "CONTEXT_VARIABLES",
@@ -46,6 +64,7 @@ __all__ = [
     "NoGateShape",
     "Param",
     "RollbackShape",
+    "ShapePluginError",
     "SigmoidShape",
     "StepShape",
     "TruncateShape",
@@ -65,3 +84,10 @@ __all__ = [
     "signed_distance_past_boundary",
     "spo",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        module = _LAZY.get(name, "klip.shapes.registry")
+        return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module 'klip.shapes' has no attribute {name!r}")

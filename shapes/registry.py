@@ -16,14 +16,19 @@ from typing import Any, TypeVar
 import torch
 
 from klip.shapes.base import SHAPE_FILE_FORMAT, CoefficientShape
-
-ENTRY_POINT_GROUP = "klip.shapes"
+from klip.shapes.catalog import ENTRY_POINT_GROUP
 
 _REGISTRY: dict[str, type[CoefficientShape]] = {}
 _entry_points_loaded = False
 _LOADED_FILES: dict[Path, list[str]] = {}
+# Source text -> the names it registered, so an identical copy is not imported twice.
+_LOADED_SOURCES: dict[bytes, list[str]] = {}
 
 ShapeClass = TypeVar("ShapeClass", bound=type[CoefficientShape])
+
+
+class ShapePluginError(ValueError):
+    """A user's shape plugin failed to import; the message names the file and the exception."""
 
 
 class UnknownShapeError(KeyError, ValueError):
@@ -43,6 +48,7 @@ def register_shape(name: str, *, override: bool = False) -> Callable[[ShapeClass
         raise ValueError(f"shape name {name!r} must be non-empty letters, digits, '_' or '-'")
 
     def decorator(cls: ShapeClass) -> ShapeClass:
+        _ensure_builtins()  # so that a plugin cannot take a built-in name unnoticed
         if not (inspect.isclass(cls) and issubclass(cls, CoefficientShape)):
             raise TypeError(f"@register_shape({name!r}) needs a CoefficientShape subclass")
         existing = _REGISTRY.get(name)
@@ -58,12 +64,25 @@ def register_shape(name: str, *, override: bool = False) -> Callable[[ShapeClass
     return decorator
 
 
+def _ensure_builtins() -> None:
+    """Register the built-in shapes (klip.shapes imports lazily), without replacing a shape a
+    user registered with override=True; also after a test emptied the registry."""
+    # During a built-in module's own import: the classes it has defined so far.
+    from klip.shapes import builtin, published
+
+    for module in (builtin, published):
+        for value in list(vars(module).values()):
+            if inspect.isclass(value) and issubclass(value, CoefficientShape) and value.name:
+                _REGISTRY.setdefault(value.name, value)
+
+
 def _load_entry_points() -> None:
     """Import shapes that pip-installed packages declare in the `klip.shapes` group.
 
     A broken plugin warns instead of breaking every command.
     """
     global _entry_points_loaded
+    _ensure_builtins()
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
@@ -113,14 +132,30 @@ def load_shapes_from_file(path: str | Path) -> list[str]:
     resolved = path.resolve()
     if resolved in _LOADED_FILES:  # importing twice would re-register new class objects
         return _LOADED_FILES[resolved]
+    # A copy of a loaded file (a run directory keeps one) is the same code: reuse its shapes.
+    source = path.read_bytes()
+    names = _LOADED_SOURCES.get(source)
+    if names and all(name in _REGISTRY for name in names):
+        _LOADED_FILES[resolved] = names
+        return names
     module_name = f"klip_user_shapes_{abs(hash(resolved))}"
     before = set(_REGISTRY)
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as error:  # user code may fail in any way, even sys.exit()
+        # Forget the half-imported module and whatever it registered before failing.
+        del sys.modules[module_name]
+        for name in set(_REGISTRY) - before:
+            del _REGISTRY[name]
+        raise ShapePluginError(
+            f"shape plugin {path} failed to import: {type(error).__name__}: {error}"
+        ) from error
     _LOADED_FILES[resolved] = sorted(set(_REGISTRY) - before)
+    _LOADED_SOURCES[source] = _LOADED_FILES[resolved]
     return _LOADED_FILES[resolved]
 
 
@@ -134,6 +169,9 @@ def shape_from_dict(data: dict[str, Any]) -> CoefficientShape:
     params = data.get("params", {})
     if not isinstance(params, dict):
         raise ValueError("shape 'params' must be an object of name -> number")
+    for key, value in params.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"shape parameter {key!r} is not finite: {value}")
     shape = make_shape(str(data["name"]), **params)
     state = data.get("state", {})
     if not isinstance(state, dict):
@@ -153,6 +191,8 @@ def shape_from_dict(data: dict[str, Any]) -> CoefficientShape:
                 tensor = torch.tensor(value, dtype=current[key].dtype)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"shape state {key!r} is not numeric: {error}") from None
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"shape state {key!r} holds non-finite values")
             if tensor.shape != current[key].shape:
                 raise ValueError(
                     f"shape state {key!r} has shape {list(tensor.shape)}, "

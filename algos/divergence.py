@@ -1,0 +1,39 @@
+"""Catching divergence: the first non-finite loss term, gradient norm or parameter of an iteration."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+
+class TrainingDiverged(FloatingPointError):
+    """A non-finite quantity appeared; the message names the iteration and the quantity."""
+
+    def __init__(self, iteration: int, quantity: str) -> None:
+        super().__init__(f"training diverged at iteration {iteration}: {quantity} is not finite")
+        self.iteration = iteration
+        self.quantity = quantity
+
+
+def first_non_finite(
+    minibatch_metrics: Sequence[Tensor], names: Sequence[str], parameters: Iterable[tuple[str, Tensor]]
+) -> str | None:
+    """Name of the first non-finite quantity, in the order they were computed, or None.
+
+    `minibatch_metrics` holds one vector per minibatch (loss terms, then the gradient norm,
+    named by `names`); a non-finite gradient shows as a non-finite norm before it spreads.
+    """
+    stacked = torch.stack(list(minibatch_metrics))
+    finite = torch.isfinite(stacked)
+    if not bool(finite.all()):
+        minibatch, column = (~finite).nonzero()[0].tolist()
+        return f"{names[column]} (minibatch {minibatch + 1} of the iteration)"
+    for name, parameter in parameters:
+        if not bool(torch.isfinite(parameter).all()):
+            return f"parameter {name}"
+    return None
+
+
+__all__ = ["TrainingDiverged", "first_non_finite"]
