@@ -68,6 +68,7 @@ from klip.algos.networks import (
     policy_head,
 )
 from klip.algos.ppo import build_shape
+from klip.algos.resolve import resolve_config
 from klip.algos.rollout import SERIAL_NORMAL_MAX_ELEMENTS, StepRecords
 from klip.envs import (
     drain_episode_stats,
@@ -78,7 +79,7 @@ from klip.envs import (
     set_env_state,
 )
 from klip.envs.population import SharedPopulationEnv
-from klip.shapes import CoefficientShape
+from klip.shapes import CoefficientShape, make_shape
 
 # Options that may differ between the agents of one population; everything else is shared.
 PER_AGENT_OPTIONS = ("seed", "shape_params")
@@ -517,7 +518,8 @@ class PopulationModule(pl.LightningModule):
     def __init__(self, configs: list[dict[str, Any]], shared_env: bool = True) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.configs = [TrainConfig.from_dict(dict(c)).validate() for c in configs]
+        # Resolved as a single run resolves them (loss-specific defaults filled in).
+        self.configs = [resolve_config(TrainConfig.from_dict(dict(c)))[0] for c in configs]
         check_population_configs(self.configs)
         self.config = cfg = self.configs[0]
         self.automatic_optimization = False
@@ -532,9 +534,7 @@ class PopulationModule(pl.LightningModule):
             envs.append(env)
             if cfg.loss == "clip":
                 # `--loss clip` and `--shape step` have bitwise equal gradients (tests/test_training.py).
-                shapes.append(build_shape(TrainConfig(**{**agent_config.to_dict(), "loss": "klip",
-                                                         "shape": "step", "shape_params":
-                                                         {"eps": cfg.clip_eps}})))
+                shapes.append(make_shape("step", eps=cfg.clip_eps))
             elif cfg.loss == "klip":
                 shapes.append(build_shape(agent_config))
             generator = torch.Generator()

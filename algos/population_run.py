@@ -374,7 +374,7 @@ def _run(
                    "population_size": len(agents), "peak_rss_mib": peak_rss_mib}
         (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (directory / "episodes.csv").write_text(
-            "frames,return\n" + "".join(f"{f},{r}\n" for f, r in history))
+            "end_frame,return\n" + "".join(f"{f},{r}\n" for f, r in history))
         plot_learning_curve(history, directory / "metrics.csv", directory / "learning_curve.png",
                             title=f"{config.task}  {name}  loss={config.loss}  shape={config.shape}")
         results.append(AgentResult(name, config, directory, final, evaluation))

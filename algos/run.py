@@ -85,6 +85,20 @@ def load_run(path: str | Path) -> Run:
     )
 
 
+def read_episode_returns(path: Path) -> list[tuple[int, float]]:
+    """`(end frame, raw return)` of each episode in a run's episodes.csv.
+
+    Runs written before the `end_frame` column named it `frames` (the frame count at the end
+    of the iteration the episode ended in); both are read.
+    """
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        frame_column = next((c for c in ("end_frame", "frames") if c in (reader.fieldnames or [])), None)
+        if frame_column is None or "return" not in (reader.fieldnames or []):
+            raise ValueError(f"{path} does not have the columns end_frame,return")
+        return [(int(row[frame_column]), float(row["return"])) for row in reader]
+
+
 def read_columns(path: Path) -> dict[str, np.ndarray]:
     """A CSV of numbers as {column: float64 array}; empty cells are NaN; a missing file is {}."""
     if not path.is_file():

@@ -212,7 +212,7 @@ def check_run_directory(
         previous = yaml.safe_load(config_path.read_text()) or {}
     except yaml.YAMLError:
         raise RunError(f"{config_path} is corrupt; choose another --out") from None
-    previous = _resolved_previous(out, previous)
+    previous = recorded_config_as_today(out, previous)
     current = config.to_dict()
     changed = sorted(key for key in set(_comparable(previous)) | set(_comparable(current))
                      if previous.get(key) != current.get(key))
@@ -231,7 +231,7 @@ def check_run_directory(
     return RunStart(checkpoint=checkpoint, frames_done=frames)
 
 
-def _resolved_previous(out: Path, recorded: dict[str, Any]) -> dict[str, Any]:
+def recorded_config_as_today(out: Path, recorded: dict[str, Any]) -> dict[str, Any]:
     """A config.yaml from before the current format, resolved as it would be today."""
     if "eval_every" in recorded:
         return recorded

@@ -12,7 +12,6 @@ across runs, on a common grid of env steps.
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import json
 from pathlib import Path
@@ -25,11 +24,12 @@ import itertools
 import matplotlib.pyplot as plt
 import numpy as np
 
+from klip.algos.run import read_episode_returns
+
 
 def episodes(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(run / "episodes.csv", newline="") as file:
-        rows = list(csv.DictReader(file))
-    return np.array([float(r["frames"]) for r in rows]), np.array([float(r["return"]) for r in rows])
+    rows = read_episode_returns(run / "episodes.csv")
+    return np.array([float(f) for f, _ in rows]), np.array([r for _, r in rows])
 
 
 def binned(frames: np.ndarray, returns: np.ndarray, grid: np.ndarray) -> np.ndarray:

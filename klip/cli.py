@@ -15,37 +15,11 @@ from typing import Any
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, defaulting to 'not given' so YAML values survive.
+    from klip.train_options import add_train_option_arguments
 
-    The help text is the field's own (`TrainConfig` metadata), as in docs/options.md.
-    """
-    from klip.algos.config import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
-    for field in dataclasses.fields(TrainConfig):
-        if field.name in ("shape_params",):
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        hint = hints[field.name]
-        # A None default means "not given": the help text says what then applies.
-        default = "" if field.default is None else f" (default: {field.default})"
-        kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
-                                  "help": f"{field.metadata['help']}{default}"}
-        if hint is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif hint is int:
-            kwargs["type"] = int
-        elif field.name == "value_clip":
-            kwargs["type"] = _float_or_none
-        elif float in typing.get_args(hint) or hint is float:
-            kwargs["type"] = float
-        parser.add_argument(flag, **kwargs)
+    add_train_option_arguments(parser, exclude=("shape_params",))
     parser.add_argument("--shape-param", dest="shape_param_list", action="append", default=[],
                         metavar="NAME=VALUE", help="a shape parameter; repeatable")
-
-
-def _float_or_none(text: str) -> float | None:
-    return None if text.lower() in ("none", "null") else float(text)
 
 
 class OneLineParser(argparse.ArgumentParser):

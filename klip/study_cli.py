@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import shlex
 import sys
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,26 +16,11 @@ _PER_TRIAL = ("task", "seed", "steps", "shape", "shape_params", "shape_file", "l
 
 
 def _train_option_arguments(parser: argparse.ArgumentParser) -> None:
-    from klip.algos.config import OPTION_HELP, TrainConfig
+    from klip.train_options import add_train_option_arguments
 
-    hints = typing.get_type_hints(TrainConfig)
     group = parser.add_argument_group("training options fixed for every trial (as klip train)")
     group.add_argument("--config", type=Path, help="YAML file of training options; flags override it")
-    for field in dataclasses.fields(TrainConfig):
-        if field.name in _PER_TRIAL:
-            continue
-        hint = hints[field.name]
-        kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
-                                  "help": f"{OPTION_HELP.get(field.name, '')} (default: {field.default})"}
-        if hint is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif hint is int:
-            kwargs["type"] = int
-        elif hint is float:
-            kwargs["type"] = float
-        elif field.name == "value_clip":
-            kwargs["type"] = lambda text: None if text.lower() in ("none", "null") else float(text)
-        group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+    add_train_option_arguments(group, exclude=(*_PER_TRIAL, "shape_params"))
 
 
 def _storage_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +31,7 @@ def _storage_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_study_commands(subparsers: Any) -> None:
     """Register `klip study run|reference|report|export|rerun|dashboard`."""
-    from klip.studies.settings import PRUNERS, SAMPLERS
-    from klip.studies.storage import DEFAULT_GRACE_PERIOD, DEFAULT_HEARTBEAT_INTERVAL
+    from klip.studies.choices import DEFAULT_GRACE_PERIOD, DEFAULT_HEARTBEAT_INTERVAL, PRUNERS, SAMPLERS
 
     study = subparsers.add_parser("study", help="Optuna studies of a shape's parameters across tasks")
     commands = study.add_subparsers(dest="study_command", required=True)

@@ -400,11 +400,9 @@ def metric_column_sha256(metrics: Path) -> dict[str, str]:
 
 
 def read_episodes(path: Path) -> list[tuple[int, float]]:
-    with open(path, newline="") as file:
-        reader = csv.DictReader(file)
-        if reader.fieldnames != ["frames", "return"]:
-            raise ValueError(f"{path} does not have the columns frames,return")
-        return [(int(row["frames"]), float(row["return"])) for row in reader]
+    from klip.algos.run import read_episode_returns
+
+    return read_episode_returns(path)
 
 
 @dataclass
@@ -416,6 +414,25 @@ class CellState:
 
 def _expected_frames(config: Any) -> int:
     return config.iterations * config.rollout_steps
+
+
+def _comparable_configs(directory: Path, held: Any, config: Any) -> tuple[dict, dict]:
+    """The cell's recorded options and the ones it should have, both as `klip train` records
+    them today (an older run's file upgraded); the shape sources are compared by the shape
+    name and parameters they resolve to, since a run records its own copies of them."""
+    from klip.algos.resolve import resolve_config
+    from klip.algos.train import recorded_config_as_today
+
+    if not isinstance(held, dict):
+        return {}, {"config": "a mapping"}
+    try:
+        held = recorded_config_as_today(directory, held)
+    except RuntimeError:  # RunError: unreadable as a klip run
+        return {}, {"config": "readable"}
+    expected = resolve_config(config)[0].to_dict()
+    sources = ("shape_file", "shape_plugin")
+    return ({k: v for k, v in held.items() if k not in sources},
+            {k: v for k, v in expected.items() if k not in sources})
 
 
 def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = True) -> CellState:
@@ -434,8 +451,9 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
         return CellState("corrupt", "no config.yaml")
     except (yaml.YAMLError, UnicodeDecodeError):
         return CellState("corrupt", "config.yaml is unreadable")
-    if not isinstance(held, dict) or held != config.to_dict():
-        changed = _differences(held if isinstance(held, dict) else {}, config.to_dict())
+    held, expected = _comparable_configs(directory, held, config)
+    if held != expected:
+        changed = _differences(held, expected)
         return CellState("corrupt", f"config.yaml is not this cell's (differs in: {', '.join(changed)})")
     checkpoint = directory / "checkpoints" / "last.ckpt"
     summary_path = directory / "summary.json"

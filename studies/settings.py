@@ -6,13 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from klip.studies.choices import PRUNERS, SAMPLERS
 from klip.studies.space import Dimension
 from klip.studies.storage import StorageSpec, parse_storage
 
 # Bump when the objective's definition changes: studies made with another one are refused.
 OBJECTIVE = "normalised-last10pct-v1"
-SAMPLERS = ("tpe", "cmaes", "gp", "random", "grid")
-PRUNERS = ("auto", "wilcoxon", "median", "hyperband", "none")
 # Training options a study decides per trial, never fixed by the user.
 PER_TRIAL_OPTIONS = ("task", "seed", "steps", "shape", "shape_params", "shape_file", "loss")
 # WilcoxonPruner needs paired instances: with fewer than 4, no one-sided test can reach

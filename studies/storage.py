@@ -10,12 +10,12 @@ from typing import Any
 
 import optuna
 
+from klip.studies.choices import DEFAULT_GRACE_PERIOD, DEFAULT_HEARTBEAT_INTERVAL
+
 DEFAULT_STORAGE_FILE = "klip-studies.db"
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 # Seconds: a worker records a heartbeat every interval; a RUNNING trial whose last
 # heartbeat is older than the grace period belongs to a dead worker.
-DEFAULT_HEARTBEAT_INTERVAL = 30
-DEFAULT_GRACE_PERIOD = 120
 # A trial is retried this many times before klip gives up on it (a trial that
 # kills its worker every time would otherwise loop forever).
 MAX_RETRIES = 3

@@ -34,9 +34,10 @@ from klip.algos.population_run import (
     train_population_agents,
 )
 from klip.algos.ppo import PPOModule, build_loss
+from klip.algos.resolve import resolve_config
 from klip.algos.update import make_minibatch_loss
 from klip.cli import main
-from klip.shapes import available_shapes
+from klip.shapes import available_shapes, make_shape
 
 TINY = dict(task="Pendulum-v1", rollout_steps=256, minibatch_size=64, epochs=2, eval_episodes=0)
 MINIBATCH = 64
@@ -74,7 +75,8 @@ def single_gradients(
     config: TrainConfig, actor, critic, batch
 ) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
     """The gradients `klip train` computes for one agent: the same loss objects PPOModule builds."""
-    loss_module = build_loss(config, actor, critic)
+    resolved, shape = resolve_config(config)  # as `klip train` resolves it
+    loss_module = build_loss(resolved, actor, critic, shape)
     minibatch_loss = make_minibatch_loss(loss_module, actor, critic)
     for parameter in [*actor.parameters(), *critic.parameters()]:
         parameter.grad = None
@@ -109,8 +111,7 @@ def check_same_maths(configs: list[TrainConfig], shapes_from_configs: bool = Tru
 
     shapes = [build_shape(c) for c in configs] if configs[0].loss == "klip" else None
     if configs[0].loss == "clip":
-        shapes = [build_shape(TrainConfig(**{**c.to_dict(), "loss": "klip", "shape": "step",
-                                             "shape_params": {"eps": c.clip_eps}})) for c in configs]
+        shapes = [make_shape("step", eps=resolve_config(c)[0].clip_eps) for c in configs]
     networks = StackedActorCritic(actors, critics)
     loss = PopulationLoss(configs[0], shapes, networks)
     grads, metrics = population_gradients(loss, batches)
@@ -133,7 +134,8 @@ def test_each_agent_gets_the_single_agent_gradient_for_every_shape(shape):
 
 @pytest.mark.parametrize("loss", ["kl_fixed", "kl_adaptive", "clip"])
 def test_each_agent_gets_the_single_agent_gradient_for_the_baselines(loss):
-    check_same_maths([TrainConfig(loss=loss, seed=seed, kl_beta=0.7) for seed in (0, 1, 2)])
+    kl_beta = 0.7 if loss.startswith("kl_") else None
+    check_same_maths([TrainConfig(loss=loss, seed=seed, kl_beta=kl_beta) for seed in (0, 1, 2)])
 
 
 def test_entropy_bonus_and_no_value_clip_keep_the_same_maths():
