@@ -6,7 +6,19 @@ import math
 
 import pytest
 import torch
-from conftest import gradients, make_actor_critic, make_batch
+from helpers import (
+    achieved_log_ratio,
+    adversarial_case,
+    band_edges,
+    edge_case,
+    gradients,
+    make_actor_critic,
+    make_batch,
+    make_sampled_batch,
+    per_sample_gradients,
+    ppo_clip_kill,
+    random_case,
+)
 from torchrl.objectives import ClipPPOLoss, PPOLoss
 
 from klip.algos import KLipPPOLoss
@@ -20,37 +32,6 @@ CONFIGS = {
     "entropy-no-critic-clip": dict(entropy_coeff=0.01, loss_critic_type="smooth_l1",
                                    normalize_advantage=False),
 }
-
-
-def random_case(size: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    log_ratio = 0.3 * torch.randn(size, generator=generator, dtype=dtype)
-    advantage = torch.randn(size, generator=generator, dtype=dtype)
-    return log_ratio, advantage
-
-
-def adversarial_case(size: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ratios far outside the band, exactly on 1 +- eps, tiny and huge; zero advantages."""
-    generator = torch.Generator().manual_seed(seed)
-    eps = torch.tensor(EPS, dtype=dtype)
-    specials = torch.tensor(
-        [
-            eps.log1p(), (-eps).log1p(),                       # exactly on the log bounds
-            math.log(1 + EPS), math.log(1 - EPS),              # on 1 +- eps in ratio space
-            torch.nextafter(eps.log1p(), torch.tensor(9.0, dtype=dtype)),
-            torch.nextafter((-eps).log1p(), torch.tensor(-9.0, dtype=dtype)),
-            math.log(1e-6), math.log(1e6), -30.0, 30.0,        # tiny and huge ratios
-            -5.0, 5.0, 0.0,                                    # far outside, centre
-        ],
-        dtype=dtype,
-    )
-    picks = torch.randint(len(specials), (size,), generator=generator)
-    log_ratio = specials[picks]
-    advantage = torch.randn(size, generator=generator, dtype=dtype) * 10 ** torch.randint(
-        -3, 4, (size,), generator=generator
-    ).to(dtype)
-    advantage[torch.rand(size, generator=generator) < 0.2] = 0.0
-    return log_ratio, advantage
 
 
 def compare(size: int, dtype: torch.dtype, case, config: dict, seed: int):
@@ -164,3 +145,71 @@ def test_set_keys_renames_inputs_like_clip_ppo_loss():
     loss.set_keys(advantage="my_advantage")
     actual, _ = gradients(loss, renamed, parameters)
     assert all(torch.equal(a, b) for a, b in zip(expected, actual, strict=True))
+
+
+# -- every sample seen: sampled actions, exact band edges, moderate ratios -------------------
+POLICY_ONLY = dict(entropy_bonus=False, critic_coeff=None, normalize_advantage=False)
+EDGE_CONFIGS = {"policy-only": POLICY_ONLY, "paper": CONFIGS["paper"]}
+
+
+def edge_batch(dtype: torch.dtype, seed: int, size: int = 256):
+    actor, critic = make_actor_critic(dtype, seed, log_std=-1.2)
+    log_ratio, advantage = edge_case(size, dtype, seed)
+    batch, exact = make_sampled_batch(actor, log_ratio, advantage, seed)
+    # The premises that make the comparison able to fail:
+    assert exact.all(), "every sample's log-ratio must be exactly the requested one"
+    assert torch.equal(achieved_log_ratio(actor, batch), log_ratio)
+    assert ((batch["action"] - batch["loc"]).abs() > 0).all(), "actions must not be the mean"
+    assert (advantage != 0).all() and log_ratio.abs().max() < 0.6
+    for edge in band_edges(EPS, dtype):
+        on_edge = log_ratio == edge
+        assert (advantage[on_edge] > 0).any() and (advantage[on_edge] < 0).any()
+    return actor, critic, log_ratio, advantage, batch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("config", list(EDGE_CONFIGS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_step_per_sample_gradients_equal_clip_on_the_band_edges(dtype, config, seed):
+    actor, critic, log_ratio, advantage, batch = edge_batch(dtype, seed)
+    kwargs = EDGE_CONFIGS[config]
+    if config == "policy-only":  # no critic: a sample's row is its policy gradient alone
+        critic = None
+    reference = ClipPPOLoss(actor, critic, clip_epsilon=EPS, **kwargs).to(dtype)
+    klip = KLipPPOLoss(actor, critic, shape="step", **kwargs).to(dtype)
+    parameters = list(actor.parameters()) + ([] if critic is None else list(critic.parameters()))
+    expected_rows, expected = per_sample_gradients(reference, batch, parameters)
+    actual_rows, actual = per_sample_gradients(klip, batch, parameters)
+    for row in range(len(log_ratio)):
+        assert torch.equal(expected_rows[row], actual_rows[row]), (
+            row, log_ratio[row].item(), advantage[row].item())
+    for reference_grad, klip_grad in zip(expected, actual, strict=True):
+        assert torch.equal(reference_grad, klip_grad)
+    assert expected[0].abs().sum() > 0  # the policy mean's first layer does get a gradient
+    if config == "policy-only":
+        # PPO-Clip zeroes the killed samples' rows and keeps the others: the gate is seen
+        # sample by sample. Far from the edges, the kill set is the paper's.
+        killed = (expected_rows == 0).all(-1)
+        far = (log_ratio - band_edges(EPS, dtype).unsqueeze(-1)).abs().min(0).values > 1e-3
+        assert killed.any() and (~killed).any()
+        assert torch.equal(killed[far], ppo_clip_kill(log_ratio, advantage, EPS)[far])
+    if dtype == torch.float32:
+        # One ulp past log1p(eps), exp rounds back onto the clipped value: PPO-Clip's `min`
+        # ties and keeps the gradient. Present in the batch for both signs of A.
+        past = log_ratio == band_edges(EPS, dtype)[2]
+        assert (past & (advantage > 0) & (expected_rows != 0).any(-1)).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", [50, 100, 777])
+def test_step_per_sample_gradients_equal_clip_for_other_batch_sizes(dtype, size):
+    actor, critic = make_actor_critic(dtype, 2, log_std=-1.2)
+    log_ratio, advantage = edge_case(size, dtype, 2)
+    batch, exact = make_sampled_batch(actor, log_ratio, advantage, 2)
+    assert exact.all()
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    expected_rows, _ = per_sample_gradients(
+        ClipPPOLoss(actor, critic, clip_epsilon=EPS, **CONFIGS["paper"]).to(dtype), batch, parameters)
+    actual_rows, _ = per_sample_gradients(
+        KLipPPOLoss(actor, critic, shape="step", **CONFIGS["paper"]).to(dtype), batch, parameters)
+    assert torch.equal(expected_rows, actual_rows)

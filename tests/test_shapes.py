@@ -11,7 +11,7 @@ import textwrap
 import optuna
 import pytest
 import torch
-from conftest import make_actor_critic, make_batch
+from helpers import make_actor_critic, make_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_actor_critic, make_batch
-from test_loss_exactness import adversarial_case, random_case
+from helpers import adversarial_case, make_actor_critic, make_batch, random_case
 from torchrl.objectives import ClipPPOLoss
 
 from klip.algos import KLipPPOLoss
