@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import adversarial_case, make_actor_critic, make_batch, random_case
+from helpers import (
+    achieved_log_ratio,
+    adversarial_case,
+    band_edges,
+    edge_case,
+    make_actor_critic,
+    make_batch,
+    make_sampled_batch,
+    random_case,
+)
 from torchrl.objectives import ClipPPOLoss
 
 from klip.algos import KLipPPOLoss
 from klip.algos.loss import KLipTensorLoss, tensor_loss_unsupported
 from klip.algos.update import ModuleLoss, make_minibatch_loss
+from klip.shapes import available_shapes
 
 CONFIGS = {
     # What PPOModule builds for the paper's protocol.
@@ -20,7 +30,8 @@ CONFIGS = {
                                            loss_critic_type="l2", normalize_advantage=False,
                                            functional=False, log_explained_variance=False),
 }
-SHAPES = ["step", "sigmoid", "linear_ramp", "learned", "none"]
+# Every registered shape, so a new built-in is covered without editing this file.
+SHAPES = available_shapes()
 
 
 def run_update(minibatch_loss, batch, parameters):
@@ -117,3 +128,73 @@ def test_compiled_tensor_loss_close_to_eager():
     torch.testing.assert_close(compiled[1], metrics, rtol=1e-5, atol=1e-6)
     for grad, compiled_grad in zip(grads, compiled[2], strict=True):
         torch.testing.assert_close(compiled_grad, grad, rtol=1e-4, atol=1e-6)
+
+
+def per_sample_update(minibatch_loss, batch, parameters):
+    """Observation gradient (one row per sample) and parameter gradients of one minibatch update."""
+    for parameter in parameters:
+        parameter.grad = None
+    data = batch.clone()
+    observation = data["observation"].detach().clone().requires_grad_()
+    data["observation"] = observation
+    (minibatch,) = list(minibatch_loss.minibatches(data, data.shape[0]))
+    total, _ = minibatch_loss(minibatch)
+    total.backward()
+    return observation.grad.clone(), [parameter.grad.clone() for parameter in parameters]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_fast_step_loss_equals_clip_ppo_loss_per_sample_on_the_band_edges(config, dtype):
+    """The trainer's minibatch loss for `step` against TorchRL's ClipPPOLoss, sample by sample."""
+    actor, critic = make_actor_critic(dtype, 3, log_std=-1.2)
+    log_ratio, advantage = edge_case(256, dtype, 3)
+    batch, exact = make_sampled_batch(actor, log_ratio, advantage, 3)
+    assert exact.all() and torch.equal(achieved_log_ratio(actor, batch), log_ratio)
+    assert ((batch["action"] - batch["loc"]).abs() > 0).all()
+    for edge in band_edges(0.2, dtype):
+        assert (advantage[log_ratio == edge] > 0).any() and (advantage[log_ratio == edge] < 0).any()
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    clip = ModuleLoss(ClipPPOLoss(actor, critic, clip_epsilon=0.2, **CONFIGS[config]).to(dtype))
+    loss = KLipPPOLoss(actor, critic, shape="step", diagnostics=False, **CONFIGS[config]).to(dtype)
+    fast = make_minibatch_loss(loss, actor, critic)
+    assert isinstance(fast, KLipTensorLoss)
+    expected_rows, expected = per_sample_update(clip, batch, parameters)
+    actual_rows, actual = per_sample_update(fast, batch, parameters)
+    for row in range(len(log_ratio)):
+        assert torch.equal(expected_rows[row], actual_rows[row]), (row, log_ratio[row].item())
+    for grad, fast_grad in zip(expected, actual, strict=True):
+        assert torch.equal(grad, fast_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", ["step", "sigmoid"])
+def test_near_constant_advantages_standardised_with_torchrls_std_floor(shape, dtype):
+    """Advantages whose std is below the floor: the floor, not the std, scales them.
+
+    TorchRL clamps the std at float32's resolution (1e-6); the fast loss must use the same
+    floor or near-constant advantages come out up to 100x larger (a 1e-8 floor).
+    """
+    actor, critic = make_actor_critic(dtype, 4, log_std=-1.2)
+    log_ratio, _ = random_case(128, dtype, 4)
+    steps = torch.randint(-3, 4, (128,), generator=torch.Generator().manual_seed(4)).to(dtype)
+    advantage = 1.0 + steps * torch.finfo(torch.float32).eps  # a few float32 ulps of 1
+    floor = torch.finfo(torch.float32).resolution
+    assert 10 * 1e-8 < advantage.std() < floor  # the floor decides, and a 1e-8 one would not
+    batch, _ = make_sampled_batch(actor, log_ratio, advantage, 4)
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    config = CONFIGS["paper"]
+    assert config["normalize_advantage"]
+    reference_module = (ClipPPOLoss(actor, critic, clip_epsilon=0.2, **config) if shape == "step"
+                        else KLipPPOLoss(actor, critic, shape=shape, diagnostics=False, **config))
+    reference = ModuleLoss(reference_module.to(dtype))
+    loss = KLipPPOLoss(actor, critic, shape=shape, diagnostics=False, **config).to(dtype)
+    fast = KLipTensorLoss(loss, actor, critic)
+    expected_rows, expected = per_sample_update(reference, batch, parameters)
+    actual_rows, actual = per_sample_update(fast, batch, parameters)
+    assert torch.equal(expected_rows, actual_rows)
+    for grad, fast_grad in zip(expected, actual, strict=True):
+        assert torch.equal(grad, fast_grad)
+    # By hand: the standardised advantages are (A - mean) / floor, of order 0.1, not 0 and not 10.
+    standardised = (advantage - advantage.mean()) / floor
+    assert 0.05 < standardised.abs().max() < 1.0
