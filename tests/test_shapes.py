@@ -259,3 +259,178 @@ def test_corrupt_shape_files_give_clear_errors(tmp_path, content, fragment):
 def test_shape_json_is_plain_data():
     data = make_shape("learned").to_dict()
     assert json.loads(json.dumps(data)) == data
+
+
+# -- gates from closed forms, for both signs of the advantage --------------------------------
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+# (shape, params, ratio, advantage, expected gate), each written from the shape's formula:
+# the signed distance past the boundary is w - (1+eps) for A >= 0 and (1-eps) - w for A < 0.
+CLOSED_FORMS = [
+    ("step", {}, 1.3, 1.0, 1.0),
+    ("step", {}, 1.1, 1.0, 0.0),
+    ("step", {}, 0.7, 1.0, 0.0),            # A > 0 below the band: passes
+    ("step", {}, 0.7, -1.0, 1.0),
+    ("step", {}, 0.9, -1.0, 0.0),
+    ("step", {}, 1.3, -1.0, 0.0),           # A < 0 above the band: passes
+    ("step", {"eps": 0.1}, 0.85, -2.0, 1.0),
+    ("step", {"eps": 0.1}, 0.95, -2.0, 0.0),
+    ("none", {}, 3.0, 1.0, 0.0),
+    ("none", {}, 0.1, -1.0, 0.0),
+    ("sigmoid", {}, 0.9, -1.0, sigmoid(-2.0)),   # d = 0.8 - 0.9 = -0.1, /0.05
+    ("sigmoid", {}, 0.7, -1.0, sigmoid(2.0)),    # d = 0.8 - 0.7
+    ("sigmoid", {}, 1.1, 1.0, sigmoid(-2.0)),    # d = 1.1 - 1.2
+    ("sigmoid", {}, 1.25, 3.0, sigmoid(1.0)),    # d = 1.25 - 1.2
+    ("sigmoid", {}, 1.1, 0.0, sigmoid(-2.0)),    # A == 0 takes the upper side
+    ("sigmoid", {"eps": 0.1, "tau": 0.02}, 0.85, -1.0, sigmoid(2.5)),  # d = 0.9 - 0.85
+    ("sigmoid", {"eps": 0.1, "tau": 0.02}, 1.05, 1.0, sigmoid(-2.5)),
+    ("linear_ramp", {}, 0.75, -1.0, 0.5),        # d = 0.05 of delta 0.1
+    ("linear_ramp", {}, 0.9, -1.0, 0.0),
+    ("linear_ramp", {}, 0.5, -1.0, 1.0),
+    ("linear_ramp", {}, 1.25, 1.0, 0.5),
+    ("linear_ramp", {}, 1.5, 1.0, 1.0),
+    ("linear_ramp", {}, 1.1, 1.0, 0.0),
+    ("linear_ramp", {"eps": 0.3, "delta": 0.4}, 0.6, -1.0, 0.25),   # d = 0.7 - 0.6
+    ("linear_ramp", {"eps": 0.3, "delta": 0.4}, 1.5, 1.0, 0.5),     # d = 1.5 - 1.3
+    ("learned", {}, 1.3, 1.0, 1.0),              # default: step off the thin ramp
+    ("learned", {}, 1.1, 1.0, 0.0),
+    ("learned", {}, 0.7, -1.0, 1.0),
+    ("learned", {}, 0.9, -1.0, 0.0),
+    ("learned", {}, 1.2005, 1.0, 0.5),           # d = 5e-4, half-way up the 1e-3 ramp
+    ("learned", {}, 0.7995, -1.0, 0.5),
+]
+
+
+@pytest.mark.parametrize("name,params,ratio,advantage,expected", CLOSED_FORMS)
+def test_gate_equals_its_closed_form(name, params, ratio, advantage, expected):
+    shape = make_shape(name, **params).double()
+    w, a = torch.tensor([ratio], dtype=torch.float64), torch.tensor([advantage], dtype=torch.float64)
+    # 1e-6: the learned gate's knots are float32 numbers even in a float64 shape.
+    assert shape.gate(w, a).item() == pytest.approx(expected, abs=1e-6)
+    assert shape.gate_from_log_ratio(w.log(), w, a).item() == pytest.approx(expected, abs=1e-6)
+    # float32, as the trainer runs it
+    shape32 = make_shape(name, **params)
+    w32, a32 = w.float(), a.float()
+    assert shape32.gate_from_log_ratio(w32.log(), w32, a32).item() == pytest.approx(expected, abs=2e-4)
+
+
+def test_every_registered_shape_has_closed_form_cases():
+    assert {name for name, *_ in CLOSED_FORMS} == set(available_shapes())
+
+
+# A learned gate with different curves for the two signs; knots of LearnedShape.KNOTS:
+# (-0.2, -0.1, -0.05, 0.0, 1e-3, 0.05, 0.1, 0.2, 0.5)
+POSITIVE = [0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 0.9]
+NEGATIVE = [0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85]
+
+
+@pytest.mark.parametrize(
+    "ratio,advantage,expected",
+    [
+        (1.25, 1.0, POSITIVE[5]),                            # d = 0.05, on a knot
+        (1.275, 1.0, (POSITIVE[5] + POSITIVE[6]) / 2),       # d = 0.075, half-way
+        (1.3, 2.0, POSITIVE[6]),
+        (1.15, 1.0, POSITIVE[2]),                            # d = -0.05, knot 2
+        (1.125, 1.0, (POSITIVE[1] + POSITIVE[2]) / 2),       # d = -0.075
+        (0.75, -1.0, NEGATIVE[5]),                           # d = 0.8 - 0.75 = 0.05
+        (0.725, -1.0, (NEGATIVE[5] + NEGATIVE[6]) / 2),      # d = 0.075
+        (0.85, -1.0, NEGATIVE[2]),                           # d = -0.05
+        (0.1, -1.0, NEGATIVE[8]),                            # beyond the last knot
+        (3.0, 1.0, POSITIVE[8]),
+        (1.0, 1.0, POSITIVE[0]),                             # d = -0.2, first knot
+        (1.0, -1.0, NEGATIVE[0]),
+    ],
+)
+def test_learned_gate_interpolates_its_own_curve_for_each_sign(ratio, advantage, expected):
+    shape = make_shape("learned").double()
+    shape.set_vector(POSITIVE + NEGATIVE)
+    w, a = torch.tensor([ratio], dtype=torch.float64), torch.tensor([advantage], dtype=torch.float64)
+    assert shape.gate(w, a).item() == pytest.approx(expected, abs=1e-6)  # float32 knots and values
+
+
+# -- JSON round trip with non-default parameters and state -----------------------------------
+def non_default_params(name: str) -> dict[str, float]:
+    """A value inside each parameter's search range (or half the default), never the default."""
+    chosen = {}
+    for key, spec in shapes.get_shape_class(name).params.items():
+        if spec.search is not None:
+            low, high = spec.search
+            value = math.exp(math.log(low) + 0.37 * (math.log(high) - math.log(low))) if spec.log \
+                else low + 0.37 * (high - low)
+        else:
+            value = spec.default / 2
+        assert value != spec.default
+        chosen[key] = value
+    return chosen
+
+
+@pytest.mark.parametrize("name", available_shapes())
+def test_round_trip_keeps_non_default_parameters_and_state(tmp_path, name):
+    params = non_default_params(name)
+    shape = make_shape(name, **params)
+    generator = torch.Generator().manual_seed(0)
+    for value in shape.state_dict().values():  # learned state: random, not the default
+        value.copy_(torch.rand(value.shape, generator=generator))
+    loaded = load_shape(save_shape(shape, tmp_path / f"{name}.json"))
+    assert type(loaded) is type(shape)
+    assert loaded.hparams == params
+    for key, value in shape.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    ratio = torch.linspace(0.3, 2.0, 341)
+    default = make_shape(name)
+    differs = False
+    for sign in (1.0, -1.0):
+        advantage = torch.full_like(ratio, sign)
+        gate = loaded.gate(ratio, advantage)
+        assert torch.equal(gate, shape.gate(ratio, advantage))
+        differs |= not torch.equal(gate, default.gate(ratio, advantage))
+    assert differs or name == "none", "the parameters and state must change the gate"
+
+
+# -- a shape file's parameters and state are the gate the trainer uses -----------------------
+def trainer_gates(shape_file) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample (log-ratio, standardised advantage, gate) of the trainer's own minibatch loss
+    on a real rollout, one epoch in, for a run configured with `--shape-file`."""
+    from klip.algos.config import TrainConfig
+    from klip.algos.ppo import PPOModule
+
+    config = TrainConfig(task="Pendulum-v1", rollout_steps=128, minibatch_size=128, epochs=1,
+                         eval_episodes=0, shape_file=str(shape_file))
+    module = PPOModule(config.to_dict())
+    rollout = module.rollouts.collect()
+    with torch.no_grad():
+        module.advantage_module(rollout)
+    data = rollout.select(*module._update_keys(rollout)).reshape(-1)
+    with torch.no_grad():  # move the policy so that ratios are not all 1
+        policy = module.actor.module[0]
+        policy.log_std.add_(0.3)
+    (minibatch,) = list(module.minibatch_loss.minibatches(data, 128))
+    _, _, log_ratio, advantage, gate = module.minibatch_loss.losses(*minibatch)
+    return log_ratio.squeeze(-1).double(), advantage.squeeze(-1).double(), gate.squeeze(-1).double()
+
+
+def test_shape_file_parameters_set_the_gate_used_in_training(tmp_path):
+    path = tmp_path / "sigmoid.json"
+    path.write_text('{"name": "sigmoid", "params": {"eps": 0.1, "tau": 0.02}}')
+    log_ratio, advantage, gate = trainer_gates(path)
+    w = log_ratio.exp()
+    distance = torch.where(advantage >= 0, w - 1.1, 0.9 - w)  # eps = 0.1, by hand
+    expected = 1 / (1 + torch.exp(-distance / 0.02))  # tau = 0.02
+    torch.testing.assert_close(gate, expected, rtol=1e-4, atol=1e-5)
+    default_distance = torch.where(advantage >= 0, w - 1.2, 0.8 - w)
+    default = 1 / (1 + torch.exp(-default_distance / 0.05))
+    assert (gate - default).abs().max() > 0.1, "the file's parameters must make a difference"
+    assert (advantage < 0).any() and (advantage > 0).any()
+
+
+def test_shape_file_learned_state_sets_the_gate_used_in_training(tmp_path):
+    path = tmp_path / "learned.json"
+    knots = len(LearnedShape.KNOTS)
+    shape = make_shape("learned", eps=0.25)
+    shape.set_vector([0.25] * knots + [0.75] * knots)  # flat curves: 1/4 for A >= 0, 3/4 for A < 0
+    save_shape(shape, path)
+    _, advantage, gate = trainer_gates(path)
+    expected = torch.where(advantage >= 0, 0.25, 0.75).double()
+    assert torch.equal(gate, expected)
