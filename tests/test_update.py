@@ -116,6 +116,7 @@ def test_fallback_to_the_loss_module_with_a_reason():
     assert "not a klip.algos.networks.ValueHead" in reason
 
 
+@pytest.mark.slow
 def test_compiled_tensor_loss_close_to_eager():
     """torch.compile fuses kernels: not bitwise, but the same numbers to float32 rounding."""
     actor, critic = make_actor_critic()
