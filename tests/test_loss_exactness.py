@@ -22,6 +22,7 @@ from helpers import (
 from torchrl.objectives import ClipPPOLoss, PPOLoss
 
 from klip.algos import KLipPPOLoss
+from klip.shapes import available_shapes
 
 EPS = 0.2
 
@@ -69,7 +70,7 @@ def test_step_gradients_close_for_other_batch_sizes(dtype, size, case):
             assert ((reference_grad - klip_grad).abs().max() / scale) <= 1e-6
 
 
-@pytest.mark.parametrize("shape", ["step", "sigmoid", "linear_ramp", "learned", "none"])
+@pytest.mark.parametrize("shape", available_shapes())
 @pytest.mark.parametrize("case", [random_case, adversarial_case])
 def test_kl_form_and_effective_form_agree(shape, case):
     actor, _critic = make_actor_critic(torch.float64)

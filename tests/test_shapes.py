@@ -29,7 +29,8 @@ from klip.shapes import (
     signed_distance_past_boundary,
 )
 
-BUILTIN = ["step", "none", "sigmoid", "linear_ramp", "learned"]
+# Every registered shape: a new built-in is covered by these tests without editing them.
+BUILTIN = available_shapes()
 ratios = st.floats(1e-6, 1e6, allow_nan=False)
 advantages = st.one_of(st.just(0.0), st.floats(-1e6, 1e6, allow_nan=False))
 
@@ -341,6 +342,8 @@ NEGATIVE = [0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85]
         (3.0, 1.0, POSITIVE[8]),
         (1.0, 1.0, POSITIVE[0]),                             # d = -0.2, first knot
         (1.0, -1.0, NEGATIVE[0]),
+        (1.3, -1.0, NEGATIVE[0]),                            # d = -0.5, before the first knot
+        (1.25, 0.0, POSITIVE[5]),                            # A == 0 uses the A >= 0 curve
     ],
 )
 def test_learned_gate_interpolates_its_own_curve_for_each_sign(ratio, advantage, expected):
@@ -434,3 +437,189 @@ def test_shape_file_learned_state_sets_the_gate_used_in_training(tmp_path):
     _, advantage, gate = trainer_gates(path)
     expected = torch.where(advantage >= 0, 0.25, 0.75).double()
     assert torch.equal(gate, expected)
+
+
+# -- the contract's details: ranges, messages, search spaces, registry, files ----------------
+def test_param_range_bounds_and_their_description():
+    closed = shapes.Param(0.5, 0.0, 1.0)
+    assert closed.describe_range() == "[0, 1]"
+    assert closed.contains(0.0) and closed.contains(1.0) and not closed.contains(1.5)
+    open_ = shapes.Param(0.5, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    assert open_.describe_range() == "(0, 1)"
+    assert not open_.contains(0.0) and not open_.contains(1.0) and open_.contains(0.5)
+    unbounded = shapes.Param(1.0)
+    assert unbounded.describe_range() == "(-inf, inf)"
+    assert unbounded.contains(-1e300) and not unbounded.contains(math.nan)
+
+
+def test_unknown_parameter_message_lists_the_known_ones_exactly():
+    message = r"^shape 'none': unknown parameter\(s\) tau; its parameters are: none$"
+    with pytest.raises(ValueError, match=message):
+        make_shape("none", tau=1.0)
+    with pytest.raises(ValueError, match=r"its parameters are: eps, tau$"):
+        make_shape("sigmoid", delta=1.0)
+
+
+def test_module_call_and_repr():
+    shape = make_shape("sigmoid", eps=0.25, tau=0.5)
+    ratio, advantage = torch.tensor([0.5, 1.5]), torch.tensor([-1.0, 1.0])
+    assert torch.equal(shape(ratio, advantage), shape.gate(ratio, advantage))
+    assert repr(shape) == "SigmoidShape(eps=0.25, tau=0.5)"
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_search_space_names_ranges_and_fixed_values(name):
+    cls = shapes.get_shape_class(name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    trial = study.ask()
+    chosen = cls.search_space(trial)  # no prefix by default
+    searchable = {key for key, spec in cls.params.items() if spec.search is not None}
+    assert set(trial.params) == set(chosen) and searchable <= set(chosen)
+    for key in searchable:
+        spec = cls.params[key]
+        distribution = trial.distributions[key]
+        assert (distribution.low, distribution.high, distribution.log) == (*spec.search, spec.log)
+    if name == "learned":
+        for side in ("pos", "neg"):
+            for index in range(len(LearnedShape.KNOTS)):
+                distribution = trial.distributions[f"{side}{index}"]
+                assert (distribution.low, distribution.high) == (0.0, 1.0)
+    if "eps" in cls.params:
+        fixed = cls.from_trial(study.ask(), fixed={"eps": 0.3})
+        assert fixed.eps == 0.3
+        free_trial = study.ask()
+        free = cls.from_trial(free_trial)
+        assert free.eps == free_trial.params["eps"] != cls.params["eps"].default
+
+
+def test_learned_from_trial_sets_the_vector_the_trial_chose():
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2)).ask()
+    shape = LearnedShape.from_trial(trial, prefix="g.")
+    size = len(LearnedShape.KNOTS)
+    expected = [trial.params[f"g.{side}{i}"] for side in ("pos", "neg") for i in range(size)]
+    assert torch.equal(shape.get_vector(), torch.tensor(expected))
+
+
+def test_persistent_state_is_only_what_a_shape_file_must_carry():
+    assert make_shape("step").state_dict() == {}  # eps_tensor is derived from eps
+    assert set(make_shape("learned").state_dict()) == {"values"}  # knots are fixed
+    data = make_shape("step", eps=0.3).to_dict()
+    assert data == {"klip_shape_format": shapes.base.SHAPE_FILE_FORMAT, "name": "step",
+                    "params": {"eps": 0.3}, "state": {}}
+
+
+def test_step_gate_is_zero_on_the_boundary_itself():
+    eps = 0.2
+    w = torch.tensor([1.0 + eps, 1.0 - eps], dtype=torch.float64)  # the shape's own arithmetic
+    advantage = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    assert make_shape("step", eps=eps).gate(w, advantage).tolist() == [0, 0]
+
+
+def test_learned_vector_is_checked_in_the_shapes_dtype():
+    shape = make_shape("learned")
+    with pytest.raises(ValueError, match=r"^learned shape: vector entries must be finite$"):
+        shape.set_vector(torch.full((shape.vector_size,), 1e300, dtype=torch.float64))  # inf in float32
+
+
+def test_learned_gate_of_float64_ratios_on_a_float32_shape():
+    shape = make_shape("learned")
+    shape.set_vector(POSITIVE + NEGATIVE)
+    ratio = torch.tensor([1.275, 0.725, 1.3, 0.3], dtype=torch.float64)
+    advantage = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64)
+    knots = torch.tensor(LearnedShape.KNOTS).double()  # the float32 knots, exactly
+    values = torch.tensor([POSITIVE, NEGATIVE]).double()
+    expected = []
+    for w, a in zip(ratio.tolist(), advantage.tolist(), strict=True):
+        d = min(max(w - 1.2 if a >= 0 else 0.8 - w, knots[0].item()), knots[-1].item())
+        right = max(1, int(torch.searchsorted(knots, torch.tensor(d, dtype=torch.float64))))
+        low, high = values[int(a < 0), right - 1].item(), values[int(a < 0), right].item()
+        fraction = (d - knots[right - 1].item()) / (knots[right].item() - knots[right - 1].item())
+        expected.append(low + fraction * (high - low))
+    gate = shape.gate(ratio, advantage)
+    assert gate.dtype == torch.float64
+    torch.testing.assert_close(gate, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+def test_register_shape_validates_names_and_classes(clean_registry):
+    for bad in ("", "two words", "semi;colon"):
+        with pytest.raises(ValueError, match=r"must be non-empty letters, digits, '_' or '-'$"):
+            register_shape(bad)
+
+    @register_shape("my-gate_2")
+    class Mine(CoefficientShape):
+        def gate(self, ratio, advantage):
+            return torch.zeros_like(ratio)
+
+    assert Mine.name == "my-gate_2" and make_shape("my-gate_2").display_name() == "my-gate_2"
+    with pytest.raises(TypeError, match=r"^@register_shape\('x'\) needs a CoefficientShape subclass$"):
+        register_shape("x")(int)
+    with pytest.raises(TypeError, match="needs a CoefficientShape subclass"):
+        register_shape("x")(lambda: None)
+
+
+PLUGIN_WITH_DATACLASS = textwrap.dedent(
+    """
+    from __future__ import annotations
+    import dataclasses
+    import torch
+    from klip.shapes import CoefficientShape, register_shape
+
+    @dataclasses.dataclass
+    class Settings:  # dataclasses look the defining module up in sys.modules
+        level: float = {level}
+
+    @register_shape("{name}")
+    class Flat(CoefficientShape):
+        def gate(self, ratio, advantage):
+            return torch.full_like(ratio, Settings().level)
+    """
+)
+
+
+def test_each_plugin_file_is_its_own_module(tmp_path, clean_registry):
+    first, second = tmp_path / "first.py", tmp_path / "second.py"
+    first.write_text(PLUGIN_WITH_DATACLASS.format(name="flat_a", level=0.25))
+    second.write_text(PLUGIN_WITH_DATACLASS.format(name="flat_b", level=0.75))
+    assert load_shapes_from_file(first) == ["flat_a"]
+    assert load_shapes_from_file(second) == ["flat_b"]
+    assert load_shapes_from_file(first) == ["flat_a"]  # loaded once
+    assert make_shape("flat_b").gate(torch.ones(1), torch.ones(1)).item() == 0.75
+
+
+def test_plugin_and_shape_file_errors_name_the_path(tmp_path):
+    missing = tmp_path / "nope.py"
+    with pytest.raises(FileNotFoundError, match=f"^shape plugin file not found: {missing}$"):
+        load_shapes_from_file(missing)
+    text = tmp_path / "shapes.txt"
+    text.write_text("")
+    with pytest.raises(ValueError, match=f"^shape plugin must be a .py file, got {text}$"):
+        load_shapes_from_file(text)
+    with pytest.raises(FileNotFoundError, match=f"^shape file not found: {tmp_path / 'nope.json'}$"):
+        load_shape(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('[1, 2]', "not a klip shape description: expected an object with a 'name' field"),
+        ('{"name": "step", "params": [0.1]}', "shape 'params' must be an object of name -> number"),
+        ('{"name": "step", "state": [1]}', "shape 'state' must be an object of name -> list of numbers"),
+        ('{"name": "step", "state": {"x": [1]}}',
+         "shape 'step' state mismatch: missing [], unexpected ['x']"),
+        ('{"name": "learned", "state": {"weights": [1]}}',
+         "shape 'learned' state mismatch: missing ['values'], unexpected ['weights']"),
+        ('{"name": "learned", "state": {"values": "high"}}', "shape state 'values' is not numeric: "),
+    ],
+)
+def test_shape_file_errors_are_exact(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError) as error:
+        load_shape(path)
+    assert str(error.value).startswith(f"shape file {path}: {message}")
+
+
+def test_saved_shape_file_is_indented_json_with_a_final_newline(tmp_path):
+    shape = make_shape("sigmoid", tau=0.1)
+    text = save_shape(shape, tmp_path / "s.json").read_text()
+    assert text == json.dumps(shape.to_dict(), indent=2) + "\n"
