@@ -623,3 +623,46 @@ def test_saved_shape_file_is_indented_json_with_a_final_newline(tmp_path):
     shape = make_shape("sigmoid", tau=0.1)
     text = save_shape(shape, tmp_path / "s.json").read_text()
     assert text == json.dumps(shape.to_dict(), indent=2) + "\n"
+
+
+def test_parse_param_assignments():
+    from klip.shapes.registry import parse_param_assignments
+
+    assert parse_param_assignments(["tau=0.05", " eps =0.2"]) == {"tau": 0.05, "eps": 0.2}
+    assert parse_param_assignments([]) == {}
+    for item, message in [
+        ("tau", r"^shape parameter 'tau' must look like NAME=VALUE$"),
+        ("=1", r"^shape parameter '=1' must look like NAME=VALUE$"),
+        (" =1", r"^shape parameter ' =1' must look like NAME=VALUE$"),
+        ("tau=abc", r"^shape parameter 'tau': 'abc' is not a number$"),
+        ("tau=inf", r"^shape parameter 'tau': 'inf' is not finite$"),
+        ("tau=nan", r"^shape parameter 'tau': 'nan' is not finite$"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_param_assignments([item])
+
+
+def test_entry_points_broken_foreign_and_known_plugins(tmp_path, clean_registry, monkeypatch):
+    package = tmp_path / "gate_plugins.py"
+    package.write_text(USER_SHAPE.replace('@register_shape("half_brake")', "")
+                       + "\nNOT_A_SHAPE = 3\n\nclass Other(HalfBrake):\n    pass\n")
+    dist = tmp_path / "gate_plugins-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gate-plugins\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[klip.shapes]\n"
+        "broken = no_such_module_here:Gate\n"
+        "number = gate_plugins:NOT_A_SHAPE\n"
+        "step_again = klip.shapes.builtin:StepShape\n"
+        "brake = gate_plugins:HalfBrake\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    clean_registry._entry_points_loaded = False
+    with pytest.warns(UserWarning, match=r"^klip: could not load shape plugin 'no_such_module_here:Gate': "
+                                         r"No module named 'no_such_module_here'$"):
+        names = available_shapes()
+    assert "brake" in names and "number" not in names and "step_again" not in names
+    assert clean_registry._entry_points_loaded is True
+    assert shapes.get_shape_class("brake").name == "brake"
+    (dist / "entry_points.txt").write_text("[klip.shapes]\nlater = gate_plugins:Other\n")
+    assert "later" not in available_shapes()  # entry points are read once per process
