@@ -22,7 +22,8 @@ from helpers import (
 from torchrl.objectives import ClipPPOLoss, PPOLoss
 
 from klip.algos import KLipPPOLoss
-from klip.shapes import available_shapes
+from klip.algos.loss import KLIP_DIAGNOSTICS
+from klip.shapes import CoefficientShape, available_shapes
 
 EPS = 0.2
 
@@ -214,3 +215,34 @@ def test_step_per_sample_gradients_equal_clip_for_other_batch_sizes(dtype, size)
     actual_rows, _ = per_sample_gradients(
         KLipPPOLoss(actor, critic, shape="step", **CONFIGS["paper"]).to(dtype), batch, parameters)
     assert torch.equal(expected_rows, actual_rows)
+
+
+@pytest.mark.parametrize("diagnostics", [True, False, "deferred"])
+def test_out_keys_are_the_forward_outputs(diagnostics):
+    actor, critic = make_actor_critic()
+    loss = KLipPPOLoss(actor, critic, diagnostics=diagnostics, clip_value=0.2)
+    out = loss(make_batch(actor, 0.3 * torch.randn(16), torch.randn(16)))
+    expected = {"loss_objective", "kl_approx", "loss_entropy", "entropy", "loss_critic",
+                "value_clip_fraction"}
+    if diagnostics is True:
+        expected |= set(KLIP_DIAGNOSTICS)
+    assert set(loss.out_keys) == expected
+    assert expected <= set(out.keys())
+    assert ("fraction_kill" in out) == (diagnostics is True)
+
+
+def test_update_after_rollout_hands_the_statistics_to_the_shape():
+    class Recording(CoefficientShape):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list = []
+
+        def gate(self, ratio, advantage):
+            return torch.zeros_like(ratio)
+
+        def update_after_rollout(self, stats):
+            self.seen.append(dict(stats))
+
+    shape = Recording()
+    KLipPPOLoss(*make_actor_critic(), shape=shape).update_after_rollout({"kl_k3": 0.5})
+    assert shape.seen == [{"kl_k3": 0.5}]
