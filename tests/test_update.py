@@ -199,3 +199,53 @@ def test_near_constant_advantages_standardised_with_torchrls_std_floor(shape, dt
     # By hand: the standardised advantages are (A - mean) / floor, of order 0.1, not 0 and not 10.
     standardised = (advantage - advantage.mean()) / floor
     assert 0.05 < standardised.abs().max() < 1.0
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_tiny_minibatches_standardise_like_torchrl(size):
+    """TorchRL leaves a single advantage alone and standardises two or more."""
+    actor, critic = make_actor_critic(torch.float64, 5, log_std=-1.2)
+    log_ratio, advantage = random_case(size, torch.float64, 5)
+    batch, _ = make_sampled_batch(actor, log_ratio, 3.0 + advantage, 5)
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    config = CONFIGS["paper"]
+    clip = ModuleLoss(ClipPPOLoss(actor, critic, clip_epsilon=0.2, **config).double())
+    fast = KLipTensorLoss(KLipPPOLoss(actor, critic, diagnostics=False, **config).double(), actor, critic)
+    expected_rows, expected = per_sample_update(clip, batch, parameters)
+    actual_rows, actual = per_sample_update(fast, batch, parameters)
+    assert torch.isfinite(actual_rows).all() and actual_rows.abs().sum() > 0
+    assert torch.equal(expected_rows, actual_rows)
+    assert all(torch.equal(a, b) for a, b in zip(expected, actual, strict=True))
+
+
+@pytest.mark.parametrize("shape", ["sigmoid", "linear_ramp"])
+def test_tensor_loss_kl_form_per_sample_and_metrics(shape):
+    actor, critic = make_actor_critic(torch.float32, 6, log_std=-1.2)
+    log_ratio, advantage = edge_case(128, torch.float32, 6)
+    batch, _ = make_sampled_batch(actor, log_ratio, advantage, 6)
+    kwargs = dict(CONFIGS["paper"], shape=shape, form="kl", diagnostics=False)
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    module = ModuleLoss(KLipPPOLoss(actor, critic, **kwargs))
+    fast = KLipTensorLoss(KLipPPOLoss(actor, critic, **kwargs), actor, critic)
+    expected_rows, _ = per_sample_update(module, batch, parameters)
+    actual_rows, _ = per_sample_update(fast, batch, parameters)
+    assert torch.equal(expected_rows, actual_rows)
+    (minibatch,) = list(fast.minibatches(batch, 128))
+    _, fast_metrics = fast(minibatch)
+    _, module_metrics = module(batch)
+    assert torch.equal(fast_metrics, module_metrics)
+    effective = KLipTensorLoss(KLipPPOLoss(actor, critic, **dict(kwargs, form="effective")), actor, critic)
+    assert not torch.equal(effective(minibatch)[1][0], fast_metrics[0])  # the forms' objectives differ
+
+
+def test_make_minibatch_loss_passes_the_module_and_the_compile_flag():
+    actor, critic = make_actor_critic()
+    klip = KLipPPOLoss(actor, critic, diagnostics=False, **CONFIGS["paper"])
+    eager = make_minibatch_loss(klip, actor, critic)
+    assert eager.loss_module is klip and eager._losses == eager.losses
+    compiled = make_minibatch_loss(klip, actor, critic, compile=True)
+    assert compiled._losses != compiled.losses  # wrapped by torch.compile (compiled on first call)
+    clip = ClipPPOLoss(actor, critic, functional=False)
+    module = make_minibatch_loss(clip, actor, critic)
+    assert isinstance(module, ModuleLoss) and module.loss_module is clip and module._forward is clip
+    assert make_minibatch_loss(clip, actor, critic, compile=True)._forward is not clip
