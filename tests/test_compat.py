@@ -215,11 +215,15 @@ def test_appending_csv_experiment_keeps_an_existing_metrics_file(tmp_path):
 def test_configure_inductor_compiles_in_process(monkeypatch):
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "compile_threads", 8)
     monkeypatch.delenv("TORCHINDUCTOR_VEC_ISA_OK", raising=False)
-    monkeypatch.setattr(inductor_config.cpp, "vec_isa_ok", None)
-    compat.configure_inductor()
-    assert inductor_config.compile_threads == 1 and inductor_config.cpp.vec_isa_ok is True
+    # The config module's own patch() restores both settings afterwards.
+    with inductor_config.patch({"compile_threads": 8, "cpp.vec_isa_ok": None}):
+        compat.configure_inductor()
+        assert inductor_config.compile_threads == 1 and inductor_config.cpp.vec_isa_ok is True
+    with inductor_config.patch({"cpp.vec_isa_ok": None}):
+        monkeypatch.setenv("TORCHINDUCTOR_VEC_ISA_OK", "0")
+        compat.configure_inductor()
+        assert inductor_config.cpp.vec_isa_ok is None  # the variable restores inductor's probe
 
 
 def test_every_accessor_has_a_test():
