@@ -249,3 +249,37 @@ def test_make_minibatch_loss_passes_the_module_and_the_compile_flag():
     module = make_minibatch_loss(clip, actor, critic)
     assert isinstance(module, ModuleLoss) and module.loss_module is clip and module._forward is clip
     assert make_minibatch_loss(clip, actor, critic, compile=True)._forward is not clip
+
+
+def test_every_reason_the_fast_loss_cannot_stand_in_is_named():
+    actor, critic = make_actor_critic()
+    base = dict(functional=False, log_explained_variance=False, diagnostics=False, loss_critic_type="l2")
+    cases = [
+        (dict(delay_actor=True, functional=True), "functional parameters, a delayed actor"),
+        (dict(max_importance_ratio=5.0), "an importance-ratio cap"),
+        (dict(normalize_advantage=True, normalize_advantage_exclude_dims=(-1,)),
+         "advantage-normalisation excluded dims"),
+        (dict(loss_critic_type="smooth_l1"), "a critic loss other than l2"),
+        (dict(separate_losses=True), "separate losses"),
+        (dict(reduction="sum"), "a reduction other than mean"),
+        (dict(diagnostics=True), "per-call diagnostics"),
+        (dict(log_explained_variance=True), "per-call explained variance"),
+        (dict(functional=True, reduction="sum"), "functional parameters, a reduction other than mean"),
+    ]
+    for kwargs, reason in cases:
+        loss = KLipPPOLoss(actor, critic, **{**base, **kwargs})
+        assert tensor_loss_unsupported(loss, actor, critic) == f"the loss uses {reason}", kwargs
+    no_critic = KLipPPOLoss(actor, None, critic_coeff=None, **base)
+    assert tensor_loss_unsupported(no_critic, actor, critic) == "the loss uses no critic"
+    plain = KLipPPOLoss(actor, critic, **base)
+    assert tensor_loss_unsupported(plain, actor, torch.nn.Linear(5, 1)) == (
+        "the critic is not a klip.algos.networks.ValueHead")
+    assert tensor_loss_unsupported(plain, torch.nn.Linear(5, 3), critic) == (
+        "this fast path needs an actor built by klip.algos.networks.make_actor")
+
+
+def test_module_loss_compiles_the_module_itself():
+    actor, critic = make_actor_critic()
+    clip = ClipPPOLoss(actor, critic, functional=False)
+    compiled = ModuleLoss(clip, compile=True)
+    assert compiled._forward._orig_mod is clip  # torch.compile's wrapper of this very module
