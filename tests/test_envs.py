@@ -359,6 +359,8 @@ def test_return_scaler_equals_gymnasiums_normalize_reward_within_an_episode() ->
         _, expected, _, _, _ = reference.step(action[0])
         np.testing.assert_allclose(reward[0], expected, rtol=1e-12, atol=0)
     assert ours.return_rms.var == pytest.approx(float(reference.return_rms.var), rel=1e-12)
+    assert ours.return_rms.mean == pytest.approx(float(reference.return_rms.mean), rel=1e-12)
+    assert ours.returns[0] == pytest.approx(float(reference.discounted_reward[0]), rel=1e-12)
 
 
 class RawRecorder(gym.vector.VectorWrapper):
@@ -426,3 +428,43 @@ def test_normalisers_with_several_sub_envs_match_statistics_computed_by_hand() -
             check_observation(obs[done])
     assert resets >= 3
     assert np.abs(np.concatenate(raw.rewards)).max() > 0.5  # rewards the scaling does change
+
+
+def test_episode_recorder_keeps_running_episodes_through_a_partial_reset() -> None:
+    from klip.envs.wrappers import EpisodeRecorder, LeanSyncVectorEnv
+
+    raw = RawRecorder(LeanSyncVectorEnv([_hopper, _hopper]))
+    env = EpisodeRecorder(raw)
+    env.reset(seed=2)
+    rng = np.random.default_rng(2)
+    started = [0, 0]  # index into raw.rewards where each sub-env's episode started
+    expected: list[tuple[float, int]] = []
+    for _ in range(300):
+        _, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, (2, 3)).astype(np.float32))
+        done = terminated | truncated
+        for i in np.flatnonzero(done):
+            rewards = [step[i] for step in raw.rewards[started[i]:]]
+            expected.append((float(np.sum(rewards)), len(rewards)))
+            started[i] = len(raw.rewards)
+        if done.any():
+            env.reset(options={"reset_mask": done})
+    finished = env.drain()
+    assert len(finished) >= 4 and env.drain() == []
+    assert [length for _, length in finished] == [length for _, length in expected]
+    assert [ret for ret, _ in finished] == pytest.approx([ret for ret, _ in expected], rel=1e-12)
+    # the two sub-envs' episodes ended at different steps (partial resets happened)
+    assert len({length for _, length in finished}) > 1
+
+
+def test_normalised_spaces_and_gamma_range() -> None:
+    from klip.envs.wrappers import LeanSyncVectorEnv, ObservationNormalizer, ReturnScaler
+
+    env = ObservationNormalizer(LeanSyncVectorEnv([_hopper, _hopper]), clip=5.0)
+    assert env.single_observation_space == gym.spaces.Box(-5.0, 5.0, (11,), np.float32)
+    assert env.observation_space.shape == (2, 11) and env.observation_space.dtype == np.float32
+    assert env.observation_space.low.min() == -5.0 and env.observation_space.high.max() == 5.0
+    for gamma in (0.0, 1.0):
+        assert ReturnScaler(env, gamma=gamma).gamma == gamma
+    for gamma in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"^gamma must be in \[0, 1\], got {gamma}$"):
+            ReturnScaler(env, gamma=gamma)
