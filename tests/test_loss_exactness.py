@@ -246,3 +246,51 @@ def test_update_after_rollout_hands_the_statistics_to_the_shape():
     shape = Recording()
     KLipPPOLoss(*make_actor_critic(), shape=shape).update_after_rollout({"kl_k3": 0.5})
     assert shape.seen == [{"kl_k3": 0.5}]
+
+
+def with_rollout_keys(batch, seed: int = 0):
+    """The batch without advantages, with what GAE needs to compute them inside the loss."""
+    generator = torch.Generator().manual_seed(seed)
+    size, dtype = batch.shape[0], batch["observation"].dtype
+    data = batch.exclude("advantage", "value_target", "state_value")
+    data["next", "observation"] = torch.randn(size, batch["observation"].shape[-1], generator=generator,
+                                              dtype=dtype)
+    data["next", "reward"] = torch.randn(size, 1, generator=generator, dtype=dtype)
+    done = torch.rand(size, 1, generator=generator) < 0.1
+    data["next", "done"], data["next", "terminated"] = done, done.clone()
+    return data
+
+
+def test_advantages_computed_inside_the_loss_like_clip_ppo_loss():
+    actor, critic = make_actor_critic(torch.float64, 7, log_std=-1.2)
+    log_ratio, advantage = edge_case(64, torch.float64, 7)
+    batch, _ = make_sampled_batch(actor, log_ratio, advantage, 7)
+    data = with_rollout_keys(batch)
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    config = dict(CONFIGS["paper"], clip_value=None)  # no stored values to clip against
+    # Parameter gradients only: with the observation a leaf, ClipPPOLoss would also
+    # differentiate the advantages GAE computed from it, which KLip holds constant.
+    expected, _ = gradients(ClipPPOLoss(actor, critic, clip_epsilon=EPS, **config).double(), data, parameters)
+    actual, _ = gradients(KLipPPOLoss(actor, critic, shape="step", **config).double(), data, parameters)
+    assert all(torch.equal(a, b) for a, b in zip(expected, actual, strict=True))
+    assert expected[0].abs().sum() > 0
+    assert "advantage" not in data  # the caller's data is left alone
+    with pytest.raises(RuntimeError, match=r"^no advantage in the data and no critic to compute it$"):
+        KLipPPOLoss(actor, None, critic_coeff=None).double()(data)
+
+
+def test_delayed_actor_equals_clip_ppo_loss_per_sample():
+    """With delay_actor, the gate sees pi/pi_proximal and the surrogate pi/pi_behaviour."""
+    actor, _ = make_actor_critic(torch.float64, 8, log_std=-1.2)
+    log_ratio, advantage = edge_case(64, torch.float64, 8)
+    batch, _ = make_sampled_batch(actor, log_ratio, advantage, 8)
+    config = dict(POLICY_ONLY, functional=True, delay_actor=True)
+    reference = ClipPPOLoss(actor, None, clip_epsilon=EPS, **config).double()
+    klip = KLipPPOLoss(actor, None, shape="step", **config).double()
+    with torch.no_grad():  # move the current policy away from the frozen proximal copy
+        actor.module[0].log_std.add_(0.05)
+    parameters = list(actor.parameters())
+    expected_rows, _ = per_sample_gradients(reference, batch, parameters)
+    actual_rows, _ = per_sample_gradients(klip, batch, parameters)
+    assert torch.equal(expected_rows, actual_rows)
+    assert (expected_rows != 0).any(-1).sum() > 10
