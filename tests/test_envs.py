@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -468,3 +469,20 @@ def test_normalised_spaces_and_gamma_range() -> None:
     for gamma in (-0.1, 1.5):
         with pytest.raises(ValueError, match=rf"^gamma must be in \[0, 1\], got {gamma}$"):
             ReturnScaler(env, gamma=gamma)
+
+
+def test_clip_action_advertises_an_unbounded_space_and_unfinished_steps_are_refused() -> None:
+    from klip.envs.wrappers import ClipAction, LeanSyncVectorEnv
+
+    env = ClipAction(LeanSyncVectorEnv([_hopper, _hopper]))
+    assert env.single_action_space == gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+    assert env.action_space.shape == (2, 3) and env.action_space.dtype == np.float32
+    assert np.isneginf(env.action_space.low).all() and np.isposinf(env.action_space.high).all()
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    while not (done := np.logical_or(*env.step(rng.uniform(-1, 1, (2, 3)).astype(np.float32))[2:4])).any():
+        pass
+    finished = np.flatnonzero(done)
+    message = rf"^sub-envs {re.escape(str(finished))} finished and were not reset$"
+    with pytest.raises(RuntimeError, match=message):
+        env.step(np.zeros((2, 3), np.float32))
