@@ -456,8 +456,9 @@ def test_unknown_parameter_message_lists_the_known_ones_exactly():
     message = r"^shape 'none': unknown parameter\(s\) tau; its parameters are: none$"
     with pytest.raises(ValueError, match=message):
         make_shape("none", tau=1.0)
-    with pytest.raises(ValueError, match=r"its parameters are: eps, tau$"):
-        make_shape("sigmoid", delta=1.0)
+    two = r"unknown parameter\(s\) delta, kappa; its parameters are: eps, tau$"
+    with pytest.raises(ValueError, match=two):
+        make_shape("sigmoid", kappa=1.0, delta=1.0)
 
 
 def test_module_call_and_repr():
@@ -523,11 +524,15 @@ def test_learned_vector_is_checked_in_the_shapes_dtype():
 
 def test_learned_gate_of_float64_ratios_on_a_float32_shape():
     shape = make_shape("learned")
-    shape.set_vector(POSITIVE + NEGATIVE)
-    ratio = torch.tensor([1.275, 0.725, 1.3, 0.3], dtype=torch.float64)
-    advantage = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64)
+    # Jumps between knots whose float32 differences round (not within a factor of 2).
+    positive = [0.0, 0.013, 0.3, 0.31, 0.77, 0.78, 0.9, 0.97, 0.99]
+    negative = [0.007, 0.2, 0.21, 0.6, 0.61, 0.83, 0.84, 0.95, 0.999]
+    shape.set_vector(positive + negative)
+    # on segments with and without such jumps, both signs, and beyond the ends
+    ratio = torch.tensor([1.275, 0.725, 1.3, 0.3, 1.125, 0.95, 0.83, 1.2005], dtype=torch.float64)
+    advantage = torch.tensor([1.0, -1.0, -1.0, 1.0, 2.0, -2.0, -1.0, 1.0], dtype=torch.float64)
     knots = torch.tensor(LearnedShape.KNOTS).double()  # the float32 knots, exactly
-    values = torch.tensor([POSITIVE, NEGATIVE]).double()
+    values = torch.tensor([positive, negative]).double()  # the float32 values, exactly
     expected = []
     for w, a in zip(ratio.tolist(), advantage.tolist(), strict=True):
         d = min(max(w - 1.2 if a >= 0 else 0.8 - w, knots[0].item()), knots[-1].item())
