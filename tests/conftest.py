@@ -25,3 +25,18 @@ def clean_registry():
     registry._REGISTRY.clear()
     registry._REGISTRY.update(saved)
     registry._entry_points_loaded = saved_flag
+
+
+# Slow tests of tests/test_training.py, marked here so that file (edited by the training
+# work) stays as it is; elsewhere tests carry @pytest.mark.slow themselves.
+SLOW_TRAINING_TESTS = {
+    "test_killed_process_resumes_from_its_last_checkpoint",
+    "test_debug_flag_shows_the_traceback",
+    "test_resumed_run_ends_like_the_uninterrupted_run",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name == "test_training.py" and item.originalname in SLOW_TRAINING_TESTS:
+            item.add_marker(pytest.mark.slow)

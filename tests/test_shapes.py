@@ -212,6 +212,7 @@ def test_entry_point_plugin_is_discovered(tmp_path, clean_registry, monkeypatch)
     assert make_shape("brake", strength=1.0).gate(torch.ones(2), torch.ones(2)).tolist() == [1, 1]
 
 
+@pytest.mark.slow
 def test_shape_json_written_by_one_process_loads_in_another(tmp_path):
     path = tmp_path / "learned.json"
     script = (
