@@ -139,6 +139,7 @@ def test_unknown_shape_lists_registered_names():
     message = str(error.value)
     for name in BUILTIN:
         assert name in message
+    assert f"registered shapes: {', '.join(available_shapes())}" in message
 
 
 def test_reregistering_is_refused_unless_overridden(clean_registry):
@@ -643,6 +644,7 @@ def test_parse_param_assignments():
         ("tau=abc", r"^shape parameter 'tau': 'abc' is not a number$"),
         ("tau=inf", r"^shape parameter 'tau': 'inf' is not finite$"),
         ("tau=nan", r"^shape parameter 'tau': 'nan' is not finite$"),
+        ("tau=1=2", r"^shape parameter 'tau': '1=2' is not a number$"),
     ]:
         with pytest.raises(ValueError, match=message):
             parse_param_assignments([item])
