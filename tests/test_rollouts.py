@@ -32,6 +32,7 @@ def test_fast_collector_is_bitwise_equal_to_torchrl_collector(task, num_envs):
     reference = rollouts_of("torchrl", task, num_envs, 2, steps)
     fast = rollouts_of("fast", task, num_envs, 2, steps)
     for expected, actual in zip(reference, fast, strict=True):
+        assert actual.batch_size == expected.batch_size == torch.Size([num_envs, steps // num_envs])
         assert set(expected.keys(True, True)) == set(actual.keys(True, True))
         assert expected["next", "done"].any()
         for key in expected.keys(True, True):
