@@ -449,6 +449,7 @@ def test_episode_recorder_keeps_running_episodes_through_a_partial_reset() -> No
             started[i] = len(raw.rewards)
         if done.any():
             env.reset(options={"reset_mask": done})
+            assert raw.observations[-1].shape[0] == done.sum()  # the mask reached the sub-envs
     finished = env.drain()
     assert len(finished) >= 4 and env.drain() == []
     assert [length for _, length in finished] == [length for _, length in expected]
