@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -531,8 +532,10 @@ def test_learned_gate_of_float64_ratios_on_a_float32_shape():
     negative = [0.007, 0.2, 0.21, 0.6, 0.61, 0.83, 0.84, 0.95, 0.999]
     shape.set_vector(positive + negative)
     # on segments with and without such jumps, both signs, and beyond the ends
-    ratio = torch.tensor([1.275, 0.725, 1.3, 0.3, 1.125, 0.95, 0.83, 1.2005], dtype=torch.float64)
-    advantage = torch.tensor([1.0, -1.0, -1.0, 1.0, 2.0, -2.0, -1.0, 1.0], dtype=torch.float64)
+    ratio = torch.tensor([1.275, 0.725, 1.3, 0.3, 1.125, 0.95, 0.83, 1.2005, 1.23, 0.77, 1.5],
+                         dtype=torch.float64)
+    advantage = torch.tensor([1.0, -1.0, -1.0, 1.0, 2.0, -2.0, -1.0, 1.0, 1.0, -1.0, 1.0],
+                             dtype=torch.float64)
     knots = torch.tensor(LearnedShape.KNOTS).double()  # the float32 knots, exactly
     values = torch.tensor([positive, negative]).double()  # the float32 values, exactly
     expected = []
@@ -591,6 +594,9 @@ def test_each_plugin_file_is_its_own_module(tmp_path, clean_registry):
     assert load_shapes_from_file(second) == ["flat_b"]
     assert load_shapes_from_file(first) == ["flat_a"]  # loaded once
     assert make_shape("flat_b").gate(torch.ones(1), torch.ones(1)).item() == 0.75
+    # Each file keeps its own module, so its classes still pickle by name after another loads.
+    restored = pickle.loads(pickle.dumps(make_shape("flat_a")))
+    assert restored.gate(torch.ones(1), torch.ones(1)).item() == 0.25
 
 
 def test_plugin_and_shape_file_errors_name_the_path(tmp_path):
