@@ -294,3 +294,40 @@ def test_delayed_actor_equals_clip_ppo_loss_per_sample():
     actual_rows, _ = per_sample_gradients(klip, batch, parameters)
     assert torch.equal(expected_rows, actual_rows)
     assert (expected_rows != 0).any(-1).sum() > 10
+
+
+def test_two_dimensional_batches_equal_clip_ppo_loss_per_sample():
+    """Rollouts come as [envs, steps]: the loss must treat every leading dimension as batch."""
+    actor, critic = make_actor_critic(torch.float64, 9, log_std=-1.2)
+    log_ratio, advantage = edge_case(64, torch.float64, 9)
+    batch, _ = make_sampled_batch(actor, log_ratio, advantage, 9)
+    batch = batch.reshape(4, 16)
+    config = dict(entropy_bonus=True, entropy_coeff=0.01, critic_coeff=0.5, loss_critic_type="l2",
+                  normalize_advantage=False)
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    expected_rows, expected = per_sample_gradients(
+        ClipPPOLoss(actor, critic, clip_epsilon=EPS, **config).double(), batch, parameters)
+    actual_rows, actual = per_sample_gradients(
+        KLipPPOLoss(actor, critic, shape="step", **config).double(), batch, parameters)
+    assert expected_rows.shape == (4, 16, 5)
+    assert torch.equal(expected_rows, actual_rows)
+    assert all(torch.equal(a, b) for a, b in zip(expected, actual, strict=True))
+
+
+def test_advantage_scaling_by_return_statistics_like_clip_ppo_loss():
+    from torchrl.modules import PercentileValueNorm
+
+    actor, critic = make_actor_critic(torch.float64, 10, log_std=-1.2)
+    log_ratio, advantage = edge_case(64, torch.float64, 10)
+    batch, _ = make_sampled_batch(actor, log_ratio, advantage, 10)
+    data = with_rollout_keys(batch, 10)
+    config = dict(CONFIGS["paper"], clip_value=None, normalize_advantage=False)
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    results = []
+    for loss_class, kwargs in ((ClipPPOLoss, dict(clip_epsilon=EPS)), (KLipPPOLoss, dict(shape="step"))):
+        norm = PercentileValueNorm()
+        loss = loss_class(actor, critic, advantage_norm=norm, **kwargs, **config).double()
+        grads = [gradients(loss, data, parameters)[0] for _ in range(2)]  # statistics updated in between
+        results.append(grads)
+    for reference_call, klip_call in zip(*results, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(reference_call, klip_call, strict=True))
