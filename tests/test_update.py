@@ -14,6 +14,7 @@ from helpers import (
     make_sampled_batch,
     random_case,
 )
+from torchrl.modules import PercentileValueNorm
 from torchrl.objectives import ClipPPOLoss
 
 from klip.algos import KLipPPOLoss
@@ -266,6 +267,8 @@ def test_every_reason_the_fast_loss_cannot_stand_in_is_named():
         (dict(diagnostics=True), "per-call diagnostics"),
         (dict(log_explained_variance=True), "per-call explained variance"),
         (dict(functional=True, reduction="sum"), "functional parameters, a reduction other than mean"),
+        (dict(advantage_norm=PercentileValueNorm()), "advantage scaling by return statistics"),
+        (dict(entropy_coeff={"action": 0.01}), "per-head entropy coefficients"),
     ]
     for kwargs, reason in cases:
         loss = KLipPPOLoss(actor, critic, **{**base, **kwargs})
