@@ -10,6 +10,7 @@ from helpers import (
     achieved_log_ratio,
     adversarial_case,
     band_edges,
+    current_log_prob,
     edge_case,
     gradients,
     make_actor_critic,
@@ -21,9 +22,9 @@ from helpers import (
 )
 from torchrl.objectives import ClipPPOLoss, PPOLoss
 
-from klip.algos import KLipPPOLoss
+from klip.algos import KLipPPOLoss, klip_objective
 from klip.algos.loss import KLIP_DIAGNOSTICS
-from klip.shapes import CoefficientShape, available_shapes
+from klip.shapes import CoefficientShape, available_shapes, make_shape
 
 EPS = 0.2
 
@@ -331,3 +332,44 @@ def test_advantage_scaling_by_return_statistics_like_clip_ppo_loss():
         results.append(grads)
     for reference_call, klip_call in zip(*results, strict=True):
         assert all(torch.equal(a, b) for a, b in zip(reference_call, klip_call, strict=True))
+
+
+def test_constructor_checks_and_the_region_radius_come_from_the_shape():
+    actor, critic = make_actor_critic()
+    with pytest.raises(TypeError, match=r"^shape must be a CoefficientShape or a name, got <class 'int'>$"):
+        KLipPPOLoss(actor, critic, shape=3)
+    with pytest.raises(ValueError, match=r"^form must be 'effective' or 'kl', got 'both'$"):
+        KLipPPOLoss(actor, critic, form="both")
+    with pytest.raises(ValueError, match=r"^diagnostics must be True, False or 'deferred', got 'yes'$"):
+        KLipPPOLoss(actor, critic, diagnostics="yes")
+    wide = KLipPPOLoss(actor, critic, shape=make_shape("sigmoid", eps=0.3), clip_value=True)
+    assert wide.region_eps.item() == pytest.approx(0.3) and wide.clip_value.item() == pytest.approx(0.3)
+    assert KLipPPOLoss(actor, critic, shape="none", clip_value=True).clip_value.item() == pytest.approx(0.2)
+    assert KLipPPOLoss(actor, critic, clip_value=False).clip_value is None
+    # the kill/pass regions of the diagnostics use the shape's radius: w = e^0.25 is inside 1.3
+    batch = make_batch(actor, torch.full((4,), 0.25), torch.tensor([1.0, -1.0, 1.0, -1.0]))
+    out = KLipPPOLoss(actor, critic, shape=make_shape("step", eps=0.3), normalize_advantage=False)(batch)
+    assert out["fraction_kill"].item() == 0 and out["fraction_in"].item() == 1
+
+
+def test_the_gate_sees_the_proximal_ratio_under_a_delayed_actor():
+    actor, _ = make_actor_critic(torch.float64, 11, log_std=-1.2)
+    log_ratio, advantage = edge_case(64, torch.float64, 11)
+    batch, _ = make_sampled_batch(actor, log_ratio, advantage, 11)
+    loss = KLipPPOLoss(actor, None, shape=make_shape("sigmoid"), functional=True, delay_actor=True,
+                       **POLICY_ONLY).double()
+    proximal = current_log_prob(actor, batch)
+    with torch.no_grad():
+        actor.module[0].log_std.add_(0.2)
+    ratio = (current_log_prob(actor, batch) - proximal).exp()
+    out = loss(batch.clone())
+    distance = torch.where(advantage >= 0, ratio - 1.2, 0.8 - ratio)
+    assert out["gate_mean"].item() == pytest.approx(torch.sigmoid(distance / 0.05).mean().item(), rel=1e-9)
+
+
+def test_klip_objective_default_form_is_the_effective_advantage():
+    log_ratio, advantage = edge_case(64, torch.float64, 12)
+    shape = make_shape("sigmoid").double()
+    default, gate = klip_objective(shape, log_ratio, advantage)
+    assert torch.equal(default, log_ratio.exp() * (advantage * (1 - gate)))
+    assert not torch.equal(default, klip_objective(shape, log_ratio, advantage, form="kl")[0])
