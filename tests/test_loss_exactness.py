@@ -230,6 +230,10 @@ def test_out_keys_are_the_forward_outputs(diagnostics):
     assert set(loss.out_keys) == expected
     assert expected <= set(out.keys())
     assert ("fraction_kill" in out) == (diagnostics is True)
+    # TorchRL's default explained variance, as ClipPPOLoss reports it
+    batch = make_batch(actor, 0.3 * torch.randn(16), torch.randn(16))
+    reference = ClipPPOLoss(actor, critic, clip_value=0.2)(batch.clone())["explained_variance"]
+    assert torch.equal(loss(batch.clone())["explained_variance"], reference)
 
 
 def test_update_after_rollout_hands_the_statistics_to_the_shape():
