@@ -442,7 +442,8 @@ class ScalarKLPPOLoss(_PPOFamilyLoss):
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         try:
             previous_dist = self.actor_network.build_dist_from_params(tensordict)
-        except KeyError as error:
+        # tensordict 0.14 reads a missing key as None, which the distribution trips on.
+        except (KeyError, AttributeError) as error:
             raise KeyError(
                 "ScalarKLPPOLoss needs the rollout policy's distribution parameters "
                 "(e.g. 'loc' and 'scale') in the data"

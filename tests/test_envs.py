@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -304,3 +305,185 @@ def test_running_mean_std_bitwise_equals_gymnasiums(batch: int, shape: tuple[int
         reference.update(x)
         assert np.array_equal(ours.mean, reference.mean) and np.array_equal(ours.var, reference.var)
         assert ours.count == reference.count
+
+
+# -- normalisers against gymnasium's own wrappers and against statistics computed by hand -----
+def _hopper() -> gym.Env:
+    return gym.make("Hopper-v4", disable_env_checker=True)
+
+
+def test_observation_normalizer_equals_gymnasiums_normalize_observation() -> None:
+    """One sub-env: the same statistics, updated before normalising, as gymnasium's wrapper."""
+    from gymnasium.wrappers import NormalizeObservation
+    from gymnasium.wrappers.utils import RunningMeanStd
+
+    from klip.envs.wrappers import LeanSyncVectorEnv, ObservationNormalizer
+
+    ours = ObservationNormalizer(LeanSyncVectorEnv([_hopper]))
+    reference = NormalizeObservation(_hopper())
+    # gymnasium allocates the statistics in the wrapped float32 observation dtype, so its first
+    # update rounds `var * count` to float32; the same statistics in float64, as klip keeps them.
+    reference.obs_rms = RunningMeanStd(shape=reference.observation_space.shape, dtype=np.float64)
+    np.testing.assert_array_equal(ours.reset(seed=3)[0][0], reference.reset(seed=3)[0])
+    rng = np.random.default_rng(3)
+    resets = 0
+    for _ in range(400):
+        action = rng.uniform(-1, 1, size=(1, 3)).astype(np.float32)
+        obs, _, terminated, truncated, _ = ours.step(action)
+        expected, _, ref_terminated, ref_truncated, _ = reference.step(action[0])
+        np.testing.assert_array_equal(obs[0], expected)
+        assert obs.dtype == expected.dtype == np.float32
+        assert (terminated[0], truncated[0]) == (ref_terminated, ref_truncated)
+        if terminated[0] or truncated[0]:
+            resets += 1
+            obs, _ = ours.reset(options={"reset_mask": terminated | truncated})
+            np.testing.assert_array_equal(obs[0], reference.reset()[0])
+    assert resets >= 3
+    np.testing.assert_array_equal(ours.obs_rms.mean, reference.obs_rms.mean)
+    np.testing.assert_array_equal(ours.obs_rms.var, reference.obs_rms.var)
+
+
+def test_return_scaler_equals_gymnasiums_normalize_reward_within_an_episode() -> None:
+    """One sub-env, one Pendulum episode (gymnasium keeps the accumulator across episodes)."""
+    from gymnasium.wrappers import NormalizeReward
+
+    from klip.envs.wrappers import LeanSyncVectorEnv, ReturnScaler
+
+    ours = ReturnScaler(LeanSyncVectorEnv([lambda: gym.make(PENDULUM)]), gamma=0.9)
+    reference = NormalizeReward(gym.make(PENDULUM), gamma=0.9)
+    ours.reset(seed=5)
+    reference.reset(seed=5)
+    rng = np.random.default_rng(5)
+    for _ in range(PENDULUM_LIMIT):
+        action = rng.uniform(-2, 2, size=(1, 1)).astype(np.float32)
+        _, reward, _, _, _ = ours.step(action)
+        _, expected, _, _, _ = reference.step(action[0])
+        np.testing.assert_allclose(reward[0], expected, rtol=1e-12, atol=0)
+    assert ours.return_rms.var == pytest.approx(float(reference.return_rms.var), rel=1e-12)
+    assert ours.return_rms.mean == pytest.approx(float(reference.return_rms.mean), rel=1e-12)
+    assert ours.returns[0] == pytest.approx(float(reference.discounted_reward[0]), rel=1e-12)
+
+
+class RawRecorder(gym.vector.VectorWrapper):
+    """Keeps every raw observation and reward its wrapped env hands up (test-only)."""
+
+    def __init__(self, env: gym.vector.VectorEnv) -> None:
+        super().__init__(env)
+        self.observations: list[np.ndarray] = []
+        self.rewards: list[np.ndarray] = []
+
+    def reset(self, *, seed=None, options=None):
+        mask = None if options is None else options.get("reset_mask")
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.observations.append(obs if mask is None else obs[mask])
+        return obs, info
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        self.observations.append(obs)
+        self.rewards.append(reward)
+        return obs, reward, terminated, truncated, info
+
+
+def pooled_moments(samples: np.ndarray, prior_count: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the samples pooled with the running statistics' prior (mean 0,
+    variance 1, weight `prior_count`), in closed form rather than incrementally."""
+    total = samples.shape[0] + prior_count
+    mean = samples.sum(0) / total
+    second = prior_count * (1.0 + mean**2) + ((samples - mean) ** 2).sum(0)
+    return mean, second / total
+
+
+def test_normalisers_with_several_sub_envs_match_statistics_computed_by_hand() -> None:
+    from klip.envs.wrappers import LeanSyncVectorEnv, ObservationNormalizer, ReturnScaler
+
+    gamma, num_envs = 0.95, 3
+    raw = RawRecorder(LeanSyncVectorEnv([_hopper] * num_envs))
+    env = ReturnScaler(ObservationNormalizer(raw, clip=5.0), gamma=gamma, clip=4.0)
+    obs, _ = env.reset(seed=11)
+    returns = np.zeros(num_envs)
+    all_returns: list[np.ndarray] = []
+    rng = np.random.default_rng(11)
+    resets = 0
+
+    def check_observation(obs: np.ndarray) -> None:
+        mean, var = pooled_moments(np.concatenate(raw.observations))
+        expected = np.clip((raw.observations[-1] - mean) / np.sqrt(var + 1e-8), -5.0, 5.0)
+        np.testing.assert_allclose(obs, expected.astype(np.float32), rtol=1e-5, atol=1e-5)
+
+    check_observation(obs)
+    for _ in range(200):
+        obs, reward, terminated, truncated, _ = env.step(rng.uniform(-1, 1, (num_envs, 3)).astype(np.float32))
+        check_observation(obs)
+        returns = returns * gamma + raw.rewards[-1]
+        all_returns.append(returns.copy())
+        _, var = pooled_moments(np.concatenate(all_returns))
+        expected = np.clip(raw.rewards[-1] / np.sqrt(var + 1e-8), -4.0, 4.0)
+        np.testing.assert_allclose(reward, expected, rtol=1e-9)
+        done = terminated | truncated
+        if done.any():
+            resets += 1
+            returns[done] = 0.0  # a new episode restarts its discounted return
+            obs, _ = env.reset(options={"reset_mask": done})
+            assert raw.observations[-1].shape[0] == done.sum()  # only the reset sub-envs count
+            check_observation(obs[done])
+    assert resets >= 3
+    assert np.abs(np.concatenate(raw.rewards)).max() > 0.5  # rewards the scaling does change
+
+
+def test_episode_recorder_keeps_running_episodes_through_a_partial_reset() -> None:
+    from klip.envs.wrappers import EpisodeRecorder, LeanSyncVectorEnv
+
+    raw = RawRecorder(LeanSyncVectorEnv([_hopper, _hopper]))
+    env = EpisodeRecorder(raw)
+    env.reset(seed=2)
+    rng = np.random.default_rng(2)
+    started = [0, 0]  # index into raw.rewards where each sub-env's episode started
+    expected: list[tuple[float, int]] = []
+    for _ in range(300):
+        _, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, (2, 3)).astype(np.float32))
+        done = terminated | truncated
+        for i in np.flatnonzero(done):
+            rewards = [step[i] for step in raw.rewards[started[i]:]]
+            expected.append((float(np.sum(rewards)), len(rewards)))
+            started[i] = len(raw.rewards)
+        if done.any():
+            env.reset(options={"reset_mask": done})
+            assert raw.observations[-1].shape[0] == done.sum()  # the mask reached the sub-envs
+    finished = env.drain()
+    assert len(finished) >= 4 and env.drain() == []
+    assert [length for _, length in finished] == [length for _, length in expected]
+    assert [ret for ret, _ in finished] == pytest.approx([ret for ret, _ in expected], rel=1e-12)
+    # the two sub-envs' episodes ended at different steps (partial resets happened)
+    assert len({length for _, length in finished}) > 1
+
+
+def test_normalised_spaces_and_gamma_range() -> None:
+    from klip.envs.wrappers import LeanSyncVectorEnv, ObservationNormalizer, ReturnScaler
+
+    env = ObservationNormalizer(LeanSyncVectorEnv([_hopper, _hopper]), clip=5.0)
+    assert env.single_observation_space == gym.spaces.Box(-5.0, 5.0, (11,), np.float32)
+    assert env.observation_space.shape == (2, 11) and env.observation_space.dtype == np.float32
+    assert env.observation_space.low.min() == -5.0 and env.observation_space.high.max() == 5.0
+    for gamma in (0.0, 1.0):
+        assert ReturnScaler(env, gamma=gamma).gamma == gamma
+    for gamma in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"^gamma must be in \[0, 1\], got {gamma}$"):
+            ReturnScaler(env, gamma=gamma)
+
+
+def test_clip_action_advertises_an_unbounded_space_and_unfinished_steps_are_refused() -> None:
+    from klip.envs.wrappers import ClipAction, LeanSyncVectorEnv
+
+    env = ClipAction(LeanSyncVectorEnv([_hopper, _hopper]))
+    assert env.single_action_space == gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+    assert env.action_space.shape == (2, 3) and env.action_space.dtype == np.float32
+    assert np.isneginf(env.action_space.low).all() and np.isposinf(env.action_space.high).all()
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    while not (done := np.logical_or(*env.step(rng.uniform(-1, 1, (2, 3)).astype(np.float32))[2:4])).any():
+        pass
+    finished = np.flatnonzero(done)
+    message = rf"^sub-envs {re.escape(str(finished))} finished and were not reset$"
+    with pytest.raises(RuntimeError, match=message):
+        env.step(np.zeros((2, 3), np.float32))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
@@ -30,6 +32,7 @@ def test_fast_collector_is_bitwise_equal_to_torchrl_collector(task, num_envs):
     reference = rollouts_of("torchrl", task, num_envs, 2, steps)
     fast = rollouts_of("fast", task, num_envs, 2, steps)
     for expected, actual in zip(reference, fast, strict=True):
+        assert actual.batch_size == expected.batch_size == torch.Size([num_envs, steps // num_envs])
         assert set(expected.keys(True, True)) == set(actual.keys(True, True))
         assert expected["next", "done"].any()
         for key in expected.keys(True, True):
@@ -63,3 +66,45 @@ def test_env_snapshot_restores_mid_episode(task):
     assert all(torch.equal(a, b) for a, b in zip(expected, actual, strict=True))
     with pytest.raises(ValueError, match="sub-envs"):
         set_env_state(make_env(task, num_envs=3, seed=0), snapshot)
+
+
+@pytest.mark.parametrize("collector", ["fast", "torchrl"])
+def test_rollout_state_round_trip_continues_bit_for_bit(collector):
+    config = TrainConfig(task="Hopper-v4", num_envs=2, rollout_steps=64, collector=collector)
+    module = PPOModule(config.to_dict())
+    torch.manual_seed(5)
+    module.rollouts.collect()  # mid-episode now
+    buffer = io.BytesIO()
+    torch.save(module.rollouts.state_dict(), buffer)
+    rng = torch.get_rng_state()
+    expected = module.rollouts.collect()
+
+    other = PPOModule(TrainConfig(task="Hopper-v4", num_envs=2, rollout_steps=64, collector=collector,
+                                  seed=9).to_dict())
+    other.actor.load_state_dict(module.actor.state_dict())
+    buffer.seek(0)
+    other.rollouts.load_state_dict(torch.load(buffer, weights_only=False))
+    torch.set_rng_state(rng)
+    actual = other.rollouts.collect()
+    for key in expected.keys(True, True):
+        assert torch.equal(expected.get(key), actual.get(key)), key
+    assert not torch.equal(expected["observation"][:, 0], PPOModule(config.to_dict()).rollouts.collect()[
+        "observation"][:, 0])  # the restored place is not a fresh start
+
+
+def test_unknown_collector_is_named():
+    from klip.algos.rollout import make_rollouts
+
+    with pytest.raises(ValueError, match=r"^unknown collector 'gym'; choose 'fast' or 'torchrl'$"):
+        make_rollouts("gym", make_env("Pendulum-v1"), None, 8)
+
+
+@pytest.mark.parametrize("shape", [(1,), (3, 1), (5, 3), (4, 4), (2, 9)])
+def test_rollout_noise_is_the_numbers_of_separate_draws(shape):
+    from klip.algos.rollout import rollout_noise
+
+    torch.manual_seed(11)
+    noise = rollout_noise(7, shape)
+    torch.manual_seed(11)
+    expected = torch.stack([torch.empty(shape).normal_() for _ in range(7)])
+    assert torch.equal(noise, expected)

@@ -210,10 +210,20 @@ def test_killed_process_resumes_from_its_last_checkpoint(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "klip", "train", *flags, "--out", str(killed)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = killed / "checkpoints" / "last.ckpt"
+
+    def rows_past_a_checkpoint() -> bool:
+        """A checkpoint exists and metrics.csv (one row per iteration, checkpoints every 3)
+        has rows after the latest one, which the resumed run must drop and redo."""
+        try:
+            with open(killed / "metrics.csv") as file:
+                rows = sum(1 for _ in file) - 1
+        except FileNotFoundError:
+            return False
+        return checkpoint.exists() and rows > 3 and rows % 3 != 0
+
     deadline = time.monotonic() + 120
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # let it run past the checkpoint, so rows after it must be dropped
+    while not rows_past_a_checkpoint() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the files, not waiting a fixed time
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert checkpoint.exists()

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_actor_critic, make_batch
-from test_loss_exactness import adversarial_case, random_case
+from helpers import (
+    achieved_log_ratio,
+    adversarial_case,
+    band_edges,
+    edge_case,
+    make_actor_critic,
+    make_batch,
+    make_sampled_batch,
+    random_case,
+)
+from torchrl.modules import PercentileValueNorm
 from torchrl.objectives import ClipPPOLoss
 
 from klip.algos import KLipPPOLoss
@@ -22,7 +31,8 @@ CONFIGS = {
                                            loss_critic_type="l2", normalize_advantage=False,
                                            functional=False, log_explained_variance=False),
 }
-SHAPES = available_shapes()  # every registered shape, new built-ins included
+# Every registered shape, so a new built-in is covered without editing this file.
+SHAPES = available_shapes()
 
 
 def run_update(minibatch_loss, batch, parameters):
@@ -107,6 +117,7 @@ def test_fallback_to_the_loss_module_with_a_reason():
     assert "not a klip.algos.networks.ValueHead" in reason
 
 
+@pytest.mark.slow
 def test_compiled_tensor_loss_close_to_eager():
     """torch.compile fuses kernels: not bitwise, but the same numbers to float32 rounding."""
     actor, critic = make_actor_critic()
@@ -119,3 +130,160 @@ def test_compiled_tensor_loss_close_to_eager():
     torch.testing.assert_close(compiled[1], metrics, rtol=1e-5, atol=1e-6)
     for grad, compiled_grad in zip(grads, compiled[2], strict=True):
         torch.testing.assert_close(compiled_grad, grad, rtol=1e-4, atol=1e-6)
+
+
+def per_sample_update(minibatch_loss, batch, parameters):
+    """Observation gradient (one row per sample) and parameter gradients of one minibatch update."""
+    for parameter in parameters:
+        parameter.grad = None
+    data = batch.clone()
+    observation = data["observation"].detach().clone().requires_grad_()
+    data["observation"] = observation
+    (minibatch,) = list(minibatch_loss.minibatches(data, data.shape[0]))
+    total, _ = minibatch_loss(minibatch)
+    total.backward()
+    return observation.grad.clone(), [parameter.grad.clone() for parameter in parameters]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_fast_step_loss_equals_clip_ppo_loss_per_sample_on_the_band_edges(config, dtype):
+    """The trainer's minibatch loss for `step` against TorchRL's ClipPPOLoss, sample by sample."""
+    actor, critic = make_actor_critic(dtype, 3, log_std=-1.2)
+    log_ratio, advantage = edge_case(256, dtype, 3)
+    batch, exact = make_sampled_batch(actor, log_ratio, advantage, 3)
+    assert exact.all() and torch.equal(achieved_log_ratio(actor, batch), log_ratio)
+    assert ((batch["action"] - batch["loc"]).abs() > 0).all()
+    for edge in band_edges(0.2, dtype):
+        assert (advantage[log_ratio == edge] > 0).any() and (advantage[log_ratio == edge] < 0).any()
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    clip = ModuleLoss(ClipPPOLoss(actor, critic, clip_epsilon=0.2, **CONFIGS[config]).to(dtype))
+    loss = KLipPPOLoss(actor, critic, shape="step", diagnostics=False, **CONFIGS[config]).to(dtype)
+    fast = make_minibatch_loss(loss, actor, critic)
+    assert isinstance(fast, KLipTensorLoss)
+    expected_rows, expected = per_sample_update(clip, batch, parameters)
+    actual_rows, actual = per_sample_update(fast, batch, parameters)
+    for row in range(len(log_ratio)):
+        assert torch.equal(expected_rows[row], actual_rows[row]), (row, log_ratio[row].item())
+    for grad, fast_grad in zip(expected, actual, strict=True):
+        assert torch.equal(grad, fast_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", ["step", "sigmoid"])
+def test_near_constant_advantages_standardised_with_torchrls_std_floor(shape, dtype):
+    """Advantages whose std is below the floor: the floor, not the std, scales them.
+
+    TorchRL clamps the std at float32's resolution (1e-6); the fast loss must use the same
+    floor or near-constant advantages come out up to 100x larger (a 1e-8 floor).
+    """
+    actor, critic = make_actor_critic(dtype, 4, log_std=-1.2)
+    log_ratio, _ = random_case(128, dtype, 4)
+    steps = torch.randint(-3, 4, (128,), generator=torch.Generator().manual_seed(4)).to(dtype)
+    advantage = 1.0 + steps * torch.finfo(torch.float32).eps  # a few float32 ulps of 1
+    floor = torch.finfo(torch.float32).resolution
+    assert 10 * 1e-8 < advantage.std() < floor  # the floor decides, and a 1e-8 one would not
+    batch, _ = make_sampled_batch(actor, log_ratio, advantage, 4)
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    config = CONFIGS["paper"]
+    assert config["normalize_advantage"]
+    reference_module = (ClipPPOLoss(actor, critic, clip_epsilon=0.2, **config) if shape == "step"
+                        else KLipPPOLoss(actor, critic, shape=shape, diagnostics=False, **config))
+    reference = ModuleLoss(reference_module.to(dtype))
+    loss = KLipPPOLoss(actor, critic, shape=shape, diagnostics=False, **config).to(dtype)
+    fast = KLipTensorLoss(loss, actor, critic)
+    expected_rows, expected = per_sample_update(reference, batch, parameters)
+    actual_rows, actual = per_sample_update(fast, batch, parameters)
+    assert torch.equal(expected_rows, actual_rows)
+    for grad, fast_grad in zip(expected, actual, strict=True):
+        assert torch.equal(grad, fast_grad)
+    # By hand: the standardised advantages are (A - mean) / floor, of order 0.1, not 0 and not 10.
+    standardised = (advantage - advantage.mean()) / floor
+    assert 0.05 < standardised.abs().max() < 1.0
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_tiny_minibatches_standardise_like_torchrl(size):
+    """TorchRL leaves a single advantage alone and standardises two or more."""
+    actor, critic = make_actor_critic(torch.float64, 5, log_std=-1.2)
+    log_ratio, advantage = random_case(size, torch.float64, 5)
+    batch, _ = make_sampled_batch(actor, log_ratio, 3.0 + advantage, 5)
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    config = CONFIGS["paper"]
+    clip = ModuleLoss(ClipPPOLoss(actor, critic, clip_epsilon=0.2, **config).double())
+    fast = KLipTensorLoss(KLipPPOLoss(actor, critic, diagnostics=False, **config).double(), actor, critic)
+    expected_rows, expected = per_sample_update(clip, batch, parameters)
+    actual_rows, actual = per_sample_update(fast, batch, parameters)
+    assert torch.isfinite(actual_rows).all() and actual_rows.abs().sum() > 0
+    assert torch.equal(expected_rows, actual_rows)
+    assert all(torch.equal(a, b) for a, b in zip(expected, actual, strict=True))
+
+
+@pytest.mark.parametrize("shape", ["sigmoid", "linear_ramp"])
+def test_tensor_loss_kl_form_per_sample_and_metrics(shape):
+    actor, critic = make_actor_critic(torch.float32, 6, log_std=-1.2)
+    log_ratio, advantage = edge_case(128, torch.float32, 6)
+    batch, _ = make_sampled_batch(actor, log_ratio, advantage, 6)
+    kwargs = dict(CONFIGS["paper"], shape=shape, form="kl", diagnostics=False)
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    module = ModuleLoss(KLipPPOLoss(actor, critic, **kwargs))
+    fast = KLipTensorLoss(KLipPPOLoss(actor, critic, **kwargs), actor, critic)
+    expected_rows, _ = per_sample_update(module, batch, parameters)
+    actual_rows, _ = per_sample_update(fast, batch, parameters)
+    assert torch.equal(expected_rows, actual_rows)
+    (minibatch,) = list(fast.minibatches(batch, 128))
+    _, fast_metrics = fast(minibatch)
+    _, module_metrics = module(batch)
+    assert torch.equal(fast_metrics, module_metrics)
+    effective = KLipTensorLoss(KLipPPOLoss(actor, critic, **dict(kwargs, form="effective")), actor, critic)
+    assert not torch.equal(effective(minibatch)[1][0], fast_metrics[0])  # the forms' objectives differ
+
+
+def test_make_minibatch_loss_passes_the_module_and_the_compile_flag():
+    actor, critic = make_actor_critic()
+    klip = KLipPPOLoss(actor, critic, diagnostics=False, **CONFIGS["paper"])
+    eager = make_minibatch_loss(klip, actor, critic)
+    assert eager.loss_module is klip and eager._losses == eager.losses
+    compiled = make_minibatch_loss(klip, actor, critic, compile=True)
+    # torch.compile's wrapper of this very method (compiled on the first call)
+    assert compiled._losses._torchdynamo_orig_callable == compiled.losses
+    clip = ClipPPOLoss(actor, critic, functional=False)
+    module = make_minibatch_loss(clip, actor, critic)
+    assert isinstance(module, ModuleLoss) and module.loss_module is clip and module._forward is clip
+    assert make_minibatch_loss(clip, actor, critic, compile=True)._forward is not clip
+
+
+def test_every_reason_the_fast_loss_cannot_stand_in_is_named():
+    actor, critic = make_actor_critic()
+    base = dict(functional=False, log_explained_variance=False, diagnostics=False, loss_critic_type="l2")
+    cases = [
+        (dict(delay_actor=True, functional=True), "functional parameters, a delayed actor"),
+        (dict(max_importance_ratio=5.0), "an importance-ratio cap"),
+        (dict(normalize_advantage=True, normalize_advantage_exclude_dims=(-1,)),
+         "advantage-normalisation excluded dims"),
+        (dict(loss_critic_type="smooth_l1"), "a critic loss other than l2"),
+        (dict(separate_losses=True), "separate losses"),
+        (dict(reduction="sum"), "a reduction other than mean"),
+        (dict(diagnostics=True), "per-call diagnostics"),
+        (dict(log_explained_variance=True), "per-call explained variance"),
+        (dict(functional=True, reduction="sum"), "functional parameters, a reduction other than mean"),
+        (dict(advantage_norm=PercentileValueNorm()), "advantage scaling by return statistics"),
+        (dict(entropy_coeff={"action": 0.01}), "per-head entropy coefficients"),
+    ]
+    for kwargs, reason in cases:
+        loss = KLipPPOLoss(actor, critic, **{**base, **kwargs})
+        assert tensor_loss_unsupported(loss, actor, critic) == f"the loss uses {reason}", kwargs
+    no_critic = KLipPPOLoss(actor, None, critic_coeff=None, **base)
+    assert tensor_loss_unsupported(no_critic, actor, critic) == "the loss uses no critic"
+    plain = KLipPPOLoss(actor, critic, **base)
+    assert tensor_loss_unsupported(plain, actor, torch.nn.Linear(5, 1)) == (
+        "the critic is not a klip.algos.networks.ValueHead")
+    assert tensor_loss_unsupported(plain, torch.nn.Linear(5, 3), critic) == (
+        "this fast path needs an actor built by klip.algos.networks.make_actor")
+
+
+def test_module_loss_compiles_the_module_itself():
+    actor, critic = make_actor_critic()
+    clip = ClipPPOLoss(actor, critic, functional=False)
+    compiled = ModuleLoss(clip, compile=True)
+    assert compiled._forward._orig_mod is clip  # torch.compile's wrapper of this very module
