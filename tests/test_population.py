@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ACT_DIM, OBS_DIM, make_batch
+from helpers import ACT_DIM, OBS_DIM, make_batch
 
 from klip.algos.config import TrainConfig
 from klip.algos.networks import make_actor, make_critic, policy_head

@@ -13,8 +13,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import make_actor_critic, make_batch
-from test_loss_exactness import adversarial_case
+from helpers import adversarial_case, make_actor_critic, make_batch
 
 from klip.algos import KLipPPOLoss, klip_objective
 from klip.algos.config import TrainConfig

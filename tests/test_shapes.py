@@ -319,6 +319,33 @@ CLOSED_FORMS = [
     ("learned", {}, 0.9, -1.0, 0.0),
     ("learned", {}, 1.2005, 1.0, 0.5),           # d = 5e-4, half-way up the 1e-3 ramp
     ("learned", {}, 0.7995, -1.0, 0.5),
+    ("rollback", {}, 1.3, 1.0, 1.3),             # 1 + alpha on the kill region
+    ("rollback", {}, 0.7, -1.0, 1.3),
+    ("rollback", {}, 1.1, 1.0, 0.0),
+    ("rollback", {}, 1.3, -1.0, 0.0),            # pass region
+    ("rollback", {"alpha": 0.5}, 1.25, 2.0, 1.5),
+    ("clip_higher", {}, 1.25, 1.0, 0.0),         # inside 1 + eps_high = 1.28
+    ("clip_higher", {}, 1.3, 1.0, 1.0),
+    ("clip_higher", {}, 0.85, -1.0, 0.0),
+    ("clip_higher", {}, 0.75, -1.0, 1.0),        # below 1 - eps_low = 0.8
+    ("spo", {}, 1.1, 1.0, 0.5),                  # sign(A) (w - 1) / eps
+    ("spo", {}, 0.9, -1.0, 0.5),
+    ("spo", {}, 1.3, -2.0, -1.5),
+    ("spo", {}, 0.8, 1.0, -1.0),
+    ("truncate", {}, 1.5, 1.0, 0.2),             # 1 - min(w, 1 + eps_high) / w
+    ("truncate", {}, 1.5, -1.0, 0.2),
+    ("truncate", {}, 1.1, 1.0, 0.0),
+    ("truncate", {}, 0.5, -1.0, 0.0),            # eps_low 1: no lower bound
+    ("truncate", {"eps_low": 0.2}, 0.5, 1.0, 1.0 - 0.8 / 0.5),
+    # dpo: A >= 0, x = (w-1)A: g = tanh(x/alpha)^2 for x > 0; A < 0, x = log(w)A: g = tanh(x/beta)^2 / w
+    ("dpo", {}, 1.5, 1.0, math.tanh(0.5 / 2) ** 2),
+    ("dpo", {}, 0.8, 1.0, 0.0),
+    ("dpo", {}, 0.5, -1.0, math.tanh(math.log(2) / 0.6) ** 2 / 0.5),
+    ("dpo", {}, 1.5, -1.0, 0.0),
+    ("annealed_clip", {}, 1.3, 1.0, 1.0),        # progress 0: the step gate at eps_start 0.2
+    ("annealed_clip", {}, 1.15, 1.0, 0.0),
+    ("annealed_clip", {}, 0.85, -1.0, 0.0),
+    ("annealed_clip", {}, 0.75, -1.0, 1.0),
 ]
 
 
