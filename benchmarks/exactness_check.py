@@ -26,10 +26,41 @@ RUN = ["train", "--task", "Hopper-v4", "--shape", "step", "--steps", "10240", "-
        "--eval-episodes", "0", "--no-progress"]
 
 
+NAMESPACED = ("shapes", "algos", "envs", "studies")
+
+
+def import_root(tree: Path, folder: Path) -> Path:
+    """A directory from which `import klip...` imports `tree`'s code and nothing else.
+
+    Since the root folders install as `klip.shapes`, `klip.algos`, ... (setuptools
+    `package-dir`), the virtualenv's editable finder maps those names to the checkout it was
+    installed from, whatever PYTHONPATH says. A `klip` package whose subpackages are links to
+    `tree`'s folders is found first, so each revision runs its own code. Revisions from before
+    the namespace (top-level `algos`, ...) import from `tree` itself.
+    """
+    if not (tree / "klip" / "__init__.py").is_file():
+        return tree
+    package = folder / "klip"
+    package.mkdir(parents=True)
+    for entry in (tree / "klip").iterdir():
+        (package / entry.name).symlink_to(entry)
+    for name in NAMESPACED:
+        if (tree / name).is_dir():
+            (package / name).symlink_to(tree / name)
+    return folder
+
+
 def train(tree: Path, out: Path, extra: list[str]) -> None:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    subprocess.run([sys.executable, "-m", "klip", *RUN, *extra, "--out", str(out)], cwd=tree,
-                   env=env, check=True, capture_output=True)
+    with tempfile.TemporaryDirectory() as folder:
+        root = import_root(tree, Path(folder))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(tree)])}
+        check = subprocess.run(
+            [sys.executable, "-c", "import klip.algos.train as t; print(t.__file__)"],
+            env=env, capture_output=True, text=True, cwd=out.parent)
+        if check.returncode == 0 and not check.stdout.strip().startswith(str(root)):
+            raise RuntimeError(f"{tree} would run {check.stdout.strip()}, not its own code")
+        subprocess.run([sys.executable, "-m", "klip", *RUN, *extra, "--out", str(out)],
+                       cwd=out.parent, env=env, check=True, capture_output=True)
 
 
 def parameters(out: Path) -> list[torch.Tensor]:
