@@ -144,6 +144,7 @@ def test_paper_command_plans_one_hundred_cells(tmp_path, capsys):
 # -- running the grid ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_grid_trains_every_cell_once_and_states_clip_step_equality(finished_grid):
     out, spec, spy, outcome, progress = finished_grid
     assert (outcome.done, outcome.total, outcome.failed) == (4, 4, [])
@@ -199,6 +200,7 @@ def test_seeds_together_hand_a_trainer_all_seeds_of_a_cell_at_once(tmp_path):
     assert list(trials_by_job(out, spec)) == ["Pendulum-v1/step/s0,1"]
 
 
+@pytest.mark.slow
 def test_killed_cell_continues_from_its_checkpoint_first(tmp_path):
     out = tmp_path / "g"
     spec = tiny_spec(out, entries="step", seeds=2, steps=3 * 256)
@@ -257,6 +259,7 @@ def test_failed_cell_leaves_a_partial_grid_whose_report_marks_it(tmp_path):
     assert "`step` is not an entry of this grid" in report
 
 
+@pytest.mark.slow
 def test_queue_dry_trial_fails_with_a_note_and_workers_share_cells(tmp_path):
     out = tmp_path / "g"
     spec = tiny_spec(out, entries="clip,step", seeds=2)
@@ -282,6 +285,7 @@ print(json.dumps([study.ask().user_attrs.get("i") for _ in range(40)]))
 """
 
 
+@pytest.mark.slow
 def test_two_processes_never_pop_the_same_trial_from_sqlite(tmp_path):
     # Plain Optuna on SQLite pops some trials twice under this load (SQLite ignores FOR UPDATE).
     url = f"sqlite:///{tmp_path / 'queue.sqlite3'}"
@@ -294,6 +298,7 @@ def test_two_processes_never_pop_the_same_trial_from_sqlite(tmp_path):
     assert sorted(popped) == list(range(60))
 
 
+@pytest.mark.slow
 def test_dead_workers_cell_goes_back_to_the_queue(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "HEARTBEAT_INTERVAL", 1)
     monkeypatch.setattr(compare, "GRACE_PERIOD", 2)

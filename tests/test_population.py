@@ -285,6 +285,7 @@ def assert_same_population(a: Path, b: Path, agents: list[str]) -> None:
         assert (a / agent / "episodes.csv").read_text() == (b / agent / "episodes.csv").read_text()
 
 
+@pytest.mark.slow
 def test_resumed_population_ends_bitwise_like_the_uninterrupted_one(tmp_path):
     spec = PopulationSpec(TrainConfig(**TINY, steps=5 * 256, shape="sigmoid", checkpoint_every=2),
                           [0, 1], {"tau": [0.02, 0.2]})
@@ -296,6 +297,7 @@ def test_resumed_population_ends_bitwise_like_the_uninterrupted_one(tmp_path):
                            ["s0-tau0.02", "s1-tau0.02", "s0-tau0.2", "s1-tau0.2"])
 
 
+@pytest.mark.slow
 def test_killed_population_process_resumes_bitwise(tmp_path):
     flags = ["--task", "Pendulum-v1", "--steps", str(256 * 30), "--rollout-steps", "256",
              "--epochs", "2", "--checkpoint-every", "3", "--eval-episodes", "0", "--no-progress",

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -24,6 +26,7 @@ def tiny_run(tmp_path: Path) -> list[str]:
             "--eval-episodes", "0", "--no-progress", "--out", str(tmp_path / "run")]
 
 
+@pytest.mark.slow
 def test_plugin_example_registers_and_trains(tmp_path: Path) -> None:
     (tmp_path / "my_gates.py").write_text(python_block("# my_gates.py"))
     command = re.search(r"klip train --shape-plugin my_gates\.py (.*)", README.read_text())
@@ -38,6 +41,7 @@ def test_plugin_example_registers_and_trains(tmp_path: Path) -> None:
     assert "soft_knee" in config and "width: 0.2" in config
 
 
+@pytest.mark.slow
 def test_drift_example_registers_and_trains(tmp_path: Path) -> None:
     (tmp_path / "my_drifts.py").write_text(python_block("# my_drifts.py"))
     command = re.search(r"klip train --shape-plugin my_drifts\.py (.*)", README.read_text())

@@ -77,6 +77,7 @@ def wait_for(condition, process: subprocess.Popen, seconds: float = 120) -> None
 
 
 # -- 1. one writer per run directory ---------------------------------------------------------
+@pytest.mark.slow
 def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "klip", "train", *FLAGS, "--steps",
@@ -96,6 +97,7 @@ def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
     assert "in use by another klip run" in lines[0]
 
 
+@pytest.mark.slow
 def test_two_processes_started_together_on_a_new_directory_give_one_run(tmp_path):
     out = tmp_path / "fresh" / "run"
     command = [sys.executable, "-m", "klip", "train", *FLAGS, "--steps", str(12 * ROLLOUT),
@@ -138,6 +140,7 @@ def test_a_start_that_fails_before_the_first_iteration_leaves_nothing(tmp_path, 
 
 
 # -- 2. resume is the same run or a clear refusal ------------------------------------------------
+@pytest.mark.slow
 def test_a_run_from_a_shape_file_resumes_from_its_own_copy(tmp_path):
     shape_file = tmp_path / "gate.json"
     shape_file.write_text('{"name": "sigmoid", "params": {"eps": 0.1, "tau": 0.02}}')
@@ -155,6 +158,7 @@ def test_a_run_from_a_shape_file_resumes_from_its_own_copy(tmp_path):
     assert_same_parameters(tmp_path / "whole", tmp_path / "split")
 
 
+@pytest.mark.slow
 def test_a_run_from_a_plugin_resumes_from_its_own_copy(tmp_path):
     plugin = tmp_path / "gates.py"
     plugin.write_text(
@@ -220,6 +224,7 @@ def test_wall_time_adds_up_all_segments(tmp_path):
     assert total["frames"] == 4 * ROLLOUT
 
 
+@pytest.mark.slow
 def test_tensorboard_has_no_duplicated_steps_after_a_resume(tmp_path):
     import shutil
 
@@ -334,6 +339,7 @@ def test_divergence_stops_with_exit_3_and_keeps_the_last_good_checkpoint(tmp_pat
 
 
 # -- 8. Ctrl-C -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_the_last_finished_iteration_and_resumes_exactly(tmp_path):
     flags = [*FLAGS, "--steps", str(60 * ROLLOUT), "--checkpoint-every", "1000"]
     out = tmp_path / "run"
@@ -360,6 +366,7 @@ def test_ctrl_c_checkpoints_the_last_finished_iteration_and_resumes_exactly(tmp_
                                                                                 "metrics.csv"))
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_and_the_run_still_resumes(tmp_path):
     out = tmp_path / "run"
     flags = ["--task", "Pendulum-v1", "--steps", str(40 * 2048), "--rollout-steps", "2048",

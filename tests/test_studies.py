@@ -76,6 +76,7 @@ def sabotage_settings(tmp_path: Path, *, seeds: int, trials: int, pruner: str, n
     )
 
 
+@pytest.mark.slow
 def test_references_are_real_runs_cached_with_their_command(reference_cache):
     entries = load_cache(reference_cache)
     key_protocol = protocol_hash({"rollout_steps": 512, "minibatch_size": 64, "epochs": 4, "lr": 1e-3})
@@ -88,6 +89,7 @@ def test_references_are_real_runs_cached_with_their_command(reference_cache):
     assert reference.normalise(20.0) == 0.0 and reference.normalise(60.0) == 1.0
 
 
+@pytest.mark.slow
 def test_cli_study_runs_records_settings_and_continues_on_rerun(in_tmp, capsys):
     args = ["study", "run", "--shape", "sigmoid", "--tasks", TASK, "--steps-per-task", str(STEPS),
             "--seeds", "1", "--trials", "2", "--study-name", "tiny", "--no-progress", *TRAIN_FLAGS]
@@ -115,6 +117,7 @@ def test_cli_study_runs_records_settings_and_continues_on_rerun(in_tmp, capsys):
     assert f"trial 2 {TASK}/s0 step 512/{STEPS}" in captured.err
 
 
+@pytest.mark.slow
 def test_wilcoxon_prunes_the_bad_region_as_a_marked_partial_trial(in_tmp):
     settings = sabotage_settings(in_tmp, seeds=SEEDS_FOR_WILCOXON, trials=3, pruner="auto", name="wil")
     assert settings.resolved_pruner == "wilcoxon"
@@ -135,6 +138,7 @@ def test_wilcoxon_prunes_the_bad_region_as_a_marked_partial_trial(in_tmp):
     assert set(trials[0].intermediate_values) == set(range(SEEDS_FOR_WILCOXON))
 
 
+@pytest.mark.slow
 def test_median_prunes_the_bad_region_within_one_iteration(in_tmp):
     settings = sabotage_settings(in_tmp, seeds=1, trials=3, pruner="median", name="med")
     study = prepare_study(settings)
@@ -151,6 +155,7 @@ def test_median_prunes_the_bad_region_within_one_iteration(in_tmp):
     assert outcome.pruned == 1 and bad.user_attrs[ATTR_INSTANCES_SAVED] > 0
 
 
+@pytest.mark.slow
 def test_killed_study_resumes_and_its_dead_trial_is_retried(in_tmp):
     args = ["study", "run", "--shape", "sigmoid", "--tasks", TASK, "--steps-per-task", str(STEPS),
             "--seeds", "2", "--trials", "3", "--study-name", "killed", "--no-progress",
@@ -186,6 +191,7 @@ def test_killed_study_resumes_and_its_dead_trial_is_retried(in_tmp):
     assert len(retries) == 1 and retries[0].params == failed[0].params  # ... and retried
 
 
+@pytest.mark.slow
 def test_report_and_export_of_a_finished_study(in_tmp, capsys):
     settings = sabotage_settings(in_tmp, seeds=2, trials=3, pruner="none", name="rep")
     settings.space = {"sabotage": Dimension(0.0, 0.2), "eps": Dimension(0.1, 0.3)}

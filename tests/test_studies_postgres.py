@@ -87,6 +87,7 @@ def study_args(database: str, name: str, trials: int, *extra: str) -> list[str]:
             "--pruner", "none", "--no-progress", *TRAIN_FLAGS, *extra]
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_one_study_without_duplicate_or_lost_trials(in_tmp, database):
     result = run_klip(study_args(database, "shared", 4, "--workers", "2"), in_tmp)
     assert result.returncode == 0, result.stderr
@@ -99,6 +100,7 @@ def test_two_worker_processes_share_one_study_without_duplicate_or_lost_trials(i
     assert second.datetime_start < first.datetime_complete
 
 
+@pytest.mark.slow
 def test_sigkilled_worker_trial_is_failed_and_retried_by_the_survivor(in_tmp, database):
     args = study_args(database, "faults", 4, "--heartbeat-interval", "1", "--grace-period", "3")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -158,6 +160,7 @@ def test_sigkilled_worker_trial_is_failed_and_retried_by_the_survivor(in_tmp, da
     assert sum(state == TrialState.COMPLETE for state in states.values()) == 4
 
 
+@pytest.mark.slow
 def test_unreachable_database_is_a_clear_error_within_30_seconds(in_tmp, postgres_server):
     started = time.monotonic()
     # A port nobody listens on, on the server's own host.
