@@ -750,6 +750,8 @@ def run_worker(out: Path, url: str, *, trainer: CellTrainer = train_cells,
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
+    from klip.algos.train import RunInterrupted
+
     torch.set_num_threads(1)
     os.environ.setdefault("MUJOCO_GL", "egl")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -781,6 +783,12 @@ def run_worker(out: Path, url: str, *, trainer: CellTrainer = train_cells,
         trial.set_user_attr("pid", os.getpid())
         try:
             records = run_job(spec, out, jobs[key], trainer, _log)
+        except RunInterrupted:
+            # Ctrl-C reached the worker: the cell keeps its checkpoint and continues on the
+            # next run; the worker stops rather than start the next cell.
+            trial.set_user_attr("klip_error", "interrupted")
+            _log(f"{key}: interrupted; it continues from its checkpoint on the next run")
+            raise KeyboardInterrupt from None
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
             trial.set_user_attr("klip_error", message[:2000])

@@ -382,3 +382,29 @@ def test_paper_table_flags_cells_outside_one_paper_std(tmp_path):
     assert "Not investigated yet" in text
     (tmp_path / "notes.md").write_text("Fixed beta collapses on Hopper because ...")
     assert "collapses on Hopper" in "\n".join(_paper(GridResults(spec, tmp_path, states, returns)))
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_grid_and_the_interrupted_cell_continues(tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "g"
+    command = [sys.executable, "-m", "klip", "compare", "--losses", "step", "--tasks", "Pendulum-v1",
+               "--seeds", "2", "--steps", str(256 * 400), "--set", "rollout_steps=256",
+               "--set", "epochs=1", "--out", str(out), "--workers", "1", "--no-report"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    metrics = out / "runs" / "Pendulum-v1" / "step" / "s0" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) > 3):
+        assert time.monotonic() < deadline and process.poll() is None, "the first cell never started"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert "run the same command again" in output
+    # The worker stopped instead of starting the next cell.
+    assert not (out / "runs" / "Pendulum-v1" / "step" / "s1").exists(), output
+    summary = metrics.parent / "summary.json"
+    assert not summary.exists() or json.loads(summary.read_text())["status"] != "finished"
