@@ -67,7 +67,7 @@ from klip.algos.networks import (
     make_critic,
     policy_head,
 )
-from klip.algos.ppo import build_shape
+from klip.algos.ppo import build_shape, iteration_row
 from klip.algos.resolve import resolve_config
 from klip.algos.rollout import SERIAL_NORMAL_MAX_ELEMENTS, StepRecords
 from klip.envs import (
@@ -673,25 +673,12 @@ class PopulationModule(pl.LightningModule):
             for episode_return, _ in episodes:
                 self.recent_returns[agent].append(episode_return)
                 self.return_history[agent].append((self.frames, episode_return))
-            row: dict[str, float] = {f"train/{key}": value for key, value in summary.items()}
-            row.update({
-                "iteration": float(self.current_epoch + 1),
-                "frames": float(self.frames),
-                "lr": lr,
-                "episodes": float(len(episodes)),
-                # Shared by the agents: the population's wall time per phase.
-                "time/collect_s": collected - started,
-                "time/advantage_s": advantaged - collected,
-                "time/update_s": updated - advantaged,
-                "time/steps_per_s": rollout.numel() / elapsed,
-                "rollout/reward_mean": float(rollout["next", "reward"].mean()),
-            })
-            if episodes:
-                row["episode/return_mean"] = float(np.mean([r for r, _ in episodes]))
-                row["episode/length_mean"] = float(np.mean([n for _, n in episodes]))
-            if self.recent_returns[agent]:
-                row["episode/return_recent"] = float(np.mean(self.recent_returns[agent]))
-            rows.append(row)
+            # The phase times are the population's, shared by the agents.
+            rows.append(iteration_row(
+                summary, iteration=self.current_epoch + 1, frames=self.frames, lr=lr,
+                episodes=episodes, recent_returns=self.recent_returns[agent], rollout=rollout,
+                phase_times=(started, collected, advantaged, updated),
+            ))
         self.rows = rows
         recent = [row["episode/return_recent"] for row in rows if "episode/return_recent" in row]
         # What the progress bar shows: population totals and means.

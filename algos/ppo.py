@@ -84,6 +84,43 @@ def build_loss(config: TrainConfig, actor: Any, critic: Any,
                        diagnostics="deferred" if config.diagnostics else False, **common)
 
 
+def iteration_row(
+    summary: dict[str, float],
+    *,
+    iteration: int,
+    frames: int,
+    lr: float,
+    episodes: list[tuple[float, int]],
+    recent_returns: Any,
+    rollout: TensorDictBase,
+    phase_times: tuple[float, float, float, float],
+) -> dict[str, float]:
+    """One metrics.csv row of an agent's PPO iteration (see docs/metrics.md for the columns).
+
+    `episodes` are the (return, length) of the episodes that ended in the iteration;
+    `phase_times` the clock at its start, after collection, after GAE and after the update.
+    """
+    started, collected, advantaged, updated = phase_times
+    row: dict[str, float] = {f"train/{key}": value for key, value in summary.items()}
+    row.update({
+        "iteration": float(iteration),
+        "frames": float(frames),
+        "lr": lr,
+        "episodes": float(len(episodes)),
+        "time/collect_s": collected - started,
+        "time/advantage_s": advantaged - collected,
+        "time/update_s": updated - advantaged,
+        "time/steps_per_s": rollout.numel() / (updated - started),
+        "rollout/reward_mean": float(rollout["next", "reward"].mean()),
+    })
+    if episodes:
+        row["episode/return_mean"] = float(np.mean([r for r, _ in episodes]))
+        row["episode/length_mean"] = float(np.mean([n for _, n in episodes]))
+    if recent_returns:
+        row["episode/return_recent"] = float(np.mean(recent_returns))
+    return row
+
+
 class PPOModule(pl.LightningModule):
     """PPO on one task with a chosen loss; `current_epoch` counts PPO iterations."""
 
@@ -244,24 +281,11 @@ class PPOModule(pl.LightningModule):
         for episode_return, _, end_frame in episodes:
             self.recent_returns.append(episode_return)
             self.return_history.append((frames_before + end_frame, episode_return))
-        elapsed = updated - started
-        row: dict[str, float] = {f"train/{key}": value for key, value in summary.items()}
-        row.update({
-            "iteration": float(self.current_epoch + 1),
-            "frames": float(self.frames),
-            "lr": self.iteration_lr,
-            "episodes": float(len(episodes)),
-            "time/collect_s": collected - started,
-            "time/advantage_s": advantaged - collected,
-            "time/update_s": updated - advantaged,
-            "time/steps_per_s": rollout.numel() / elapsed,
-            "rollout/reward_mean": float(rollout["next", "reward"].mean()),
-        })
-        if episodes:
-            row["episode/return_mean"] = float(np.mean([r for r, _, _ in episodes]))
-            row["episode/length_mean"] = float(np.mean([n for _, n, _ in episodes]))
-        if self.recent_returns:
-            row["episode/return_recent"] = float(np.mean(self.recent_returns))
+        row = iteration_row(
+            summary, iteration=self.current_epoch + 1, frames=self.frames, lr=self.iteration_lr,
+            episodes=[(r, n) for r, n, _ in episodes], recent_returns=self.recent_returns,
+            rollout=rollout, phase_times=(started, collected, advantaged, updated),
+        )
         if self.logger is not None:
             for logger in self.loggers:
                 logger.log_metrics(row, step=self.frames)

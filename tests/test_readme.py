@@ -26,30 +26,21 @@ def tiny_run(tmp_path: Path) -> list[str]:
             "--eval-episodes", "0", "--no-progress", "--out", str(tmp_path / "run")]
 
 
+# (plugin file the README writes, what the trained run's config.yaml must then record)
+EXAMPLES = [("my_gates.py", ["soft_knee", "width: 0.2"]), ("my_drifts.py", ["quadratic_band"])]
+
+
 @pytest.mark.slow
-def test_plugin_example_registers_and_trains(tmp_path: Path) -> None:
-    (tmp_path / "my_gates.py").write_text(python_block("# my_gates.py"))
-    command = re.search(r"klip train --shape-plugin my_gates\.py (.*)", README.read_text())
-    assert command is not None, "the README no longer shows how to train the plugin shape"
+@pytest.mark.parametrize("plugin, recorded", EXAMPLES)
+def test_readme_shape_example_registers_and_trains(tmp_path: Path, plugin: str, recorded: list[str]) -> None:
+    (tmp_path / plugin).write_text(python_block(f"# {plugin}"))
+    command = re.search(rf"klip train --shape-plugin {re.escape(plugin)} (.*)", README.read_text())
+    assert command is not None, f"the README no longer shows how to train {plugin}"
     result = subprocess.run(
-        [sys.executable, "-m", "klip", "train", "--shape-plugin", "my_gates.py",
+        [sys.executable, "-m", "klip", "train", "--shape-plugin", plugin,
          *command.group(1).split(), *tiny_run(tmp_path)],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     config = (tmp_path / "run" / "config.yaml").read_text()
-    assert "soft_knee" in config and "width: 0.2" in config
-
-
-@pytest.mark.slow
-def test_drift_example_registers_and_trains(tmp_path: Path) -> None:
-    (tmp_path / "my_drifts.py").write_text(python_block("# my_drifts.py"))
-    command = re.search(r"klip train --shape-plugin my_drifts\.py (.*)", README.read_text())
-    assert command is not None, "the README no longer shows how to train the drift shape"
-    result = subprocess.run(
-        [sys.executable, "-m", "klip", "train", "--shape-plugin", "my_drifts.py",
-         *command.group(1).split(), *tiny_run(tmp_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "quadratic_band" in (tmp_path / "run" / "config.yaml").read_text()
+    assert all(text in config for text in recorded), config
