@@ -14,8 +14,8 @@ no normalisation, no learning (the floor a population can approach). Peak RSS is
 training process's own `ru_maxrss`.
 
 Targets of issue 11, checked and printed for Hopper-v4: at N = 8, at least 4x SB3's
-single-run steps/s and at least 70% of the simulation-only rate; at N = 16, peak RSS <= 2 GiB.
-Results go to --json as well.
+single-run steps/s and at least 70% of the simulation-only rate; two N = 8 processes started
+together (2 cores) at least 1.8x one; at N = 16, peak RSS <= 2 GiB. Results go to --json as well.
 """
 
 from __future__ import annotations
@@ -103,8 +103,24 @@ def child_simulation(task: str, agents: int, steps: int) -> dict[str, Any]:
     return {"agents": agents, "agent_steps_per_s": agents * rounds / seconds}
 
 
+def two_processes(task: str, agents: int, steps: int, timeout: float) -> dict[str, Any]:
+    """Two population processes of `agents` agents started together: their summed agent-steps/s."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
+    command = [PYTHON, THIS, "--child", "population", task, str(steps), str(agents)]
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=env, cwd=ROOT) for _ in range(2)]
+    outputs = [child.communicate(timeout=timeout) for child in children]
+    for child, (_, stderr) in zip(children, outputs, strict=True):
+        if child.returncode != 0:
+            raise RuntimeError(f"population child failed:\n{stderr[-3000:]}")
+    results = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
+    return {"agents_per_process": agents, "processes": results,
+            "agent_steps_per_s": sum(result["agent_steps_per_s"] for result in results)}
+
+
 # -- the table --------------------------------------------------------------------------------
-def measure(task: str, agents_list: list[int], steps: int, sb3_steps: int, timeout: float) -> dict[str, Any]:
+def measure(task: str, agents_list: list[int], steps: int, sb3_steps: int, timeout: float,
+            two_process_agents: int) -> dict[str, Any]:
     sb3 = run_json([PYTHON, SB3_CHILD, "sb3", task, str(sb3_steps), "1", "0"], timeout)
     sb3_rate = sb3["frames"] / sb3["seconds"]
     print(f"{task}: SB3 PPO (1 env) {sb3_rate:.0f} steps/s, peak RSS {sb3['peak_rss_mib']:.0f} MiB",
@@ -123,7 +139,16 @@ def measure(task: str, agents_list: list[int], steps: int, sb3_steps: int, timeo
               f"({row['simulation_agent_steps_per_s']:.0f}/s)  peak RSS {row['peak_rss_mib']:.0f} MiB  "
               + " ".join(f"{part} {seconds:.1f}s" for part, seconds in row["split_seconds"].items()),
               flush=True)
-    return {"task": task, "sb3": {**sb3, "steps_per_s": sb3_rate}, "rows": rows}
+    measured = {"task": task, "sb3": {**sb3, "steps_per_s": sb3_rate}, "rows": rows}
+    by_agents = {row["agents"]: row for row in rows}
+    if two_process_agents in by_agents:
+        pair = two_processes(task, two_process_agents, steps, timeout)
+        single = by_agents[two_process_agents]["agent_steps_per_s"]
+        pair["vs_one_process"] = pair["agent_steps_per_s"] / single
+        measured["two_processes"] = pair
+        print(f"  two processes of N={two_process_agents} at once: {pair['agent_steps_per_s']:.0f} "
+              f"agent-steps/s together, {pair['vs_one_process']:.2f}x one process", flush=True)
+    return measured
 
 
 def check_targets(results: list[dict[str, Any]]) -> list[str]:
@@ -138,6 +163,10 @@ def check_targets(results: list[dict[str, Any]]) -> list[str]:
                          f"{'met' if row['vs_sb3'] >= 4 else 'NOT met'}")
             lines.append(f"N=8 Hopper-v4: {100 * row['of_simulation']:.0f}% of simulation-only "
                          f"(target >= 70%): {'met' if row['of_simulation'] >= 0.7 else 'NOT met'}")
+        if "two_processes" in result:
+            ratio = result["two_processes"]["vs_one_process"]
+            lines.append(f"two N={result['two_processes']['agents_per_process']} Hopper-v4 processes: "
+                         f"{ratio:.2f}x one (target >= 1.8): {'met' if ratio >= 1.8 else 'NOT met'}")
         if 16 in by_agents:
             rss = by_agents[16]["peak_rss_mib"]
             lines.append(f"N=16 Hopper-v4: peak RSS {rss:.0f} MiB (target <= {RSS_LIMIT_MIB}): "
@@ -152,6 +181,8 @@ def main() -> None:
     parser.add_argument("--agents", default="1,2,4,8,16", help="population sizes N")
     parser.add_argument("--steps", type=int, default=102_400, help="env steps per agent")
     parser.add_argument("--sb3-steps", type=int, default=102_400)
+    parser.add_argument("--two-processes", type=int, default=8, metavar="N",
+                        help="also time two N-agent processes at once (0: skip)")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds per child process")
     parser.add_argument("--json", type=Path,
                         default=ROOT / "benchmarks" / "results" / "population_speed.json")
@@ -166,7 +197,7 @@ def main() -> None:
             print(json.dumps(child_simulation(task, values[0], values[1])))
         return
     agents_list = [int(text) for text in args.agents.split(",")]
-    results = [measure(task, agents_list, args.steps, args.sb3_steps, args.timeout)
+    results = [measure(task, agents_list, args.steps, args.sb3_steps, args.timeout, args.two_processes)
                for task in args.tasks.split(",")]
     targets = check_targets(results)
     for line in targets:

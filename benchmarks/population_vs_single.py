@@ -8,7 +8,10 @@ Trains `klip train --seeds 0-(N-1) --shape step` once (one process) and `klip tr
 --shape step` for each seed (one process each, one after the other), then compares the final
 returns (mean raw return of the episodes ending in the last 10% of training): mean +- std of
 each arm, and a percentile-bootstrap 95% CI of the difference of means (population - single),
-which must contain 0. Written to --json; the run directories stay under --out.
+which must contain 0 (`scipy.stats.bootstrap`, the two arms resampled independently). Written to
+--json, with a figure of both arms' learning curves (mean +- std over seeds) beside it; the run
+directories stay under --out. A run whose summary.json exists is not trained again, so an
+interrupted benchmark continues where it stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -41,11 +45,47 @@ def final_return(run_directory: Path) -> float:
 def bootstrap_difference_ci(a: np.ndarray, b: np.ndarray, resamples: int = 100_000,
                             seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap 95% CI of mean(a) - mean(b), each arm resampled on its own."""
-    rng = np.random.default_rng(seed)
-    means_a = rng.choice(a, size=(resamples, len(a))).mean(1)
-    means_b = rng.choice(b, size=(resamples, len(b))).mean(1)
-    low, high = np.percentile(means_a - means_b, [2.5, 97.5])
-    return float(low), float(high)
+    from scipy import stats
+
+    interval = stats.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis) - y.mean(axis),
+                               n_resamples=resamples, method="percentile", paired=False,
+                               rng=np.random.default_rng(seed)).confidence_interval
+    return float(interval.low), float(interval.high)
+
+
+def plot_arms(path: Path, arms: dict[str, list[Path]], steps: int, task: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from klip.algos.run import read_episode_returns
+    from klip.studies.compare_report import binned_curve
+
+    grid = np.linspace(steps / 100, steps, 100)
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    for label, directories in arms.items():
+        curves = np.array([binned_curve(read_episode_returns(d / "episodes.csv"), grid) for d in directories])
+        mean, std = curves.mean(0), curves.std(0)
+        axis.plot(grid, mean, label=f"{label} (n={len(directories)})")
+        axis.fill_between(grid, mean - std, mean + std, alpha=0.2)
+    axis.set_title(f"{task}, step shape: one population against single runs")
+    axis.set_xlabel("environment steps per agent")
+    axis.set_ylabel("episode return (mean +- std over seeds)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def train_once(arguments: list[str], out: Path) -> float:
+    """Train into `out` unless a finished run is already there; the seconds it took (0 if skipped)."""
+    if (out / "summary.json").is_file():
+        return 0.0
+    if out.exists():
+        shutil.rmtree(out)  # an interrupted run: start it again rather than mix two runs
+    return klip_train([*arguments, "--out", str(out)])
 
 
 def main() -> None:
@@ -61,20 +101,23 @@ def main() -> None:
     args = parser.parse_args()
     common = ["--task", args.task, "--shape", "step", "--steps", str(args.steps),
               "--eval-episodes", str(args.eval_episodes)]
-    population_seconds = klip_train([*common, "--seeds", f"0-{args.seeds - 1}",
-                                     "--out", str(args.out / "population")])
-    population = np.array([final_return(args.out / "population" / f"s{seed}")
-                           for seed in range(args.seeds)])
-    single_seconds = 0.0
-    singles = []
-    for seed in range(args.seeds):
-        out = args.out / f"single-s{seed}"
-        single_seconds += klip_train([*common, "--seed", str(seed), "--out", str(out)])
-        singles.append(final_return(out))
-    single = np.array(singles)
+    population_dirs = [args.out / "population" / f"s{seed}" for seed in range(args.seeds)]
+    population_seconds = 0.0
+    if not all((d / "summary.json").is_file() for d in population_dirs):
+        if (args.out / "population").exists():
+            shutil.rmtree(args.out / "population")
+        population_seconds = klip_train([*common, "--seeds", f"0-{args.seeds - 1}",
+                                         "--out", str(args.out / "population")])
+    population = np.array([final_return(d) for d in population_dirs])
+    single_dirs = [args.out / f"single-s{seed}" for seed in range(args.seeds)]
+    single_seconds = sum(train_once([*common, "--seed", str(seed)], out)
+                         for seed, out in zip(range(args.seeds), single_dirs, strict=True))
+    single = np.array([final_return(d) for d in single_dirs])
     low, high = bootstrap_difference_ci(population, single)
     report = {
         "task": args.task, "seeds": args.seeds, "steps": args.steps,
+        "command": " ".join([".venv/bin/python", "benchmarks/population_vs_single.py", *sys.argv[1:]]),
+        "seconds_note": "0 for an arm means it was already trained by an earlier invocation",
         "population": {"final_returns": population.tolist(), "mean": float(population.mean()),
                        "std": float(population.std(ddof=1)), "seconds": population_seconds},
         "single": {"final_returns": single.tolist(), "mean": float(single.mean()),
@@ -91,6 +134,9 @@ def main() -> None:
           f"[{low:.1f}, {high:.1f}]: {'contains' if report['ci_contains_zero'] else 'EXCLUDES'} 0")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
+    figure = plot_arms(args.json.with_suffix(".png"), {"population": population_dirs, "single": single_dirs},
+                       args.steps, args.task)
+    print(f"written to {args.json} and {figure}")
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ def _per_task(results: GridResults) -> list[str]:
     return ["## Final return per task", "", *_table(["entry", *spec.tasks], rows)]
 
 
-def _curve(history: list[tuple[int, float]], grid: np.ndarray) -> np.ndarray:
+def binned_curve(history: list[tuple[int, float]], grid: np.ndarray) -> np.ndarray:
     """Mean return of the episodes ending in each bin of the frame grid, gaps filled."""
     frames = np.array([f for f, _ in history], dtype=float)
     values = np.array([r for _, r in history], dtype=float)
@@ -201,7 +201,7 @@ def plot_learning_curves(results: GridResults, path: Path) -> Path:
                 directory = spec.cell_dir(results.out, Cell(entry, task, seed))
                 history = read_episodes(directory / "episodes.csv")
                 if history:
-                    curves.append(_curve(history, grid))
+                    curves.append(binned_curve(history, grid))
             if not curves:
                 continue
             stacked = np.array(curves)

@@ -145,6 +145,21 @@ def build_shape_from_values(shape_name: str, values: Mapping[str, float]) -> Coe
     return shape
 
 
+def default_point(shape_name: str, space: Mapping[str, Dimension]) -> dict[str, float]:
+    """The shape's default values of the searched dimensions, clipped into their ranges.
+
+    CMA-ES starts its search distribution here, so a discovery starts from the shape's
+    defaults (for `learned`: PPO-Clip's step gate) instead of the middle of the box.
+    """
+    shape = get_shape_class(shape_name)()
+    defaults: dict[str, float] = {name: float(getattr(shape, name)) for name in type(shape).params}
+    vector_names = vector_parameters(type(shape))
+    if vector_names:
+        defaults.update(zip(vector_names, shape.get_vector().tolist(), strict=True))  # type: ignore[operator]
+    return {name: min(max(defaults[name], dimension.low), dimension.high)
+            for name, dimension in space.items()}
+
+
 def grid_points(space: Mapping[str, Dimension], points_per_dimension: int) -> dict[str, list[float]]:
     """Evenly spaced values per dimension (geometrically for log dimensions)."""
     import numpy as np

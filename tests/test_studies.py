@@ -277,3 +277,32 @@ def test_study_name_reused_with_other_settings_is_refused_naming_the_difference(
     assert sorted(in_tmp.iterdir()) == before
     study = optuna.load_study(study_name="bad", storage="sqlite:///klip-studies.db")
     assert study.get_trials() == []
+
+
+@pytest.mark.slow
+def test_a_tiny_cmaes_discovery_of_the_learned_shape_exports_a_loadable_shape(in_tmp, capsys):
+    """The discovery path end to end at a toy budget: CMA-ES over the learned vector, the best
+    vector exported as a shape JSON that loads and trains as a `learned` shape."""
+    from klip.shapes import load_shape
+    from klip.studies.space import vector_parameters
+
+    assert main(["study", "run", "--shape", "learned", "--sampler", "cmaes", "--sampler-seed", "0",
+                 "--tasks", TASK, "--steps-per-task", str(STEPS), "--trials", "3", "--study-name", "disc",
+                 "--storage", str(in_tmp / "disc.db"), "--pruner", "none", "--no-progress",
+                 *TRAIN_FLAGS]) == 0
+    study = optuna.load_study(study_name="disc", storage=f"sqlite:///{in_tmp / 'disc.db'}")
+    done = [trial for trial in study.trials if trial.state == TrialState.COMPLETE]
+    assert len(done) == 3
+    # After one independent start-up trial, CMA-ES's first generation drew them.
+    assert [trial.system_attrs.get("cma:generation") for trial in done] == [None, 0, 0]
+    assert main(["study", "export", "--study-name", "disc", "--storage", str(in_tmp / "disc.db"),
+                 "--out", str(in_tmp / "export")]) == 0
+    config = yaml.safe_load((in_tmp / "export" / f"trial-{study.best_trial.number}-config.yaml").read_text())
+    shape = load_shape(config["shape_file"])
+    assert type(shape).__name__ == "LearnedShape"
+    knots = vector_parameters(type(shape))
+    assert len(knots) == shape.vector_size and set(knots) < set(study.best_params)
+    assert shape.get_vector().tolist() == pytest.approx([study.best_params[name] for name in knots])
+    assert main(["train", "--config", str(in_tmp / "export" / f"trial-{study.best_trial.number}-config.yaml"),
+                 "--steps", "512", "--out", str(in_tmp / "one-iteration"), "--no-progress"]) == 0
+    assert (in_tmp / "one-iteration" / "summary.json").is_file()

@@ -117,3 +117,16 @@ def test_differences_name_what_changed():
     new = settings(shape="step", seeds=2).identity()
     text = describe_differences(old, new)
     assert "shape 'sigmoid' -> 'step'" in text and "seeds 1 -> 2" in text
+
+
+def test_cmaes_starts_at_the_shapes_defaults_clipped_into_the_space():
+    from klip.studies.space import default_point
+
+    learned = settings(sampler="cmaes", shape="learned")
+    start = default_point("learned", learned.space)
+    vector = get_shape_class("learned")().get_vector().tolist()
+    assert [start[name] for name in vector_parameters(get_shape_class("learned"))] == vector
+    assert start["eps"] == 0.2
+    sigmoid = default_point("sigmoid", {"eps": Dimension(0.25, 0.3), "tau": Dimension(0.01, 0.1, log=True)})
+    assert sigmoid == {"eps": 0.25, "tau": get_shape_class("sigmoid")().tau}  # eps clipped up to 0.25
+    assert build_sampler(learned)._x0 == start
