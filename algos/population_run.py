@@ -49,9 +49,18 @@ from klip.algos.config import ConfigError, TrainConfig, load_config_file
 from klip.algos.plots import plot_learning_curve, read_metrics
 from klip.algos.population import PopulationModule, check_population_configs
 from klip.algos.ppo import build_shape
-from klip.algos.train import CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, RunError, final_return
+from klip.algos.resolve import resolve_config
+from klip.algos.train import (
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    RunError,
+    final_return,
+    write_run_config,
+)
 
 POPULATION_FILE = "population.yaml"
+# Each agent's final actor and critic parameters, keyed as in a single run's checkpoint.
+PARAMETERS_FILE = "parameters.pt"
 SUMMARY_CSV = "population_summary.csv"
 SUMMARY_JSON = "population_summary.json"
 CURVES_FIGURE = "population_curves.png"
@@ -324,7 +333,8 @@ def _run(
         truncate_metrics(directory / "metrics.csv", frames_done)
         if checkpoint is None:
             (directory / "metrics.csv").unlink(missing_ok=True)
-        (directory / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        # As a single run records it: the resolved options and a copy of the shape.
+        write_run_config(directory, *resolve_config(config))
     if spec is not None:
         (out / POPULATION_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
 
@@ -363,8 +373,8 @@ def _run(
         history = module.return_history[agent]
         final = final_return(history, module.frames)
         evaluation = None
+        actor, critic = module.agent_modules(agent)
         if config.eval_episodes:
-            actor, _ = module.agent_modules(agent)
             view = types.SimpleNamespace(config=config, env=module.rollouts.agent_env(agent), actor=actor,
                                          frames=module.frames)
             evaluation = evaluate(view, config.eval_episodes, seed=config.seed + 10_000)
@@ -372,6 +382,9 @@ def _run(
         summary = {"final_return_last10pct": final, "frames": module.frames,
                    "wall_seconds": wall, "episodes": len(history),
                    "population_size": len(agents), "peak_rss_mib": peak_rss_mib}
+        torch.save({"state_dict": {**{f"actor.{k}": v for k, v in actor.state_dict().items()},
+                                   **{f"critic.{k}": v for k, v in critic.state_dict().items()}}},
+                   directory / PARAMETERS_FILE)
         (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (directory / "episodes.csv").write_text(
             "end_frame,return\n" + "".join(f"{f},{r}\n" for f, r in history))

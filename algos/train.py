@@ -284,6 +284,16 @@ def record_run(
     out: Path, config: TrainConfig, shape: CoefficientShape | None, start: RunStart, resume: bool
 ) -> None:
     """Write config.yaml and the copies of the shape sources; drop rows that will be redone."""
+    if resume:
+        # Rows logged after the checkpoint (or all of them, if the run died before its
+        # first checkpoint) are redone, so they are dropped rather than duplicated.
+        truncate_metrics(out / "metrics.csv", start.frames_done)
+        truncate_metrics(out / EVALUATIONS_FILE, start.frames_done)
+    write_run_config(out, config, shape)
+
+
+def write_run_config(out: Path, config: TrainConfig, shape: CoefficientShape | None) -> None:
+    """config.yaml (the resolved options) and copies of the shape sources it names."""
     recorded = config.to_dict()
     if shape is not None:
         shape_json = json.dumps(shape.to_dict(), indent=2) + "\n"
@@ -294,11 +304,6 @@ def record_run(
         source = Path(config.shape_plugin).read_bytes()
         (out / PLUGIN_COPY).write_bytes(source)
         recorded["shape_plugin"] = PLUGIN_COPY
-    if resume:
-        # Rows logged after the checkpoint (or all of them, if the run died before its
-        # first checkpoint) are redone, so they are dropped rather than duplicated.
-        truncate_metrics(out / "metrics.csv", start.frames_done)
-        truncate_metrics(out / EVALUATIONS_FILE, start.frames_done)
     (out / CONFIG_FILE).write_text(yaml.safe_dump(recorded, sort_keys=False))
 
 

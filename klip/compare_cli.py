@@ -36,9 +36,9 @@ def add_compare_commands(subparsers: Any) -> None:
     compare.add_argument("--storage", help="Optuna RDB storage URL handing out the cells to every "
                          "machine that runs this command (default: a SQLite file in the grid directory)")
     compare.add_argument("--seeds-together", action="store_true",
-                         help="hand out each (entry, task) with all its seeds as one job (for a "
-                              "trainer that runs seeds as a population; the default trainer runs "
-                              "them one after another)")
+                         help="train each (entry, task)'s seeds as one population in one process "
+                              "(faster; `clip` then runs as the `step` shape, so the clip/step "
+                              "bitwise check needs single runs, the default)")
     compare.add_argument("--plan", action="store_true", help="print the cells in order and exit")
     compare.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     compare.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",

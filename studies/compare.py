@@ -58,6 +58,8 @@ RUNS_DIR = "runs"
 CORRUPT_DIR = "corrupt"
 EVENTS_FILE = "events.jsonl"
 CELL_FILE = "cell.json"
+# Where a `--seeds-together` job's population trains, inside runs/TASK/ENTRY/.
+POPULATION_DIR = "population"
 RANDOM_FILE = "random_scores.json"
 RANDOM_EPISODES = 20
 
@@ -330,6 +332,15 @@ class GridSpec:
                     self.config(Cell(entry, task, self.seeds[0])).validate()
                 except ConfigError as error:
                     raise CompareError(f"entry {entry.spec!r} on {task}: {error}") from None
+        if self.seeds_together and len(self.seeds) > 1:
+            from klip.algos.population import check_population_configs
+
+            for entry in self.entries:
+                try:
+                    check_population_configs([self.config(Cell(entry, self.tasks[0], seed))
+                                              for seed in self.seeds])
+                except ConfigError as error:
+                    raise CompareError(f"--seeds-together, entry {entry.spec!r}: {error}") from None
         return self
 
 
@@ -439,6 +450,7 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
     """What the cell's directory holds; a finished cell gets (or keeps) its `cell.json`."""
     import torch
 
+    from klip.algos.population_run import PARAMETERS_FILE
     from klip.algos.train import final_return
 
     directory = spec.cell_dir(out, cell)
@@ -484,6 +496,9 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
         return CellState("corrupt", f"summary.json's final return {reported} disagrees with "
                                     f"episodes.csv ({recomputed})")
     record_path = directory / CELL_FILE
+    if not checkpoint.is_file():
+        # A cell trained inside a population keeps its agent's final parameters, not a checkpoint.
+        checkpoint = directory / PARAMETERS_FILE
     record: dict[str, Any] | None = None
     if record_path.is_file():
         try:
@@ -505,6 +520,7 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
             "key": cell.key, "entry": cell.entry.label, "task": cell.task, "seed": cell.seed,
             "final_return": reported, "frames": frames,
             "wall_seconds": summary.get("wall_seconds"),
+            "population_size": int(summary.get("population_size", 1)),
             "parameters_sha256": parameters_sha256(checkpoint),
             "metrics_sha256": metric_column_sha256(directory / "metrics.csv"),
             "host": socket.gethostname(),
@@ -559,6 +575,39 @@ def train_cells(runs: Sequence[CellRun]) -> None:
 
     for run in runs:
         train(run.config, run.out, resume=run.resume, progress=False)
+
+
+def train_cells_together(runs: Sequence[CellRun]) -> None:
+    """`--seeds-together` trainer: each (entry, task)'s cells as one population.
+
+    The population trains in `runs/TASK/ENTRY/population/` (its checkpoint there, so a killed
+    job continues bit for bit); when it ends, each agent's run directory becomes its cell's
+    directory and the population directory is removed. A single cell takes the exact path.
+    """
+    from klip.algos.population_run import POPULATION_FILE, PopulationSpec, train_population
+
+    groups: dict[tuple[str, str], list[CellRun]] = {}
+    for run in runs:
+        groups.setdefault((run.cell.task, run.cell.entry.label), []).append(run)
+    for group in groups.values():
+        if len(group) == 1:
+            train_cells(group)
+            continue
+        root = group[0].out.parent / POPULATION_DIR
+        spec = PopulationSpec(group[0].config, [run.cell.seed for run in group], {})
+        resume = False
+        if (root / POPULATION_FILE).is_file():
+            held = yaml.safe_load((root / POPULATION_FILE).read_text()) or {}
+            resume = held == yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        if root.exists() and not resume:
+            shutil.rmtree(root)  # another subset of seeds, or other settings: start again
+        for run in group:
+            if run.out.exists():
+                shutil.rmtree(run.out)  # a leftover of an earlier attempt; the population retrains it
+        train_population(spec, root, resume=resume, progress=False)
+        for run in group:
+            shutil.move(str(root / f"s{run.cell.seed}"), run.out)
+        shutil.rmtree(root)
 
 
 def run_job(spec: GridSpec, out: Path, job: Sequence[Cell], trainer: CellTrainer,
@@ -1006,11 +1055,18 @@ def random_scores(out: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 def run_grid(
     spec: GridSpec, out: Path, *, storage: str | None = None, workers: int = 1,
-    trainer: CellTrainer = train_cells, write_report: bool = True,
+    trainer: CellTrainer | None = None, write_report: bool = True,
     progress_interval: float = 30.0, stream: TextIO | None = None,
 ) -> GridOutcome:
-    """Run (or continue, or join) a grid; write its report when this machine runs dry."""
+    """Run (or continue, or join) a grid; write its report when this machine runs dry.
+
+    `trainer` defaults to single runs one after another, or to one population per (entry,
+    task) for a grid made with `seeds_together`.
+    """
     from optuna.trial import TrialState
+
+    if trainer is None:
+        trainer = train_cells_together if spec.seeds_together else train_cells
 
     if workers < 1:
         raise CompareError(f"--workers must be at least 1, got {workers}")

@@ -311,6 +311,13 @@ def _bitwise(results: GridResults) -> list[str]:
                          f"`{a.record['parameters_sha256'][:16]}` / `{b.record['parameters_sha256'][:16]}`"])
     lines += _table(["task", "seed", "parameters bitwise equal", "metric columns identical",
                      "SHA-256 clip / step (first 16 hex)"], rows)
+    together = [state for state in results.states.values()
+                if state.record is not None and state.record.get("population_size", 1) > 1]
+    if together:
+        lines += [f"{len(together)} runs of this grid were trained as populations (`--seeds-together`). "
+                  "There `clip` is the `step` shape by construction (the population loss has no TorchRL "
+                  "`ClipPPOLoss`), so for those runs equality checks that the population code is "
+                  "deterministic, not the PPO-Clip equivalence; single runs check that.", ""]
     if only:
         lines += ["Compared: every column both runs log. Logged by only one of the two (the ratio "
                   "statistics of TorchRL's loss, the shape's diagnostics): "

@@ -408,3 +408,60 @@ def test_ctrl_c_stops_the_grid_and_the_interrupted_cell_continues(tmp_path):
     assert not (out / "runs" / "Pendulum-v1" / "step" / "s1").exists(), output
     summary = metrics.parent / "summary.json"
     assert not summary.exists() or json.loads(summary.read_text())["status"] != "finished"
+
+
+def _population_returns(spec: GridSpec, root: Path, task: str, entry_spec: str, *,
+                        kill_after_iterations: int | None = None) -> dict[int, float] | None:
+    """Train an (entry, task)'s seeds with `train_population` itself, as a reference."""
+    from klip.algos.population_run import PopulationSpec, train_population
+
+    entry = next(e for e in spec.entries if e.spec == entry_spec)
+    config = spec.config(Cell(entry, task, spec.seeds[0]))
+    result = train_population(PopulationSpec(config, list(spec.seeds), {}), root, progress=False,
+                              kill_after_iterations=kill_after_iterations)
+    return None if result is None else {int(a.name[1:]): a.final_return for a in result.agents}
+
+
+def test_seeds_together_trains_each_entry_and_task_as_one_population(tmp_path):
+    out = tmp_path / "g"
+    spec = tiny_spec(out, entries="clip,step", seeds=2)
+    spec.seeds_together = True
+    outcome = run_grid(spec, out, stream=io.StringIO(), write_report=False)
+    assert outcome.done == 4
+    reference = _population_returns(spec, tmp_path / "reference", "Pendulum-v1", "step")
+    for entry in spec.entries:
+        assert not (out / "runs" / "Pendulum-v1" / entry.dirname / compare.POPULATION_DIR).exists()
+    for seed in spec.seeds:
+        clip, step = (check_cell(spec, out, Cell(entry, "Pendulum-v1", seed)).record
+                      for entry in spec.entries)
+        assert clip["population_size"] == step["population_size"] == 2
+        # The cell directories are the population's agents, bit for bit.
+        assert step["final_return"] == reference[seed]
+        assert clip["parameters_sha256"] == step["parameters_sha256"]
+    assert clip["parameters_sha256"] != check_cell(spec, out, Cell(spec.entries[1], "Pendulum-v1", 0)).record[
+        "parameters_sha256"]
+    report = write_report(out, n_resamples=200).read_text()
+    assert "trained as populations" in report
+
+
+def test_a_killed_population_job_continues_from_its_checkpoint(tmp_path):
+    out = tmp_path / "g"
+    spec = tiny_spec(out, entries="step", seeds=2, steps=1024)
+    spec.seeds_together = True
+    prepare_grid(out, spec)
+    root = out / "runs" / "Pendulum-v1" / "step" / compare.POPULATION_DIR
+    assert _population_returns(spec, root, "Pendulum-v1", "step", kill_after_iterations=2) is None
+    assert (root / "checkpoints" / "last.ckpt").is_file()
+    outcome = run_grid(spec, out, stream=io.StringIO(), write_report=False)
+    assert outcome.done == 2
+    uninterrupted = _population_returns(spec, tmp_path / "reference", "Pendulum-v1", "step")
+    for seed in spec.seeds:
+        assert check_cell(spec, out, Cell(spec.entries[0], "Pendulum-v1", seed)).record["final_return"] == (
+            uninterrupted[seed])
+
+
+def test_seeds_together_refuses_options_a_population_cannot_share(tmp_path):
+    spec = GridSpec(parse_entries(["step"], tmp_path), ["Pendulum-v1"], [0, 1], 512,
+                    {**BASE, "compile": True}, seeds_together=True)
+    with pytest.raises(CompareError, match="--seeds-together, entry 'step': --compile is not supported"):
+        spec.validate()

@@ -337,7 +337,8 @@ def test_seeds_and_sweep_write_one_run_directory_per_agent_and_a_summary(tmp_pat
             assert (directory / name).is_file(), (agent, name)
         config = yaml.safe_load((directory / "config.yaml").read_text())
         assert config["seed"] == int(agent[1]) and config["shape"] == "linear_ramp"
-        assert config["shape_params"] == {"delta": float(agent.split("delta")[1])}
+        # Recorded as a single run records it: resolved, every shape parameter named.
+        assert config["shape_params"] == {"eps": 0.2, "delta": float(agent.split("delta")[1])}
         assert len(metric_rows(directory / "metrics.csv")) == 2
     with open(out / "population_summary.csv", newline="") as file:
         rows = list(csv.DictReader(file))
