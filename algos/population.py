@@ -82,20 +82,24 @@ from klip.envs.population import SharedPopulationEnv
 from klip.shapes import CoefficientShape, make_shape
 
 # Options that may differ between the agents of one population; everything else is shared.
-PER_AGENT_OPTIONS = ("seed", "shape_params")
+# A shape file per agent (a study's trials) is allowed: each agent's shape is built from it.
+PER_AGENT_OPTIONS = ("seed", "shape_params", "shape_file")
 
 
 def check_population_configs(configs: Sequence[TrainConfig]) -> None:
     """Raise `ConfigError` unless the configs differ only in seed and shape parameters."""
     if not configs:
         raise ConfigError("a population needs at least one agent")
-    shared = [{k: v for k, v in c.to_dict().items() if k not in PER_AGENT_OPTIONS} for c in configs]
+    # Under --loss klip a resolved config's clip_eps only records its shape's eps (per agent).
+    per_agent = (*PER_AGENT_OPTIONS, "clip_eps") if configs[0].loss == "klip" else PER_AGENT_OPTIONS
+    shared = [{k: v for k, v in c.to_dict().items() if k not in per_agent} for c in configs]
     for index, options in enumerate(shared[1:], start=1):
         if options != shared[0]:
             differing = sorted(k for k in options if options[k] != shared[0][k])
             raise ConfigError(f"agent {index} differs from agent 0 in {', '.join(differing)}; "
-                              "a population's agents may differ only in seed and shape parameters")
-    identities = [(c.seed, json.dumps(c.shape_params, sort_keys=True)) for c in configs]
+                              "a population's agents may differ only in seed and shape parameters "
+                              "(or shape file)")
+    identities = [(c.seed, json.dumps(c.shape_params, sort_keys=True), c.shape_file) for c in configs]
     if len(set(identities)) != len(identities):
         raise ConfigError("duplicate agents: two agents have the same seed and shape parameters")
     if configs[0].compile:

@@ -42,6 +42,7 @@ TENSORDICT = "tensordict 0.14.3"
 LIGHTNING = "pytorch-lightning 2.6.6"
 GYMNASIUM = "gymnasium 1.4.0"
 TORCH = "torch 2.13.0"
+OPTUNA = "optuna 5.0.0"
 
 PRIVATE_APIS: tuple[PrivateAPI, ...] = (
     # TorchRL's PPO loss internals: KLip's losses subclass PPOLoss and keep its exact
@@ -98,6 +99,11 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
                "a snapshot of an env mid-episode must restore the time-limit counter"),
     PrivateAPI("torch._inductor.config", "compile_threads", TORCH,
                "--compile compiles in-process (a worker pool slowed collection on 2 cores)"),
+    # Optuna's trial heartbeat runs inside `study.optimize` only; a study worker that trains
+    # several asked trials at once (`klip study run --batch`) runs one per trial itself.
+    PrivateAPI("optuna.storages._heartbeat", "get_heartbeat_thread", OPTUNA,
+               "a batch of asked trials needs the heartbeat `optimize` gives one trial",
+               ("trial_id", "storage")),
 )
 
 
@@ -186,6 +192,13 @@ def appending_csv_experiment(logger: Any) -> AppendingExperimentWriter:
     if logger._experiment is None:
         logger._experiment = AppendingExperimentWriter(log_dir=logger.log_dir)
     return logger._experiment
+
+
+def heartbeat_thread(trial_id: int, storage: Any) -> Any:
+    """Optuna's heartbeat of one trial, as a context manager (a no-op without heartbeats)."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    return get_heartbeat_thread(trial_id, storage)
 
 
 def configure_inductor() -> None:

@@ -54,6 +54,9 @@ def add_study_commands(subparsers: Any) -> None:
     run.add_argument("--pruner-startup-trials", type=int, default=5,
                      help="median: trials finished before pruning starts (default 5)")
     run.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    run.add_argument("--batch", type=int, default=0, metavar="K",
+                     help="train K trials at a time, each task's (trial, seed) agents as one "
+                          "population (faster; prunes between tasks only). Default 0: single runs")
     run.add_argument("--study-dir", type=Path, help="trial artefacts (default runs/studies/NAME)")
     run.add_argument("--force", action="store_true", help="use a study made with other settings")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -146,13 +149,15 @@ def _settings(args: argparse.Namespace) -> Any:
         seeds=args.seeds, trials=args.trials, train_options=options, space=space, fixed=fixed,
         sampler=args.sampler, pruner=args.pruner, pruner_startup_trials=args.pruner_startup_trials,
         grid_points=args.grid_points, sampler_seed=args.sampler_seed, storage=storage,
-        study_dir=args.study_dir, workers=args.workers, force=args.force, progress=not args.no_progress,
+        study_dir=args.study_dir, workers=args.workers, batch=args.batch, force=args.force,
+        progress=not args.no_progress,
         command=shlex.join(["klip", *getattr(args, "argv", sys.argv[1:])]),
     )
-    from klip.studies.run import build_pruner, build_sampler
+    from klip.studies.run import build_pruner, build_sampler, check_batch
 
     build_sampler(settings)  # a sampler that cannot handle the space fails before any writing
     build_pruner(settings)
+    check_batch(settings)
     return settings
 
 

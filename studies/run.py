@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import multiprocessing
 import os
@@ -12,6 +14,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -21,6 +24,8 @@ from tqdm.auto import tqdm
 
 from klip.algos.agents import AgentResult, train_agents
 from klip.algos.config import TrainConfig
+from klip.algos.run import read_columns
+from klip.compat import heartbeat_thread
 from klip.shapes import load_shapes_from_file, save_shape
 from klip.studies.references import TaskReference, ensure_references
 from klip.studies.settings import (
@@ -136,6 +141,27 @@ def build_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
         return optuna.pruners.HyperbandPruner(min_resource=max(1, iterations // 4),
                                               max_resource=instances * iterations)
     return optuna.pruners.NopPruner()
+
+
+def check_batch(settings: StudySettings) -> None:
+    """`--batch` trains populations: refuse what a population cannot do, before any writing."""
+    from klip.algos.config import ConfigError
+    from klip.algos.population import check_population_configs
+
+    if settings.batch < 0:
+        raise StudyError(f"--batch must be 0 (single runs) or at least 1, got {settings.batch}")
+    if not settings.batch:
+        return
+    if settings.resolved_pruner in ("median", "hyperband"):
+        raise StudyError(f"--batch trains whole populations, so it cannot prune on learning curves "
+                         f"({settings.resolved_pruner}); use --pruner wilcoxon (>= 4 instances) or none")
+    configs = [TrainConfig.from_dict({**settings.train_options, "steps": settings.steps_per_task,
+                                      "loss": "klip", "shape": settings.shape, "task": settings.tasks[0],
+                                      "seed": seed}) for seed in (0, 1)]
+    try:
+        check_population_configs(configs)
+    except ConfigError as error:
+        raise StudyError(f"--batch: {error}") from None
 
 
 # -- study creation ----------------------------------------------------------------
@@ -278,8 +304,8 @@ class Objective:
             trial.set_user_attr(ATTR_SURPLUS, True)
             raise SurplusTrial(f"trial {trial.number} not needed: {self.settings.trials} already started")
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        self.check_not_surplus(trial)
+    def prepare(self, trial: optuna.Trial) -> tuple[Path, dict[str, Any]]:
+        """Suggest the trial's parameters; write its shape; return its directory and base config."""
         trial.set_user_attr(ATTR_WORKER, f"{socket.gethostname()}:{os.getpid()}")
         settings = self.settings
         values = {name: trial.suggest_float(name, dim.low, dim.high, log=dim.log)
@@ -294,7 +320,12 @@ class Objective:
         base = {**settings.train_options, "steps": settings.steps_per_task, "loss": "klip",
                 "shape": settings.shape, "shape_params": {}, "shape_file": str(shape_path.resolve())}
         trial.set_user_attr(ATTR_CONFIG, base)
+        return trial_dir, base
 
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.check_not_surplus(trial)
+        settings = self.settings
+        trial_dir, base = self.prepare(trial)
         instances = settings.instances
         if self.pruner == "wilcoxon":
             # Shuffled per trial (reproducibly), so no instance is always evaluated first.
@@ -375,13 +406,143 @@ def worker_loop(settings: StudySettings, study: optuna.Study, references: dict[s
         if count(trials, FINISHED) >= settings.trials:
             return
         waiting = count(trials, (TrialState.WAITING,))
-        if count(trials, live_states(settings)) >= settings.trials and not waiting:
+        free = waiting + max(0, settings.trials - count(trials, live_states(settings)))
+        if not free:
             time.sleep(poll)
             optuna.storages.fail_stale_trials(study)
             continue
-        study.optimize(objective, n_trials=1, catch=(SurplusTrial,), gc_after_trial=False)
+        if settings.batch:
+            run_batch(objective, study, min(settings.batch, free))
+        else:
+            study.optimize(objective, n_trials=1, catch=(SurplusTrial,), gc_after_trial=False)
         if after_trial is not None:
             after_trial()
+
+
+# -- populations: several trials, all their seeds, trained at once -------------------------
+
+@dataclass
+class BatchTrial:
+    """One trial of a batch and what its finished instances gave so far."""
+
+    trial: optuna.Trial
+    directory: Path
+    base: dict[str, Any]
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    curves: dict[str, list[list[float]]] = field(default_factory=dict)
+    normalised: list[float] = field(default_factory=list)
+
+
+def run_batch(objective: Objective, study: optuna.Study, size: int) -> None:
+    """Ask `size` trials and train them task by task, each task's (trial, seed) agents as one
+    population.
+
+    Each trial's heartbeat starts as soon as it is asked (as `study.optimize` does for one
+    trial): a RUNNING trial that never sent one would never be found stale, so a worker dying
+    here would leave it open forever. A dead worker's trials are failed and retried trial by
+    trial; a failure inside the batch fails all its trials that were not told yet.
+    """
+    settings = objective.settings
+    storage = open_storage(settings.storage)
+    study_id = storage.get_study_id_from_name(settings.study_name)
+    trials: list[optuna.Trial] = []
+    told: set[int] = set()
+    with contextlib.ExitStack() as heartbeats:
+        try:
+            for _ in range(size):
+                trial = study.ask()
+                trials.append(trial)
+                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+                heartbeats.enter_context(heartbeat_thread(trial_id, storage))
+            batch: list[BatchTrial] = []
+            for trial in trials:
+                try:
+                    objective.check_not_surplus(trial)
+                except SurplusTrial:
+                    study.tell(trial, state=TrialState.FAIL)
+                    told.add(trial.number)
+                    continue
+                batch.append(BatchTrial(trial, *objective.prepare(trial)))
+            if batch:
+                _train_batch(objective, study, batch, told)
+        except BaseException:
+            for trial in trials:
+                if trial.number not in told:
+                    study.tell(trial, state=TrialState.FAIL)
+            raise
+
+
+def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTrial],
+                 told: set[int]) -> None:
+    from klip.algos.population_run import train_population_agents
+
+    settings = objective.settings
+    tasks = list(settings.tasks)
+    if objective.pruner == "wilcoxon":
+        # Shuffled per batch (reproducibly), so no task is always evaluated first.
+        random.Random(batch[0].trial.number).shuffle(tasks)
+    alive = list(batch)
+    for position, task in enumerate(tasks):
+        instances = [instance for instance in settings.instances if instance.task == task]
+        agents = [(member, instance) for member in alive for instance in instances]
+        configs = [TrainConfig.from_dict({**member.base, "task": task, "seed": instance.seed}).validate()
+                   for member, instance in agents]
+        names = [f"trial{member.trial.number}-s{instance.seed}" for member, instance in agents]
+        staging = settings.directory / f"population-{alive[0].trial.number:05d}-{task}"
+        if staging.exists():  # left by a worker that died here; its trials were failed and retried
+            shutil.rmtree(staging)
+        text = (f"trials {', '.join(str(m.trial.number) for m in alive)}: {task}, "
+                f"{len(agents)} agents as one population")
+        if objective.show is not None:
+            objective.show(text)
+        for member in alive:
+            member.trial.set_user_attr(ATTR_PROGRESS, text)
+        results = train_population_agents(configs, staging, names=names)
+        for (member, instance), result in zip(agents, results, strict=True):
+            target = member.directory / f"{task}-s{instance.seed}"
+            shutil.move(str(result.out), target)
+            normalised = objective.references[task].normalise(result.final_return)
+            frames = int(json.loads((target / "summary.json").read_text())["frames"])
+            member.results[instance.name] = {
+                "task": task, "seed": instance.seed, "index": instance.index, "score": result.final_return,
+                "normalised": normalised, "frames": frames, "complete": True}
+            member.curves[instance.name] = learning_curve(target / "metrics.csv")
+            member.normalised.append(normalised)
+        shutil.rmtree(staging)
+        last = position == len(tasks) - 1
+        for member in list(alive):
+            member.trial.set_user_attr(ATTR_RESULTS, member.results)
+            member.trial.set_user_attr(ATTR_CURVES, member.curves)
+            if objective.pruner != "wilcoxon":
+                continue
+            for instance in instances:
+                member.trial.report(member.results[instance.name]["normalised"], instance.index)
+            if not last and member.trial.should_prune():
+                member.trial.set_user_attr(ATTR_PARTIAL, True)
+                member.trial.set_user_attr(ATTR_INSTANCES_SAVED,
+                                           len(settings.instances) - len(member.normalised))
+                _finish(study, member, told)
+                alive.remove(member)
+    for member in alive:
+        _finish(study, member, told)
+
+
+def _finish(study: optuna.Study, member: BatchTrial, told: set[int]) -> None:
+    value = sum(member.normalised) / len(member.normalised)
+    if not math.isfinite(value):
+        raise StudyError(f"trial {member.trial.number}: objective is {value}")
+    member.trial.set_user_attr(ATTR_PROGRESS, "done")
+    study.tell(member.trial, value)
+    told.add(member.trial.number)
+
+
+def learning_curve(metrics: Path) -> list[list[float]]:
+    """(frames, recent mean return) per PPO iteration, as the single-run path records it."""
+    columns = read_columns(metrics)
+    frames, recent = columns.get("frames"), columns.get("episode/return_recent")
+    if frames is None or recent is None:
+        return []
+    return [[float(f), float(r)] for f, r in zip(frames, recent, strict=True) if math.isfinite(r)]
 
 
 def _worker_process(settings: StudySettings, worker: int) -> None:
@@ -461,6 +622,7 @@ class StudyProgress:
 
 def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> StudyOutcome:
     """Create (once, before any worker starts) or continue the study, then run it."""
+    check_batch(settings)
     study = prepare_study(settings)
     references = ensure_references(settings.tasks, settings.steps_per_task, range(settings.seeds),
                                    settings.train_options, command=settings.command, log=log)

@@ -55,6 +55,9 @@ class StudySettings:
     storage: StorageSpec = field(default_factory=lambda: parse_storage(None))
     study_dir: Path | None = None
     workers: int = 1
+    # 0: each (task, seed) a single exact run, one after another. K >= 1: a worker asks K
+    # trials at once and trains, task by task, all their seeds as one population.
+    batch: int = 0
     force: bool = False
     progress: bool = True
     command: str = ""
@@ -68,7 +71,10 @@ class StudySettings:
     def resolved_pruner(self) -> str:
         if self.pruner != "auto":
             return self.pruner
-        return "wilcoxon" if len(self.instances) >= WILCOXON_MIN_INSTANCES else "median"
+        if len(self.instances) >= WILCOXON_MIN_INSTANCES:
+            return "wilcoxon"
+        # A population trains its agents to the end: no learning-curve pruning in batches.
+        return "none" if self.batch else "median"
 
     @property
     def directory(self) -> Path:
@@ -89,7 +95,7 @@ class StudySettings:
 
     def run_options(self) -> dict[str, Any]:
         return {"trials": self.trials, "sampler": self.sampler, "pruner": self.resolved_pruner,
-                "workers": self.workers, "sampler_seed": self.sampler_seed,
+                "workers": self.workers, "batch": self.batch, "sampler_seed": self.sampler_seed,
                 "storage": self.storage.describe(), "study_dir": str(self.directory)}
 
 

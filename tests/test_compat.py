@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -224,6 +225,24 @@ def test_configure_inductor_compiles_in_process(monkeypatch):
         monkeypatch.setenv("TORCHINDUCTOR_VEC_ISA_OK", "0")
         compat.configure_inductor()
         assert inductor_config.cpp.vec_isa_ok is None  # the variable restores inductor's probe
+
+
+@covers("heartbeat_thread")
+def test_heartbeat_thread_records_a_trials_heartbeat_while_it_runs(tmp_path):
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'h.db'}", heartbeat_interval=1,
+                                         grace_period=2)
+    study = optuna.create_study(storage=storage, study_name="h")
+    trial = study.ask()
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("h"),
+                                                                trial.number)
+    with compat.heartbeat_thread(trial_id, storage):
+        pass
+    # A trial with a heartbeat goes stale once the grace period passes without another one.
+    assert storage._get_stale_trial_ids(storage.get_study_id_from_name("h")) == []
+    time.sleep(2.5)
+    assert storage._get_stale_trial_ids(storage.get_study_id_from_name("h")) == [trial_id]
 
 
 def test_every_accessor_has_a_test():

@@ -29,6 +29,7 @@ from klip.cli import main
 from klip.studies.references import REFERENCE_FILE_ENV, TaskReference, load_cache, protocol_hash
 from klip.studies.run import (
     ATTR_CONFIG,
+    ATTR_CURVES,
     ATTR_IDENTITY,
     ATTR_INSTANCES_SAVED,
     ATTR_PARTIAL,
@@ -156,10 +157,13 @@ def test_median_prunes_the_bad_region_within_one_iteration(in_tmp):
 
 
 @pytest.mark.slow
-def test_killed_study_resumes_and_its_dead_trial_is_retried(in_tmp):
+@pytest.mark.parametrize("batch", [0, 2], ids=["single-runs", "batch-of-2"])
+def test_killed_study_resumes_and_its_dead_trial_is_retried(in_tmp, batch):
+    # With --batch 2 trials 0 and 1 train as one population, then trial 2 alone is killed.
     args = ["study", "run", "--shape", "sigmoid", "--tasks", TASK, "--steps-per-task", str(STEPS),
             "--seeds", "2", "--trials", "3", "--study-name", "killed", "--no-progress",
-            "--heartbeat-interval", "1", "--grace-period", "3", "--pruner", "none", *TRAIN_FLAGS]
+            "--heartbeat-interval", "1", "--grace-period", "3", "--pruner", "none",
+            "--batch", str(batch), *TRAIN_FLAGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(klip_command(*args), cwd=in_tmp, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
@@ -248,6 +252,9 @@ BASE = ["study", "run", "--tasks", TASK, "--steps-per-task", str(STEPS), "--tria
     (["--shape", "learned", "--sampler", "grid"], "sampler grid cannot handle this space"),
     (["--shape", "sigmoid", "--search-space", "space.yaml"], "needs finite low < high"),
     (["--shape", "sigmoid", "--search-space", "missing.yaml"], "search-space file not found"),
+    (["--shape", "sigmoid", "--batch", "2", "--pruner", "median"], "cannot prune on learning curves"),
+    (["--shape", "sigmoid", "--batch", "2", "--compile"], "--batch: --compile is not supported"),
+    (["--shape", "sigmoid", "--batch", "-1"], "--batch must be 0"),
 ])
 def test_bad_input_is_one_error_line_exit_2_and_writes_nothing(in_tmp, capsys, extra, message):
     (in_tmp / "space.yaml").write_text("tau: {low: 0.5, high: 0.1}\n")
@@ -306,3 +313,28 @@ def test_a_tiny_cmaes_discovery_of_the_learned_shape_exports_a_loadable_shape(in
     assert main(["train", "--config", str(in_tmp / "export" / f"trial-{study.best_trial.number}-config.yaml"),
                  "--steps", "512", "--out", str(in_tmp / "one-iteration"), "--no-progress"]) == 0
     assert (in_tmp / "one-iteration" / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_batch_trains_several_trials_as_one_population_each_with_its_own_parameters(in_tmp):
+    settings = sabotage_settings(in_tmp, seeds=2, trials=4, pruner="none", name="batch")
+    settings.batch = 3
+    study = prepare_study(settings)
+    for sabotage in (0.0, 1.0, 0.02):  # the first batch: a good, a reversed and a good trial
+        study.enqueue_trial({"sabotage": sabotage})
+    outcome = run_study(settings, log=lambda text: None)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4 and outcome.finished == 4
+    for trial in trials:
+        results = trial.user_attrs[ATTR_RESULTS]
+        assert sorted(results) == [f"{TASK}/s0", f"{TASK}/s1"]
+        assert all(r["frames"] == STEPS and r["complete"] for r in results.values())
+        assert trial.value == pytest.approx(sum(r["normalised"] for r in results.values()) / 2)
+        assert trial.user_attrs[ATTR_CURVES][f"{TASK}/s0"][-1][0] == STEPS
+        for seed in (0, 1):
+            run = settings.directory / f"trial-{trial.number:05d}" / f"{TASK}-s{seed}"
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            assert config["seed"] == seed and config["shape_params"]["sabotage"] == trial.params["sabotage"]
+    # Each agent trained with its own trial's shape: the reversed gate learns to fall.
+    assert trials[1].value < min(trials[0].value, trials[2].value)
+    assert not list(settings.directory.glob("population-*"))  # staging directories are gone
