@@ -175,8 +175,10 @@ def test_killed_study_resumes_and_its_dead_trial_is_retried(in_tmp, batch):
                 trials = optuna.load_study(study_name="killed", storage=storage).get_trials()
             except (KeyError, Exception):
                 trials = []
+            # A RUNNING trial with its parameters drawn: killed before that, its retry would
+            # have nothing to copy and draw new ones (correct, but not what this test checks).
             if any(t.state == TrialState.COMPLETE for t in trials) and \
-                    any(t.state == TrialState.RUNNING for t in trials):
+                    any(t.state == TrialState.RUNNING and t.params for t in trials):
                 break
             time.sleep(0.3)
         else:
