@@ -56,6 +56,8 @@ class TrainConfig:
                         "grow on resume")
     seed: int = option(0, f"seed of networks, environments and sampling, 0 to {MAX_SEED}")
     num_envs: int = option(1, "sub-environments stepped together; rollout_steps is split across them")
+    env_backend: str = option("gymnasium", "simulator under the training envs: gymnasium (the "
+                              "reference) or envpool (faster; needs klip[envpool]; no --resume)")
     rollout_steps: int = option(2048, "frames per PPO iteration, all sub-environments together")
     epochs: int = option(10, "passes over each rollout")
     minibatch_size: int = option(64, "samples per gradient step")
@@ -144,6 +146,12 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown collector {self.collector!r}; choose one of {', '.join(COLLECTORS)}"
             )
+        from klip.envs.envpool_backend import check_env_backend
+
+        try:
+            check_env_backend(self.env_backend, self.task)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if self.rollout_steps % self.num_envs:
             raise ConfigError(
                 f"rollout_steps ({self.rollout_steps}) must be a multiple of num_envs "

@@ -531,7 +531,8 @@ class PopulationModule(pl.LightningModule):
         for agent_config in self.configs:
             # The single run's order: seed, env, actor, critic; its RNG stream then starts here.
             torch.manual_seed(agent_config.seed)
-            env = make_env(cfg.task, num_envs=cfg.num_envs, seed=agent_config.seed, gamma=cfg.gamma)
+            env = make_env(cfg.task, num_envs=cfg.num_envs, seed=agent_config.seed, gamma=cfg.gamma,
+                           backend=cfg.env_backend)
             observation_dim, action_dim = observation_and_action_dims(env)
             actors.append(make_actor(observation_dim, action_dim, cfg.hidden))
             critics.append(make_critic(observation_dim, cfg.hidden))

@@ -49,12 +49,13 @@ from klip.algos.config import ConfigError, TrainConfig, load_config_file
 from klip.algos.plots import plot_learning_curve, read_metrics
 from klip.algos.population import PopulationModule, check_population_configs
 from klip.algos.ppo import build_shape
-from klip.algos.resolve import resolve_config
+from klip.algos.resolve import OPTIONS_ADDED_LATER, resolve_config
 from klip.algos.train import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
     RunError,
     final_return,
+    refuse_envpool_resume,
     write_run_config,
 )
 
@@ -182,7 +183,8 @@ def validate_spec(spec: PopulationSpec) -> list[tuple[str, TrainConfig]]:
 # -- output directory -----------------------------------------------------------------------
 def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
     # The budget may be extended on resume; everything else must match.
-    return {**spec, "base": {k: v for k, v in spec["base"].items() if k != "steps"}}
+    base = {**OPTIONS_ADDED_LATER, **spec["base"]}
+    return {**spec, "base": {k: v for k, v in base.items() if k != "steps"}}
 
 
 def prepare_population_output(out: Path, spec: PopulationSpec, resume: bool) -> Path | None:
@@ -217,7 +219,10 @@ def prepare_population_output(out: Path, spec: PopulationSpec, resume: bool) -> 
     elif out.is_dir() and any(out.iterdir()):
         raise RunError(f"output directory {out} is not empty and holds no klip population")
     checkpoint = out / CHECKPOINT_DIR / LAST_CHECKPOINT
-    return checkpoint if resume and checkpoint.is_file() else None
+    if not (resume and checkpoint.is_file()):
+        return None
+    refuse_envpool_resume(spec.base, out)
+    return checkpoint
 
 
 def _make_writable(out: Path) -> None:

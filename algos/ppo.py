@@ -131,7 +131,8 @@ class PPOModule(pl.LightningModule):
         self.automatic_optimization = False
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        self.env = make_env(cfg.task, num_envs=cfg.num_envs, seed=cfg.seed, gamma=cfg.gamma)
+        self.env = make_env(cfg.task, num_envs=cfg.num_envs, seed=cfg.seed, gamma=cfg.gamma,
+                            backend=cfg.env_backend)
         observation_dim, action_dim = observation_and_action_dims(self.env)
         self.actor = make_actor(observation_dim, action_dim, cfg.hidden)
         self.critic = make_critic(observation_dim, cfg.hidden)

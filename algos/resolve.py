@@ -111,6 +111,10 @@ def _check_against_given_shape(config: TrainConfig, shape: CoefficientShape, sou
     return shape
 
 
+# Options added after runs were already recorded, with the value those runs had.
+OPTIONS_ADDED_LATER: dict[str, Any] = {"env_backend": "gymnasium"}
+
+
 def upgrade_recorded_options(recorded: dict[str, Any]) -> dict[str, Any]:
     """The options of a config.yaml written before loss-specific options could be None.
 

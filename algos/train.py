@@ -45,7 +45,7 @@ from klip.algos.config import RESUMABLE_OPTIONS, ConfigError, TrainConfig
 from klip.algos.divergence import TrainingDiverged
 from klip.algos.plots import plot_learning_curve
 from klip.algos.ppo import PPOModule
-from klip.algos.resolve import resolve_config, upgrade_recorded_options
+from klip.algos.resolve import OPTIONS_ADDED_LATER, resolve_config, upgrade_recorded_options
 from klip.algos.run_lock import LOCK_FILE, RunLock, RunLocked
 from klip.shapes import CoefficientShape, ShapePluginError
 
@@ -225,14 +225,23 @@ def check_run_directory(
     checkpoint = out / CHECKPOINT_DIR / LAST_CHECKPOINT
     if not checkpoint.is_file():
         return RunStart()
+    refuse_envpool_resume(config, out)
     state = read_checkpoint_state(checkpoint)
     frames = int(state["frames"])
     _check_budget(config, frames, state.get("lr_plan"))
     return RunStart(checkpoint=checkpoint, frames_done=frames)
 
 
+def refuse_envpool_resume(config: TrainConfig, out: Path) -> None:
+    """EnvPool cannot restore its simulators, so a checkpoint of an EnvPool run cannot continue."""
+    if config.env_backend == "envpool":
+        raise RunError(f"{out} was trained on --env-backend envpool, whose simulator state cannot "
+                       "be restored, so it cannot resume; start it again in another --out")
+
+
 def recorded_config_as_today(out: Path, recorded: dict[str, Any]) -> dict[str, Any]:
     """A config.yaml from before the current format, resolved as it would be today."""
+    recorded = {**OPTIONS_ADDED_LATER, **recorded}
     if "eval_every" in recorded:
         return recorded
     try:

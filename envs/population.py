@@ -24,6 +24,7 @@ import numpy as np
 from gymnasium.vector import VectorEnv, VectorWrapper
 from torchrl.envs import EnvBase
 
+from klip.envs.envpool_backend import ConcatenatedVectorEnv, EnvPoolVectorEnv
 from klip.envs.tasks import find_wrapper, gym_vector_env
 from klip.envs.wrappers import (
     ClipAction,
@@ -196,16 +197,21 @@ class SharedPopulationEnv:
     def __init__(self, agent_envs: Sequence[EnvBase]) -> None:
         self.agent_envs = list(agent_envs)
         self.groups = len(self.agent_envs)
-        stacks = [gym_vector_env(env) for env in self.agent_envs]
-        sub_envs = [sub_env for stack in stacks for sub_env in stack.unwrapped.envs]
-        self.per_group = len(sub_envs) // self.groups
+        bases = [gym_vector_env(env).unwrapped for env in self.agent_envs]
+        self.per_group = bases[0].num_envs
         observation_normalizers = [find_wrapper(env, ObservationNormalizer) for env in self.agent_envs]
         return_scalers = [find_wrapper(env, ReturnScaler) for env in self.agent_envs]
         if any(w is None for w in observation_normalizers + return_scalers):
             raise ValueError("SharedPopulationEnv needs training envs from make_env(normalize=True)")
         first_obs, first_ret = observation_normalizers[0], return_scalers[0]
-        # The sub-envs as they are (seeded and reset by their own stacks): no reset here.
-        venv: VectorEnv = LeanSyncVectorEnv([(lambda sub_env=sub_env: sub_env) for sub_env in sub_envs])
+        # The simulators as they are (seeded and reset by their own stacks): no reset here.
+        venv: VectorEnv
+        if isinstance(bases[0], EnvPoolVectorEnv):
+            # A pool steps its sub-envs in one call; each agent keeps its own (seeded as its run's).
+            venv = ConcatenatedVectorEnv(bases)
+        else:
+            sub_envs = [sub_env for base in bases for sub_env in base.envs]
+            venv = LeanSyncVectorEnv([(lambda sub_env=sub_env: sub_env) for sub_env in sub_envs])
         self.recorder = venv = GroupedEpisodeRecorder(venv, self.groups)
         venv = ClipAction(venv)
         self.observation_normalizer = venv = GroupedObservationNormalizer(

@@ -16,6 +16,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.vector import SyncVectorEnv
 from gymnasium.wrappers import TimeLimit
 from torchrl.envs import EnvBase
 
@@ -43,8 +44,10 @@ def _from_checkpoint(value: Any) -> Any:
     return value.numpy().copy() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
 
 
-def _sub_envs(env: EnvBase) -> list[gym.Env]:
-    return list(gym_vector_env(env).unwrapped.envs)
+def _sub_envs(env: EnvBase) -> list[gym.Env] | None:
+    """The gymnasium sub-envs, or None for an EnvPool pool (its simulators cannot be saved)."""
+    base = gym_vector_env(env).unwrapped
+    return list(base.envs) if isinstance(base, SyncVectorEnv) else None
 
 
 def _time_limit(sub_env: gym.Env) -> TimeLimit | None:
@@ -82,17 +85,23 @@ def _restore_simulator(base: gym.Env, state: dict[str, Any]) -> None:
             setattr(base, key, _from_checkpoint(value))
 
 
+def _sub_env_state(sub_env: gym.Env) -> dict[str, Any]:
+    base = sub_env.unwrapped
+    time_limit = _time_limit(sub_env)
+    return {
+        "simulator": _simulator_state(base),
+        "rng": copy.deepcopy(base.np_random.bit_generator.state),
+        "elapsed_steps": None if time_limit is None else compat.time_limit_elapsed_steps(time_limit),
+    }
+
+
 def get_env_state(env: EnvBase) -> dict[str, Any]:
-    """Picklable snapshot of everything that decides the env's next transitions."""
-    sub_states = []
-    for sub_env in _sub_envs(env):
-        base = sub_env.unwrapped
-        time_limit = _time_limit(sub_env)
-        sub_states.append({
-            "simulator": _simulator_state(base),
-            "rng": copy.deepcopy(base.np_random.bit_generator.state),
-            "elapsed_steps": None if time_limit is None else compat.time_limit_elapsed_steps(time_limit),
-        })
+    """Picklable snapshot of everything that decides the env's next transitions.
+
+    An EnvPool env's snapshot has no simulators (`sub_envs` is None): it cannot be restored.
+    """
+    sub_envs = _sub_envs(env)
+    sub_states = None if sub_envs is None else [_sub_env_state(sub_env) for sub_env in sub_envs]
     recorder: EpisodeRecorder = find_wrapper(env, EpisodeRecorder)
     return _to_checkpoint({
         "sub_envs": sub_states,
@@ -106,6 +115,9 @@ def get_env_state(env: EnvBase) -> dict[str, Any]:
 def set_env_state(env: EnvBase, state: dict[str, Any]) -> None:
     """Restore a `get_env_state` snapshot into an env built with the same task and size."""
     sub_envs = _sub_envs(env)
+    if sub_envs is None or state["sub_envs"] is None:
+        raise ValueError("an EnvPool env's simulators cannot be saved or restored; "
+                         "runs on --env-backend envpool do not resume")
     if len(sub_envs) != len(state["sub_envs"]):
         raise ValueError(
             f"env state holds {len(state['sub_envs'])} sub-envs, env has {len(sub_envs)}"

@@ -13,6 +13,7 @@ from gymnasium.wrappers.vector import TransformObservation
 from torchrl.envs import EnvBase, TransformedEnv
 
 from klip import compat
+from klip.envs.envpool_backend import EnvPoolVectorEnv, check_env_backend
 from klip.envs.torchrl_env import VecGymWrapper
 from klip.envs.wrappers import (
     ClipAction,
@@ -67,11 +68,17 @@ def _build_vector_env(
     obs_update: bool,
     reward_norm: bool,
     gamma: float,
+    backend: str = "gymnasium",
 ) -> tuple[VectorEnv, np.ndarray, np.ndarray]:
     """Build the gymnasium stack; returns it with the single-env action bounds."""
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-    venv: VectorEnv = LeanSyncVectorEnv([_sub_env_fn(task) for _ in range(num_envs)])
+    check_env_backend(backend, task)
+    venv: VectorEnv
+    if backend == "envpool":
+        venv = EnvPoolVectorEnv(task, num_envs)
+    else:
+        venv = LeanSyncVectorEnv([_sub_env_fn(task) for _ in range(num_envs)])
     # Raw episode statistics are recorded before any reward/observation processing.
     venv = EpisodeRecorder(venv)
     space = venv.single_action_space
@@ -96,9 +103,13 @@ def _build_vector_env(
 
 
 def make_env(
-    task: str, *, num_envs: int = 1, seed: int = 0, gamma: float = 0.99, normalize: bool = True
+    task: str, *, num_envs: int = 1, seed: int = 0, gamma: float = 0.99, normalize: bool = True,
+    backend: str = "gymnasium",
 ) -> EnvBase:
     """Training env with ``batch_size == [num_envs]``; sub-env ``i`` is seeded ``seed + i``.
+
+    ``backend`` is the simulator under the stack: gymnasium's MuJoCo envs, or an EnvPool pool
+    (`klip.envs.envpool_backend`); evaluation envs are always gymnasium's.
 
     With ``normalize``: actions clipped at the env, observations normalised by shared running
     statistics and clipped to +-10, rewards scaled by the running std of the discounted return
@@ -106,7 +117,8 @@ def make_env(
     """
     _check_task(task)
     venv, low, high = _build_vector_env(
-        task, num_envs, obs_norm=normalize, obs_update=True, reward_norm=normalize, gamma=gamma
+        task, num_envs, obs_norm=normalize, obs_update=True, reward_norm=normalize, gamma=gamma,
+        backend=backend,
     )
     env = VecGymWrapper(venv, action_low=low, action_high=high)
     env.set_seed(seed)

@@ -30,5 +30,5 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && command -v apt-
   fi
 fi
 pip_install "$TORCH_PIN"
-pip_install -e ".[test,bench,postgres]"
-.venv/bin/python -c "import torch, torchrl, pytorch_lightning, optuna, gymnasium, mujoco"
+pip_install -e ".[test,bench,postgres,envpool]"
+.venv/bin/python -c "import torch, torchrl, pytorch_lightning, optuna, gymnasium, mujoco, envpool"

@@ -434,11 +434,12 @@ def test_an_agent_learns_the_same_alone_or_in_a_population():
 
 
 # -- one shared vector env ------------------------------------------------------------------
-@pytest.mark.parametrize("num_envs", [1, 2])
-def test_the_shared_env_gives_each_agent_bitwise_its_own_stacks_transitions(num_envs):
+@pytest.mark.parametrize(("num_envs", "backend"), [(1, "gymnasium"), (2, "gymnasium"), (2, "envpool")])
+def test_the_shared_env_gives_each_agent_bitwise_its_own_stacks_transitions(num_envs, backend):
     from klip.envs import get_normalization_state
 
-    configs = [TrainConfig(task="Hopper-v4", rollout_steps=256, num_envs=num_envs, seed=seed).to_dict()
+    configs = [TrainConfig(task="Hopper-v4", rollout_steps=256, num_envs=num_envs, seed=seed,
+                           env_backend=backend).to_dict()
                for seed in (0, 5, 9)]
     shared, separate = PopulationModule(configs, shared_env=True), PopulationModule(configs, shared_env=False)
     episodes = 0
