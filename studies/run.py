@@ -450,7 +450,11 @@ def run_batch(objective: Objective, study: optuna.Study, size: int) -> None:
     with contextlib.ExitStack() as heartbeats:
         try:
             for _ in range(size):
-                trial = study.ask()
+                with warnings.catch_warnings():
+                    # Optuna warns that heartbeats are meant for `optimize`; here each asked
+                    # trial gets its own heartbeat thread just below, as `optimize` would start.
+                    warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                    trial = study.ask()
                 trials.append(trial)
                 trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
                 heartbeats.enter_context(heartbeat_thread(trial_id, storage))
