@@ -24,7 +24,9 @@ def add_compare_commands(subparsers: Any) -> None:
     )
     compare.add_argument("--losses", "--entries", dest="entries", metavar="ENTRIES", help=ENTRY_HELP)
     compare.add_argument("--tasks", help="comma-separated tasks, e.g. Hopper-v4,Walker2d-v4")
-    compare.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: 5)")
+    compare.add_argument("--seeds", default="5",
+                         help="N for seeds 0..N-1 (default: 5), or seeds as a list or range "
+                              "(2-6, 0,3,5), e.g. fresh seeds to confirm a study's best")
     compare.add_argument("--steps", type=int, default=1_000_000,
                          help="environment steps per run (default: 1000000)")
     compare.add_argument("--out", type=Path, help="grid directory")
@@ -82,8 +84,7 @@ def _spec(args: argparse.Namespace) -> Any:
         return load_grid(args.out)
     if not args.entries or not args.tasks:
         raise CompareError("--losses and --tasks are both required (or neither, to continue --out's grid)")
-    if args.seeds < 1:
-        raise CompareError(f"--seeds must be at least 1, got {args.seeds}")
+    seeds = _seeds(args.seeds)
     base = _base_options(args)
     try:
         TrainConfig.from_dict(base)
@@ -92,8 +93,24 @@ def _spec(args: argparse.Namespace) -> Any:
     if base.get("shape_plugin"):
         load_shapes_from_file(base["shape_plugin"])
     entries = parse_entries(_split(args.entries), args.out)
-    return GridSpec(entries, _split(args.tasks), list(range(args.seeds)), args.steps, base,
+    return GridSpec(entries, _split(args.tasks), seeds, args.steps, base,
                     seeds_together=args.seeds_together).validate()
+
+
+def _seeds(text: str) -> list[int]:
+    """`--seeds`: a count N (seeds 0..N-1) or a list/range of seeds as `klip train --seeds`."""
+    from klip.algos.population_run import PopulationError, parse_seeds
+    from klip.studies.compare import CompareError
+
+    if text.strip().isdigit():
+        count = int(text)
+        if count < 1:
+            raise CompareError(f"--seeds must be at least 1, got {count}")
+        return list(range(count))
+    try:
+        return parse_seeds(text)
+    except PopulationError as error:
+        raise CompareError(str(error)) from None
 
 
 def run_compare(args: argparse.Namespace) -> int:

@@ -141,6 +141,25 @@ def test_paper_command_plans_one_hundred_cells(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(("seeds", "planned"), [("2", ["s0", "s1"]), ("2-4", ["s2", "s3", "s4"]),
+                                                ("7,3", ["s7", "s3"])])
+def test_seeds_are_a_count_or_a_list(tmp_path, capsys, seeds, planned):
+    assert main(["compare", "--losses", "step", "--tasks", "Hopper-v4", "--seeds", seeds,
+                 "--out", str(tmp_path / "grid"), "--plan"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.strip().rsplit("/", 1)[1] for line in lines] == planned
+
+
+@pytest.mark.parametrize(("seeds", "message"), [("0", "--seeds must be at least 1, got 0"),
+                                                ("3-1", "range '3-1' is empty"),
+                                                ("1,x", "'x' is not a seed")])
+def test_bad_seeds_are_one_line_errors(tmp_path, capsys, seeds, message):
+    assert main(["compare", "--losses", "step", "--tasks", "Hopper-v4", "--seeds", seeds,
+                 "--out", str(tmp_path / "grid"), "--plan"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and error.count("\n") == 0
+
+
 # -- running the grid ----------------------------------------------------------------------------
 
 
