@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/population_speed.py                       # the issue's table
     .venv/bin/python benchmarks/population_speed.py --tasks Hopper-v4 --agents 1,2,4 \\
         --steps 20480 --sb3-steps 20480                                   # a short smoke run
+    .venv/bin/python benchmarks/population_speed.py --env-backend envpool  # on EnvPool's simulators
 
 For each task and N: one `klip.algos.population_run.train_population` of N agents (seeds
 0..N-1, `step` shape, the paper's protocol, no evaluation, no periodic checkpoints), timed
@@ -10,8 +11,9 @@ around Lightning's `fit`, in its own process with one torch thread; agent-steps/
 N x steps per agent / seconds. In the same invocation, one after the other (never
 concurrently): SB3 PPO on one env (`throughput_children.py sb3`, the same protocol), and the
 simulation-only rate: N raw gymnasium envs stepped round-robin with random actions, no policy,
-no normalisation, no learning (the floor a population can approach). Peak RSS is each
-training process's own `ru_maxrss`.
+no normalisation, no learning (the floor a population can approach); with `--env-backend
+envpool`, N one-env EnvPool pools stepped round-robin (klip gives each agent its own pool).
+Peak RSS is each training process's own `ru_maxrss`.
 
 Targets of issue 11, checked and printed for Hopper-v4: at N = 8, at least 4x SB3's
 single-run steps/s and at least 70% of the simulation-only rate; two N = 8 processes started
@@ -49,7 +51,7 @@ def run_json(arguments: list[str], timeout: float) -> dict[str, Any]:
 
 
 # -- children (each in a fresh interpreter) -------------------------------------------------
-def child_population(task: str, steps: int, agents: int) -> dict[str, Any]:
+def child_population(task: str, steps: int, agents: int, backend: str) -> dict[str, Any]:
     import torch
 
     from klip.algos.config import TrainConfig
@@ -57,7 +59,7 @@ def child_population(task: str, steps: int, agents: int) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     base = TrainConfig(task=task, shape="step", steps=steps, eval_episodes=0,
-                       checkpoint_every=1_000_000, diagnostics=False)
+                       checkpoint_every=1_000_000, diagnostics=False, env_backend=backend)
     with tempfile.TemporaryDirectory() as folder:
         result = train_population(PopulationSpec(base, list(range(agents)), {}), Path(folder) / "run",
                                   progress=False)
@@ -74,23 +76,36 @@ def child_population(task: str, steps: int, agents: int) -> dict[str, Any]:
             "final_returns": [agent.final_return for agent in result.agents]}
 
 
-def child_simulation(task: str, agents: int, steps: int) -> dict[str, Any]:
-    """Random-action steps of `agents` raw gymnasium envs, round-robin, per second."""
+def child_simulation(task: str, agents: int, steps: int, backend: str) -> dict[str, Any]:
+    """Random-action steps of `agents` raw simulators, round-robin, per second."""
     import gymnasium as gym
     import numpy as np
 
-    envs = [gym.make(task) for _ in range(agents)]
-    for seed, env in enumerate(envs):
-        env.reset(seed=seed)
-        env.action_space.seed(seed)
+    if backend == "envpool":
+        from klip.envs.envpool_backend import EnvPoolVectorEnv
+
+        pools = [EnvPoolVectorEnv(task, num_envs=1, seed=seed) for seed in range(agents)]
+        for pool in pools:
+            pool.reset()
+        low, high = pools[0].single_action_space.low, pools[0].single_action_space.high
+    else:
+        envs = [gym.make(task) for _ in range(agents)]
+        for seed, env in enumerate(envs):
+            env.reset(seed=seed)
+        low, high = envs[0].action_space.low, envs[0].action_space.high
     rng = np.random.default_rng(0)
-    low, high = envs[0].action_space.low, envs[0].action_space.high
     actions = rng.uniform(low, high, size=(1024, *low.shape)).astype(np.float32)
     rounds = max(1, steps // agents)
 
     def play(count: int) -> None:
         for t in range(count):
             action = actions[t % len(actions)]
+            if backend == "envpool":
+                for pool in pools:
+                    _, _, terminated, truncated, _ = pool.step(action[None])
+                    if terminated[0] or truncated[0]:
+                        pool.reset(options={"reset_mask": terminated | truncated})
+                continue
             for env in envs:
                 _, _, terminated, truncated, _ = env.step(action)
                 if terminated or truncated:
@@ -103,10 +118,10 @@ def child_simulation(task: str, agents: int, steps: int) -> dict[str, Any]:
     return {"agents": agents, "agent_steps_per_s": agents * rounds / seconds}
 
 
-def two_processes(task: str, agents: int, steps: int, timeout: float) -> dict[str, Any]:
+def two_processes(task: str, agents: int, steps: int, timeout: float, backend: str) -> dict[str, Any]:
     """Two population processes of `agents` agents started together: their summed agent-steps/s."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
-    command = [PYTHON, THIS, "--child", "population", task, str(steps), str(agents)]
+    command = [PYTHON, THIS, "--child", "population", task, backend, str(steps), str(agents)]
     children = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  env=env, cwd=ROOT) for _ in range(2)]
     outputs = [child.communicate(timeout=timeout) for child in children]
@@ -120,7 +135,7 @@ def two_processes(task: str, agents: int, steps: int, timeout: float) -> dict[st
 
 # -- the table --------------------------------------------------------------------------------
 def measure(task: str, agents_list: list[int], steps: int, sb3_steps: int, timeout: float,
-            two_process_agents: int) -> dict[str, Any]:
+            two_process_agents: int, backend: str) -> dict[str, Any]:
     sb3 = run_json([PYTHON, SB3_CHILD, "sb3", task, str(sb3_steps), "1", "0"], timeout)
     sb3_rate = sb3["frames"] / sb3["seconds"]
     print(f"{task}: SB3 PPO (1 env) {sb3_rate:.0f} steps/s, peak RSS {sb3['peak_rss_mib']:.0f} MiB",
@@ -128,8 +143,8 @@ def measure(task: str, agents_list: list[int], steps: int, sb3_steps: int, timeo
     rows = []
     for agents in agents_list:
         child = [PYTHON, THIS, "--child"]
-        simulation = run_json([*child, "simulation", task, str(agents), str(20_000)], timeout)
-        population = run_json([*child, "population", task, str(steps), str(agents)], timeout)
+        simulation = run_json([*child, "simulation", task, backend, str(agents), str(20_000)], timeout)
+        population = run_json([*child, "population", task, backend, str(steps), str(agents)], timeout)
         row = {**population, "simulation_agent_steps_per_s": simulation["agent_steps_per_s"],
                "vs_sb3": population["agent_steps_per_s"] / sb3_rate,
                "of_simulation": population["agent_steps_per_s"] / simulation["agent_steps_per_s"]}
@@ -139,10 +154,10 @@ def measure(task: str, agents_list: list[int], steps: int, sb3_steps: int, timeo
               f"({row['simulation_agent_steps_per_s']:.0f}/s)  peak RSS {row['peak_rss_mib']:.0f} MiB  "
               + " ".join(f"{part} {seconds:.1f}s" for part, seconds in row["split_seconds"].items()),
               flush=True)
-    measured = {"task": task, "sb3": {**sb3, "steps_per_s": sb3_rate}, "rows": rows}
+    measured = {"task": task, "env_backend": backend, "sb3": {**sb3, "steps_per_s": sb3_rate}, "rows": rows}
     by_agents = {row["agents"]: row for row in rows}
     if two_process_agents in by_agents:
-        pair = two_processes(task, two_process_agents, steps, timeout)
+        pair = two_processes(task, two_process_agents, steps, timeout, backend)
         single = by_agents[two_process_agents]["agent_steps_per_s"]
         pair["vs_one_process"] = pair["agent_steps_per_s"] / single
         measured["two_processes"] = pair
@@ -156,12 +171,13 @@ def check_targets(results: list[dict[str, Any]]) -> list[str]:
     for result in results:
         if result["task"] != "Hopper-v4":
             continue
+        backend = result.get("env_backend", "gymnasium")
         by_agents = {row["agents"]: row for row in result["rows"]}
         if 8 in by_agents:
             row = by_agents[8]
-            lines.append(f"N=8 Hopper-v4: {row['vs_sb3']:.2f}x SB3 (target >= 4): "
+            lines.append(f"N=8 Hopper-v4 ({backend}): {row['vs_sb3']:.2f}x SB3 (target >= 4): "
                          f"{'met' if row['vs_sb3'] >= 4 else 'NOT met'}")
-            lines.append(f"N=8 Hopper-v4: {100 * row['of_simulation']:.0f}% of simulation-only "
+            lines.append(f"N=8 Hopper-v4 ({backend}): {100 * row['of_simulation']:.0f}% of simulation-only "
                          f"(target >= 70%): {'met' if row['of_simulation'] >= 0.7 else 'NOT met'}")
         if "two_processes" in result:
             ratio = result["two_processes"]["vs_one_process"]
@@ -184,20 +200,23 @@ def main() -> None:
     parser.add_argument("--two-processes", type=int, default=8, metavar="N",
                         help="also time two N-agent processes at once (0: skip)")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds per child process")
+    parser.add_argument("--env-backend", choices=("gymnasium", "envpool"), default="gymnasium",
+                        help="simulators under the population and the simulation-only rate")
     parser.add_argument("--json", type=Path,
                         default=ROOT / "benchmarks" / "results" / "population_speed.json")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        kind, task, *numbers = args.child
+        kind, task, backend, *numbers = args.child
         values = [int(number) for number in numbers]
         if kind == "population":
-            print(json.dumps(child_population(task, values[0], values[1])))
+            print(json.dumps(child_population(task, values[0], values[1], backend)))
         else:
-            print(json.dumps(child_simulation(task, values[0], values[1])))
+            print(json.dumps(child_simulation(task, values[0], values[1], backend)))
         return
     agents_list = [int(text) for text in args.agents.split(",")]
-    results = [measure(task, agents_list, args.steps, args.sb3_steps, args.timeout, args.two_processes)
+    results = [measure(task, agents_list, args.steps, args.sb3_steps, args.timeout, args.two_processes,
+                       args.env_backend)
                for task in args.tasks.split(",")]
     targets = check_targets(results)
     for line in targets:

@@ -53,7 +53,7 @@ def bootstrap_difference_ci(a: np.ndarray, b: np.ndarray, resamples: int = 100_0
     return float(interval.low), float(interval.high)
 
 
-def plot_arms(path: Path, arms: dict[str, list[Path]], steps: int, task: str) -> Path:
+def plot_arms(path: Path, arms: dict[str, list[Path]], steps: int, title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,7 +69,7 @@ def plot_arms(path: Path, arms: dict[str, list[Path]], steps: int, task: str) ->
         mean, std = curves.mean(0), curves.std(0)
         axis.plot(grid, mean, label=f"{label} (n={len(directories)})")
         axis.fill_between(grid, mean - std, mean + std, alpha=0.2)
-    axis.set_title(f"{task}, step shape: one population against single runs")
+    axis.set_title(title)
     axis.set_xlabel("environment steps per agent")
     axis.set_ylabel("episode return (mean +- std over seeds)")
     axis.legend()
@@ -135,7 +135,7 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     figure = plot_arms(args.json.with_suffix(".png"), {"population": population_dirs, "single": single_dirs},
-                       args.steps, args.task)
+                       args.steps, f"{args.task}, step shape: one population against single runs")
     print(f"written to {args.json} and {figure}")
 
 
