@@ -76,7 +76,7 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     figure = plot_arms(args.json.with_suffix(".png"), arms, args.steps,
-                       f"{args.task}, step shape: a population on EnvPool against one on gymnasium")
+                       f"{args.task}, step: a population on EnvPool vs on gymnasium")
     print(f"written to {args.json} and {figure}")
 
 
