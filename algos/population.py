@@ -74,6 +74,7 @@ from klip.envs import (
     drain_episode_stats,
     get_env_state,
     gym_vector_env,
+    is_envpool_env,
     make_env,
     observation_and_action_dims,
     set_env_state,
@@ -418,7 +419,14 @@ class PopulationRollouts:
         self.networks = networks
         self.frames_per_env = frames_per_env
         # Each agent's first reset, as its single run's collector does; the shared env then
-        # adopts the sub-envs and statistics as they are.
+        # adopts the sub-envs and statistics as they are. On EnvPool the shared env has a pool
+        # of its own, and the first reset is that pool's (the agents' own pools stay unused).
+        self.shared: SharedPopulationEnv | None = None
+        if shared_env and is_envpool_env(self.envs[0]):
+            self.shared = SharedPopulationEnv(self.envs)
+            first = torch.from_numpy(self.shared.reset_pool())
+            self.observations = list(first.view(len(self.envs), -1, first.shape[-1]).unbind(0))
+            return
         self.observations = [env.reset()["observation"].clone() for env in self.envs]
         self.shared = SharedPopulationEnv(self.envs) if shared_env else None
 

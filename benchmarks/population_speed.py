@@ -12,7 +12,7 @@ N x steps per agent / seconds. In the same invocation, one after the other (neve
 concurrently): SB3 PPO on one env (`throughput_children.py sb3`, the same protocol), and the
 simulation-only rate: N raw gymnasium envs stepped round-robin with random actions, no policy,
 no normalisation, no learning (the floor a population can approach); with `--env-backend
-envpool`, N one-env EnvPool pools stepped round-robin (klip gives each agent its own pool).
+envpool`, one EnvPool pool of N envs stepped with random actions (a population's shared pool).
 Peak RSS is each training process's own `ru_maxrss`.
 
 Targets of issue 11, checked and printed for Hopper-v4: at N = 8, at least 4x SB3's
@@ -84,10 +84,9 @@ def child_simulation(task: str, agents: int, steps: int, backend: str) -> dict[s
     if backend == "envpool":
         from klip.envs.envpool_backend import EnvPoolVectorEnv
 
-        pools = [EnvPoolVectorEnv(task, num_envs=1, seed=seed) for seed in range(agents)]
-        for pool in pools:
-            pool.reset()
-        low, high = pools[0].single_action_space.low, pools[0].single_action_space.high
+        pool = EnvPoolVectorEnv(task, num_envs=agents, seed=0)
+        pool.reset()
+        low, high = pool.single_action_space.low, pool.single_action_space.high
     else:
         envs = [gym.make(task) for _ in range(agents)]
         for seed, env in enumerate(envs):
@@ -101,10 +100,9 @@ def child_simulation(task: str, agents: int, steps: int, backend: str) -> dict[s
         for t in range(count):
             action = actions[t % len(actions)]
             if backend == "envpool":
-                for pool in pools:
-                    _, _, terminated, truncated, _ = pool.step(action[None])
-                    if terminated[0] or truncated[0]:
-                        pool.reset(options={"reset_mask": terminated | truncated})
+                _, _, terminated, truncated, _ = pool.step(np.broadcast_to(action, (agents, *action.shape)))
+                if (terminated | truncated).any():
+                    pool.reset(options={"reset_mask": terminated | truncated})
                 continue
             for env in envs:
                 _, _, terminated, truncated, _ = env.step(action)

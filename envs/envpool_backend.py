@@ -8,23 +8,25 @@ the reference: evaluation always runs on gymnasium, and `tests/test_envpool_back
 checks that, from the same state and action, EnvPool's observations, rewards and
 terminations agree with gymnasium's (the tolerance and its reasons are stated there).
 
+EnvPool is fast when one call steps many sub-envs; a pool of one env is slower than gymnasium
+(`benchmarks/README.md`, "EnvPool"). A population therefore steps all its agents' sub-envs in
+one pool (`klip.envs.population.SharedPopulationEnv`), seeded as EnvPool seeds: sub-env k of
+a pool of seed s starts from seed s + k, as klip seeds gymnasium's sub-envs.
+
 What EnvPool cannot do: restore a simulator's state, so an EnvPool run cannot resume from a
-checkpoint (klip refuses `--resume` for it); and its sub-envs are seeded by EnvPool's own
-generator (sub-env i of seed s with s + i, as klip seeds gymnasium's), so the same seed gives
-other episodes than on gymnasium.
+checkpoint (klip refuses `--resume` for it); and its own random generator draws the initial
+states, so the same seed gives other episodes than on gymnasium.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-__all__ = ["ENV_BACKENDS", "ConcatenatedVectorEnv", "EnvPoolVectorEnv", "check_env_backend"]
+__all__ = ["ENV_BACKENDS", "EnvPoolVectorEnv", "check_env_backend"]
 
 ENV_BACKENDS: tuple[str, ...] = ("gymnasium", "envpool")
 ResetReturn = tuple[np.ndarray, dict[str, Any]]
@@ -68,6 +70,7 @@ class EnvPoolVectorEnv(VectorEnv):
         check_env_backend("envpool", task)
         self.task = task
         self.num_envs = num_envs
+        self.seed = seed  # of the pool as last built: sub-env i is seeded seed + i
         self._pool = self._make_pool(seed)
         self.single_observation_space = self._pool.single_observation_space
         self.single_action_space = self._pool.single_action_space
@@ -88,7 +91,8 @@ class EnvPoolVectorEnv(VectorEnv):
         mask = None if options is None else options.get("reset_mask")
         if seed is not None:
             self._pool.close()
-            self._pool = self._make_pool(int(seed))
+            self.seed = int(seed)
+            self._pool = self._make_pool(self.seed)
         if mask is None:
             observations, _ = self._pool.reset()
             self._observations[:] = observations
@@ -113,39 +117,3 @@ class EnvPoolVectorEnv(VectorEnv):
 
     def close_extras(self, **kwargs: Any) -> None:
         self._pool.close()
-
-
-class ConcatenatedVectorEnv(VectorEnv):
-    """Several vector envs of one task stepped as one: rows are the envs' sub-envs in order.
-
-    A population's agents each keep their own EnvPool pool (so an agent's episodes depend on
-    its seed alone); this puts them under the population's shared wrappers.
-    """
-
-    autoreset_mode = AutoresetMode.DISABLED
-
-    def __init__(self, envs: Sequence[VectorEnv]) -> None:
-        self.parts = list(envs)
-        first = self.parts[0]
-        self.single_observation_space = first.single_observation_space
-        self.single_action_space = first.single_action_space
-        self.num_envs = sum(env.num_envs for env in self.parts)
-        self.metadata = {"autoreset_mode": AutoresetMode.DISABLED}
-        edges = np.cumsum([0, *(env.num_envs for env in self.parts)])
-        self._rows = [slice(int(a), int(b)) for a, b in itertools.pairwise(edges)]
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> ResetReturn:
-        """Reset the rows in `reset_mask` (all rows without one); seeding is the envs' own."""
-        if seed is not None:
-            raise ValueError("ConcatenatedVectorEnv: seed each vector env on its own")
-        mask = None if options is None else options.get("reset_mask")
-        observations = []
-        for env, rows in zip(self.parts, self._rows, strict=True):
-            sub_options = None if mask is None else {"reset_mask": mask[rows]}
-            observations.append(env.reset(options=sub_options)[0])
-        return np.concatenate(observations), {}
-
-    def step(self, actions: np.ndarray) -> StepReturn:
-        results = [env.step(actions[rows]) for env, rows in zip(self.parts, self._rows, strict=True)]
-        return (np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results]),
-                np.concatenate([r[2] for r in results]), np.concatenate([r[3] for r in results]), {})

@@ -24,7 +24,7 @@ import numpy as np
 from gymnasium.vector import VectorEnv, VectorWrapper
 from torchrl.envs import EnvBase
 
-from klip.envs.envpool_backend import ConcatenatedVectorEnv, EnvPoolVectorEnv
+from klip.envs.envpool_backend import EnvPoolVectorEnv
 from klip.envs.tasks import find_wrapper, gym_vector_env
 from klip.envs.wrappers import (
     ClipAction,
@@ -204,11 +204,16 @@ class SharedPopulationEnv:
         if any(w is None for w in observation_normalizers + return_scalers):
             raise ValueError("SharedPopulationEnv needs training envs from make_env(normalize=True)")
         first_obs, first_ret = observation_normalizers[0], return_scalers[0]
-        # The simulators as they are (seeded and reset by their own stacks): no reset here.
         venv: VectorEnv
+        # EnvPool: one new pool for every agent's sub-envs (one call per step is where its speed
+        # is), seeded with the first agent's seed, so agent i's sub-env j starts from seed
+        # seeds[0] + i * num_envs + j: its own run's seeding when the seeds step by num_envs.
+        # It needs `reset_pool` before the first step. gymnasium: the agents' sub-envs as they
+        # are (seeded and reset by their own stacks), no reset here.
+        self.pool: EnvPoolVectorEnv | None = None
         if isinstance(bases[0], EnvPoolVectorEnv):
-            # A pool steps its sub-envs in one call; each agent keeps its own (seeded as its run's).
-            venv = ConcatenatedVectorEnv(bases)
+            self.pool = EnvPoolVectorEnv(bases[0].task, self.groups * self.per_group, seed=bases[0].seed)
+            venv = self.pool
         else:
             sub_envs = [sub_env for base in bases for sub_env in base.envs]
             venv = LeanSyncVectorEnv([(lambda sub_env=sub_env: sub_env) for sub_env in sub_envs])
@@ -223,6 +228,15 @@ class SharedPopulationEnv:
 
     def step(self, actions: np.ndarray) -> StepReturn:
         return self.vector_env.step(actions)
+
+    def reset_pool(self) -> np.ndarray:
+        """Reset the EnvPool pool as the agents' own pools were: a run's env is reset once when
+        seeded (`make_env`; those observations are already in the agents' statistics) and once
+        by its collector, whose observations go through the wrappers. Returns those."""
+        assert self.pool is not None
+        self.pool.reset()
+        obs, _ = self.vector_env.reset()
+        return obs
 
     def reset_done(self, done: np.ndarray) -> np.ndarray:
         obs, _ = self.vector_env.reset(options={"reset_mask": done})

@@ -28,6 +28,7 @@ __all__ = [
     "drain_episode_stats",
     "get_normalization_state",
     "gym_vector_env",
+    "is_envpool_env",
     "make_env",
     "make_eval_env",
     "observation_and_action_dims",
@@ -149,6 +150,11 @@ def gym_vector_env(env: EnvBase) -> VectorEnv:
     if not isinstance(base, VecGymWrapper):
         raise TypeError(f"expected an env built by klip.envs.make_env/make_eval_env, got {type(env)}")
     return compat.gym_wrapper_env(base)
+
+
+def is_envpool_env(env: EnvBase) -> bool:
+    """Whether `make_env` built `env` on EnvPool (`backend="envpool"`)."""
+    return isinstance(gym_vector_env(env).unwrapped, EnvPoolVectorEnv)
 
 
 def find_wrapper(env: EnvBase, cls: type) -> Any:
