@@ -157,11 +157,12 @@ def _hide_password(url: str) -> str:
 
 
 def _study_entry(spec: str, grid_dir: Path) -> Entry:
-    """`study:NAME@URL`: the best trial's shape (user attribute `shape`, a shape dict, or the
-    params `shape` and the shape's parameters)."""
+    """`study:NAME@URL`: the best trial's shape: a `klip study` trial's shape JSON (with its
+    state, e.g. a learned vector), else the params `shape` and the shape's parameters."""
     import optuna
 
     from klip.shapes import make_shape, shape_from_dict
+    from klip.studies.run import ATTR_SHAPE
 
     name, sep, url = spec.removeprefix("study:").partition("@")
     if not sep or not name or not url:
@@ -175,8 +176,8 @@ def _study_entry(spec: str, grid_dir: Path) -> Entry:
     source = {"study": name, "storage": _hide_password(url), "trial": best.number,
               "value": best.value}
     try:
-        if isinstance(best.user_attrs.get("shape"), dict):
-            shape = shape_from_dict(best.user_attrs["shape"])
+        if isinstance(best.user_attrs.get(ATTR_SHAPE), dict):
+            shape = shape_from_dict(best.user_attrs[ATTR_SHAPE])
         else:
             params = dict(best.params)
             shape = make_shape(str(params.pop("shape")), **params)

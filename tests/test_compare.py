@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from klip.algos.train import train
@@ -105,6 +106,26 @@ def test_study_entry_takes_the_best_trials_shape(tmp_path):
     assert entry.label == "study-search"
     assert entry.options == {"loss": "klip", "shape": "sigmoid", "shape_params": {"eps": 0.2, "tau": 0.09}}
     assert entry.source["trial"] == 1
+
+
+def test_study_entry_takes_a_klip_study_trials_shape_with_its_state(tmp_path):
+    """`klip study run` keeps each trial's shape JSON in a user attribute (its params are the
+    search space's names, e.g. a learned vector's knots): the entry trains exactly that shape."""
+    from klip.shapes import load_shape, make_shape
+    from klip.studies.run import ATTR_SHAPE
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = optuna.create_study(study_name="learned", storage=url, direction="maximize")
+    shape = make_shape("learned", eps=0.25)
+    vector = torch.linspace(0.0, 1.0, shape.vector_size)
+    shape.set_vector(vector)
+    study.add_trial(optuna.create_trial(
+        params={"eps": 0.25}, value=1.0, user_attrs={ATTR_SHAPE: shape.to_dict()},
+        distributions={"eps": optuna.distributions.FloatDistribution(0.05, 0.4)}))
+    entry = parse_entry(f"study:learned@{url}", tmp_path)
+    trained = load_shape(entry.options["shape_file"])
+    assert type(trained).__name__ == "LearnedShape" and trained.eps == 0.25
+    assert torch.equal(trained.get_vector(), vector)
 
 
 @pytest.mark.parametrize("spec, message", [
