@@ -89,10 +89,11 @@ class EnvPoolVectorEnv(VectorEnv):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> ResetReturn:
         """Reset every sub-env (rebuilding the pool when seeded) or those in `reset_mask`."""
         mask = None if options is None else options.get("reset_mask")
-        if seed is not None:
+        if seed is not None:  # a new pool: all of it needs its first reset
             self._pool.close()
             self.seed = int(seed)
             self._pool = self._make_pool(self.seed)
+            mask = None
         if mask is None:
             observations, _ = self._pool.reset()
             self._observations[:] = observations
