@@ -130,3 +130,22 @@ def test_cmaes_starts_at_the_shapes_defaults_clipped_into_the_space():
     sigmoid = default_point("sigmoid", {"eps": Dimension(0.25, 0.3), "tau": Dimension(0.01, 0.1, log=True)})
     assert sigmoid == {"eps": 0.25, "tau": get_shape_class("sigmoid")().tau}  # eps clipped up to 0.25
     assert build_sampler(learned)._x0 == start
+
+
+def test_cmaes_draws_a_whole_first_batch_from_its_first_generation():
+    """Asked together before any trial finished (`--batch K`), every trial comes from CMA-ES's
+    generation 0 around the defaults; Optuna's own CmaEsSampler would draw them at random."""
+    learned = settings(sampler="cmaes", shape="learned", sampler_seed=0)
+    study = optuna.create_study(sampler=build_sampler(learned), direction="maximize")
+    trials = [study.ask() for _ in range(6)]
+    for trial in trials:
+        for name, dim in learned.space.items():
+            trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+    generations = [study._storage.get_trial(t._trial_id).system_attrs.get("cma:generation") for t in trials]
+    assert generations == [0] * 6
+    from klip.studies.space import default_point
+
+    # Around x0 (the step gate: knots 0 below the boundary, 1 past it), not uniform over [0, 1].
+    start = default_point("learned", learned.space)
+    spread = [abs(t.params[name] - start[name]) for t in trials for name in start]
+    assert sum(spread) / len(spread) < 0.2
