@@ -346,6 +346,21 @@ def _interval_plot(estimates: dict[str, dict[str, Estimate]], path: Path, refere
     return path
 
 
+def tasks_step_learned(step_returns: dict[str, list[float]], random_returns: dict[str, float]
+                       ) -> tuple[list[str], list[str]]:
+    """Tasks whose `step` runs beat the random policy clearly enough to normalise by: the mean
+    above the random score by more than the returns' std over seeds (ddof 1; 0 for one seed).
+
+    Normalising by (mean `step` - random) near 0 or below blows the scores up or flips their
+    sign (seen: Ant-v4 at 100k steps, `step` -53.3 against random -52.8). Returns (kept, left out).
+    """
+    kept, left_out = [], []
+    for task, returns in step_returns.items():
+        spread = float(np.std(returns, ddof=1)) if len(returns) > 1 else 0.0
+        (kept if float(np.mean(returns)) - random_returns[task] > spread else left_out).append(task)
+    return kept, left_out
+
+
 def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resamples: int) -> list[str]:
     spec = results.spec
     lines = ["## Across tasks", ""]
@@ -353,12 +368,18 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
     if step is None:
         return [*lines, "`step` is not an entry of this grid, so there are no normalised scores "
                 "(random = 0, `step` = 1 per task); raw returns only (above).", ""]
-    references = {task: float(np.mean(list(results.seeds_of(task, step).values())))
-                  for task in spec.tasks if results.seeds_of(task, step)}
-    tasks = [task for task in spec.tasks if task in references
-             and references[task] != randoms[task]["return_mean"]]
+    step_returns = {task: list(results.seeds_of(task, step).values())
+                    for task in spec.tasks if results.seeds_of(task, step)}
+    references = {task: float(np.mean(returns)) for task, returns in step_returns.items()}
+    tasks, left_out = tasks_step_learned(step_returns, {t: randoms[t]["return_mean"] for t in step_returns})
+    if left_out:
+        lines += [f"Left out of the normalised scores: {', '.join(left_out)}, where `step`'s mean "
+                  "return is not above the random policy's by more than its std over seeds "
+                  "(normalising by a difference near 0 or below would blow scores up or flip "
+                  "their sign); see their raw returns above.", ""]
     if not tasks:
-        return [*lines, "No task has a finished `step` run yet: no normalised scores.", ""]
+        return [*lines, "No task has finished `step` runs that beat the random policy: no "
+                "normalised scores.", ""]
     lines += [f"Normalised score per run: (return − random) / (mean `step` return − random), per task "
               f"({', '.join(tasks)}). Point estimates with stratified bootstrap 95% CIs "
               f"({n_resamples} resamples; `scipy.stats.bootstrap`, each task its own sample). "

@@ -105,3 +105,14 @@ def test_bad_scores_are_refused():
         aggregate({"a": []})
     with pytest.raises(ValueError, match="unknown statistic"):
         aggregate({"a": [1.0, 2.0]}, "median")
+
+
+def test_tasks_where_step_did_not_beat_random_are_left_out_of_normalisation():
+    from klip.studies.compare_report import tasks_step_learned
+
+    kept, left_out = tasks_step_learned(
+        {"Hopper-v4": [676.0, 500.0, 900.0], "Ant-v4": [-53.0, -40.0, -66.0], "Walker2d-v4": [30.0],
+         "Humanoid-v4": [110.0, 400.0]},
+        {"Hopper-v4": 22.4, "Ant-v4": -52.8, "Walker2d-v4": 2.9, "Humanoid-v4": 106.7})
+    # Humanoid: mean 255 is 148 above random, less than the runs' std (205): left out too.
+    assert kept == ["Hopper-v4", "Walker2d-v4"] and left_out == ["Ant-v4", "Humanoid-v4"]
