@@ -349,14 +349,15 @@ def _interval_plot(estimates: dict[str, dict[str, Estimate]], path: Path, refere
 def tasks_step_learned(step_returns: dict[str, list[float]], random_returns: dict[str, float]
                        ) -> tuple[list[str], list[str]]:
     """Tasks whose `step` runs beat the random policy clearly enough to normalise by: the mean
-    above the random score by more than the returns' std over seeds (ddof 1; 0 for one seed).
+    above the random score by more than its standard error (std over seeds, ddof 1, / sqrt(n);
+    0 for one seed).
 
     Normalising by (mean `step` - random) near 0 or below blows the scores up or flips their
     sign (seen: Ant-v4 at 100k steps, `step` -53.3 against random -52.8). Returns (kept, left out).
     """
     kept, left_out = [], []
     for task, returns in step_returns.items():
-        spread = float(np.std(returns, ddof=1)) if len(returns) > 1 else 0.0
+        spread = float(np.std(returns, ddof=1) / np.sqrt(len(returns))) if len(returns) > 1 else 0.0
         (kept if float(np.mean(returns)) - random_returns[task] > spread else left_out).append(task)
     return kept, left_out
 
@@ -374,7 +375,7 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
     tasks, left_out = tasks_step_learned(step_returns, {t: randoms[t]["return_mean"] for t in step_returns})
     if left_out:
         lines += [f"Left out of the normalised scores: {', '.join(left_out)}, where `step`'s mean "
-                  "return is not above the random policy's by more than its std over seeds "
+                  "return is not above the random policy's by more than its standard error "
                   "(normalising by a difference near 0 or below would blow scores up or flip "
                   "their sign); see their raw returns above.", ""]
     if not tasks:
