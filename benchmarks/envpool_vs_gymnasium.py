@@ -13,14 +13,21 @@ seeds but not episodes: the question is whether they differ beyond seed noise.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
-from population_vs_single import ROOT, bootstrap_difference_ci, final_return, klip_train, plot_arms
+from population_vs_single import (
+    ROOT,
+    arm_arguments,
+    bootstrap_difference_ci,
+    final_return,
+    klip_train,
+    plot_arms,
+    step_training_arguments,
+)
 
 
 def population(common: list[str], out: Path, seeds: int, backend: str) -> tuple[list[Path], float]:
@@ -35,20 +42,11 @@ def population(common: list[str], out: Path, seeds: int, backend: str) -> tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="Hopper-v4")
-    parser.add_argument("--seeds", type=int, default=8, help="agents: seeds 0..N-1")
-    parser.add_argument("--steps", type=int, default=300_000)
-    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser = arm_arguments(__doc__, "envpool_vs_gymnasium")
     parser.add_argument("--gymnasium-out", type=Path,
                         default=ROOT / "benchmarks" / "results" / "population_vs_single" / "population")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "envpool_vs_gymnasium")
-    parser.add_argument("--json", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "envpool_vs_gymnasium.json")
     args = parser.parse_args()
-    common = ["--task", args.task, "--shape", "step", "--steps", str(args.steps),
-              "--eval-episodes", str(args.eval_episodes)]
+    common = step_training_arguments(args)
     arms = {}
     seconds = {}
     for backend, out in (("gymnasium", args.gymnasium_out), ("envpool", args.out / "envpool")):

@@ -88,19 +88,28 @@ def train_once(arguments: list[str], out: Path) -> float:
     return klip_train([*arguments, "--out", str(out)])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+def arm_arguments(description: str | None, name: str) -> argparse.ArgumentParser:
+    """The options both same-learning scripts take; results go to benchmarks/results/NAME[.json]."""
+    parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="Hopper-v4")
     parser.add_argument("--seeds", type=int, default=8, help="agents: seeds 0..N-1")
     parser.add_argument("--steps", type=int, default=300_000)
     parser.add_argument("--eval-episodes", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "population_vs_single")
-    parser.add_argument("--json", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "population_vs_single.json")
-    args = parser.parse_args()
-    common = ["--task", args.task, "--shape", "step", "--steps", str(args.steps),
-              "--eval-episodes", str(args.eval_episodes)]
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / name)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / f"{name}.json")
+    return parser
+
+
+def step_training_arguments(args: argparse.Namespace) -> list[str]:
+    """`klip train` options of a `step` run of the task, budget and evaluation asked for."""
+    return ["--task", args.task, "--shape", "step", "--steps", str(args.steps),
+            "--eval-episodes", str(args.eval_episodes)]
+
+
+def main() -> None:
+    args = arm_arguments(__doc__, "population_vs_single").parse_args()
+    common = step_training_arguments(args)
     population_dirs = [args.out / "population" / f"s{seed}" for seed in range(args.seeds)]
     population_seconds = 0.0
     if not all((d / "summary.json").is_file() for d in population_dirs):
