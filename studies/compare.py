@@ -893,6 +893,14 @@ def _last_frames(metrics: Path) -> int:
         return 0
 
 
+def _cell_frames(spec: GridSpec, out: Path, cell: Cell) -> int:
+    """Steps a half-trained cell has logged: in its own directory, or, while its seeds train
+    together, in its agent's directory inside the population's."""
+    directory = spec.cell_dir(out, cell)
+    return max(_last_frames(directory / "metrics.csv"),
+               _last_frames(directory.parent / POPULATION_DIR / directory.name / "metrics.csv"))
+
+
 def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "unknown"
@@ -932,7 +940,7 @@ def grid_progress(spec: GridSpec, out: Path, study: Any) -> GridProgress:
         elif job_states and job_states <= {TrialState.FAIL}:
             failed += len(job)
         for cell in job:
-            frames += min(per_cell, _last_frames(spec.cell_dir(out, cell) / "metrics.csv"))
+            frames += min(per_cell, _cell_frames(spec, out, cell))
     cells = len(spec.cells())
     return GridProgress(cells, done, running, failed, frames, per_cell * cells)
 

@@ -492,6 +492,10 @@ def test_a_killed_population_job_continues_from_its_checkpoint(tmp_path):
     root = out / "runs" / "Pendulum-v1" / "step" / compare.POPULATION_DIR
     assert _population_returns(spec, root, "Pendulum-v1", "step", kill_after_iterations=2) is None
     assert (root / "checkpoints" / "last.ckpt").is_file()
+    # The progress line counts the half-trained population's steps (2 iterations of 2 agents).
+    study = open_study(spec, out, default_storage(out), local=True)
+    iteration = spec.config(spec.cells()[0]).rollout_steps
+    assert compare.grid_progress(spec, out, study).frames == 2 * 2 * iteration
     outcome = run_grid(spec, out, stream=io.StringIO(), write_report=False)
     assert outcome.done == 2
     uninterrupted = _population_returns(spec, tmp_path / "reference", "Pendulum-v1", "step")
