@@ -28,6 +28,7 @@ from klip.envs.envpool_backend import EnvPoolVectorEnv
 from klip.envs.tasks import find_wrapper, gym_vector_env
 from klip.envs.wrappers import (
     ClipAction,
+    DiscountedReturns,
     EpisodeRecorder,
     LeanSyncVectorEnv,
     ObservationNormalizer,
@@ -161,25 +162,14 @@ class GroupedObservationNormalizer(VectorWrapper):
         return self._normalize(obs), reward, terminated, truncated, info
 
 
-class GroupedReturnScaler(VectorWrapper):
+class GroupedReturnScaler(DiscountedReturns):
     """`ReturnScaler` with one return statistic per agent (group of sub-envs)."""
 
     def __init__(self, env: VectorEnv, groups: int, *, gamma: float, clip: float, epsilon: float) -> None:
-        super().__init__(env)
+        super().__init__(env, gamma=gamma, clip=clip, epsilon=epsilon)
         self.groups = groups
         self.per_group = env.num_envs // groups
         self.return_rms = GroupedRunningMeanStd(groups, ())
-        self.returns = np.zeros(self.num_envs, dtype=np.float64)
-        self.gamma, self.clip, self.epsilon = gamma, clip, epsilon
-
-    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> ResetReturn:
-        mask = _reset_mask(options)
-        out = self.env.reset(seed=seed, options=options)
-        if mask is None:
-            self.returns[:] = 0.0
-        else:
-            self.returns[mask] = 0.0
-        return out
 
     def step(self, actions: np.ndarray) -> StepReturn:
         obs, reward, terminated, truncated, info = self.env.step(actions)

@@ -210,32 +210,20 @@ class ObservationNormalizer(VectorWrapper):
         return self._normalize(obs), reward, terminated, truncated, info
 
 
-class ReturnScaler(VectorWrapper):
-    """Divide rewards by the running std of the per-sub-env discounted return, then clip.
+class DiscountedReturns(VectorWrapper):
+    """The per-sub-env discounted return that reward scaling divides by, restarted at zero with
+    each new episode (SB3 ``VecNormalize`` semantics); CleanRL's gym-0.2x wrapper instead
+    multiplies by ``1 - terminated``, which keeps the last reward of an episode in the next
+    one's accumulator and never restarts after a truncation."""
 
-    The accumulator restarts at zero with each new episode (SB3 ``VecNormalize`` semantics);
-    CleanRL's gym-0.2x wrapper instead multiplies by ``1 - terminated``, which keeps the last
-    reward of an episode in the next one's accumulator and never restarts after a truncation.
-    """
-
-    def __init__(
-        self,
-        env: VectorEnv,
-        *,
-        gamma: float,
-        clip: float = np.inf,
-        epsilon: float = 1e-8,
-        update: bool = True,
-    ) -> None:
+    def __init__(self, env: VectorEnv, *, gamma: float, clip: float, epsilon: float) -> None:
         super().__init__(env)
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {gamma}")
-        self.return_rms = _RunningMeanStd(shape=(), dtype=np.float64)
         self.returns = np.zeros(self.num_envs, dtype=np.float64)
         self.gamma = gamma
         self.clip = clip
         self.epsilon = epsilon
-        self.update_running_mean = update
 
     def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> ResetReturn:
         """Reset and restart the discounted-return accumulator of the reset sub-envs."""
@@ -246,6 +234,23 @@ class ReturnScaler(VectorWrapper):
         else:
             self.returns[mask] = 0.0
         return out
+
+
+class ReturnScaler(DiscountedReturns):
+    """Divide rewards by the running std of the per-sub-env discounted return, then clip."""
+
+    def __init__(
+        self,
+        env: VectorEnv,
+        *,
+        gamma: float,
+        clip: float = np.inf,
+        epsilon: float = 1e-8,
+        update: bool = True,
+    ) -> None:
+        super().__init__(env, gamma=gamma, clip=clip, epsilon=epsilon)
+        self.return_rms = _RunningMeanStd(shape=(), dtype=np.float64)
+        self.update_running_mean = update
 
     def step(self, actions: np.ndarray) -> StepReturn:
         """Step, update the return statistics and scale the reward."""
