@@ -231,7 +231,35 @@ def _paper_entry(entry: Entry) -> str | None:
     return None
 
 
-def _paper(results: GridResults) -> list[str]:
+def plot_against_paper(results: GridResults, pairs: Sequence[tuple[Entry, str]], tasks: Sequence[str],
+                       path: Path) -> Path:
+    """Per task: each method's published mean ± std beside ours (every seed, and mean ± std)."""
+    figure, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.4), squeeze=False)
+    for axis, task in zip(axes.flat, tasks, strict=True):
+        for position, (entry, name) in enumerate(pairs):
+            paper_mean, paper_std = PAPER[name][task]
+            axis.errorbar(position - 0.15, paper_mean, yerr=paper_std, fmt="s", color="0.45",
+                          capsize=4, label="paper" if position == 0 else None)
+            values = list(results.seeds_of(task, entry).values())
+            if values:
+                axis.plot([position + 0.15] * len(values), values, ".", color="C0", alpha=0.6,
+                          label="ours, each seed" if position == 0 else None)
+                axis.errorbar(position + 0.15, float(np.mean(values)),
+                              yerr=float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                              fmt="o", color="C0", capsize=4,
+                              label="ours, mean ± std" if position == 0 else None)
+        axis.set_xticks(range(len(pairs)), [PAPER_NAMES[name].split(" (")[0] for _, name in pairs],
+                        rotation=20, fontsize=8)
+        axis.set_title(task, fontsize=10)
+        axis.set_ylabel("final return")
+    axes.flat[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _paper(results: GridResults, figures: Path | None = None) -> list[str]:
     spec = results.spec
     pairs = [(entry, name) for entry in spec.entries if (name := _paper_entry(entry)) is not None]
     tasks = [task for task in spec.tasks if task in PAPER["clip"]]
@@ -262,6 +290,9 @@ def _paper(results: GridResults) -> list[str]:
                 outside.append((entry, name, task, values, distance))
     lines += _table(["method", "task", "paper", "ours", "(ours − paper) / paper std",
                      "within 1 paper std"], rows)
+    if figures is not None and results.returns:
+        plot_against_paper(results, pairs, tasks, figures / "against_paper.png")
+        lines += ["![ours against the paper, per task](figures/against_paper.png)", ""]
     if outside:
         lines += ["Outside one paper standard deviation (per-seed final returns):", ""]
         for entry, _name, task, _values, distance in outside:
@@ -463,7 +494,7 @@ def write_report(out: str | Path, *, n_resamples: int = 2000) -> Path:
                   "![learning curves](figures/learning_curves.png)", ""]
     lines += _bitwise(results)
     lines += _aggregates(results, randoms, n_resamples)
-    lines += _paper(results)
+    lines += _paper(results, out / "figures")
     lines += _runs(results)
     path = out / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n")

@@ -420,6 +420,12 @@ def test_paper_table_flags_cells_outside_one_paper_std(tmp_path):
     assert "| fixed beta (1.0) | Ant-v4 | 16 ± 16 | — |" in text
     assert "Hopper-v4, `kl_fixed`: -11.86 paper stds; seeds 0: 100, 1: 200" in text
     assert "Not investigated yet" in text
+    assert "against_paper.png" not in text  # no figure unless asked for one
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    text = "\n".join(_paper(GridResults(spec, tmp_path, states, returns), figures))
+    assert "![ours against the paper, per task](figures/against_paper.png)" in text
+    assert (figures / "against_paper.png").stat().st_size > 10_000
     (tmp_path / "notes.md").write_text("Fixed beta collapses on Hopper because ...")
     assert "collapses on Hopper" in "\n".join(_paper(GridResults(spec, tmp_path, states, returns)))
 
