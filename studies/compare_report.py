@@ -27,6 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from scipy import stats
 
 from klip.studies.compare import (
     EVENTS_FILE,
@@ -52,6 +53,7 @@ NOTES_FILE = "notes.md"
 CURVE_POINTS = 50
 PAPER_SOURCE = "the published KLip-PPO paper (arXiv 2606.23932)"
 PAPER_STEPS = 1_000_000
+PAPER_SEEDS = 5  # each published mean ± std is over 5 seeds
 # Final return, mean +- std over seeds, 1M steps, MuJoCo -v4 tasks.
 PAPER: dict[str, dict[str, tuple[float, float]]] = {
     "clip": {"Ant-v4": (2193, 361), "HalfCheetah-v4": (1955, 312), "Hopper-v4": (2598, 278),
@@ -231,6 +233,14 @@ def _paper_entry(entry: Entry) -> str | None:
     return None
 
 
+def _welch_p(values: Sequence[float], paper_mean: float, paper_std: float) -> str:
+    if len(values) < 2:
+        return "—"
+    result = stats.ttest_ind_from_stats(float(np.mean(values)), float(np.std(values, ddof=1)), len(values),
+                                        paper_mean, paper_std, PAPER_SEEDS, equal_var=False)
+    return f"{float(result.pvalue):.3f}"
+
+
 def plot_against_paper(results: GridResults, pairs: Sequence[tuple[Entry, str]], tasks: Sequence[str],
                        path: Path) -> Path:
     """Per task: each method's published mean ± std beside ours (every seed, and mean ± std)."""
@@ -277,7 +287,7 @@ def _paper(results: GridResults, figures: Path | None = None) -> list[str]:
             paper_mean, paper_std = PAPER[name][task]
             values = list(results.seeds_of(task, entry).values())
             if not values:
-                rows.append([PAPER_NAMES[name], task, f"{paper_mean:.0f} ± {paper_std:.0f}", "—", "—", "—"])
+                rows.append([PAPER_NAMES[name], task, f"{paper_mean:.0f} ± {paper_std:.0f}", *["—"] * 4])
                 continue
             ours = float(np.mean(values))
             distance = (ours - paper_mean) / paper_std
@@ -285,11 +295,15 @@ def _paper(results: GridResults, figures: Path | None = None) -> list[str]:
             rows.append([PAPER_NAMES[name], task, f"{paper_mean:.0f} ± {paper_std:.0f}",
                          _mean_std(values) + (f" ({len(values)}/{len(spec.seeds)})"
                                               if len(values) < len(spec.seeds) else ""),
-                         f"{distance:+.2f}", "yes" if within else "**no**"])
+                         f"{distance:+.2f}", "yes" if within else "**no**",
+                         _welch_p(values, paper_mean, paper_std)])
             if not within:
                 outside.append((entry, name, task, values, distance))
     lines += _table(["method", "task", "paper", "ours", "(ours − paper) / paper std",
-                     "within 1 paper std"], rows)
+                     "within 1 paper std", "Welch p"], rows)
+    lines += [f"Welch p: two-sided Welch t-test of our seeds against the published mean ± std over "
+              f"{PAPER_SEEDS} seeds (`scipy.stats.ttest_ind_from_stats`); with 5 seeds a side, a "
+              "large p says little, a small one says the difference is more than seed noise.", ""]
     if figures is not None and results.returns:
         plot_against_paper(results, pairs, tasks, figures / "against_paper.png")
         lines += ["![ours against the paper, per task](figures/against_paper.png)", ""]

@@ -414,9 +414,9 @@ def test_paper_table_flags_cells_outside_one_paper_std(tmp_path):
     states = {cell.key: CellState("missing") for cell in spec.cells()}
     text = "\n".join(_paper(GridResults(spec, tmp_path, states, returns)))
     assert "the published KLip-PPO paper (arXiv 2606.23932)" in text
-    assert "| PPO-Clip | Hopper-v4 | 2598 ± 278 | 2600.0 ± 141.4 | +0.01 | yes |" in text
-    assert "| fixed beta (1.0) | Hopper-v4 | 2616 ± 208 | 150.0 ± 70.7 | -11.86 | **no** |" in text
-    assert "| PPO-Clip | Ant-v4 | 2193 ± 361 | 2200.0 (1/2) |" in text
+    assert "| PPO-Clip | Hopper-v4 | 2598 ± 278 | 2600.0 ± 141.4 | +0.01 | yes | 0.991 |" in text
+    assert "| fixed beta (1.0) | Hopper-v4 | 2616 ± 208 | 150.0 ± 70.7 | -11.86 | **no** | 0.000 |" in text
+    assert "| PPO-Clip | Ant-v4 | 2193 ± 361 | 2200.0 (1/2) | +0.02 | yes | — |" in text
     assert "| fixed beta (1.0) | Ant-v4 | 16 ± 16 | — |" in text
     assert "Hopper-v4, `kl_fixed`: -11.86 paper stds; seeds 0: 100, 1: 200" in text
     assert "Not investigated yet" in text
