@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 
 LOSSES: tuple[str, ...] = ("klip", "clip", "kl_fixed", "kl_adaptive")
+# What `kl_adaptive` compares with its target once per rollout (see ScalarKLPPOLoss).
+KL_MEASURES: tuple[str, ...] = ("final", "update_mean")
 COLLECTORS: tuple[str, ...] = ("torchrl", "fast")
 
 
@@ -76,6 +78,10 @@ class TrainConfig:
     normalize_advantage: bool = option(True, "standardise advantages per minibatch")
     kl_beta: float | None = option(None, "initial beta of --loss kl_fixed / kl_adaptive (default 1.0)")
     kl_target: float | None = option(None, "KL target of --loss kl_adaptive (default 0.02)")
+    kl_measure: str | None = option(None, "the KL --loss kl_adaptive adapts beta to: final (the "
+                                    "updated policy's KL from the rollout policy over the rollout, "
+                                    "PPO's rule; default) or update_mean (mean of the minibatch "
+                                    "KLs during the update)")
     hidden: int = option(64, "hidden width of the 2-layer tanh MLPs")
     collector: str = option("fast", "fast (lean loop, bitwise equal to TorchRL's) or torchrl "
                             "(TorchRL's Collector)")
@@ -142,6 +148,9 @@ class TrainConfig:
             raise ConfigError(f"unknown task {self.task!r}; known tasks: {', '.join(KNOWN_TASKS)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.kl_measure is not None and self.kl_measure not in KL_MEASURES:
+            raise ConfigError(f"unknown kl_measure {self.kl_measure!r}; choose one of "
+                              f"{', '.join(KL_MEASURES)}")
         if self.collector not in COLLECTORS:
             raise ConfigError(
                 f"unknown collector {self.collector!r}; choose one of {', '.join(COLLECTORS)}"

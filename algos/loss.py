@@ -409,10 +409,13 @@ class ScalarKLPPOLoss(_PPOFamilyLoss):
     """PPO-KL: maximise `w*A - beta * KL(pi_old || pi_new)` with analytic KL and one scalar beta.
 
     With `adaptive=True`, beta is doubled or halved **once per rollout**
-    (`update_after_rollout`) when that rollout's mean KL leaves
-    `[kl_target/1.5, kl_target*1.5]`; TorchRL's `KLPENPPOLoss` instead adapts
-    at every forward call, i.e. per minibatch, which is not the paper's rule.
-    The rollout distribution parameters (`loc`, `scale`) must be in the data.
+    (`update_after_rollout`) when the rollout's KL `d` leaves `[kl_target/1.5, kl_target*1.5]`.
+    `kl_measure="final"` is PPO's rule (Schulman et al. 2017, section 4): `d` is the mean
+    KL(rollout policy || updated policy) over the rollout, after the epochs (`rollout_kl`, which
+    the trainer hands over as `kl_final`); `"update_mean"` takes the mean of the minibatch KLs
+    during the update instead (`kl`), smaller since the policy starts each rollout at the
+    rollout policy. TorchRL's `KLPENPPOLoss` adapts at every forward call, i.e. per minibatch,
+    which is neither. The rollout distribution parameters (`loc`, `scale`) must be in the data.
     """
 
     def __init__(
@@ -423,9 +426,12 @@ class ScalarKLPPOLoss(_PPOFamilyLoss):
         beta: float = 1.0,
         adaptive: bool = False,
         kl_target: float = 0.02,
+        kl_measure: str = "final",
         clip_value: bool | float | None = None,
         **kwargs: Any,
     ) -> None:
+        if kl_measure not in ("final", "update_mean"):
+            raise ValueError(f"kl_measure must be 'final' or 'update_mean', got {kl_measure!r}")
         if not beta > 0:
             raise ValueError(f"beta must be > 0, got {beta}")
         if not kl_target > 0:
@@ -434,6 +440,7 @@ class ScalarKLPPOLoss(_PPOFamilyLoss):
                          policy_clip_radius=0.2, **kwargs)
         self.adaptive = adaptive
         self.kl_target = kl_target
+        self.kl_measure = kl_measure
         self.register_buffer("beta", torch.tensor(float(beta)))
 
     def _policy_out_keys(self) -> list[str]:
@@ -461,10 +468,23 @@ class ScalarKLPPOLoss(_PPOFamilyLoss):
         td_out.set("kl_approx", kl_approx.detach().mean())
         return self._add_entropy_critic_and_reduce(td_out, tensordict, dist, advantage.shape[:-1])
 
+    @property
+    def needs_rollout_kl(self) -> bool:
+        """Whether `update_after_rollout` wants `kl_final`, the updated policy's `rollout_kl`."""
+        return self.adaptive and self.kl_measure == "final"
+
+    @torch.no_grad()
+    def rollout_kl(self, tensordict: TensorDictBase) -> Tensor:
+        """Mean KL(rollout policy || current policy) over the samples of `tensordict`."""
+        previous = self.actor_network.build_dist_from_params(tensordict)
+        # A fresh TensorDict: the actor writes its own loc and scale into what it is given.
+        current = self.actor_network.get_dist(tensordict.select(*self.actor_network.in_keys).clone(False))
+        return torch.distributions.kl_divergence(previous, current).mean()
+
     def update_after_rollout(self, stats: Mapping[str, float]) -> None:
         if not self.adaptive:
             return
-        kl = float(stats["kl"])
+        kl = float(stats["kl_final" if self.kl_measure == "final" else "kl"])
         if kl > 1.5 * self.kl_target:
             self.beta.mul_(2.0)
         elif kl < self.kl_target / 1.5:

@@ -348,6 +348,18 @@ class PopulationLoss(nn.Module):
             metrics.append(clip_fraction)
         return sum(terms), torch.stack(metrics, 1)
 
+    @property
+    def needs_rollout_kl(self) -> bool:
+        """`kl_adaptive` on PPO's rule: beta adapts to `rollout_kl` after the update."""
+        return self.config.loss == "kl_adaptive" and self.config.kl_measure == "final"
+
+    @torch.no_grad()
+    def rollout_kl(self, data: dict[str, Tensor]) -> Tensor:
+        """Per agent, the mean KL(rollout policy || current policy) over its samples: `[agents]`."""
+        loc = self.networks.policy_mean(data["observation"])
+        scale = self.networks.log_std.exp().unsqueeze(1).expand_as(loc)
+        return diagonal_gaussian_kl(data["loc"], data["scale"], loc, scale).mean(1)
+
     def pop_diagnostics(self) -> list[dict[str, float]]:
         """Per agent, the shape diagnostics over every sample since the last call."""
         if not self._records:
@@ -368,8 +380,9 @@ class PopulationLoss(nn.Module):
             if self.config.loss != "kl_adaptive":
                 return
             target = self.config.kl_target
+            key = "kl_final" if self.needs_rollout_kl else "kl"
             for agent, stats in enumerate(per_agent_stats):
-                kl = float(stats["kl"])
+                kl = float(stats[key])
                 if kl > 1.5 * target:
                     self.beta[agent] *= 2.0
                 elif kl < target / 1.5:
@@ -604,6 +617,9 @@ class PopulationModule(pl.LightningModule):
 
         self.frames += data["observation"].shape[1]
         summaries = self._summarise(metrics, data)
+        if self.loss_module.needs_rollout_kl:
+            for summary, kl in zip(summaries, self.loss_module.rollout_kl(data).tolist(), strict=True):
+                summary["kl_final"] = kl
         self.loss_module.update_after_rollout(summaries)
         self._log_iteration(summaries, rollouts, started, collected, advantaged, updated)
 

@@ -49,7 +49,7 @@ from klip.algos.config import ConfigError, TrainConfig, load_config_file
 from klip.algos.plots import plot_learning_curve, read_metrics
 from klip.algos.population import PopulationModule, check_population_configs
 from klip.algos.ppo import build_shape
-from klip.algos.resolve import OPTIONS_ADDED_LATER, resolve_config
+from klip.algos.resolve import resolve_config, with_options_added_later
 from klip.algos.train import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
@@ -183,7 +183,7 @@ def validate_spec(spec: PopulationSpec) -> list[tuple[str, TrainConfig]]:
 # -- output directory -----------------------------------------------------------------------
 def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
     # The budget may be extended on resume; everything else must match.
-    base = {**OPTIONS_ADDED_LATER, **spec["base"]}
+    base = with_options_added_later(spec["base"])
     return {**spec, "base": {k: v for k, v in base.items() if k != "steps"}}
 
 

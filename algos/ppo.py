@@ -78,6 +78,8 @@ def build_loss(config: TrainConfig, actor: Any, critic: Any,
     if config.loss in ("kl_fixed", "kl_adaptive"):
         # kl_fixed records no kl_target (it has none); the loss then keeps its default.
         target = {} if config.kl_target is None else {"kl_target": config.kl_target}
+        if config.kl_measure is not None:
+            target["kl_measure"] = config.kl_measure
         return ScalarKLPPOLoss(actor, critic, beta=config.kl_beta,
                                adaptive=config.loss == "kl_adaptive", **target, **common)
     return KLipPPOLoss(actor, critic, shape=shape if shape is not None else build_shape(config),
@@ -228,6 +230,9 @@ class PPOModule(pl.LightningModule):
         if problem is not None:
             raise TrainingDiverged(self.current_epoch + 1, problem)
         summary.update(self._batch_statistics(data))
+        if getattr(self.loss_module, "needs_rollout_kl", False):
+            # kl_adaptive's d (PPO's rule): the updated policy's KL over the whole rollout.
+            summary["kl_final"] = float(self.loss_module.rollout_kl(data))
         # TorchRL's own losses have no per-rollout hook; ours (and their shapes) may.
         update_after_rollout = getattr(self.loss_module, "update_after_rollout", None)
         if update_after_rollout is not None:

@@ -24,6 +24,7 @@ DEFAULT_SHAPE = "step"
 DEFAULT_CLIP_EPS = 0.2
 DEFAULT_KL_BETA = 1.0
 DEFAULT_KL_TARGET = 0.02
+DEFAULT_KL_MEASURE = "final"
 
 
 def resolve_config(
@@ -42,6 +43,7 @@ def resolve_config(
             clip_eps=(config.clip_eps or DEFAULT_CLIP_EPS) if config.loss == "clip" else None,
             kl_beta=config.kl_beta or DEFAULT_KL_BETA if config.loss.startswith("kl_") else None,
             kl_target=config.kl_target or DEFAULT_KL_TARGET if config.loss == "kl_adaptive" else None,
+            kl_measure=config.kl_measure or DEFAULT_KL_MEASURE if config.loss == "kl_adaptive" else None,
             diagnostics=False,  # the shape diagnostics exist for --loss klip only
         ), None
     if config.shape_plugin:
@@ -79,6 +81,8 @@ def _refuse_options_of_other_losses(config: TrainConfig, shape: CoefficientShape
         raise ConfigError(f"kl_beta only applies to --loss kl_fixed and kl_adaptive, not {loss}")
     if config.kl_target is not None and loss != "kl_adaptive":
         raise ConfigError(f"kl_target only applies to --loss kl_adaptive, not {loss}")
+    if config.kl_measure is not None and loss != "kl_adaptive":
+        raise ConfigError(f"kl_measure only applies to --loss kl_adaptive, not {loss}")
 
 
 def _build_named_shape(config: TrainConfig) -> CoefficientShape:
@@ -113,6 +117,18 @@ def _check_against_given_shape(config: TrainConfig, shape: CoefficientShape, sou
 
 # Options added after runs were already recorded, with the value those runs had.
 OPTIONS_ADDED_LATER: dict[str, Any] = {"env_backend": "gymnasium"}
+
+
+def with_options_added_later(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config with every option added since it was written, at the value that ran.
+
+    `kl_measure` came with PPO's own rule for `kl_adaptive` (the updated policy's KL); runs
+    recorded before it adapted beta to the mean of the minibatch KLs during the update.
+    """
+    options = {**OPTIONS_ADDED_LATER, **recorded}
+    if "kl_measure" not in options:
+        options["kl_measure"] = "update_mean" if options.get("loss") == "kl_adaptive" else None
+    return options
 
 
 def upgrade_recorded_options(recorded: dict[str, Any]) -> dict[str, Any]:
@@ -150,4 +166,5 @@ def absolute_to(base: Path, path: str | None) -> str | None:
     return str(path if Path(path).is_absolute() else base / path)
 
 
-__all__ = ["absolute_to", "resolve_config", "run_name", "upgrade_recorded_options"]
+__all__ = ["absolute_to", "resolve_config", "run_name", "upgrade_recorded_options",
+           "with_options_added_later"]

@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from klip.algos.config import ConfigError, TrainConfig
-from klip.algos.resolve import upgrade_recorded_options
+from klip.algos.resolve import upgrade_recorded_options, with_options_added_later
 from klip.shapes import CoefficientShape
 
 
@@ -77,7 +77,7 @@ def load_run(path: str | Path) -> Run:
     summary_path = path / "summary.json"
     return Run(
         path=path,
-        config=TrainConfig.from_dict(upgrade_recorded_options(recorded)),
+        config=TrainConfig.from_dict(upgrade_recorded_options(with_options_added_later(recorded))),
         summary=json.loads(summary_path.read_text()) if summary_path.is_file() else None,
         metrics=read_columns(path / "metrics.csv"),
         episodes=read_columns(path / "episodes.csv"),

@@ -45,7 +45,7 @@ from klip.algos.config import RESUMABLE_OPTIONS, ConfigError, TrainConfig
 from klip.algos.divergence import TrainingDiverged
 from klip.algos.plots import plot_learning_curve
 from klip.algos.ppo import PPOModule
-from klip.algos.resolve import OPTIONS_ADDED_LATER, resolve_config, upgrade_recorded_options
+from klip.algos.resolve import resolve_config, upgrade_recorded_options, with_options_added_later
 from klip.algos.run_lock import LOCK_FILE, RunLock, RunLocked
 from klip.shapes import CoefficientShape, ShapePluginError
 
@@ -241,7 +241,7 @@ def refuse_envpool_resume(config: TrainConfig, out: Path) -> None:
 
 def recorded_config_as_today(out: Path, recorded: dict[str, Any]) -> dict[str, Any]:
     """A config.yaml from before the current format, resolved as it would be today."""
-    recorded = {**OPTIONS_ADDED_LATER, **recorded}
+    recorded = with_options_added_later(recorded)
     if "eval_every" in recorded:
         return recorded
     try:

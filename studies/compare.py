@@ -586,7 +586,7 @@ def train_cells_together(runs: Sequence[CellRun]) -> None:
     directory and the population directory is removed. A single cell takes the exact path.
     """
     from klip.algos.population_run import POPULATION_FILE, PopulationSpec, train_population
-    from klip.algos.resolve import OPTIONS_ADDED_LATER
+    from klip.algos.resolve import with_options_added_later
 
     groups: dict[tuple[str, str], list[CellRun]] = {}
     for run in runs:
@@ -600,7 +600,7 @@ def train_cells_together(runs: Sequence[CellRun]) -> None:
         resume = False
         if (root / POPULATION_FILE).is_file():
             held = yaml.safe_load((root / POPULATION_FILE).read_text()) or {}
-            held["base"] = {**OPTIONS_ADDED_LATER, **held.get("base", {})}
+            held["base"] = with_options_added_later(held.get("base", {}))
             resume = held == yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))
         if root.exists() and not resume:
             shutil.rmtree(root)  # another subset of seeds, or other settings: start again

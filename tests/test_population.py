@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import itertools
 import json
 import os
 import signal
@@ -16,8 +17,10 @@ import pytest
 import torch
 import yaml
 from helpers import ACT_DIM, OBS_DIM, make_batch
+from tensordict import TensorDict
 
 from klip.algos.config import TrainConfig
+from klip.algos.loss import ScalarKLPPOLoss
 from klip.algos.networks import make_actor, make_critic, policy_head
 from klip.algos.population import (
     UPDATE_COLUMNS,
@@ -482,3 +485,39 @@ def test_stacked_networks_equal_vmap_and_each_agents_own_module():
     # Checkpoints hold each parameter once.
     module = PopulationModule([TrainConfig(**TINY, steps=256, seed=seed).to_dict() for seed in (0, 1)])
     assert not [key for key in module.state_dict() if key.startswith("loss_module.networks")]
+
+
+def test_adaptive_beta_of_each_agent_follows_its_own_final_kl(tmp_path):
+    """PPO's rule per agent: beta moves with the agent's updated-policy KL over its rollout."""
+    out = tmp_path / "population"
+    assert main(["train", "--task", "Pendulum-v1", "--loss", "kl_adaptive", "--kl-target", "0.005",
+                 "--seeds", "0-1", "--steps", str(4 * 256), "--rollout-steps", "256", "--epochs", "2",
+                 "--eval-episodes", "0", "--no-progress", "--out", str(out)]) == 0
+    moved = 0
+    for agent in ("s0", "s1"):
+        rows = metric_rows(out / agent / "metrics.csv")
+        for row, following in itertools.pairwise(rows):
+            beta, kl = float(row["train/beta"]), float(row["train/kl_final"])
+            assert kl > float(row["train/kl"])  # further than the update's average
+            expected = beta * 2 if kl > 0.0075 else beta / 2 if kl < 0.005 / 1.5 else beta
+            assert float(following["train/beta"]) == pytest.approx(expected, rel=1e-6)
+            moved += expected != beta
+    assert moved >= 1
+
+
+def test_population_rollout_kl_is_the_single_agents():
+    configs = [TrainConfig(task="Pendulum-v1", loss="kl_adaptive", seed=seed, rollout_steps=256)
+               for seed in (0, 1)]
+    module = PopulationModule([c.to_dict() for c in configs])
+    data = module.advantages(module.rollouts.collect(module.generators))
+    with torch.no_grad():  # move the policy away from the rollout policy
+        for parameter in module.networks.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    population_kl = module.loss_module.rollout_kl(data)
+    for agent in range(len(configs)):
+        actor, critic = module.agent_modules(agent)
+        batch = TensorDict({key: data[key][agent] for key in ("observation", "loc", "scale")},
+                           batch_size=[256])
+        expected = ScalarKLPPOLoss(actor, critic, adaptive=True).rollout_kl(batch)
+        assert expected > 1e-4
+        torch.testing.assert_close(population_kl[agent], expected, rtol=1e-5, atol=0)

@@ -24,14 +24,19 @@ def published_rule(beta: float, kl: float, target: float) -> float:
 KLS = [0.05, 0.001, 0.02, 0.0301, 0.0299, 0.0134, 0.0133, 0.0132, 0.5, 0.5, 0.0, 0.02]
 
 
+@pytest.mark.parametrize("measure", ["final", "update_mean"])
 @pytest.mark.parametrize("target", [0.02, 0.01])
-def test_adaptive_beta_follows_the_published_rule(target):
-    loss = ScalarKLPPOLoss(*make_actor_critic(), beta=0.7, adaptive=True, kl_target=target)
+def test_adaptive_beta_follows_the_published_rule(target, measure):
+    loss = ScalarKLPPOLoss(*make_actor_critic(), beta=0.7, adaptive=True, kl_target=target,
+                           kl_measure=measure)
     beta = 0.7
     changed = 0
+    other = {"final": "kl", "update_mean": "kl_final"}[measure]
+    key = {"final": "kl_final", "update_mean": "kl"}[measure]
     # On the thresholds themselves the rule keeps beta (strict inequalities).
     for kl in [k * target / 0.02 for k in KLS] + [target * 1.5, target / 1.5]:
-        loss.update_after_rollout({"kl": kl, "loss_objective": 1.0})
+        # The other statistic is far off the target: only the chosen one may move beta.
+        loss.update_after_rollout({key: kl, other: 100 * target, "loss_objective": 1.0})
         expected = published_rule(beta, kl, target)
         changed += expected != beta
         beta = expected
@@ -50,6 +55,15 @@ def test_fixed_beta_never_moves():
 def test_beta_and_target_must_be_positive(beta, target):
     with pytest.raises(ValueError, match="must be > 0"):
         ScalarKLPPOLoss(*make_actor_critic(), beta=beta, kl_target=target)
+
+
+def test_only_adaptive_beta_on_the_final_kl_asks_for_the_rollout_kl():
+    actor, critic = make_actor_critic()
+    assert ScalarKLPPOLoss(actor, critic, adaptive=True).needs_rollout_kl  # PPO's rule is the default
+    assert not ScalarKLPPOLoss(actor, critic, adaptive=True, kl_measure="update_mean").needs_rollout_kl
+    assert not ScalarKLPPOLoss(actor, critic, adaptive=False).needs_rollout_kl
+    with pytest.raises(ValueError, match="kl_measure must be"):
+        ScalarKLPPOLoss(actor, critic, kl_measure="last")
 
 
 def test_objective_is_ratio_times_advantage_minus_beta_times_gaussian_kl():
@@ -77,6 +91,9 @@ def test_objective_is_ratio_times_advantage_minus_beta_times_gaussian_kl():
     assert out["kl"].item() == pytest.approx(kl.mean().item(), rel=1e-9)
     assert out["beta"].item() == 0.25  # exact in float32, the buffer's first dtype
     assert kl.mean() > 1e-3 and not math.isclose(expected.item(), -(w * advantage).mean().item())
+    # PPO's d: the same KL over the whole batch, of the current policy, and the data untouched.
+    assert loss.rollout_kl(batch).item() == pytest.approx(kl.mean().item(), rel=1e-9)
+    assert torch.equal(batch["loc"], old_loc) and torch.equal(batch["scale"], old_scale)
 
 
 def test_defaults_and_options_reach_torchrls_ppo_loss():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import subprocess
 import sys
@@ -93,6 +94,28 @@ def test_scalar_beta_baselines_train(tmp_path, loss):
     betas = [float(row["train/beta"]) for row in rows]
     if loss == "kl_fixed":
         assert betas == [1.0, 1.0]
+        assert "train/kl_final" not in rows[0]
+
+
+@pytest.mark.parametrize("measure", ["final", "update_mean"])
+def test_adaptive_beta_moves_with_the_chosen_kl_of_each_iteration(tmp_path, measure):
+    """PPO's rule by default: beta follows the updated policy's KL over the rollout."""
+    out = tmp_path / measure
+    train(tiny(loss="kl_adaptive", steps=6 * 256, kl_target=0.005, kl_measure=measure), out,
+          progress=False)
+    rows = metric_rows(out)
+    column = {"final": "train/kl_final", "update_mean": "train/kl"}[measure]
+    assert ("train/kl_final" in rows[0]) == (measure == "final")
+    moved = 0
+    for row, following in itertools.pairwise(rows):
+        beta, kl = float(row["train/beta"]), float(row[column])
+        expected = beta * 2 if kl > 0.005 * 1.5 else beta / 2 if kl < 0.005 / 1.5 else beta
+        assert float(following["train/beta"]) == pytest.approx(expected, rel=1e-6)
+        moved += expected != beta
+    assert moved >= 1
+    if measure == "final":
+        # The updated policy is further from the rollout policy than the update's average.
+        assert float(rows[0]["train/kl_final"]) > float(rows[0]["train/kl"])
 
 
 def test_train_command_writes_every_output(tmp_path, capsys):
@@ -255,3 +278,25 @@ def test_resume_without_a_checkpoint_restarts_and_keeps_no_stale_rows(tmp_path):
     shutil.rmtree(tmp_path / "run" / "checkpoints")  # as if it died before its first checkpoint
     train(config, tmp_path / "run", resume=True, progress=False)
     assert metric_rows(tmp_path / "run") == expected
+
+
+@pytest.mark.parametrize("loss", ["kl_adaptive", "kl_fixed"])
+def test_runs_recorded_before_kl_measure_resume_with_the_rule_they_ran(tmp_path, capsys, loss):
+    """Older kl_adaptive runs adapted beta to the update's mean KL; they continue only on it."""
+    out = tmp_path / "run"
+    flags = ["--task", "Pendulum-v1", "--loss", loss, "--rollout-steps", "256", "--epochs", "1",
+             "--eval-episodes", "0", "--checkpoint-every", "1", "--no-anneal-lr", "--no-progress",
+             "--out", str(out)]
+    assert main(["train", *flags, "--steps", "256"]) == 0
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    assert recorded["kl_measure"] == ("final" if loss == "kl_adaptive" else None)
+    del recorded["kl_measure"]  # as klip wrote it before the option
+    (out / "config.yaml").write_text(yaml.safe_dump(recorded, sort_keys=False))
+    capsys.readouterr()
+    if loss == "kl_adaptive":
+        assert main(["train", *flags, "--steps", "512", "--resume"]) == 2
+        assert "differs in: kl_measure" in capsys.readouterr().err
+        flags += ["--kl-measure", "update_mean"]
+    assert main(["train", *flags, "--steps", "512", "--resume"]) == 0
+    rows = metric_rows(out)
+    assert len(rows) == 2 and not rows[1].get("train/kl_final")  # the resumed part ran the old rule
