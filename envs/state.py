@@ -25,6 +25,16 @@ from klip.envs.tasks import find_wrapper, get_normalization_state, gym_vector_en
 from klip.envs.wrappers import EpisodeRecorder
 
 _PLAIN = (np.ndarray, float, int, bool, np.floating, np.integer, type(None))
+# What MuJoCo derives from the state and gymnasium's tasks read between two steps: Ant's and
+# Humanoid's rewards take the torso (`xpos`) or the centre of mass (`xipos`) before stepping.
+# After `mj_step` these belong to the start of the last sub-step, not to the state it ended in,
+# so recomputing them from the restored state (`mj_forward`) would change the next reward
+# (Ant-v4 by 5e-5 at once, then the whole run): they are saved and put back as they were.
+DERIVED_FIELDS = ("xpos", "xquat", "xmat", "xipos", "ximat", "xanchor", "xaxis", "geom_xpos",
+                  "geom_xmat", "site_xpos", "site_xmat", "subtree_com", "subtree_linvel",
+                  "subtree_angmom", "cinert", "cvel", "cacc", "cfrc_int", "cfrc_ext", "qacc",
+                  "qfrc_actuator", "actuator_force", "actuator_length", "actuator_velocity",
+                  "ten_length", "ten_velocity", "sensordata", "energy")
 
 
 def _to_checkpoint(value: Any) -> Any:
@@ -68,7 +78,9 @@ def _simulator_state(base: gym.Env) -> dict[str, Any]:
         spec = mujoco.mjtState.mjSTATE_INTEGRATION
         state = np.empty(mujoco.mj_stateSize(base.model, spec), dtype=np.float64)
         mujoco.mj_getState(base.model, base.data, state, spec)
-        return {"mujoco": state}
+        derived = {name: getattr(base.data, name).copy() for name in DERIVED_FIELDS
+                   if hasattr(base.data, name)}
+        return {"mujoco": state, "mujoco_derived": derived}
     return {"attributes": {key: copy.deepcopy(value) for key, value in vars(base).items()
                            if isinstance(value, _PLAIN)}}
 
@@ -77,9 +89,13 @@ def _restore_simulator(base: gym.Env, state: dict[str, Any]) -> None:
     if "mujoco" in state:
         import mujoco
 
-        mujoco.mj_setState(base.model, base.data, _from_checkpoint(state["mujoco"]),
-                           mujoco.mjtState.mjSTATE_INTEGRATION)
-        mujoco.mj_forward(base.model, base.data)
+        integration = _from_checkpoint(state["mujoco"])
+        mujoco.mj_setState(base.model, base.data, integration, mujoco.mjtState.mjSTATE_INTEGRATION)
+        mujoco.mj_forward(base.model, base.data)  # everything else consistent with the state
+        # Snapshots from before `mujoco_derived` keep the recomputed values (not bitwise for
+        # tasks that read them, see DERIVED_FIELDS).
+        for name, value in state.get("mujoco_derived", {}).items():
+            np.copyto(getattr(base.data, name), _from_checkpoint(value))
     else:
         for key, value in state["attributes"].items():
             setattr(base, key, _from_checkpoint(value))
