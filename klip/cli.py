@@ -190,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_request.code or 0)
     debug = args.debug or "--debug" in argv
     try:
+        if _trains(args):
+            from klip.preload import preload
+
+            preload()  # hours of training: one version of the code from start to end
         if args.command == "train":
             return _train(args)
         if args.command == "eval":
@@ -210,6 +214,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as error:
         return _report(error, debug)
+
+
+def _trains(args: argparse.Namespace) -> bool:
+    """Whether the command may train for hours: `train`, `compare` (not `--plan`, not
+    `report`) and `study run`."""
+    if args.command == "train":
+        return True
+    if args.command == "compare":
+        return args.compare_command is None and not getattr(args, "plan", False)
+    return args.command == "study" and args.study_command == "run"
 
 
 def _report(error: Exception, debug: bool) -> int:

@@ -50,6 +50,8 @@ from typing import Any, TextIO
 
 import yaml
 
+from klip.preload import preload
+
 GRID_FILE = "grid.json"
 GRID_FORMAT = 1
 STORAGE_FILE = "cells.sqlite3"
@@ -873,6 +875,7 @@ def _die_with_parent() -> None:
 def _worker_process(out: str, url: str, trainer: CellTrainer) -> None:
     _die_with_parent()
     os.environ["OMP_NUM_THREADS"] = "1"
+    preload()  # this worker runs the code as it was when it started, however long it runs
     with contextlib.suppress(KeyboardInterrupt):
         run_worker(Path(out), url, trainer=trainer)
 

@@ -26,6 +26,7 @@ from klip.algos.agents import AgentResult, train_agents
 from klip.algos.config import TrainConfig
 from klip.algos.run import read_columns
 from klip.compat import heartbeat_thread
+from klip.preload import preload
 from klip.shapes import load_shapes_from_file, save_shape
 from klip.studies.references import TaskReference, ensure_references
 from klip.studies.settings import (
@@ -574,6 +575,7 @@ def learning_curve(metrics: Path) -> list[list[float]]:
 def _worker_process(settings: StudySettings, worker: int) -> None:
     import torch
 
+    preload()  # this worker runs the code as it was when it started, however long it runs
     torch.set_num_threads(1)
     # The paper's protocol uses the -v4 tasks on purpose (as klip train says too).
     warnings.filterwarnings("ignore", message=".*is out of date. You should consider upgrading.*")
