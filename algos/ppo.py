@@ -76,12 +76,11 @@ def build_loss(config: TrainConfig, actor: Any, critic: Any,
     if config.loss == "clip":
         return ClipPPOLoss(actor, critic, clip_epsilon=config.clip_eps, **common)
     if config.loss in ("kl_fixed", "kl_adaptive"):
-        # kl_fixed records no kl_target (it has none); the loss then keeps its default.
-        target = {} if config.kl_target is None else {"kl_target": config.kl_target}
-        if config.kl_measure is not None:
-            target["kl_measure"] = config.kl_measure
+        # kl_fixed records no kl_target or kl_measure (it has neither); the loss keeps its defaults.
+        adaptation = {key: value for key in ("kl_target", "kl_measure")
+                      if (value := getattr(config, key)) is not None}
         return ScalarKLPPOLoss(actor, critic, beta=config.kl_beta,
-                               adaptive=config.loss == "kl_adaptive", **target, **common)
+                               adaptive=config.loss == "kl_adaptive", **adaptation, **common)
     return KLipPPOLoss(actor, critic, shape=shape if shape is not None else build_shape(config),
                        diagnostics="deferred" if config.diagnostics else False, **common)
 
