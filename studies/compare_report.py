@@ -6,8 +6,10 @@ Across tasks, when `step` is an entry: normalised scores (random policy = 0, the
 `step` runs = 1 per task) aggregated as IQM and mean with stratified bootstrap 95% CIs, the
 probability of improvement of each entry over `step`, and performance profiles
 (`klip.studies.statistics`, SciPy underneath). Also: `clip` against `step` run by run
-(bitwise equal parameters, identical metric columns), and the paper-protocol baselines
-against the published KLip-PPO paper's numbers.
+(bitwise equal parameters, identical metric columns), the paper-protocol baselines
+against the published KLip-PPO paper's numbers, and the policy diagnostics (entropy, KL, clip
+fraction, beta, explained variance) at the end of training and as curves, for investigating a
+surprising return.
 
 Works on partial grids: missing cells are marked, corrupt cells are listed and left out.
 """
@@ -29,6 +31,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats
 
+from klip.algos.plots import read_metrics
 from klip.studies.compare import (
     EVENTS_FILE,
     Cell,
@@ -103,6 +106,15 @@ def _mean_std(values: Sequence[float]) -> str:
         return "—"
     std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
     return f"{np.mean(values):.1f} ± {std:.1f}" if math.isfinite(std) else f"{np.mean(values):.1f}"
+
+
+def _mean_std_3g(values: Sequence[float]) -> str:
+    """`_mean_std` in three significant digits, for quantities of any scale."""
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.3g}"
+    return f"{np.mean(values):.3g} ± {np.std(values, ddof=1):.2g}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -224,6 +236,102 @@ def plot_learning_curves(results: GridResults, path: Path) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+# Policy diagnostics worth setting side by side across entries (`docs/metrics.md`); each is
+# drawn for the entries whose runs log it.
+DIAGNOSTICS: tuple[tuple[str, str], ...] = (
+    ("train/entropy", "policy entropy"),
+    ("train/kl_approx", "approx. KL"),
+    ("train/clip_fraction", "fraction outside the band"),
+    ("train/beta", "beta (scalar KL)"),
+    ("train/explained_variance", "explained variance"),
+)
+FINAL_FRACTION = 0.1  # "end of training" means the last 10% of iterations, as the final return
+
+
+def diagnostic_runs(results: GridResults, task: str, entry: Entry, column: str
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(frames, values) of `column` for each finished seed of (task, entry) that logs it."""
+    runs = []
+    for seed in sorted(results.seeds_of(task, entry)):
+        metrics_csv = results.spec.cell_dir(results.out, Cell(entry, task, seed)) / "metrics.csv"
+        if not metrics_csv.is_file():
+            continue
+        metrics = read_metrics(metrics_csv)
+        if column not in metrics or "frames" not in metrics:
+            continue
+        keep = np.isfinite(metrics[column])
+        if keep.any():
+            runs.append((metrics["frames"][keep], metrics[column][keep]))
+    return runs
+
+
+def end_of_training(frames: np.ndarray, values: np.ndarray, steps: int) -> float:
+    """Mean of the values logged in the last `FINAL_FRACTION` of the run's steps."""
+    last = values[frames > (1 - FINAL_FRACTION) * steps]
+    return float(last.mean()) if last.size else float(values[-1])
+
+
+def plot_diagnostics(results: GridResults, columns: Sequence[tuple[str, str]], path: Path) -> Path:
+    """A row per task, a column per diagnostic: mean ± std over seeds against steps, per entry."""
+    spec = results.spec
+    grid = np.linspace(spec.steps / CURVE_POINTS, spec.steps, CURVE_POINTS)
+    figure, axes = plt.subplots(len(spec.tasks), len(columns), squeeze=False,
+                                figsize=(3.6 * len(columns), 2.6 * len(spec.tasks)))
+    for row, task in enumerate(spec.tasks):
+        for col, (column, label) in enumerate(columns):
+            axis = axes[row, col]
+            for index, entry in enumerate(spec.entries):
+                runs = diagnostic_runs(results, task, entry, column)
+                if not runs:
+                    continue
+                stacked = np.array([np.interp(grid, frames, values) for frames, values in runs])
+                mean, std = stacked.mean(axis=0), stacked.std(axis=0)
+                axis.plot(grid, mean, color=f"C{index}", label=f"{entry.label} (n={len(runs)})")
+                axis.fill_between(grid, mean - std, mean + std, color=f"C{index}", alpha=0.2)
+            if column == "train/beta" and axis.lines:
+                axis.set_yscale("log")
+            axis.set_title(f"{task}: {label}", fontsize=8)
+            axis.tick_params(labelsize=7)
+            if axis.lines:
+                axis.legend(fontsize=6)
+            if row == len(spec.tasks) - 1:
+                axis.set_xlabel("environment steps", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def _diagnostics(results: GridResults, figures: Path | None = None) -> list[str]:
+    """End-of-training diagnostics per task and entry, and their curves: what an investigation
+    of a surprising final return reads first (is the policy still broad? does it move?)."""
+    spec = results.spec
+    table: dict[tuple[str, str], dict[str, list[float]]] = {}
+    present: list[tuple[str, str]] = []
+    for column, label in DIAGNOSTICS:
+        for task in spec.tasks:
+            for entry in spec.entries:
+                for frames, values in diagnostic_runs(results, task, entry, column):
+                    table.setdefault((task, entry.label), {}).setdefault(column, []).append(
+                        end_of_training(frames, values, spec.steps))
+                    if (column, label) not in present:
+                        present.append((column, label))
+    if not present:
+        return []
+    rows = [[task, f"`{entry.label}`", *[_mean_std_3g(table.get((task, entry.label), {}).get(column, []))
+                                         for column, _ in present]]
+            for task in spec.tasks for entry in spec.entries if (task, entry.label) in table]
+    lines = ["## Training diagnostics", "",
+             f"Mean over the last {FINAL_FRACTION:.0%} of each run's iterations, then mean ± std over "
+             "seeds (— where an entry does not log the column; column meanings in klip's "
+             "`docs/metrics.md`):", ""]
+    lines += _table(["task", "entry", *[f"{label} (`{column}`)" for column, label in present]], rows)
+    if figures is not None:
+        plot_diagnostics(results, present, figures / "diagnostics.png")
+        lines += ["![training diagnostics per task](figures/diagnostics.png)", ""]
+    return lines
 
 
 def _paper_entry(entry: Entry) -> str | None:
@@ -509,6 +617,7 @@ def write_report(out: str | Path, *, n_resamples: int = 2000) -> Path:
     lines += _bitwise(results)
     lines += _aggregates(results, randoms, n_resamples)
     lines += _paper(results, out / "figures")
+    lines += _diagnostics(results, out / "figures")
     lines += _runs(results)
     path = out / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n")

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from klip.algos.train import train
 from klip.cli import main
-from klip.studies import compare
+from klip.studies import compare, compare_report
 from klip.studies.compare import (
     Cell,
     CellState,
@@ -204,7 +204,8 @@ def test_grid_trains_every_cell_once_and_states_clip_step_equality(finished_grid
     report = (out / "report.md").read_text()
     assert "| Pendulum-v1 | 0 | yes | yes |" in report and "| Pendulum-v1 | 1 | yes | yes |" in report
     assert "4 of 4 cells done." in report and "| Pendulum-v1 | `step` | 1 | done |" in report
-    for figure in ("learning_curves", "aggregates", "probability_of_improvement", "performance_profiles"):
+    for figure in ("learning_curves", "aggregates", "probability_of_improvement", "performance_profiles",
+                   "diagnostics"):
         assert (out / "figures" / f"{figure}.png").is_file()
     assert "4/4 cells done" in progress and "time left" in progress
     assert json.loads((out / "random_scores.json").read_text())["Pendulum-v1"]["episodes"] == 20
@@ -515,3 +516,29 @@ def test_seeds_together_refuses_options_a_population_cannot_share(tmp_path):
                     {**BASE, "compile": True}, seeds_together=True)
     with pytest.raises(CompareError, match="--seeds-together, entry 'step': --compile is not supported"):
         spec.validate()
+
+
+def test_diagnostics_table_reads_the_last_tenth_of_each_run_and_marks_unlogged_columns(tmp_path):
+    entries = parse_entries(["clip", "kl_fixed"], tmp_path)
+    spec = GridSpec(entries, ["Hopper-v4"], [0, 1], 1000)
+    frames = list(range(100, 1001, 100))  # ten iterations; the last tenth of 1000 steps is frame 1000
+    columns = {("clip", 0): {"train/entropy": [5.0] * 9 + [1.0], "train/clip_fraction": [0.1] * 10},
+               ("clip", 1): {"train/entropy": [5.0] * 9 + [3.0], "train/clip_fraction": [0.3] * 10},
+               ("kl_fixed", 0): {"train/entropy": [7.0] * 10, "train/beta": [1.0] * 10}}
+    for (label, seed), logged in columns.items():
+        directory = spec.cell_dir(tmp_path, Cell(parse_entry(label, tmp_path), "Hopper-v4", seed))
+        directory.mkdir(parents=True)
+        names = ["frames", *logged]
+        rows = [",".join(names)] + [",".join(str(v) for v in [f, *(logged[n][i] for n in logged)])
+                                     for i, f in enumerate(frames)]
+        (directory / "metrics.csv").write_text("\n".join(rows) + "\n")
+    returns = {"Hopper-v4": {"clip": {0: 1.0, 1: 2.0}, "kl_fixed": {0: 3.0}}}
+    states = {cell.key: CellState("missing") for cell in spec.cells()}
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    text = "\n".join(compare_report._diagnostics(GridResults(spec, tmp_path, states, returns), figures))
+    # clip: entropy 1 and 3 at the end -> 2 ± 1.4; kl_fixed logs no clip fraction, clip no beta.
+    assert "| Hopper-v4 | `clip` | 2 ± 1.4 | 0.2 ± 0.14 | — |" in text
+    assert "| Hopper-v4 | `kl_fixed` | 7 | — | 1 |" in text
+    assert "explained variance" not in text  # no run logs it: no column
+    assert (figures / "diagnostics.png").stat().st_size > 10_000
