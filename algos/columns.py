@@ -38,9 +38,10 @@ METRICS_COLUMNS: dict[str, str] = {
     "train/ESS": "--loss clip: effective sample size of the importance weights (TorchRL)",
     "train/max_ratio": "--loss clip: largest ratio w of the minibatch (TorchRL)",
     "train/mean_ratio": "--loss clip: mean ratio w (TorchRL)",
-    "train/kl": "--loss kl_*: analytic KL(old || new), mean over the update's minibatches",
-    "train/kl_final": "--loss kl_adaptive (kl_measure final): analytic KL(old || new) of the "
-                      "updated policy over the whole rollout, what beta adapts to",
+    "train/kl": "--loss kl_*: analytic KL (old || new, or new || old with kl_direction new_old), "
+                "mean over the update's minibatches",
+    "train/kl_final": "--loss kl_adaptive (kl_measure final): the same KL of the updated policy "
+                      "over the whole rollout, what beta adapts to",
     "train/beta": "--loss kl_*: the scalar KL coefficient used",
 }
 

@@ -15,6 +15,8 @@ import yaml
 LOSSES: tuple[str, ...] = ("klip", "clip", "kl_fixed", "kl_adaptive")
 # What `kl_adaptive` compares with its target once per rollout (see ScalarKLPPOLoss).
 KL_MEASURES: tuple[str, ...] = ("final", "update_mean")
+# Which KL the scalar-beta losses penalise: KL(rollout || current), PPO's, or the reverse.
+KL_DIRECTIONS: tuple[str, ...] = ("old_new", "new_old")
 COLLECTORS: tuple[str, ...] = ("torchrl", "fast")
 
 
@@ -82,6 +84,9 @@ class TrainConfig:
                                     "updated policy's KL from the rollout policy over the rollout, "
                                     "PPO's rule; default) or update_mean (mean of the minibatch "
                                     "KLs during the update)")
+    kl_direction: str | None = option(None, "the KL --loss kl_fixed / kl_adaptive penalise and "
+                                      "adapt to: old_new, KL(rollout policy || current), PPO's "
+                                      "(default); or new_old, KL(current || rollout policy)")
     hidden: int = option(64, "hidden width of the 2-layer tanh MLPs")
     collector: str = option("fast", "fast (lean loop, bitwise equal to TorchRL's) or torchrl "
                             "(TorchRL's Collector)")
@@ -151,6 +156,9 @@ class TrainConfig:
         if self.kl_measure is not None and self.kl_measure not in KL_MEASURES:
             raise ConfigError(f"unknown kl_measure {self.kl_measure!r}; choose one of "
                               f"{', '.join(KL_MEASURES)}")
+        if self.kl_direction is not None and self.kl_direction not in KL_DIRECTIONS:
+            raise ConfigError(f"unknown kl_direction {self.kl_direction!r}; choose one of "
+                              f"{', '.join(KL_DIRECTIONS)}")
         if self.collector not in COLLECTORS:
             raise ConfigError(
                 f"unknown collector {self.collector!r}; choose one of {', '.join(COLLECTORS)}"

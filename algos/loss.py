@@ -416,6 +416,12 @@ class ScalarKLPPOLoss(_PPOFamilyLoss):
     during the update instead (`kl`), smaller since the policy starts each rollout at the
     rollout policy. TorchRL's `KLPENPPOLoss` adapts at every forward call, i.e. per minibatch,
     which is neither. The rollout distribution parameters (`loc`, `scale`) must be in the data.
+
+    `kl_direction="old_new"` penalises KL(rollout policy || current), PPO's (and TorchRL's);
+    `"new_old"` the reverse, KL(current || rollout policy). They differ in what they do to the
+    policy's spread: once the mean has moved by `d`, KL(old || new) falls as the new scale
+    grows (its `d^2 / (2 sigma_new^2)` term), so it rewards a wider policy; KL(new || old)
+    charges `d^2 / (2 sigma_old^2)`, whatever the new scale. Both adapt beta to the KL they penalise.
     """
 
     def __init__(
@@ -427,11 +433,14 @@ class ScalarKLPPOLoss(_PPOFamilyLoss):
         adaptive: bool = False,
         kl_target: float = 0.02,
         kl_measure: str = "final",
+        kl_direction: str = "old_new",
         clip_value: bool | float | None = None,
         **kwargs: Any,
     ) -> None:
         if kl_measure not in ("final", "update_mean"):
             raise ValueError(f"kl_measure must be 'final' or 'update_mean', got {kl_measure!r}")
+        if kl_direction not in ("old_new", "new_old"):
+            raise ValueError(f"kl_direction must be 'old_new' or 'new_old', got {kl_direction!r}")
         if not beta > 0:
             raise ValueError(f"beta must be > 0, got {beta}")
         if not kl_target > 0:
@@ -441,7 +450,14 @@ class ScalarKLPPOLoss(_PPOFamilyLoss):
         self.adaptive = adaptive
         self.kl_target = kl_target
         self.kl_measure = kl_measure
+        self.kl_direction = kl_direction
         self.register_buffer("beta", torch.tensor(float(beta)))
+
+    def _kl(self, rollout: Any, current: Any) -> Tensor:
+        """The penalised KL between the rollout and current policies, per sample."""
+        if self.kl_direction == "new_old":
+            return torch.distributions.kl_divergence(current, rollout)
+        return torch.distributions.kl_divergence(rollout, current)
 
     def _policy_out_keys(self) -> list[str]:
         return ["loss_objective", "kl", "beta", "kl_approx"]
@@ -460,7 +476,7 @@ class ScalarKLPPOLoss(_PPOFamilyLoss):
         )
         if log_is_weight is not None:
             log_weight = log_weight + log_is_weight
-        kl = torch.distributions.kl_divergence(previous_dist, dist).unsqueeze(-1)
+        kl = self._kl(previous_dist, dist).unsqueeze(-1)
         objective = log_weight.exp() * advantage - self.beta * kl
         td_out = TensorDict({"loss_objective": -objective})
         td_out.set("kl", kl.detach().mean())
@@ -475,11 +491,11 @@ class ScalarKLPPOLoss(_PPOFamilyLoss):
 
     @torch.no_grad()
     def rollout_kl(self, tensordict: TensorDictBase) -> Tensor:
-        """Mean KL(rollout policy || current policy) over the samples of `tensordict`."""
+        """Mean penalised KL (`kl_direction`) of the current policy over the samples of `tensordict`."""
         previous = self.actor_network.build_dist_from_params(tensordict)
         # A fresh TensorDict: the actor writes its own loc and scale into what it is given.
         current = self.actor_network.get_dist(tensordict.select(*self.actor_network.in_keys).clone(False))
-        return torch.distributions.kl_divergence(previous, current).mean()
+        return self._kl(previous, current).mean()
 
     def update_after_rollout(self, stats: Mapping[str, float]) -> None:
         if not self.adaptive:

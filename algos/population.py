@@ -237,11 +237,19 @@ class GroupedGate:
         return gate
 
 
-def diagonal_gaussian_kl(old_loc: Tensor, old_scale: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-    """`kl_divergence(IndependentNormal(old), IndependentNormal(new))`, torch's Normal formula."""
-    variance_ratio = (old_scale / scale).pow(2)
-    mean_term = ((old_loc - loc) / scale).pow(2)
+def diagonal_gaussian_kl(p_loc: Tensor, p_scale: Tensor, q_loc: Tensor, q_scale: Tensor) -> Tensor:
+    """`kl_divergence(IndependentNormal(p), IndependentNormal(q))`, torch's Normal formula."""
+    variance_ratio = (p_scale / q_scale).pow(2)
+    mean_term = ((p_loc - q_loc) / q_scale).pow(2)
     return (0.5 * (variance_ratio + mean_term - 1 - variance_ratio.log())).sum(-1)
+
+
+def penalised_kl(config: TrainConfig, old_loc: Tensor, old_scale: Tensor, loc: Tensor,
+                 scale: Tensor) -> Tensor:
+    """The scalar-KL losses' KL between rollout (old) and current policy, `kl_direction`'s way."""
+    if config.kl_direction == "new_old":
+        return diagonal_gaussian_kl(loc, scale, old_loc, old_scale)
+    return diagonal_gaussian_kl(old_loc, old_scale, loc, scale)
 
 
 # -- batched loss ------------------------------------------------------------------------
@@ -314,7 +322,7 @@ class PopulationLoss(nn.Module):
             return value.mean(tuple(range(1, value.dim())))
 
         if self.scalar_kl:
-            kl = diagonal_gaussian_kl(old_loc, old_scale, loc, scale).unsqueeze(-1)
+            kl = penalised_kl(self.config, old_loc, old_scale, loc, scale).unsqueeze(-1)
             beta = self.beta.view(-1, 1, 1)
             objective = log_weight.exp() * advantage - beta * kl
             terms = [per_agent_mean(-objective)]
@@ -355,10 +363,10 @@ class PopulationLoss(nn.Module):
 
     @torch.no_grad()
     def rollout_kl(self, data: dict[str, Tensor]) -> Tensor:
-        """Per agent, the mean KL(rollout policy || current policy) over its samples: `[agents]`."""
+        """Per agent, the mean penalised KL of the current policy over its samples: `[agents]`."""
         loc = self.networks.policy_mean(data["observation"])
         scale = self.networks.log_std.exp().unsqueeze(1).expand_as(loc)
-        return diagonal_gaussian_kl(data["loc"], data["scale"], loc, scale).mean(1)
+        return penalised_kl(self.config, data["loc"], data["scale"], loc, scale).mean(1)
 
     def pop_diagnostics(self) -> list[dict[str, float]]:
         """Per agent, the shape diagnostics over every sample since the last call."""

@@ -77,10 +77,10 @@ def build_loss(config: TrainConfig, actor: Any, critic: Any,
         return ClipPPOLoss(actor, critic, clip_epsilon=config.clip_eps, **common)
     if config.loss in ("kl_fixed", "kl_adaptive"):
         # kl_fixed records no kl_target or kl_measure (it has neither); the loss keeps its defaults.
-        adaptation = {key: value for key in ("kl_target", "kl_measure")
-                      if (value := getattr(config, key)) is not None}
+        chosen = {key: value for key in ("kl_target", "kl_measure", "kl_direction")
+                  if (value := getattr(config, key)) is not None}
         return ScalarKLPPOLoss(actor, critic, beta=config.kl_beta,
-                               adaptive=config.loss == "kl_adaptive", **adaptation, **common)
+                               adaptive=config.loss == "kl_adaptive", **chosen, **common)
     return KLipPPOLoss(actor, critic, shape=shape if shape is not None else build_shape(config),
                        diagnostics="deferred" if config.diagnostics else False, **common)
 

@@ -25,6 +25,7 @@ DEFAULT_CLIP_EPS = 0.2
 DEFAULT_KL_BETA = 1.0
 DEFAULT_KL_TARGET = 0.02
 DEFAULT_KL_MEASURE = "final"
+DEFAULT_KL_DIRECTION = "old_new"
 
 
 def resolve_config(
@@ -44,6 +45,8 @@ def resolve_config(
             kl_beta=config.kl_beta or DEFAULT_KL_BETA if config.loss.startswith("kl_") else None,
             kl_target=config.kl_target or DEFAULT_KL_TARGET if config.loss == "kl_adaptive" else None,
             kl_measure=config.kl_measure or DEFAULT_KL_MEASURE if config.loss == "kl_adaptive" else None,
+            kl_direction=config.kl_direction or DEFAULT_KL_DIRECTION if config.loss.startswith("kl_")
+            else None,
             diagnostics=False,  # the shape diagnostics exist for --loss klip only
         ), None
     if config.shape_plugin:
@@ -83,6 +86,8 @@ def _refuse_options_of_other_losses(config: TrainConfig, shape: CoefficientShape
         raise ConfigError(f"kl_target only applies to --loss kl_adaptive, not {loss}")
     if config.kl_measure is not None and loss != "kl_adaptive":
         raise ConfigError(f"kl_measure only applies to --loss kl_adaptive, not {loss}")
+    if config.kl_direction is not None and not loss.startswith("kl_"):
+        raise ConfigError(f"kl_direction only applies to --loss kl_fixed and kl_adaptive, not {loss}")
 
 
 def _build_named_shape(config: TrainConfig) -> CoefficientShape:
@@ -124,10 +129,14 @@ def with_options_added_later(recorded: dict[str, Any]) -> dict[str, Any]:
 
     `kl_measure` came with PPO's own rule for `kl_adaptive` (the updated policy's KL); runs
     recorded before it adapted beta to the mean of the minibatch KLs during the update.
+    `kl_direction` came later still; every scalar-KL run before it penalised KL(old || new).
     """
     options = {**OPTIONS_ADDED_LATER, **recorded}
     if "kl_measure" not in options:
         options["kl_measure"] = "update_mean" if options.get("loss") == "kl_adaptive" else None
+    if "kl_direction" not in options:
+        scalar_kl = str(options.get("loss", "")).startswith("kl_")
+        options["kl_direction"] = DEFAULT_KL_DIRECTION if scalar_kl else None
     return options
 
 

@@ -96,10 +96,53 @@ def test_objective_is_ratio_times_advantage_minus_beta_times_gaussian_kl():
     assert torch.equal(batch["loc"], old_loc) and torch.equal(batch["scale"], old_scale)
 
 
+def test_new_old_direction_penalises_the_reverse_kl_and_adapts_to_it():
+    actor, critic = make_actor_critic(torch.float64, 0, log_std=-1.2)
+    log_ratio, advantage = random_case(64, torch.float64, 0)
+    batch, _ = make_sampled_batch(actor, log_ratio, advantage, 0)
+    old_loc = batch["loc"] + 0.1 * torch.randn(batch["loc"].shape, dtype=torch.float64,
+                                               generator=torch.Generator().manual_seed(1))
+    old_scale = batch["scale"] * 1.3
+    batch["loc"], batch["scale"] = old_loc, old_scale
+    options = dict(beta=0.25, entropy_bonus=False, normalize_advantage=False, critic_coeff=None)
+    reverse = ScalarKLPPOLoss(actor, critic, kl_direction="new_old", **options).double()
+    out = reverse(batch.clone())
+    with torch.no_grad():
+        current = batch.select("observation").clone()
+        actor(current)
+        new_loc, new_scale = current["loc"], current["scale"]
+    # KL(new || old) of diagonal Gaussians, by hand: the mean shift is measured in old scales.
+    kl = (torch.log(old_scale / new_scale)
+          + (new_scale**2 + (old_loc - new_loc) ** 2) / (2 * old_scale**2) - 0.5).sum(-1)
+    expected = -(torch.exp(log_ratio) * advantage - 0.25 * kl).mean()
+    assert out["loss_objective"].item() == pytest.approx(expected.item(), rel=1e-9)
+    assert out["kl"].item() == pytest.approx(kl.mean().item(), rel=1e-9)
+    assert reverse.rollout_kl(batch).item() == pytest.approx(kl.mean().item(), rel=1e-9)
+    forward = ScalarKLPPOLoss(actor, critic, **options).double()(batch.clone())
+    assert abs(forward["kl"].item() - kl.mean().item()) > 1e-3  # the two directions differ here
+    with pytest.raises(ValueError, match="kl_direction must be"):
+        ScalarKLPPOLoss(actor, critic, kl_direction="forward")
+
+
+def test_old_new_kl_pays_a_moved_mean_with_a_wider_policy_and_new_old_does_not():
+    """The property the two directions differ in: d KL / d log sigma_new once the mean moved."""
+    old = torch.distributions.Normal(torch.tensor(0.0), torch.tensor(1.0))
+    log_scale = torch.zeros((), requires_grad=True)  # the new scale starts at the old one
+
+    def new() -> torch.distributions.Normal:
+        return torch.distributions.Normal(torch.tensor(0.5), log_scale.exp())
+
+    (old_new,) = torch.autograd.grad(torch.distributions.kl_divergence(old, new()), log_scale)
+    (new_old,) = torch.autograd.grad(torch.distributions.kl_divergence(new(), old), log_scale)
+    assert old_new.item() == pytest.approx(-0.25)  # -(mean shift / sigma)^2: widening lowers it
+    assert new_old.item() == pytest.approx(0.0, abs=1e-7)
+
+
 def test_defaults_and_options_reach_torchrls_ppo_loss():
     actor, critic = make_actor_critic()
     loss = ScalarKLPPOLoss(actor, critic)
-    assert (loss.beta.item(), loss.adaptive, loss.kl_target) == (1.0, False, 0.02)
+    assert (loss.beta.item(), loss.adaptive, loss.kl_target, loss.kl_direction) == (
+        1.0, False, 0.02, "old_new")
     assert compat.ppo_has_critic(loss) and loss.clip_value is None
     assert ScalarKLPPOLoss(actor, critic, clip_value=True).clip_value.item() == pytest.approx(0.2)
     assert ScalarKLPPOLoss(actor, critic, clip_value=0.1).clip_value.item() == pytest.approx(0.1)

@@ -280,6 +280,24 @@ def test_resume_without_a_checkpoint_restarts_and_keeps_no_stale_rows(tmp_path):
     assert metric_rows(tmp_path / "run") == expected
 
 
+def test_runs_recorded_before_kl_direction_resume_on_the_kl_they_penalised(tmp_path, capsys):
+    """Every scalar-KL run before the option penalised KL(old || new); resuming keeps it."""
+    out = tmp_path / "run"
+    flags = ["--task", "Pendulum-v1", "--loss", "kl_fixed", "--rollout-steps", "256", "--epochs", "1",
+             "--eval-episodes", "0", "--checkpoint-every", "1", "--no-anneal-lr", "--no-progress",
+             "--out", str(out)]
+    assert main(["train", *flags, "--steps", "256"]) == 0
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    assert recorded["kl_direction"] == "old_new"
+    del recorded["kl_direction"]  # as klip wrote it before the option
+    (out / "config.yaml").write_text(yaml.safe_dump(recorded, sort_keys=False))
+    capsys.readouterr()
+    assert main(["train", *flags, "--steps", "512", "--resume", "--kl-direction", "new_old"]) == 2
+    assert "differs in: kl_direction" in capsys.readouterr().err
+    assert main(["train", *flags, "--steps", "512", "--resume"]) == 0
+    assert len(metric_rows(out)) == 2
+
+
 @pytest.mark.parametrize("loss", ["kl_adaptive", "kl_fixed"])
 def test_runs_recorded_before_kl_measure_resume_with_the_rule_they_ran(tmp_path, capsys, loss):
     """Older kl_adaptive runs adapted beta to the update's mean KL; they continue only on it."""
