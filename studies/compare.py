@@ -134,7 +134,9 @@ def _loss_overrides(name: str, assignments: list[str]) -> dict[str, Any]:
         if not sep or key not in fields or key in GRID_OPTIONS:
             raise CompareError(f"entry {name!r}: {item!r} is not OPTION=VALUE of a training option")
         value = yaml.safe_load(raw)
-        if isinstance(value, bool) or not isinstance(value, int | float | None):
+        # Text only for the options that take text (kl_direction=new_old); numbers otherwise.
+        textual = isinstance(value, str) and "str" in str(fields[key].type)
+        if isinstance(value, bool) or not (isinstance(value, int | float | None) or textual):
             raise CompareError(f"entry {name!r}: {key}={raw!r} is not a number")
         overrides[key] = value
     return overrides

@@ -79,13 +79,16 @@ def finished_grid(tmp_path_factory):
 
 
 def test_entries_are_losses_shapes_with_parameters_files_and_loss_options(tmp_path):
-    clip, step, sigmoid, kl = parse_entries(
-        ["clip", "step", "sigmoid:tau=0.03", "kl_adaptive:kl_target=0.01"], tmp_path)
+    clip, step, sigmoid, kl, reverse = parse_entries(
+        ["clip", "step", "sigmoid:tau=0.03", "kl_adaptive:kl_target=0.01",
+         "kl_fixed:kl_direction=new_old"], tmp_path)
     assert clip.options == {"loss": "clip"} and clip.is_clip and not clip.is_step
     assert step.options == {"loss": "klip", "shape": "step", "shape_params": {}} and step.is_step
     assert sigmoid.options == {"loss": "klip", "shape": "sigmoid", "shape_params": {"tau": 0.03}}
     assert sigmoid.label == "sigmoid:tau=0.03" and sigmoid.dirname == "sigmoid_tau=0.03"
     assert kl.options == {"loss": "kl_adaptive", "kl_target": 0.01}
+    assert reverse.options == {"loss": "kl_fixed", "kl_direction": "new_old"}
+    assert reverse.label == "kl_fixed:kl_direction=new_old"
     shape_file = tmp_path / "mine.json"
     shape_file.write_text(json.dumps({"name": "sigmoid", "params": {"tau": 0.07}}))
     entry = parse_entry(str(shape_file), tmp_path)
@@ -132,6 +135,7 @@ def test_study_entry_takes_a_klip_study_trials_shape_with_its_state(tmp_path):
     ("nonsense", "unknown entry 'nonsense'"),
     ("sigmoid:tau=abc", "not a number"),
     ("clip:steps=5", "not OPTION=VALUE"),
+    ("kl_fixed:kl_beta=big", "not a number"),  # text only where the option takes text
     ("missing.json", "shape file not found"),
     ("study:nothing", "study:NAME@STORAGE_URL"),
 ])
