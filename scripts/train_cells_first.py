@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from klip.algos.train import RunInterrupted
 from klip.preload import preload
 from klip.studies.compare import check_cell, load_grid, run_job, train_cells
 
@@ -42,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         if check_cell(spec, args.out, cells[key], write_record=False).status == "done":
             print(f"{key}: done already", flush=True)
             continue
-        run_job(spec, args.out, (cells[key],), train_cells, lambda line: print(line, flush=True))
+        try:
+            run_job(spec, args.out, (cells[key],), train_cells, lambda line: print(line, flush=True))
+        except (RunInterrupted, KeyboardInterrupt):
+            print(f"{key}: interrupted; it continues from its checkpoint on the next run", flush=True)
+            return 130
     return 0
 
 
