@@ -41,6 +41,9 @@ def add_compare_commands(subparsers: Any) -> None:
                          help="train each (entry, task)'s seeds as one population in one process "
                               "(faster; `clip` then runs as the `step` shape, so the clip/step "
                               "bitwise check needs single runs, the default)")
+    compare.add_argument("--extend", action="store_true",
+                         help="grow --out's grid by the entries, tasks and seeds given (steps and "
+                              "options unchanged); its finished cells are kept")
     compare.add_argument("--plan", action="store_true", help="print the cells in order and exit")
     compare.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     compare.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
@@ -131,7 +134,8 @@ def run_compare(args: argparse.Namespace) -> int:
         return 0
     try:
         outcome = run_grid(spec, args.out, storage=args.storage, workers=args.workers,
-                           write_report=not args.no_report, progress_interval=args.progress_every)
+                           write_report=not args.no_report, progress_interval=args.progress_every,
+                           extend=args.extend)
     except KeyboardInterrupt:
         print("klip: interrupted; run the same command again to continue the grid", file=sys.stderr)
         return 130

@@ -369,16 +369,54 @@ def load_grid(out: Path) -> GridSpec:
         raise CompareError(f"{path} is corrupt ({type(error).__name__}: {error})") from None
 
 
-def prepare_grid(out: Path, spec: GridSpec) -> None:
-    """Write `grid.json`, or check that the directory holds this very grid."""
+# What `--extend` may grow; every other setting changes what a finished cell means.
+GROWABLE = ("entries", "tasks", "seeds")
+
+
+def extension_problems(old: GridSpec, new: GridSpec) -> list[str]:
+    """Why `new` is not `old` grown by entries, tasks or seeds (empty when it is)."""
+    problems = [f"{name} differs" for name in ("steps", "base", "seeds_together")
+                if getattr(old, name) != getattr(new, name)]
+    new_entries = {entry.label: entry.to_dict() for entry in new.entries}
+    for entry in old.entries:
+        if entry.label not in new_entries:
+            problems.append(f"entry {entry.label!r} is left out")
+        elif new_entries[entry.label] != entry.to_dict():
+            problems.append(f"entry {entry.label!r} means something else now")
+    problems += [f"task {task} is left out" for task in old.tasks if task not in new.tasks]
+    problems += [f"seed {seed} is left out" for seed in old.seeds if seed not in new.seeds]
+    return problems
+
+
+def prepare_grid(out: Path, spec: GridSpec, *, extend: bool = False) -> None:
+    """Write `grid.json`, or check that the directory holds this very grid.
+
+    `extend`: the directory's grid may be grown to `spec` by entries, tasks and seeds (its
+    finished cells stay and count); `grid.json` then holds `spec`, and `events.jsonl` says so.
+    """
     if out.exists() and not out.is_dir():
         raise CompareError(f"{out} exists and is not a directory")
     if (out / GRID_FILE).is_file():
-        old = load_grid(out).to_dict()
-        changed = _differences(old, spec.to_dict())
-        if changed:
+        held = load_grid(out)
+        changed = _differences(held.to_dict(), spec.to_dict())
+        if not changed:
+            return
+        if not extend:
+            hint = ("; or add --extend to grow it by these entries, tasks and seeds"
+                    if set(changed) <= set(GROWABLE) else "")
             raise CompareError(f"{out} holds a grid with other settings (differs in: "
-                               f"{', '.join(changed)}); choose another --out")
+                               f"{', '.join(changed)}); choose another --out{hint}")
+        problems = extension_problems(held, spec)
+        if problems:
+            raise CompareError(f"--extend only adds entries, tasks and seeds to {out}'s grid: "
+                               + "; ".join(problems))
+        with grid_lock(out):  # not while another local `klip compare` drives the old grid
+            (out / GRID_FILE).write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+            old_labels = {entry.label for entry in held.entries}
+            log_event(out, {"event": "extended",
+                            "entries_added": [e.label for e in spec.entries if e.label not in old_labels],
+                            "tasks_added": [t for t in spec.tasks if t not in held.tasks],
+                            "seeds_added": [s for s in spec.seeds if s not in held.seeds]})
         return
     if out.is_dir() and any(p.name != "shapes" for p in out.iterdir()):
         raise CompareError(f"{out} is not empty and holds no klip compare grid")
@@ -1072,9 +1110,10 @@ def random_scores(out: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
 def run_grid(
     spec: GridSpec, out: Path, *, storage: str | None = None, workers: int = 1,
     trainer: CellTrainer | None = None, write_report: bool = True,
-    progress_interval: float = 30.0, stream: TextIO | None = None,
+    progress_interval: float = 30.0, stream: TextIO | None = None, extend: bool = False,
 ) -> GridOutcome:
-    """Run (or continue, or join) a grid; write its report when this machine runs dry.
+    """Run (or continue, or join, or with `extend` grow) a grid; write its report when this
+    machine runs dry.
 
     `trainer` defaults to single runs one after another, or to one population per (entry,
     task) for a grid made with `seeds_together`.
@@ -1090,7 +1129,7 @@ def run_grid(
     out = Path(out)
     if storage is not None:
         make_storage(storage, heartbeat=False)  # a bad URL fails before the directory is touched
-    prepare_grid(out, spec)
+    prepare_grid(out, spec, extend=extend)
     local = storage is None
     url = storage or default_storage(out)
     lock = grid_lock(out) if local else contextlib.nullcontext()

@@ -380,7 +380,41 @@ def test_directory_holding_another_grid_is_refused(finished_grid, tmp_path, caps
                  "--steps", "512", "--out", str(out), *settings])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and error == [f"klip: error: {out} holds a grid with other settings "
-                                   "(differs in: seeds); choose another --out"]
+                                   "(differs in: seeds); choose another --out; or add --extend to "
+                                   "grow it by these entries, tasks and seeds"]
+
+
+def test_extend_grows_a_grid_by_seeds_and_entries_and_trains_only_the_new_cells(finished_grid, tmp_path):
+    out, spec, *_ = finished_grid
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    grown = tiny_spec(copy, entries="clip,step,kl_fixed", seeds=3)
+    with pytest.raises(CompareError, match="add --extend"):
+        prepare_grid(copy, grown)
+    spy = Spy()
+    outcome = run_grid(grown, copy, trainer=spy, stream=io.StringIO(), extend=True)
+    old = {cell.key for cell in spec.cells()}
+    assert [run.cell.key for run in spy.runs] == [c.key for c in grown.cells() if c.key not in old]
+    assert (outcome.done, outcome.total, outcome.failed) == (9, 9, [])
+    assert "9 of 9 cells done." in (copy / "report.md").read_text()
+    event = [json.loads(line) for line in (copy / "events.jsonl").read_text().splitlines()][-1]
+    assert (event["event"], event["entries_added"], event["seeds_added"]) == ("extended", ["kl_fixed"], [2])
+    # The grown grid is now the directory's grid: the same arguments continue it.
+    assert run_grid(grown, copy, trainer=Spy(), stream=io.StringIO(), write_report=False).done == 9
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(steps=768), "steps differs"),
+    (dict(seeds=1), "seed 1 is left out"),
+    (dict(entries="clip"), "entry 'step' is left out"),
+])
+def test_extend_refuses_what_would_change_or_drop_finished_cells(finished_grid, change, message):
+    out, *_ = finished_grid
+    before = (out / "grid.json").read_text()
+    options = {"seeds": 2, **change}
+    with pytest.raises(CompareError, match=message):
+        prepare_grid(out, tiny_spec(out, **options), extend=True)
+    assert (out / "grid.json").read_text() == before
 
 
 @pytest.mark.parametrize("argv, message", [
