@@ -66,6 +66,14 @@ def test_only_adaptive_beta_on_the_final_kl_asks_for_the_rollout_kl():
         ScalarKLPPOLoss(actor, critic, kl_measure="last")
 
 
+def current_policy(actor, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The current actor's (loc, scale) on the batch's observations."""
+    with torch.no_grad():
+        current = batch.select("observation").clone()
+        actor(current)
+    return current["loc"], current["scale"]
+
+
 def test_objective_is_ratio_times_advantage_minus_beta_times_gaussian_kl():
     actor, critic = make_actor_critic(torch.float64, 0, log_std=-1.2)
     log_ratio, advantage = random_case(64, torch.float64, 0)
@@ -78,10 +86,7 @@ def test_objective_is_ratio_times_advantage_minus_beta_times_gaussian_kl():
     loss = ScalarKLPPOLoss(actor, critic, beta=0.25, entropy_bonus=False, normalize_advantage=False,
                            critic_coeff=None).double()
     out = loss(batch.clone())
-    with torch.no_grad():
-        current = batch.select("observation").clone()
-        actor(current)
-        new_loc, new_scale = current["loc"], current["scale"]
+    new_loc, new_scale = current_policy(actor, batch)
     # KL(old || new) of diagonal Gaussians, by hand.
     kl = (torch.log(new_scale / old_scale)
           + (old_scale**2 + (old_loc - new_loc) ** 2) / (2 * new_scale**2) - 0.5).sum(-1)
@@ -97,24 +102,16 @@ def test_objective_is_ratio_times_advantage_minus_beta_times_gaussian_kl():
 
 
 def test_new_old_direction_penalises_the_reverse_kl_and_adapts_to_it():
-    actor, critic = make_actor_critic(torch.float64, 0, log_std=-1.2)
-    log_ratio, advantage = random_case(64, torch.float64, 0)
-    batch, _ = make_sampled_batch(actor, log_ratio, advantage, 0)
-    old_loc = batch["loc"] + 0.1 * torch.randn(batch["loc"].shape, dtype=torch.float64,
-                                               generator=torch.Generator().manual_seed(1))
-    old_scale = batch["scale"] * 1.3
-    batch["loc"], batch["scale"] = old_loc, old_scale
+    actor, critic, batch, log_ratio = scalar_kl_batch((64,))
+    old_loc, old_scale, advantage = batch["loc"], batch["scale"], batch["advantage"]
     options = dict(beta=0.25, entropy_bonus=False, normalize_advantage=False, critic_coeff=None)
     reverse = ScalarKLPPOLoss(actor, critic, kl_direction="new_old", **options).double()
     out = reverse(batch.clone())
-    with torch.no_grad():
-        current = batch.select("observation").clone()
-        actor(current)
-        new_loc, new_scale = current["loc"], current["scale"]
+    new_loc, new_scale = current_policy(actor, batch)
     # KL(new || old) of diagonal Gaussians, by hand: the mean shift is measured in old scales.
     kl = (torch.log(old_scale / new_scale)
           + (new_scale**2 + (old_loc - new_loc) ** 2) / (2 * old_scale**2) - 0.5).sum(-1)
-    expected = -(torch.exp(log_ratio) * advantage - 0.25 * kl).mean()
+    expected = -(torch.exp(log_ratio) * advantage - 0.25 * kl.unsqueeze(-1)).mean()
     assert out["loss_objective"].item() == pytest.approx(expected.item(), rel=1e-9)
     assert out["kl"].item() == pytest.approx(kl.mean().item(), rel=1e-9)
     assert reverse.rollout_kl(batch).item() == pytest.approx(kl.mean().item(), rel=1e-9)
