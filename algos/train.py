@@ -147,7 +147,13 @@ def take_run_directory(
         raise RunError(f"nothing to resume in {out}: no {CONFIG_FILE}")
     if out.is_dir():
         # Refuse what can be refused without touching anything; checked again under the lock.
-        check_run_directory(out, config, shape, resume)
+        try:
+            check_run_directory(out, config, shape, resume)
+        except RunError:
+            # Another process may be recording its run here right now (files, no config.yaml
+            # yet): then the lock decides, and the refusal names that process.
+            if not (out / LOCK_FILE).exists():
+                raise
     created = _make_directory(out)
     lock = RunLock(out)
     try:
