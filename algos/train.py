@@ -147,13 +147,7 @@ def take_run_directory(
         raise RunError(f"nothing to resume in {out}: no {CONFIG_FILE}")
     if out.is_dir():
         # Refuse what can be refused without touching anything; checked again under the lock.
-        try:
-            check_run_directory(out, config, shape, resume)
-        except RunError:
-            # Another process may be recording its run here right now (files, no config.yaml
-            # yet): then the lock decides, and the refusal names that process.
-            if not (out / LOCK_FILE).exists():
-                raise
+        check_run_directory(out, config, shape, resume)
     created = _make_directory(out)
     lock = RunLock(out)
     try:
