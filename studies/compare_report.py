@@ -17,6 +17,7 @@ Works on partial grids: missing cells are marked, corrupt cells are listed and l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -101,20 +102,12 @@ def collect(out: Path) -> GridResults:
     return GridResults(spec, out, states, returns, no_episode)
 
 
-def _mean_std(values: Sequence[float]) -> str:
+def _mean_std(values: Sequence[float], mean_format: str = ".1f", std_format: str = ".1f") -> str:
     if not values:
         return "—"
     std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
-    return f"{np.mean(values):.1f} ± {std:.1f}" if math.isfinite(std) else f"{np.mean(values):.1f}"
-
-
-def _mean_std_3g(values: Sequence[float]) -> str:
-    """`_mean_std` in three significant digits, for quantities of any scale."""
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.3g}"
-    return f"{np.mean(values):.3g} ± {np.std(values, ddof=1):.2g}"
+    mean = format(float(np.mean(values)), mean_format)
+    return f"{mean} ± {std:{std_format}}" if math.isfinite(std) else mean
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -258,13 +251,19 @@ def diagnostic_runs(results: GridResults, task: str, entry: Entry, column: str
         metrics_csv = results.spec.cell_dir(results.out, Cell(entry, task, seed)) / "metrics.csv"
         if not metrics_csv.is_file():
             continue
-        metrics = read_metrics(metrics_csv)
+        metrics = _cached_metrics(metrics_csv)
         if column not in metrics or "frames" not in metrics:
             continue
         keep = np.isfinite(metrics[column])
         if keep.any():
             runs.append((metrics["frames"][keep], metrics[column][keep]))
     return runs
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_metrics(path: Path) -> dict[str, np.ndarray]:
+    """`read_metrics`, once per file: every diagnostic column reads the same runs."""
+    return read_metrics(path)
 
 
 def end_of_training(frames: np.ndarray, values: np.ndarray, steps: int) -> float:
@@ -308,6 +307,7 @@ def _diagnostics(results: GridResults, figures: Path | None = None) -> list[str]
     """End-of-training diagnostics per task and entry, and their curves: what an investigation
     of a surprising final return reads first (is the policy still broad? does it move?)."""
     spec = results.spec
+    _cached_metrics.cache_clear()  # runs may have grown since an earlier report in this process
     table: dict[tuple[str, str], dict[str, list[float]]] = {}
     present: list[tuple[str, str]] = []
     for column, label in DIAGNOSTICS:
@@ -320,8 +320,9 @@ def _diagnostics(results: GridResults, figures: Path | None = None) -> list[str]
                         present.append((column, label))
     if not present:
         return []
-    rows = [[task, f"`{entry.label}`", *[_mean_std_3g(table.get((task, entry.label), {}).get(column, []))
-                                         for column, _ in present]]
+    rows = [[task, f"`{entry.label}`",
+             *[_mean_std(table.get((task, entry.label), {}).get(column, []), ".3g", ".2g")
+               for column, _ in present]]
             for task in spec.tasks for entry in spec.entries if (task, entry.label) in table]
     lines = ["## Training diagnostics", "",
              f"Mean over the last {FINAL_FRACTION:.0%} of each run's iterations, then mean ± std over "
