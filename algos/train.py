@@ -145,7 +145,7 @@ def take_run_directory(
         raise RunError(f"output path {out} exists and is not a directory")
     if resume and not (out / CONFIG_FILE).is_file():
         raise RunError(f"nothing to resume in {out}: no {CONFIG_FILE}")
-    if out.is_dir():
+    if out.is_dir() and not _being_recorded(out):
         # Refuse what can be refused without touching anything; checked again under the lock.
         check_run_directory(out, config, shape, resume)
     created = _make_directory(out)
@@ -171,6 +171,15 @@ def take_run_directory(
         yield start
     finally:
         lock.release()
+
+
+def _being_recorded(out: Path) -> bool:
+    """A lock file and no config.yaml: another process may be recording its run right now.
+
+    Its shape copy lands before its config.yaml, so checking here could refuse with "holds
+    no klip run"; the lock gives the true answer (in use, or the check again under it).
+    """
+    return (out / LOCK_FILE).is_file() and not (out / CONFIG_FILE).is_file()
 
 
 def _make_directory(out: Path) -> Path | None:
@@ -313,7 +322,10 @@ def write_run_config(out: Path, config: TrainConfig, shape: CoefficientShape | N
         source = Path(config.shape_plugin).read_bytes()
         (out / PLUGIN_COPY).write_bytes(source)
         recorded["shape_plugin"] = PLUGIN_COPY
-    (out / CONFIG_FILE).write_text(yaml.safe_dump(recorded, sort_keys=False))
+    # Whole or absent, never half-written, for a process checking the directory without the lock.
+    partial = out / f"{WRITE_TEST_PREFIX}{CONFIG_FILE}"
+    partial.write_text(yaml.safe_dump(recorded, sort_keys=False))
+    partial.replace(out / CONFIG_FILE)
 
 
 def forget_run(out: Path, start: RunStart) -> None:

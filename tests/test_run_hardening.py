@@ -23,7 +23,7 @@ import yaml
 
 from klip.algos.columns import METRICS_COLUMNS
 from klip.algos.config import TrainConfig
-from klip.algos.run_lock import LOCK_FILE
+from klip.algos.run_lock import LOCK_FILE, RunLock, RunLocked
 from klip.algos.train import train
 from klip.cli import main
 
@@ -111,6 +111,18 @@ def test_two_processes_started_together_on_a_new_directory_give_one_run(tmp_path
     assert "in use by another klip run" in refused or "already holds this run" in refused, refused
     iterations = [float(row["iteration"]) for row in rows(out / "metrics.csv")]
     assert iterations == list(range(1, 13))
+
+
+def test_a_directory_caught_while_another_process_records_its_run_is_refused_by_the_lock(tmp_path):
+    # The moment the race above can hit: the holder has written its shape copy, not yet its
+    # config.yaml. The answer is the lock's, not "holds no klip run".
+    out = tmp_path / "run"
+    out.mkdir()
+    with RunLock(out):
+        (out / "shape.json").write_text("{}\n")
+        with pytest.raises(RunLocked, match="in use by another klip run"):
+            train(tiny(), out, progress=False)
+        assert sorted(path.name for path in out.iterdir()) == [LOCK_FILE, "shape.json"]
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
