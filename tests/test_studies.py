@@ -177,7 +177,10 @@ def test_killed_study_resumes_and_its_dead_trial_is_retried(in_tmp, batch):
                 trials = []
             # A RUNNING trial with its parameters drawn: killed before that, its retry would
             # have nothing to copy and draw new ones (correct, but not what this test checks).
-            if any(t.state == TrialState.COMPLETE for t in trials) and \
+            # With a batch, only once the whole first batch is told: between the tells of its
+            # trials, the last one "running" may finish before the kill lands.
+            complete = sum(t.state == TrialState.COMPLETE for t in trials)
+            if complete >= max(batch, 1) and \
                     any(t.state == TrialState.RUNNING and t.params for t in trials):
                 break
             time.sleep(0.3)
