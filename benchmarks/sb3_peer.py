@@ -11,7 +11,8 @@ same tasks here answers it: if SB3 lands where klip does, the gap is the setting
 
 Each run writes OUT/TASK/sSEED/episodes.csv (`end_frame,return,length`, raw returns from SB3's
 `Monitor`) and summary.json (`final_return`: mean raw return of the episodes that ended in the
-last 10% of training, klip's definition, computed by klip's own function). A run whose
+last 10% of training, klip's definition, computed by klip's own function), and the trained
+model (`model.zip`, `vecnormalize.pkl`). A run whose
 summary.json exists is skipped, so an interrupted peer continues with the next run (a run cut
 short starts again). At the end OUT/peer.json holds per task the mean +- std over seeds, next to
 the grid's entries when --grid names a `klip compare` directory.
@@ -79,6 +80,9 @@ def train_one(task: str, seed: int, steps: int, out: Path) -> dict[str, Any]:
     model.learn(total_timesteps=steps, callback=log)
     seconds = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)
+    # The trained policy and its normalisation, to look at how it moves afterwards.
+    model.save(out / "model.zip")
+    env.save(str(out / "vecnormalize.pkl"))
     with open(out / "episodes.csv", "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["end_frame", "return", "length"])
