@@ -26,14 +26,12 @@ import csv
 import dataclasses
 import itertools
 import json
-import logging
 import math
 import re
 import resource
 import tempfile
 import time
 import types
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +53,7 @@ from klip.algos.train import (
     LAST_CHECKPOINT,
     RunError,
     final_return,
+    quiet_lightning,
     refuse_envpool_resume,
     write_run_config,
 )
@@ -279,13 +278,6 @@ class PopulationResult:
     figure: Path
 
 
-def _quiet_lightning() -> None:
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*is out of date. You should consider upgrading.*")
-    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-
-
 def train_population(
     spec: PopulationSpec, out: str | Path, *, resume: bool = False, progress: bool = True,
     kill_after_iterations: int | None = None,
@@ -344,7 +336,7 @@ def _run(
         (out / POPULATION_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
 
     torch.set_num_threads(1)
-    _quiet_lightning()
+    quiet_lightning()
     configs = [config for _, config in agents]
     base = configs[0]
     module = PopulationModule([config.to_dict() for config in configs])

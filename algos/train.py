@@ -376,7 +376,7 @@ def build_trainer(
     stop_after_iterations: int | None, callbacks: Sequence[pl.Callback] = (),
 ) -> tuple[PPOModule, pl.Trainer, Segment]:
     torch.set_num_threads(1)
-    _quiet_lightning()
+    quiet_lightning()
     pl.seed_everything(config.seed, verbose=False)
     module = call_naming_user_errors(lambda: PPOModule(config.to_dict(), shape=shape),
                                UserCode.of(config, shape))
@@ -420,7 +420,7 @@ def build_trainer(
     return module, trainer, segment
 
 
-def _quiet_lightning() -> None:
+def quiet_lightning() -> None:
     # Lightning's start-up banners and tips say nothing about this run.
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
