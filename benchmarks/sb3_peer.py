@@ -15,7 +15,8 @@ last 10% of training, klip's definition, computed by klip's own function), and t
 model (`model.zip`, `vecnormalize.pkl`). A run whose
 summary.json exists is skipped, so an interrupted peer continues with the next run (a run cut
 short starts again). At the end OUT/peer.json holds per task the mean +- std over seeds, next to
-the grid's entries when --grid names a `klip compare` directory.
+the grid's entries when --grid names a `klip compare` directory, and the command that gave them;
+tasks peered earlier into the same OUT stay in it.
 
 The protocol (CleanRL's defaults, klip's defaults): 64-64 tanh actor and critic, orthogonal
 init, state-independent log-std starting at 0, GAE 0.99/0.95, Adam 3e-4 (eps 1e-5) annealed
@@ -124,9 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     from klip.algos.population_run import parse_seeds
 
     seeds = parse_seeds(args.seeds)
+    command = " ".join(["benchmarks/sb3_peer.py", *(argv or sys.argv[1:])])
+    # Tasks peered by earlier invocations into the same --out stay in peer.json.
+    peer_file = args.out / "peer.json"
+    earlier = json.loads(peer_file.read_text())["tasks"] if peer_file.is_file() else {}
     results: dict[str, Any] = {"definition": FINAL_FRACTION_NOTE, "steps": args.steps,
-                               "command": " ".join(["benchmarks/sb3_peer.py", *(argv or sys.argv[1:])]),
-                               "tasks": {}}
+                               "tasks": {**earlier}}
     for task in tasks:
         finals = []
         for seed in seeds:
@@ -141,15 +145,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"SB3 PPO {task} seed {seed}: final return {summary['final_return']:.1f} "
                   f"({summary['wall_seconds']:.0f} s)", flush=True)
             finals.append(summary["final_return"])
-        entry: dict[str, Any] = {"sb3": describe(finals)}
+        entry: dict[str, Any] = {"command": command, "sb3": describe(finals)}
         if args.grid is not None:
             entry.update({name: describe(values) for name, values in grid_returns(args.grid, task).items()})
         results["tasks"][task] = entry
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "peer.json").write_text(json.dumps(results, indent=2) + "\n")
-    for task, entry in results["tasks"].items():
+    peer_file.write_text(json.dumps(results, indent=2) + "\n")
+    for task in tasks:
         line = ", ".join(f"{name} {d['mean']:.1f}" + (f" +- {d['std']:.1f}" if d["std"] is not None else "")
-                         + f" (n={d['n']})" for name, d in entry.items())
+                         + f" (n={d['n']})" for name, d in results["tasks"][task].items()
+                         if name != "command")
         print(f"{task}: {line}")
 
 
