@@ -936,6 +936,14 @@ def _last_frames(metrics: Path) -> int:
         return 0
 
 
+def _recorded(spec: GridSpec, out: Path, cell: Cell) -> bool:
+    """Whether the cell's directory holds its finished-cell record (read, not verified)."""
+    try:
+        return json.loads((spec.cell_dir(out, cell) / CELL_FILE).read_text()).get("key") == cell.key
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _cell_frames(spec: GridSpec, out: Path, cell: Cell) -> int:
     """Steps a half-trained cell has logged: in its own directory, or, while its seeds train
     together, in its agent's directory inside the population's."""
@@ -974,7 +982,9 @@ def grid_progress(spec: GridSpec, out: Path, study: Any) -> GridProgress:
     done = running = failed = frames = 0
     for job in spec.jobs():
         job_states = states.get(job_key(job), set())
-        if TrialState.COMPLETE in job_states:
+        # A storage made afresh (a lost SQLite file, another --storage) has not met the cells
+        # finished before it; their records say they are done until a worker checks them again.
+        if TrialState.COMPLETE in job_states or all(_recorded(spec, out, cell) for cell in job):
             done += len(job)
             frames += per_cell * len(job)
             continue

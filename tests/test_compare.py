@@ -224,6 +224,17 @@ def test_finished_grid_is_not_trained_again(finished_grid, tmp_path):
     assert spy.runs == [] and outcome.done == 4
 
 
+def test_progress_counts_recorded_cells_when_the_storage_is_made_afresh(finished_grid, tmp_path):
+    out, spec, *_ = finished_grid
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / compare.STORAGE_FILE).unlink()  # e.g. a fresh checkout: the SQLite file is not in git
+    (copy / spec.cell_dir(copy, spec.cells()[1]).relative_to(copy) / compare.CELL_FILE).unlink()
+    study = compare.open_study(spec, copy, default_storage(copy), local=True)
+    progress = compare.grid_progress(spec, copy, study)
+    assert (progress.done, progress.total) == (3, 4)
+
+
 def test_grid_continues_from_its_directory_alone(finished_grid, capsys):
     out, spec, *_ = finished_grid
     assert main(["compare", "--out", str(out), "--plan"]) == 0
