@@ -51,16 +51,17 @@ from klip.algos.resolve import resolve_config, with_options_added_later
 from klip.algos.train import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
+    PARAMETERS_FILE,
     RunError,
     final_return,
     quiet_lightning,
     refuse_envpool_resume,
+    save_parameters,
     write_run_config,
 )
+from klip.envs import get_normalization_state
 
 POPULATION_FILE = "population.yaml"
-# Each agent's final actor and critic parameters, keyed as in a single run's checkpoint.
-PARAMETERS_FILE = "parameters.pt"
 SUMMARY_CSV = "population_summary.csv"
 SUMMARY_JSON = "population_summary.json"
 CURVES_FIGURE = "population_curves.png"
@@ -379,9 +380,8 @@ def _run(
         summary = {"final_return_last10pct": final, "frames": module.frames,
                    "wall_seconds": wall, "episodes": len(history),
                    "population_size": len(agents), "peak_rss_mib": peak_rss_mib}
-        torch.save({"state_dict": {**{f"actor.{k}": v for k, v in actor.state_dict().items()},
-                                   **{f"critic.{k}": v for k, v in critic.state_dict().items()}}},
-                   directory / PARAMETERS_FILE)
+        save_parameters(directory / PARAMETERS_FILE, actor, critic,
+                        get_normalization_state(module.rollouts.agent_env(agent)))
         (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (directory / "episodes.csv").write_text(
             "end_frame,return\n" + "".join(f"{f},{r}\n" for f, r in history))

@@ -46,19 +46,36 @@ class Run:
         return {path.name: path for path in sorted(self.path.iterdir()) if path.is_file()}
 
     def load_module(self) -> Any:
-        """The trained PPOModule (actor, critic, environment normalisation) from the checkpoint."""
+        """The trained PPOModule (actor, critic, environment normalisation), from the checkpoint
+        or, where it is not kept (a run committed as data), from `parameters.pt`; the latter
+        holds no optimiser, rollout or reward-scaling state, so it serves evaluation, not resuming."""
         import torch
 
         from klip.algos.ppo import PPOModule
-        from klip.algos.train import config_with_run_paths
+        from klip.algos.train import PARAMETERS_FILE, config_with_run_paths
+        from klip.envs import set_normalization_state
 
-        if not self.checkpoint.is_file():
-            raise FileNotFoundError(f"{self.path} has no checkpoint ({self.checkpoint})")
+        parameters = self.path / PARAMETERS_FILE
+        if not self.checkpoint.is_file() and not parameters.is_file():
+            raise FileNotFoundError(
+                f"{self.path} has no checkpoint ({self.checkpoint}) and no {PARAMETERS_FILE}")
         recorded = yaml.safe_load((self.path / "config.yaml").read_text())
         module = PPOModule(config_with_run_paths(self.path, recorded))
-        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        module.load_state_dict(state["state_dict"])
-        module.on_load_checkpoint(state)
+        if self.checkpoint.is_file():
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+            module.load_state_dict(state["state_dict"])
+            module.on_load_checkpoint(state)
+            return module
+        saved = torch.load(parameters, map_location="cpu", weights_only=True)
+        if "normalization" not in saved:
+            raise ValueError(f"{parameters} predates the observation statistics it now keeps; "
+                             "it cannot be evaluated")
+        for name in ("actor", "critic"):
+            prefix = f"{name}."
+            getattr(module, name).load_state_dict({key[len(prefix):]: value for key, value
+                                                   in saved["state_dict"].items() if key.startswith(prefix)})
+        set_normalization_state(module.env, saved["normalization"])
+        module.frames = int((self.summary or {}).get("frames", 0))
         return module
 
     def policy(self) -> Any:

@@ -47,12 +47,16 @@ from klip.algos.plots import plot_learning_curve
 from klip.algos.ppo import PPOModule
 from klip.algos.resolve import resolve_config, upgrade_recorded_options, with_options_added_later
 from klip.algos.run_lock import LOCK_FILE, RunLock, RunLocked
+from klip.envs import get_normalization_state
 from klip.shapes import CoefficientShape, ShapePluginError
 
 CONFIG_FILE = "config.yaml"
 SHAPE_COPY = "shape.json"
 PLUGIN_COPY = "shape_plugin.py"
 SUMMARY_FILE = "summary.json"
+# The final actor and critic (keyed as in a checkpoint) with the observation statistics they
+# expect: small enough to keep with a run's committed data, where checkpoints are not kept.
+PARAMETERS_FILE = "parameters.pt"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 WRITE_TEST_PREFIX = ".write-test-"
@@ -514,6 +518,7 @@ def call_naming_user_errors(call: Any, user_code: UserCode, iteration: Any = Non
 def finish(config: TrainConfig, out: Path, module: PPOModule, trainer: pl.Trainer,
            segment: Segment) -> RunResult:
     trainer.save_checkpoint(out / CHECKPOINT_DIR / LAST_CHECKPOINT)
+    save_parameters(out / PARAMETERS_FILE, module.actor, module.critic, get_normalization_state(module.env))
     (out / "episodes.csv").write_text(
         "end_frame,return\n" + "".join(f"{f},{r}\n" for f, r in module.return_history)
     )
@@ -523,6 +528,14 @@ def finish(config: TrainConfig, out: Path, module: PPOModule, trainer: pl.Traine
     summary = write_summary(out, module, segment, status=status)
     return RunResult(out, summary["final_return_last10pct"] or math.nan, summary["wall_seconds"],
                      module.frames, summary["evaluation"], plot, summary, module.config)
+
+
+def save_parameters(path: Path, actor: torch.nn.Module, critic: torch.nn.Module,
+                    normalization: dict[str, Any]) -> None:
+    """Write PARAMETERS_FILE; `klip.load_run(...).load_module()` reads it where no checkpoint is."""
+    state = {**{f"actor.{key}": value for key, value in actor.state_dict().items()},
+             **{f"critic.{key}": value for key, value in critic.state_dict().items()}}
+    torch.save({"state_dict": state, "normalization": normalization}, path)
 
 
 def write_summary(out: Path, module: PPOModule, segment: Segment, status: str) -> dict[str, Any]:
@@ -583,4 +596,4 @@ def config_with_run_paths(out: Path, recorded: dict[str, Any]) -> dict[str, Any]
 
 
 __all__ = ["ConfigError", "RunError", "RunInterrupted", "RunLocked", "RunResult", "UserCodeError",
-           "config_with_run_paths", "final_return", "train"]
+           "config_with_run_paths", "final_return", "save_parameters", "train"]

@@ -493,8 +493,7 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
     """What the cell's directory holds; a finished cell gets (or keeps) its `cell.json`."""
     import torch
 
-    from klip.algos.population_run import PARAMETERS_FILE
-    from klip.algos.train import final_return
+    from klip.algos.train import PARAMETERS_FILE, final_return
 
     directory = spec.cell_dir(out, cell)
     if not directory.is_dir() or not any(directory.iterdir()):
@@ -539,8 +538,11 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
         return CellState("corrupt", f"summary.json's final return {reported} disagrees with "
                                     f"episodes.csv ({recomputed})")
     record_path = directory / CELL_FILE
+    if write_record and checkpoint.is_file() and not (directory / PARAMETERS_FILE).is_file():
+        _write_parameters_file(directory)
     if not checkpoint.is_file():
-        # A cell trained inside a population keeps its agent's final parameters, not a checkpoint.
+        # A cell trained inside a population, or one whose ignored checkpoint is not in this
+        # checkout, has its final parameters in PARAMETERS_FILE.
         checkpoint = directory / PARAMETERS_FILE
     record: dict[str, Any] | None = None
     if record_path.is_file():
@@ -554,9 +556,10 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
         if checkpoint.is_file():
             try:
                 if parameters_sha256(checkpoint) != record.get("parameters_sha256"):
-                    return CellState("corrupt", "checkpoint parameters differ from cell.json's SHA-256")
+                    return CellState("corrupt",
+                                     f"{checkpoint.name}'s parameters differ from cell.json's SHA-256")
             except Exception as error:  # torch.load raises many types on a damaged file
-                return CellState("corrupt", f"checkpoint is unreadable ({type(error).__name__})")
+                return CellState("corrupt", f"{checkpoint.name} is unreadable ({type(error).__name__})")
         return CellState("done", record=record)
     try:
         record = {
@@ -574,6 +577,21 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
     if write_record:
         record_path.write_text(json.dumps(record, indent=2) + "\n")
     return CellState("done", record=record)
+
+
+def _write_parameters_file(directory: Path) -> None:
+    """PARAMETERS_FILE from a finished run's checkpoint, for runs trained by a klip that did not
+    write it: checkpoints are not committed, and this file is what a clone can evaluate."""
+    from klip.algos.run import load_run
+    from klip.algos.train import PARAMETERS_FILE, save_parameters
+    from klip.envs import get_normalization_state
+
+    module = load_run(directory).load_module()
+    try:
+        save_parameters(directory / PARAMETERS_FILE, module.actor, module.critic,
+                        get_normalization_state(module.env))
+    finally:
+        module.env.close()
 
 
 def log_event(out: Path, event: dict[str, Any]) -> None:

@@ -235,6 +235,31 @@ def test_progress_counts_recorded_cells_when_the_storage_is_made_afresh(finished
     assert (progress.done, progress.total) == (3, 4)
 
 
+def test_cells_committed_without_checkpoints_are_checked_by_their_parameters_file(finished_grid, tmp_path):
+    import torch
+
+    out, spec, *_ = finished_grid
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    first = spec.cell_dir(copy, spec.cells()[0])
+    (first / "parameters.pt").unlink()  # a cell trained before klip wrote this file
+    assert compare.check_cell(spec, copy, spec.cells()[0]).status == "done"
+    assert (first / "parameters.pt").is_file()
+    for cell in spec.cells():  # as git keeps them: no checkpoints
+        shutil.rmtree(spec.cell_dir(copy, cell) / "checkpoints")
+    records = {key: state.record for key, state in collect(out).states.items()}
+    for cell in spec.cells():
+        state = compare.check_cell(spec, copy, cell)
+        assert (state.status, state.record) == ("done", records[cell.key])
+    cell = spec.cells()[0]
+    parameters = spec.cell_dir(copy, cell) / "parameters.pt"
+    saved = torch.load(parameters, weights_only=True)
+    saved["state_dict"]["critic.net.4.bias"] += 1e-6
+    torch.save(saved, parameters)
+    state = compare.check_cell(spec, copy, cell)
+    assert state.status == "corrupt" and "parameters.pt's parameters differ" in state.reason
+
+
 def test_grid_continues_from_its_directory_alone(finished_grid, capsys):
     out, spec, *_ = finished_grid
     assert main(["compare", "--out", str(out), "--plan"]) == 0

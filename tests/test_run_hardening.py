@@ -499,6 +499,29 @@ def test_python_api_trains_and_reads_runs_back(tmp_path):
     assert any(parameter.requires_grad for parameter in actor.parameters())
 
 
+def test_a_run_without_its_checkpoint_evaluates_the_same_from_its_parameters_file(tmp_path):
+    import shutil
+
+    import klip
+    from klip.algos.run import evaluate_run
+    from klip.algos.train import PARAMETERS_FILE
+    from klip.studies.compare import parameters_sha256
+
+    out = tmp_path / "committed"
+    klip.train({"task": "Pendulum-v1", "rollout_steps": ROLLOUT, "epochs": 1}, steps=3 * ROLLOUT,
+               eval_episodes=0, out=out)
+    checkpoint = out / "checkpoints" / "last.ckpt"
+    assert parameters_sha256(out / PARAMETERS_FILE) == parameters_sha256(checkpoint)
+    from_checkpoint = evaluate_run(out, episodes=2)
+    shutil.rmtree(out / "checkpoints")  # as in a clone of results committed without checkpoints
+    from_parameters = evaluate_run(out, episodes=2)
+    assert from_parameters.pop("seconds") > 0 and from_checkpoint.pop("seconds") > 0
+    assert from_parameters == from_checkpoint
+    (out / PARAMETERS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        klip.load_run(out).load_module()
+
+
 def test_import_klip_does_not_import_torch():
     code = "import sys, klip; assert 'torch' not in sys.modules; assert callable(klip.train)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
