@@ -6,14 +6,16 @@ RUN_DIR is a klip run directory or an SB3 peer run (`sb3-peer/HalfCheetah-v4/sN`
 `benchmarks/sb3_peer.py`); default: every HalfCheetah-v4 run of the grid and of the peer.
 
 HalfCheetah's PPO returns are known to split between gaits; the best-known split is a cheetah
-that flips over and runs on its back. This loads each run's last checkpoint, plays one
+that flips over and runs on its back. This loads each run's policy (its checkpoint, or the
+`parameters.pt` committed with it; runs without either are listed and skipped), plays one
 deterministic episode (the seed of the run's end-of-run evaluation, normalisation frozen) and
 reads the torso's pitch (`qpos[2]`, radians; 0 upright, +-pi on its back) at every step.
 An SB3 peer run plays its episode through
 its saved `VecNormalize` (statistics frozen) on the same seed. Printed per run: the return of that
 episode, the mean forward speed (`qvel[0]`), the mean of
 cos(pitch) (1 upright, -1 on its back) and the fraction of steps with |pitch| > pi/2. Written
-to `halfcheetah_posture.json` next to this script when run with the default.
+to `halfcheetah_posture.json` next to this script when run with the default (rows of runs whose
+policy was not kept, measured earlier from their checkpoints, stay in it).
 """
 
 from __future__ import annotations
@@ -30,11 +32,15 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
+def describe_path(run_dir: Path) -> str:
+    return str(run_dir.relative_to(HERE)) if run_dir.is_relative_to(HERE) else str(run_dir)
+
+
 def describe(run_dir: Path, final: float | None, episode_return: float, pitches: list[float],
              speeds: list[float]) -> dict[str, Any]:
     pitch = np.asarray(pitches)
     return {
-        "run": str(run_dir.relative_to(HERE)) if run_dir.is_relative_to(HERE) else str(run_dir),
+        "run": describe_path(run_dir),
         "final_return_last10pct": final,
         "episode_return": episode_return,
         "mean_forward_speed": float(np.mean(speeds)),
@@ -97,21 +103,31 @@ def posture(run_dir: Path) -> dict[str, Any]:
                     float(trajectory["next", "reward"].sum()), pitches, speeds)
 
 
+def playable(run_dir: Path) -> bool:
+    return any((run_dir / name).is_file() for name in ("model.zip", "parameters.pt", "checkpoints/last.ckpt"))
+
+
 def main(paths: list[str]) -> None:
     torch.set_num_threads(1)
     runs = [Path(path).resolve() for path in paths] or [
         *sorted(path.parent for path in (HERE / "runs" / "HalfCheetah-v4").glob("*/s*/cell.json")),
         *sorted(path.parent for path in (HERE / "sb3-peer" / "HalfCheetah-v4").glob("s*/model.zip"))]
-    rows = []
+    output = HERE / "halfcheetah_posture.json"
+    # Runs measured before their policies were kept (parameters.pt) keep their earlier rows.
+    earlier = json.loads(output.read_text()) if output.is_file() and not paths else []
+    rows = {row["run"]: row for row in earlier}
     print(f"{'run':<32} {'final(10%)':>10} {'episode':>8} {'speed':>6} {'cos pitch':>9} {'on back':>7}")
     for run_dir in runs:
+        if not playable(run_dir):
+            print(f"{describe_path(run_dir):<32} no policy kept (no parameters.pt or checkpoint)")
+            continue
         row = posture(run_dir)
-        rows.append(row)
+        rows[row["run"]] = row
         print(f"{row['run']:<32} {row['final_return_last10pct']:>10.1f} {row['episode_return']:>8.1f} "
               f"{row['mean_forward_speed']:>6.2f} {row['mean_cos_pitch']:>9.2f} "
               f"{row['fraction_on_back']:>7.2f}")
     if not paths:
-        (HERE / "halfcheetah_posture.json").write_text(json.dumps(rows, indent=2) + "\n")
+        output.write_text(json.dumps([rows[key] for key in sorted(rows)], indent=2) + "\n")
 
 
 if __name__ == "__main__":
