@@ -7,7 +7,8 @@ study's best trial (`study:NAME@STORAGE_URL`). A *cell* is one run: (entry, task
 The grid directory holds `grid.json` (its settings; a second `klip compare` into the same
 directory must ask for the same grid), `runs/<task>/<entry>/s<seed>/` (each a `klip train`
 run directory plus `cell.json`: the SHA-256 of its final actor and critic parameters and of
-each metric column, so bitwise equality can be stated without the checkpoints) and
+each metric column, so bitwise equality can be stated without the checkpoints; its
+`parameters.pt` is what those hashes are checked against where the checkpoints are not kept) and
 `random_scores.json` (the random-policy return per task, for normalised scores).
 
 Cells are handed out through an Optuna study in an RDB storage (default: a SQLite file in
