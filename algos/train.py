@@ -518,7 +518,7 @@ def call_naming_user_errors(call: Any, user_code: UserCode, iteration: Any = Non
 def finish(config: TrainConfig, out: Path, module: PPOModule, trainer: pl.Trainer,
            segment: Segment) -> RunResult:
     trainer.save_checkpoint(out / CHECKPOINT_DIR / LAST_CHECKPOINT)
-    save_parameters(out / PARAMETERS_FILE, module.actor, module.critic, get_normalization_state(module.env))
+    save_module_parameters(module, out / PARAMETERS_FILE)
     (out / "episodes.csv").write_text(
         "end_frame,return\n" + "".join(f"{f},{r}\n" for f, r in module.return_history)
     )
@@ -536,6 +536,11 @@ def save_parameters(path: Path, actor: torch.nn.Module, critic: torch.nn.Module,
     state = {**{f"actor.{key}": value for key, value in actor.state_dict().items()},
              **{f"critic.{key}": value for key, value in critic.state_dict().items()}}
     torch.save({"state_dict": state, "normalization": normalization}, path)
+
+
+def save_module_parameters(module: PPOModule, path: Path) -> None:
+    """PARAMETERS_FILE of a single run's module: its actor, critic and observation statistics."""
+    save_parameters(path, module.actor, module.critic, get_normalization_state(module.env))
 
 
 def write_summary(out: Path, module: PPOModule, segment: Segment, status: str) -> dict[str, Any]:
@@ -596,4 +601,5 @@ def config_with_run_paths(out: Path, recorded: dict[str, Any]) -> dict[str, Any]
 
 
 __all__ = ["ConfigError", "RunError", "RunInterrupted", "RunLocked", "RunResult", "UserCodeError",
-           "config_with_run_paths", "final_return", "save_parameters", "train"]
+           "config_with_run_paths", "final_return", "save_module_parameters", "save_parameters",
+           "train"]

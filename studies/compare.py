@@ -584,13 +584,11 @@ def _write_parameters_file(directory: Path) -> None:
     """PARAMETERS_FILE from a finished run's checkpoint, for runs trained by a klip that did not
     write it: checkpoints are not committed, and this file is what a clone can evaluate."""
     from klip.algos.run import load_run
-    from klip.algos.train import PARAMETERS_FILE, save_parameters
-    from klip.envs import get_normalization_state
+    from klip.algos.train import PARAMETERS_FILE, save_module_parameters
 
     module = load_run(directory).load_module()
     try:
-        save_parameters(directory / PARAMETERS_FILE, module.actor, module.critic,
-                        get_normalization_state(module.env))
+        save_module_parameters(module, directory / PARAMETERS_FILE)
     finally:
         module.env.close()
 
