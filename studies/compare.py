@@ -801,6 +801,7 @@ def open_study(spec: GridSpec, out: Path, url: str, *, local: bool) -> Any:
                 storage.set_trial_state_values(trial_id, TrialState.FAIL)
     trials = _job_trials(study)
     host = socket.gethostname()
+    queued: list[tuple[Sequence[Cell], list[int]]] = []  # (job, its WAITING trials' ids)
     for job in spec.jobs():
         key = job_key(job)
         states = {trial.state for trial in trials.get(key, [])}
@@ -813,7 +814,13 @@ def open_study(spec: GridSpec, out: Path, url: str, *, local: bool) -> Any:
                     storage.set_trial_user_attr(trial_id, "klip_note", "its worker was killed; queued again")
                     storage.set_trial_state_values(trial_id, TrialState.WAITING)
                     states = (states - {TrialState.RUNNING}) | {TrialState.WAITING}
-        if states & {TrialState.WAITING, TrialState.RUNNING}:
+        if TrialState.RUNNING in states:
+            continue
+        if TrialState.WAITING in states:
+            # (A RUNNING trial here was put back to WAITING just above.)
+            waiting = [t.number for t in trials[key] if t.state in (TrialState.WAITING, TrialState.RUNNING)]
+            queued.append((job, [storage.get_trial_id_from_study_id_trial_number(study_id, number)
+                                 for number in waiting]))
             continue
         if TrialState.COMPLETE in states:
             completed = [t for t in trials[key] if t.state == TrialState.COMPLETE]
@@ -821,8 +828,31 @@ def open_study(spec: GridSpec, out: Path, url: str, *, local: bool) -> Any:
             # A job finished on this machine must still be whole here; others' are theirs.
             if not here or all(check_cell(spec, out, cell).status == "done" for cell in job):
                 continue
-        enqueue(study, job)
+        queued.append((job, []))
+    _enqueue_in_grid_order(study, storage, queued, rebuild=local)
     return study
+
+
+def _enqueue_in_grid_order(study: Any, storage: Any, queued: list[tuple[Sequence[Cell], list[int]]], *,
+                           rebuild: bool) -> None:
+    """Queue the jobs that have no WAITING trial, keeping the grid's seed-major order.
+
+    Workers pop WAITING trials by trial number, so a job queued again (its cell was stopped by
+    Ctrl-C or failed) would go behind every job already waiting. With `rebuild` (no other
+    worker can be popping), the waiting jobs behind it are failed with a note and queued
+    again after it, so the grid runs in its own order; without, it goes to the end.
+    """
+    from optuna.trial import TrialState
+
+    first_new = next((i for i, (_, waiting) in enumerate(queued) if not waiting), len(queued))
+    for position, (job, waiting) in enumerate(queued):
+        if waiting and rebuild and position > first_new:
+            for trial_id in waiting:
+                storage.set_trial_user_attr(trial_id, "klip_note", "queued again in grid order")
+                storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            waiting.clear()
+        if not waiting:
+            enqueue(study, job)
 
 
 # -- workers ------------------------------------------------------------------------------------

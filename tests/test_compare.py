@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -301,6 +302,30 @@ def test_killed_cell_continues_from_its_checkpoint_first(tmp_path):
     train(spec.config(cell), whole, progress=False)
     assert check_cell(spec, out, cell).record["parameters_sha256"] == parameters_sha256(
         whole / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_interrupted_cell_keeps_its_place_in_the_grids_own_queue(tmp_path, local):
+    out = tmp_path / "g"
+    spec = tiny_spec(out, entries="clip,step", seeds=2)
+    prepare_grid(out, spec)
+    study = open_study(spec, out, default_storage(out), local=True)
+    first = study.ask()
+    assert first.user_attrs[compare.JOB_ATTR] == spec.cells()[0].key
+    # Ctrl-C stopped its cell: the worker marks the trial and Optuna fails it.
+    first.set_user_attr("klip_error", "interrupted")
+    study.tell(first, state=TrialState.FAIL)
+    study = open_study(spec, out, default_storage(out), local=local)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna warns that enqueued trials have no parameters
+        popped = [study.ask().user_attrs[compare.JOB_ATTR] for _ in spec.cells()]
+    keys = [cell.key for cell in spec.cells()]
+    if local:  # the grid's own file: nobody else pops, so the queue is rebuilt in grid order
+        assert popped == keys
+        notes = [t.user_attrs.get("klip_note") for t in study.get_trials(states=(TrialState.FAIL,))]
+        assert notes.count("queued again in grid order") == len(keys) - 1
+    else:  # a shared storage's queue is never reordered under other machines' workers
+        assert popped == keys[1:] + keys[:1]
 
 
 def test_corrupt_cell_is_reported_left_out_and_trained_again(finished_grid, tmp_path):
