@@ -805,22 +805,21 @@ def open_study(spec: GridSpec, out: Path, url: str, *, local: bool) -> Any:
     for job in spec.jobs():
         key = job_key(job)
         states = {trial.state for trial in trials.get(key, [])}
-        if local:
-            for trial in trials.get(key, []):
-                if trial.state == TrialState.RUNNING:
-                    # Back to WAITING, keeping its place: the killed (half-trained) cells of
-                    # the early seeds continue first, so the partial grid stays seed-major.
-                    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-                    storage.set_trial_user_attr(trial_id, "klip_note", "its worker was killed; queued again")
-                    storage.set_trial_state_values(trial_id, TrialState.WAITING)
-                    states = (states - {TrialState.RUNNING}) | {TrialState.WAITING}
-        if TrialState.RUNNING in states:
-            continue
-        if TrialState.WAITING in states:
-            # (A RUNNING trial here was put back to WAITING just above.)
-            waiting = [t.number for t in trials[key] if t.state in (TrialState.WAITING, TrialState.RUNNING)]
-            queued.append((job, [storage.get_trial_id_from_study_id_trial_number(study_id, number)
-                                 for number in waiting]))
+        if TrialState.RUNNING in states and not local:
+            continue  # a worker (perhaps on another machine) holds it
+        waiting: list[int] = []
+        for trial in trials.get(key, []):
+            if trial.state not in (TrialState.WAITING, TrialState.RUNNING):
+                continue
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            if trial.state == TrialState.RUNNING:
+                # Back to WAITING, keeping its place: the killed (half-trained) cells of
+                # the early seeds continue first, so the partial grid stays seed-major.
+                storage.set_trial_user_attr(trial_id, "klip_note", "its worker was killed; queued again")
+                storage.set_trial_state_values(trial_id, TrialState.WAITING)
+            waiting.append(trial_id)
+        if waiting:
+            queued.append((job, waiting))
             continue
         if TrialState.COMPLETE in states:
             completed = [t for t in trials[key] if t.state == TrialState.COMPLETE]

@@ -14,24 +14,17 @@ against `kl_adaptive`'s.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
 from klip.algos.plots import read_metrics
+from klip.algos.run import read_episode_returns
 
 RUNS = Path(__file__).resolve().parent / "runs"
 ENTRIES = ("clip", "kl_fixed", "kl_adaptive")
 WINDOWS = (0.5e6, 0.7e6)  # window starts, 0.1M steps wide
-
-
-def episode_returns(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(run / "episodes.csv", newline="") as file:
-        rows = list(csv.DictReader(file))
-    return (np.array([float(row["end_frame"]) for row in rows]),
-            np.array([float(row["return"]) for row in rows]))
 
 
 def window_mean(frames: np.ndarray, values: np.ndarray, low: float, high: float) -> float:
@@ -58,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
             for run in sorted((RUNS / task / entry).glob("s*")):
                 if not (run / "cell.json").is_file():
                     continue
-                frames, returns = episode_returns(run)
+                frames, returns = np.array(read_episode_returns(run / "episodes.csv"), dtype=float).T
                 metrics = read_metrics(run / "metrics.csv")
                 steps, end = metrics["frames"], float(metrics["frames"][-1])
                 windows = {start: window_mean(frames, returns, start, start + 0.1e6) for start in WINDOWS}
