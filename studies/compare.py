@@ -37,6 +37,7 @@ import math
 import multiprocessing
 import os
 import re
+import shlex
 import shutil
 import socket
 import sys
@@ -155,6 +156,11 @@ def _shape_entry(spec: str, label: str, shape: Any, grid_dir: Path, source: dict
     copy.parent.mkdir(parents=True, exist_ok=True)
     copy.write_text(json.dumps(data, indent=2) + "\n")
     return Entry(label, spec, {"loss": "klip", "shape_file": str(copy.resolve())}, source)
+
+
+def _yaml_scalar(value: Any) -> str:
+    """`value` written so that `--set OPTION=VALUE` reads it back (YAML; 1e-05 as `1.0e-05`)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=math.inf).removesuffix("\n...\n").strip()
 
 
 def _hide_password(url: str) -> str:
@@ -318,6 +324,19 @@ class GridSpec:
 
     def cell_dir(self, out: Path, cell: Cell) -> Path:
         return out / RUNS_DIR / cell.task / cell.entry.dirname / f"s{cell.seed}"
+
+    def command(self, out: Path) -> str:
+        """The `klip compare` command line that makes this grid (passwords hidden)."""
+        seeds = (str(len(self.seeds)) if self.seeds == list(range(len(self.seeds)))
+                 else ",".join(map(str, self.seeds)))
+        args = ["--losses", ",".join(entry.spec for entry in self.entries), "--tasks",
+                ",".join(self.tasks), "--seeds", seeds, "--steps", str(self.steps)]
+        for key, value in sorted(self.base.items()):
+            args += ["--set", f"{key}={_yaml_scalar(value)}"]
+        if self.seeds_together:
+            args.append("--seeds-together")
+        args += ["--out", str(out)]
+        return _hide_password("klip compare " + " ".join(shlex.quote(arg) for arg in args))
 
     def validate(self) -> GridSpec:
         from klip.algos.config import ConfigError

@@ -124,7 +124,10 @@ def _settings(results: GridResults, randoms: dict[str, dict[str, Any]]) -> list[
              "- base options: " + (", ".join(f"`{k}={v}`" for k, v in sorted(spec.base.items()))
                                    or "none (the paper protocol's defaults)"),
              "- final return: mean raw return of the episodes that ended in the last 10% of training;"
-             " ± is the standard deviation over seeds (ddof = 1)", ""]
+             " ± is the standard deviation over seeds (ddof = 1)", "",
+             f"The command that makes this grid (`klip compare --out {results.out}` alone continues it; "
+             "`--workers N` or `--storage URL` spread it):", "",
+             "```bash", spec.command(results.out), "```", ""]
     lines += _table(["entry", "training options"],
                     [[f"`{e.label}`", ", ".join(f"`{k}={v}`" for k, v in e.options.items())
                       + (f" (from {e.source})" if e.source else "")] for e in spec.entries])

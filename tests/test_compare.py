@@ -167,6 +167,32 @@ def test_paper_command_plans_one_hundred_cells(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("seeds_together", [False, True])
+def test_the_reports_command_makes_the_same_grid_again(tmp_path, seeds_together):
+    import shlex
+
+    from klip.cli import build_parser
+    from klip.compare_cli import _spec
+
+    out = tmp_path / "my grid"
+    spec = GridSpec(parse_entries(["step", "sigmoid:tau=0.03", "kl_fixed:kl_direction=new_old"], out),
+                    ["Pendulum-v1", "Hopper-v4"], [2, 3], 4096,
+                    {**BASE, "lr": 1e-05, "kl_direction": "new_old"}, seeds_together).validate()
+    command = spec.command(out)
+    assert command.startswith("klip compare --losses ")
+    again = _spec(build_parser().parse_args(shlex.split(command)[1:]))
+    assert again.to_dict() == spec.to_dict() and again.digest == spec.digest
+    # A count of seeds from 0 is written as the count.
+    assert "--seeds 5 " in GridSpec(spec.entries, spec.tasks, list(range(5)), 4096).command(out)
+
+
+def test_the_reports_command_hides_a_storage_password(tmp_path):
+    entry = compare.Entry("study-s", "study:s@postgresql://me:secret@db.lab/klip",
+                          {"loss": "klip", "shape": "step", "shape_params": {}})
+    command = GridSpec([entry], ["Hopper-v4"], [0], 1000).command(tmp_path)
+    assert "me:***@db.lab" in command and "secret" not in command
+
+
 @pytest.mark.parametrize(("seeds", "planned"), [("2", ["s0", "s1"]), ("2-4", ["s2", "s3", "s4"]),
                                                 ("7,3", ["s7", "s3"])])
 def test_seeds_are_a_count_or_a_list(tmp_path, capsys, seeds, planned):
