@@ -176,14 +176,15 @@ def _study_entry(spec: str, grid_dir: Path) -> Entry:
     from klip.studies.run import ATTR_SHAPE
 
     name, sep, url = spec.removeprefix("study:").partition("@")
+    shown = _hide_password(spec)  # grid.json and messages: never a storage password
     if not sep or not name or not url:
-        raise CompareError(f"entry {spec!r}: a study entry looks like study:NAME@STORAGE_URL")
+        raise CompareError(f"entry {shown!r}: a study entry looks like study:NAME@STORAGE_URL")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.load_study(study_name=name, storage=url)
         best = study.best_trial
     except (KeyError, ValueError, RuntimeError) as error:
-        raise CompareError(f"entry {spec!r}: {error}") from None
+        raise CompareError(f"entry {shown!r}: {error}") from None
     source = {"study": name, "storage": _hide_password(url), "trial": best.number,
               "value": best.value}
     try:
@@ -193,8 +194,8 @@ def _study_entry(spec: str, grid_dir: Path) -> Entry:
             params = dict(best.params)
             shape = make_shape(str(params.pop("shape")), **params)
     except (KeyError, ValueError, TypeError) as error:
-        raise CompareError(f"entry {spec!r}: best trial {best.number} holds no shape ({error})") from None
-    return _shape_entry(spec, f"study-{name}", shape, grid_dir, source)
+        raise CompareError(f"entry {shown!r}: best trial {best.number} holds no shape ({error})") from None
+    return _shape_entry(shown, f"study-{name}", shape, grid_dir, source)
 
 
 def parse_entry(spec: str, grid_dir: Path) -> Entry:

@@ -186,10 +186,21 @@ def test_the_reports_command_makes_the_same_grid_again(tmp_path, seeds_together)
     assert "--seeds 5 " in GridSpec(spec.entries, spec.tasks, list(range(5)), 4096).command(out)
 
 
-def test_the_reports_command_hides_a_storage_password(tmp_path):
-    entry = compare.Entry("study-s", "study:s@postgresql://me:secret@db.lab/klip",
-                          {"loss": "klip", "shape": "step", "shape_params": {}})
-    command = GridSpec([entry], ["Hopper-v4"], [0], 1000).command(tmp_path)
+def test_a_study_entry_keeps_no_storage_password_in_the_grid_or_its_command(tmp_path, monkeypatch):
+    local = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = optuna.create_study(study_name="s", storage=local, direction="maximize")
+    study.add_trial(optuna.create_trial(
+        params={"shape": "step"}, value=1.0,
+        distributions={"shape": optuna.distributions.CategoricalDistribution(["step"])}))
+    opened = []
+    # The study stands in for one on a password-protected PostgreSQL server.
+    monkeypatch.setattr(optuna, "load_study", lambda study_name, storage: opened.append(storage)
+                        or optuna.study.Study(study_name, local))
+    entry = parse_entry("study:s@postgresql://me:secret@db.lab/klip", tmp_path)
+    assert opened == ["postgresql://me:secret@db.lab/klip"]
+    spec = GridSpec([entry], ["Hopper-v4"], [0], 1000)
+    assert "secret" not in json.dumps(spec.to_dict())
+    command = spec.command(tmp_path)
     assert "me:***@db.lab" in command and "secret" not in command
 
 
