@@ -1,7 +1,8 @@
-"""Train several agents: the one seam through which studies (and later grids, populations) train.
+"""Train several agents one after another: a study trial's (task, seed) runs.
 
-Implemented now as sequential single runs of `train`; a parallel or batched
-implementation can replace it without touching its callers.
+Sequential single runs of `train`, so a pruner can stop a trial between runs (or inside one,
+through its callbacks). Several trials at once, as one population, go through
+`klip.algos.population_run.train_population_agents` instead (`klip study run --batch K`).
 """
 
 from __future__ import annotations
