@@ -10,7 +10,8 @@ and, through AOTAutograd, its backward; the shape diagnostics are off in both, a
 are a side effect a compiled graph cannot hold). Each measurement runs in a fresh process,
 eager and compiled alternating, `--repeats` times; the median is reported, with each phase's
 share. Populations do not offer `--compile`: this is the measurement that decides whether
-they should.
+they should. `--profile ROWS` instead prints torch.profiler's table of the eager update's
+operators (where the eager time goes).
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(agents: int, compiled: bool, task: str) -> dict[str, float]:
-    """Milliseconds per minibatch step and per phase (run in the child process)."""
+def _update_setup(agents: int, compiled: bool, task: str) -> tuple[Any, Any, Any, list, list]:
+    """One real rollout of N agents; the loss, optimiser, parameters and minibatches of its update."""
     import torch
 
     from klip.algos.config import TrainConfig
-    from klip.algos.population import PopulationModule, clip_grad_norm_per_agent
+    from klip.algos.population import PopulationModule
     from klip.compat import configure_inductor
 
     torch.set_num_threads(1)
@@ -47,6 +49,40 @@ def measure(agents: int, compiled: bool, task: str) -> dict[str, float]:
         configure_inductor()
         loss = torch.compile(module.loss_module, dynamic=False)
     batches = list(module.loss_module.minibatches(data, module.config.minibatch_size))
+    return module, loss, optimizer, parameters, batches
+
+
+def profile_ops(agents: int, task: str, rows: int) -> str:
+    """torch.profiler's table of the eager update's operators over one epoch (after a warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from klip.algos.population import clip_grad_norm_per_agent
+
+    _, loss, optimizer, parameters, batches = _update_setup(agents, False, task)
+
+    def epoch() -> None:
+        for batch in batches:
+            totals, _ = loss(*batch)
+            optimizer.zero_grad(set_to_none=True)
+            totals.sum().backward()
+            clip_grad_norm_per_agent(parameters, 0.5)
+            optimizer.step()
+
+    epoch()
+    started = time.perf_counter()
+    epoch()
+    step_ms = (time.perf_counter() - started) / len(batches) * 1e3
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        epoch()
+    table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    return f"eager, unprofiled: {step_ms:.3f} ms per {agents}-agent minibatch step\n{table}"
+
+
+def measure(agents: int, compiled: bool, task: str) -> dict[str, float]:
+    """Milliseconds per minibatch step and per phase (run in the child process)."""
+    from klip.algos.population import clip_grad_norm_per_agent
+
+    module, loss, optimizer, parameters, batches = _update_setup(agents, compiled, task)
     phases: Counter[str] = Counter()
     for repeat in range(2):  # the first pass compiles and warms up
         for batch in batches:
@@ -77,8 +113,14 @@ def main() -> None:
     parser.add_argument("--task", default="Hopper-v4")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", type=int, metavar="ROWS",
+                        help="instead: profile the eager update in this process and print its "
+                             "ROWS most expensive operators")
     parser.add_argument("--child", choices=("eager", "compiled"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile:
+        print(profile_ops(args.agents, args.task, args.profile))
+        return
     if args.child:
         print(json.dumps(measure(args.agents, args.child == "compiled", args.task)))
         return
