@@ -56,17 +56,11 @@ def profile_ops(agents: int, task: str, rows: int) -> str:
     """torch.profiler's table of the eager update's operators over one epoch (after a warm-up)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from klip.algos.population import clip_grad_norm_per_agent
-
-    _, loss, optimizer, parameters, batches = _update_setup(agents, False, task)
+    module, _, optimizer, parameters, batches = _update_setup(agents, False, task)
 
     def epoch() -> None:
-        for batch in batches:
-            totals, _ = loss(*batch)
-            optimizer.zero_grad(set_to_none=True)
-            totals.sum().backward()
-            clip_grad_norm_per_agent(parameters, 0.5)
-            optimizer.step()
+        for batch in batches:  # the population's own minibatch step, as training runs it
+            module._update_minibatch(batch, optimizer, parameters)
 
     epoch()
     started = time.perf_counter()
