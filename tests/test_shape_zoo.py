@@ -13,7 +13,7 @@ import pickle
 
 import pytest
 import torch
-from helpers import adversarial_case, make_actor_critic, make_batch
+from helpers import adversarial_case, make_actor_critic, make_batch, single_run_state
 
 from klip.algos import KLipPPOLoss, klip_objective
 from klip.algos.config import TrainConfig
@@ -363,7 +363,7 @@ def test_the_trainer_sets_progress(tmp_path, monkeypatch):
     monkeypatch.setattr(get_shape_class("annealed_clip"), "set_context", record)
     train(TrainConfig(**TINY, steps=3 * 256, shape="annealed_clip"), tmp_path / "run", progress=False)
     assert seen == pytest.approx([0.0, 1 / 3, 2 / 3])
-    state = last_checkpoint(tmp_path / "run")["state_dict"]
+    state = single_run_state(last_checkpoint(tmp_path / "run"))
     assert state["loss_module.shape.progress"].item() == pytest.approx(2 / 3)
 
 

@@ -446,16 +446,17 @@ def trainer_gates(shape_file) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
     config = TrainConfig(task="Pendulum-v1", rollout_steps=128, minibatch_size=128, epochs=1,
                          eval_episodes=0, shape_file=str(shape_file))
-    module = PPOModule(config.to_dict())
-    rollout = module.rollouts.collect()
+    module = PPOModule([config.to_dict()])
+    (agent,) = module.agents
+    (rollout,) = module.rollouts.collect([agent.generator])
     with torch.no_grad():
-        module.advantage_module(rollout)
+        agent.advantage_module(rollout)
     data = rollout.select(*module._update_keys(rollout)).reshape(-1)
     with torch.no_grad():  # move the policy so that ratios are not all 1
         policy = module.actor.module[0]
         policy.log_std.add_(0.3)
-    (minibatch,) = list(module.minibatch_loss.minibatches(data, 128))
-    _, _, log_ratio, advantage, gate = module.minibatch_loss.losses(*minibatch)
+    (minibatch,) = list(agent.minibatch_loss.minibatches(data, 128))
+    _, _, log_ratio, advantage, gate = agent.minibatch_loss.losses(*minibatch)
     return log_ratio.squeeze(-1).double(), advantage.squeeze(-1).double(), gate.squeeze(-1).double()
 
 
