@@ -54,8 +54,8 @@ def run_json(arguments: list[str], timeout: float) -> dict[str, Any]:
 def child_population(task: str, steps: int, agents: int, backend: str) -> dict[str, Any]:
     import torch
 
-    from klip.algos.config import TrainConfig
     from klip.algos.agents import PopulationSpec, train_population
+    from klip.algos.config import TrainConfig
 
     torch.set_num_threads(1)
     base = TrainConfig(task=task, shape="step", steps=steps, eval_episodes=0,

@@ -69,7 +69,8 @@ def assert_same_run(agent_dir: Path, single_dir: Path) -> None:
                 assert torch.equal(state_a["state_dict"][key], value), key
             assert state_a["normalization"].keys() == state_b["normalization"].keys()
             for key, value in state_b["normalization"].items():
-                assert torch.equal(torch.as_tensor(state_a["normalization"][key]), torch.as_tensor(value)), key
+                ours = torch.as_tensor(state_a["normalization"][key])
+                assert torch.equal(ours, torch.as_tensor(value)), key
         elif name.endswith(".png"):
             continue
         else:
@@ -370,4 +371,5 @@ def test_envpool_agents_match_their_own_pools_runs_when_seeds_step_by_num_envs(t
         for row_a, row_b in zip(ours, theirs, strict=True):
             assert row_a.keys() == row_b.keys()
             for key in row_a:
-                assert float(row_a[key] or 0) == pytest.approx(float(row_b[key] or 0), rel=1e-5, abs=1e-7), key
+                expected = pytest.approx(float(row_b[key] or 0), rel=1e-5, abs=1e-7)
+                assert float(row_a[key] or 0) == expected, key
