@@ -56,7 +56,12 @@ every minibatch, right before its loss is computed: the safe pattern is
 which clears them on exit, so a later minibatch cannot silently read a stale
 tensor; a per-sample value whose shape does not broadcast to the ratios raises
 too. `set_context` checks ranges (for tensors: one device sync per variable);
-`set_context(..., check=False)` skips the tensor checks in a hot loop.
+`set_context(..., check=False)` skips the tensor checks in a hot loop. Code that
+calls a shape on a slice of the samples (a population's grouped gate calls one
+shape per group of agents on `ratio[group]`) must set that shape's per-sample
+values to the same slice (`kl[group]`). Per-update values live in a buffer
+filled in place (a compiled loss reads the new value without recompiling);
+per-sample values are plain tensors read when the gate runs.
 """
 
 from __future__ import annotations
