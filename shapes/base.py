@@ -31,11 +31,11 @@ name               kind       value                                            r
                               analytically (Gaussian: closed form; categorical:
                               sum over actions) with the current parameters
                               and *detached*; a tensor of the shape of the
-                              ratios the gate is called with (whatever the
-                              loss uses for a minibatch of B samples, `[B]`
-                              or `[B, 1]`; for a population `[agents, B, ...]`
-                              like its ratios), or one that broadcasts to it
-                              without enlarging it
+                              ratios the gate is called with (KLipPPOLoss's
+                              are `[B, 1]` for a minibatch of B samples: a
+                              `[B]` tensor is refused; for a population
+                              `[agents, B, 1]` like its ratios), or one that
+                              broadcasts to it without enlarging it
 `old_log_prob`     sample     `log pi_old(a|s)` of the sample's action under   finite
                               the rollout policy (the stored `action_log_prob`
                               / `sample_log_prob`), same shape rules as `kl`

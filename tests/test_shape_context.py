@@ -499,3 +499,55 @@ def test_the_conditioned_gate_reads_the_inner_loop_position():
     shape.clear_context()
     with pytest.raises(ContextNotSetError, match="'epoch_progress'"):
         shape.gate(ratio, advantage)
+
+
+# -- through the loss, as the engine will call it ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tr_ppo", "tr_ppo_rb", "trgppo"])
+def test_through_the_loss_the_gradient_is_the_published_objectives(name):
+    """KLipPPOLoss with per-sample context shaped like its ratios ([B, 1]) gives the network
+    the gradient of the published objective, written here on the actor's own log-probs."""
+    from helpers import make_actor_critic, make_sampled_batch, random_case
+
+    from klip.algos import KLipPPOLoss
+
+    size = 256
+    actor, _ = make_actor_critic(torch.float64, log_std=-1.2)
+    log_ratio, advantage = random_case(size, torch.float64, 10)
+    batch, _ = make_sampled_batch(actor, log_ratio, advantage)
+    generator = torch.Generator().manual_seed(11)
+    kl = 0.08 * torch.rand(size, 1, generator=generator, dtype=torch.float64)
+    old_log_prob = (0.05 + 0.95 * torch.rand(size, 1, generator=generator, dtype=torch.float64)).log()
+    shape = make_shape(name).double()
+    parameters = list(actor.parameters())
+    loss = KLipPPOLoss(actor, shape=shape, entropy_coeff=0.0, critic_coeff=None,
+                       normalize_advantage=False).double()
+    with shape.using_context(kl=kl, old_log_prob=old_log_prob):
+        loss(batch.clone())["loss_objective"].backward()
+    actual = [parameter.grad.clone() for parameter in parameters]
+    with pytest.raises(ContextNotSetError):  # forgotten after the minibatch
+        loss(batch.clone())
+
+    for parameter in parameters:
+        parameter.grad = None
+    log_prob = actor.get_dist(batch.select("observation").clone()).log_prob(batch["action"])
+    w = (log_prob - batch["action_log_prob"]).exp().reshape(size, 1)
+    a = batch["advantage"].reshape(size, 1)
+    if name == "tr_ppo":
+        objective = tr_ppo_objective(w, a, kl, shape.delta)
+    elif name == "tr_ppo_rb":
+        objective = tr_ppo_rb_objective(w, a, kl, shape.delta, shape.alpha)
+    else:
+        lower, upper = trgppo_band(old_log_prob, shape.delta)
+        objective = trgppo_objective(w, a, lower, upper)
+    (-objective.mean()).backward()
+    for got, want in zip(actual, [parameter.grad for parameter in parameters], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    # Not vacuous: the unconstrained surrogate's gradient is another one.
+    for parameter in parameters:
+        parameter.grad = None
+    KLipPPOLoss(actor, shape="none", entropy_coeff=0.0, critic_coeff=None,
+                normalize_advantage=False).double()(batch.clone())["loss_objective"].backward()
+    assert any((got - parameter.grad).abs().max() > 1e-6
+               for got, parameter in zip(actual, parameters, strict=True))
