@@ -34,7 +34,7 @@ name               kind       value                                            r
                               ratios the gate is called with (KLipPPOLoss's
                               are `[B, 1]` for a minibatch of B samples: a
                               `[B]` tensor is refused; for a population
-                              `[agents, B, 1]` like its ratios), or one that
+                              `[agents, ...]` like its ratios), or one that
                               broadcasts to it without enlarging it
 `old_log_prob`     sample     `log pi_old(a|s)` of the sample's action under   finite
                               the rollout policy (the stored `action_log_prob`
