@@ -171,13 +171,15 @@ class CoefficientShape(nn.Module):
     a scalar buffer that is not saved; a per-sample one a tensor kept until
     `clear_context`. Gates read the latter two through `context_value`, which
     raises `ContextNotSetError` when they were not set. Shapes without context
-    are untouched by all of this.
+    are untouched by all of this. `action_spaces` names the policies a shape is
+    defined for ("continuous", "discrete"); the engine refuses the others.
     """
 
     name: ClassVar[str] = ""
     params: ClassVar[Mapping[str, Param]] = {}
     gate_range: ClassVar[tuple[float, float]] = (-math.inf, math.inf)
     context: ClassVar[tuple[str, ...]] = ()
+    action_spaces: ClassVar[tuple[str, ...]] = ("continuous", "discrete")
 
     def __init__(self, **values: float) -> None:
         super().__init__()

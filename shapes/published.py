@@ -312,10 +312,12 @@ class TRGPPOShape(CoefficientShape):
     For a Gaussian policy the paper's band depends on the action's standardised
     distance from the old mean and on the action dimension (the authors reduce it
     to a one-dimensional problem and tabulate it), which `old_log_prob` does not
-    determine: this shape refuses `old_log_prob > 0` (a density, not a
-    probability) and is not TRGPPO for continuous actions, even where densities
-    are below 1. Default `delta = 0.001`: the authors' discrete (Atari) setting in
-    their code (github.com/wangyuhuix/TRGPPO, run.py, `kl2clip`).
+    determine: this shape is not TRGPPO for continuous actions. It declares
+    `action_spaces = ("discrete",)` so the engine can refuse it for a Gaussian
+    policy, and refuses `old_log_prob > 0` itself (a density, not a probability),
+    but a density below 1 it cannot tell from a probability. Default
+    `delta = 0.001`: the authors' discrete (Atari) setting in their code
+    (github.com/wangyuhuix/TRGPPO, run.py, `kl2clip`).
     """
 
     params: ClassVar[Mapping[str, Param]] = {
@@ -324,6 +326,7 @@ class TRGPPOShape(CoefficientShape):
     }
     gate_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     context: ClassVar[tuple[str, ...]] = ("old_log_prob",)
+    action_spaces: ClassVar[tuple[str, ...]] = ("discrete",)
     delta: float
 
     def band(self, like: Tensor) -> tuple[Tensor, Tensor]:

@@ -319,6 +319,12 @@ def test_trgppo_gate_equals_the_autograd_gate_of_its_objective(params):
     assert (killed & ~outside_ppo).any() and (~killed & outside_ppo & (advantage != 0)).any()
 
 
+def test_only_trgppo_declares_a_restricted_action_space():
+    restricted = {name: get_shape_class(name).action_spaces for name in available_shapes()
+                  if set(get_shape_class(name).action_spaces) != {"continuous", "discrete"}}
+    assert restricted == {"trgppo": ("discrete",)}
+
+
 def test_trgppo_refuses_densities():
     shape = make_shape("trgppo")
     shape.set_context(old_log_prob=torch.tensor([-1.0, 0.5]))
