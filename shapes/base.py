@@ -226,6 +226,12 @@ class CoefficientShape(nn.Module):
                 # told its epoch again before it gates.
                 self.register_buffer(key, torch.tensor(spec.default), persistent=False)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Shapes pickled before per-update and per-sample context existed have neither field.
+        super().__setstate__(state)
+        self.__dict__.setdefault("_context_set", set())
+        self.__dict__.setdefault("_sample_context", {})
+
     @classmethod
     def display_name(cls) -> str:
         return cls.name or cls.__name__

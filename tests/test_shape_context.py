@@ -153,6 +153,21 @@ def test_context_is_not_saved_and_each_copy_has_its_own():
     assert progress.progress.item() == 0.5  # per-iteration context is persistent state
 
 
+def test_a_shape_pickled_before_context_existed_still_takes_progress():
+    import pickle
+
+    shape = make_shape("annealed_clip")
+    state = shape.__getstate__()
+    del state["_context_set"], state["_sample_context"]  # as a pickle from before this change
+    old = type(shape).__new__(type(shape))
+    old.__setstate__(state)
+    old.set_context(progress=0.5)
+    assert old.progress.item() == 0.5
+    restored = pickle.loads(pickle.dumps(make_shape("tr_ppo")))
+    with pytest.raises(ContextNotSetError):
+        restored.gate(torch.ones(1), torch.ones(1))
+
+
 def shape_from_json(shape):
     from klip.shapes import shape_from_dict
 
