@@ -39,6 +39,12 @@ name               kind       value                                            r
 `old_log_prob`     sample     `log pi_old(a|s)` of the sample's action under   finite
                               the rollout policy (the stored `action_log_prob`
                               / `sample_log_prob`), same shape rules as `kl`
+`old_action_z`     sample     the action standardised by the rollout policy,   finite
+                              `(a - loc_old) / scale_old` for a diagonal
+                              Gaussian; shaped like the ratios with the
+                              action dimension d added, or replacing a last
+                              dimension of 1 (`[B, d]` for KLipPPOLoss's
+                              `[B, 1]`); read by `trgppo_gaussian`
 =================  =========  ===============================================  ==================
 
 Kinds: *iteration* variables are persistent buffers (saved in checkpoints and
@@ -144,6 +150,11 @@ CONTEXT_VARIABLES: Mapping[str, ContextVariable] = {
         0.0, -1e-6, math.inf, kind="sample", when="for every minibatch, before its loss",
         help="per-state KL(pi_old || pi_new) from the rollout policy to the current one, "
              "detached, broadcastable to the ratios"),
+    "old_action_z": ContextVariable(
+        0.0, -math.inf, math.inf, low_inclusive=False, high_inclusive=False, kind="sample",
+        when="for every minibatch, before its loss",
+        help="(a - loc_old) / scale_old of a diagonal Gaussian rollout policy, shaped like the "
+             "ratios with the trailing dimension replaced by the action dimension"),
     "old_log_prob": ContextVariable(
         0.0, -math.inf, math.inf, low_inclusive=False, high_inclusive=False, kind="sample",
         when="for every minibatch, before its loss",

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from klip.shapes.base import (
     CoefficientShape,
+    ContextNotSetError,
     Param,
     exact_kill_region,
     signed_distance_past_boundary,
@@ -338,6 +339,120 @@ class TRGPPOShape(CoefficientShape):
                 "its band is defined for discrete policies only"
             )
         return trgppo_band(old_log_prob, self.delta)
+
+    def gate(self, ratio: Tensor, advantage: Tensor) -> Tensor:
+        lower, upper = self.band(ratio)
+        past = torch.where(advantage >= 0, ratio > upper, ratio < lower)
+        return past.to(ratio.dtype)
+
+
+def _bisect(excess, low: Tensor, high: Tensor, iterations: int) -> Tensor:
+    """The root of an `excess` that is <= 0 at `low` and > 0 at `high`, elementwise."""
+    for _ in range(iterations):
+        middle = 0.5 * (low + high)
+        above = excess(middle) > 0
+        high = torch.where(above, middle, high)
+        low = torch.where(above, low, middle)
+    return 0.5 * (low + high)
+
+
+def gaussian_delta_for_eps(eps: float, dim: int) -> float:
+    """The KL radius at which an action at the old mean gets the upper bound `1 + eps` (dimension d).
+
+    At `z = 0` the largest ratio shrinks the variance only: `u = v^(-d/2)` with the
+    variance ratio `v`, at KL `d/2 (log v + 1/v - 1)`; so `v = (1+eps)^(-2/d)`. The
+    TRGPPO authors set delta this way from PPO's clip range (their `base_clip_upper`).
+    """
+    v = (1.0 + eps) ** (-2.0 / dim)
+    return dim / 2.0 * (math.log(v) + 1.0 / v - 1.0)
+
+
+def trgppo_gaussian_band(z: Tensor, delta: float, iterations: int = 100) -> tuple[Tensor, Tensor]:
+    """TRGPPO's band `[l, u]` for a diagonal Gaussian policy, from the standardised action `z` ([..., d]).
+
+    As the authors compute it (github.com/wangyuhuix/TRGPPO, KL2Clip_reduce.py): the
+    d-dimensional problem is reduced to one dimension at `x = |z| / sqrt(d)` with KL
+    radius `delta / d`, and `l, u` are the 1-D extremes raised to the power d. The
+    1-D problem, old policy N(0, 1): extremes of `rho = log N(x; mu, sigma) - log N(x; 0, 1)`
+    over `KL(N(0,1) || N(mu, sigma)) <= delta / d`. Its Lagrange conditions give a
+    one-parameter curve, `mu = x t`, `sigma^2 = (1 - t)(1 + t x^2)`: t in (0, 1) for
+    the largest ratio, t in (-1/x^2, 0) for the smallest; the KL grows away from t = 0
+    along both, so each extreme is the root of `KL(t) = delta / d`, found by bisection
+    in float64. Returns `[..., 1]` tensors (the ratios' shape) in `z`'s dtype.
+    """
+    dim = z.shape[-1]
+    x2 = z.detach().double().pow(2).sum(-1, keepdim=True) / dim
+    radius = delta / dim
+
+    def variance(t: Tensor) -> Tensor:
+        return (1.0 - t) * (1.0 + t * x2)
+
+    def kl(t: Tensor) -> Tensor:
+        v = variance(t)
+        return 0.5 * v.log() + (1.0 + x2 * t * t) / (2.0 * v) - 0.5
+
+    def log_ratio(t: Tensor) -> Tensor:
+        v = variance(t)
+        return -x2 * (1.0 - t) ** 2 / (2.0 * v) - 0.5 * v.log() + x2 / 2.0
+
+    zero = torch.zeros_like(x2)
+    largest = _bisect(lambda t: kl(t) - radius, zero, torch.ones_like(x2), iterations)
+    # Smallest ratio: t from 0 down to -1/x^2 (where sigma -> 0 away from x); KL rises to +inf
+    # there, and for x -> 0 long before -1e6, which bounds the search.
+    edge = -torch.minimum(1.0 / x2.clamp_min(1e-300), torch.full_like(x2, 1e6))
+    smallest = _bisect(lambda t: radius - kl(t), edge, zero, iterations)
+    dtype = z.dtype
+    lower = (dim * log_ratio(smallest)).exp()
+    upper = (dim * log_ratio(largest)).exp()
+    return lower.to(dtype), upper.to(dtype)
+
+
+@register_shape("trgppo_gaussian")
+class TRGPPOGaussianShape(CoefficientShape):
+    """TRGPPO for a diagonal Gaussian policy: PPO-Clip with a per-action band from the standardised action.
+
+    Wang, He, Tan and Gan, "Trust Region-Guided Proximal Policy Optimization",
+    NeurIPS 2019, arXiv 1901.10314: maximise `min(w A, clip(w, l_sa, u_sa) A)`,
+    `[l_sa, u_sa]` the extreme ratios of action `a` over policies within
+    `KL(pi_old(.|s) || pi(.|s)) <= delta`. For a Gaussian policy they depend on the
+    action's standardised offset `z = (a - loc_old) / scale_old` (per-sample context
+    `old_action_z`: the ratios' shape with the action dimension d added, or
+    replacing a last dimension of 1), through `|z|^2 / d` and d; computed by
+    `trgppo_gaussian_band` with the authors' reduction to one dimension. The band
+    is narrowest for an action at the old mean and wider for less likely actions.
+    `delta` follows the authors' MuJoCo default: set from `eps` and d so that an
+    action at the old mean gets `u = 1 + eps` (`gaussian_delta_for_eps`, their
+    `base_clip_upper` with clip range 0.2). `g = 1` where `w > u` with A >= 0 or
+    `w < l` with A < 0, else 0.
+    """
+
+    params: ClassVar[Mapping[str, Param]] = {
+        "eps": Param(0.2, 0.0, low_inclusive=False, search=(0.05, 0.4),
+                     help="upper bound 1 + eps for an action at the old mean; sets delta"),
+    }
+    gate_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    context: ClassVar[tuple[str, ...]] = ("old_action_z",)
+    action_spaces: ClassVar[tuple[str, ...]] = ("continuous",)
+    eps: float
+
+    def band(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """`(l, u)` per sample, shaped like the ratios `like`, in its dtype."""
+        z = self.context_value("old_action_z")
+        if z.dim() > 0 and (*z.shape[:-1], 1) == tuple(like.shape):
+            squeeze = False  # ratios [..., 1], z [..., d]
+        elif z.dim() > 0 and tuple(z.shape[:-1]) == tuple(like.shape):
+            squeeze = True  # ratios [...], z [..., d]
+        else:
+            raise ContextNotSetError(
+                f"shape {self.display_name()!r}: context 'old_action_z' has shape {list(z.shape)}, "
+                f"which is not the ratios' {list(like.shape)} with an action dimension added "
+                f"(or replacing a last dimension of 1)"
+            )
+        delta = gaussian_delta_for_eps(self.eps, z.shape[-1])
+        lower, upper = trgppo_gaussian_band(z, delta)
+        if squeeze:
+            lower, upper = lower.squeeze(-1), upper.squeeze(-1)
+        return lower.to(like.dtype), upper.to(like.dtype)
 
     def gate(self, ratio: Tensor, advantage: Tensor) -> Tensor:
         lower, upper = self.band(ratio)

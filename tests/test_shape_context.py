@@ -20,7 +20,7 @@ from helpers import adversarial_case
 from klip.shapes import available_shapes, get_shape_class, load_shape, make_shape, save_shape
 from klip.shapes.base import CONTEXT_VARIABLES, ContextNotSetError, signed_distance_past_boundary
 from klip.shapes.builtin import LearnedIncrementsEpochShape, LearnedIncrementsShape
-from klip.shapes.published import trgppo_band
+from klip.shapes.published import gaussian_delta_for_eps, trgppo_band, trgppo_gaussian_band
 
 NEEDS_CONTEXT = [name for name in available_shapes()
                  if any(CONTEXT_VARIABLES[key].kind != "iteration"
@@ -54,12 +54,13 @@ def effective_advantage(objective, w, **inputs):
 def test_context_variables_declare_kind_range_and_when():
     kinds = {name: spec.kind for name, spec in CONTEXT_VARIABLES.items()}
     assert kinds == {"progress": "iteration", "epoch_progress": "update", "kl": "sample",
-                     "old_log_prob": "sample"}
+                     "old_log_prob": "sample", "old_action_z": "sample"}
     assert CONTEXT_VARIABLES["epoch_progress"].describe_range() == "[0, 1)"
     assert CONTEXT_VARIABLES["kl"].contains(0.0) and CONTEXT_VARIABLES["kl"].contains(math.inf)
     assert not CONTEXT_VARIABLES["old_log_prob"].contains(-math.inf)
     assert all(spec.when and spec.help for spec in CONTEXT_VARIABLES.values())
-    assert set(NEEDS_CONTEXT) == {"learned_increments_epoch", "tr_ppo", "tr_ppo_rb", "trgppo"}
+    assert set(NEEDS_CONTEXT) == {"learned_increments_epoch", "tr_ppo", "tr_ppo_rb", "trgppo",
+                                  "trgppo_gaussian"}
 
 
 @pytest.mark.parametrize("name", NEEDS_CONTEXT)
@@ -337,7 +338,7 @@ def test_trgppo_gate_equals_the_autograd_gate_of_its_objective(params):
 def test_only_trgppo_declares_a_restricted_action_space():
     restricted = {name: get_shape_class(name).action_spaces for name in available_shapes()
                   if set(get_shape_class(name).action_spaces) != {"continuous", "discrete"}}
-    assert restricted == {"trgppo": ("discrete",)}
+    assert restricted == {"trgppo": ("discrete",), "trgppo_gaussian": ("continuous",)}
 
 
 def test_trgppo_refuses_densities():
@@ -346,6 +347,88 @@ def test_trgppo_refuses_densities():
     with pytest.raises(ValueError, match=r"old_log_prob > 0 is a density, not a probability; its band "
                                          r"is defined for discrete policies only$"):
         shape.gate(torch.ones(2), torch.ones(2))
+
+
+# -- TRGPPO for a diagonal Gaussian policy ------------------------------------------------------
+
+
+def one_dimensional_extremes_by_grid(x: float, radius: float) -> tuple[float, float]:
+    """min and max of log N(x; mu, sigma) - log N(x; 0, 1) over a fine (mu, log sigma) grid
+    restricted to KL(N(0, 1) || N(mu, sigma)) <= radius: an independent, brute-force answer."""
+    mu = torch.linspace(-0.6, 0.6, 1501, dtype=torch.float64)[:, None]
+    log_sigma = torch.linspace(-0.6, 0.6, 1501, dtype=torch.float64)[None, :]
+    variance = (2 * log_sigma).exp()
+    kl = log_sigma + (1 + mu ** 2) / (2 * variance) - 0.5
+    rho = -(x - mu) ** 2 / (2 * variance) - log_sigma + x ** 2 / 2
+    feasible = rho[kl <= radius]
+    return feasible.min().item(), feasible.max().item()
+
+
+@pytest.mark.parametrize("x", [0.0, 0.4, 1.0, 2.5])
+@pytest.mark.parametrize("radius", [0.005, 0.03])
+def test_gaussian_band_in_one_dimension_against_a_grid_search(x, radius):
+    lower, upper = trgppo_gaussian_band(torch.tensor([[x]], dtype=torch.float64), radius)
+    low, high = math.log(lower.item()), math.log(upper.item())
+    grid_low, grid_high = one_dimensional_extremes_by_grid(x, radius)
+    # Nothing feasible beats the band, and the grid gets within its resolution of both ends.
+    assert grid_high <= high + 1e-12 and grid_low >= low - 1e-12
+    assert grid_high == pytest.approx(high, abs=2e-3) and grid_low == pytest.approx(low, abs=2e-3)
+
+
+def test_gaussian_band_is_attained_by_a_diagonal_policy_in_d_dimensions():
+    """For z along (1, ..., 1), the 1-D optimum repeated in each dimension is a diagonal Gaussian
+    with KL exactly delta whose ratio at the action is u (and l): the band is reached."""
+    dim, delta, x = 3, 0.02, 0.7
+    z = torch.full((1, dim), x, dtype=torch.float64)
+    lower, upper = trgppo_gaussian_band(z, delta)
+    radius = delta / dim
+    for target, sign in ((upper, 1.0), (lower, -1.0)):
+        def excess(t):
+            v = (1 - t) * (1 + t * x * x)
+            return 0.5 * math.log(v) + (1 + x * x * t * t) / (2 * v) - 0.5 - radius
+        t = scipy.optimize.brentq(excess, 0.0, 1 - 1e-12) if sign > 0 else \
+            scipy.optimize.brentq(excess, -1 / x ** 2 * (1 - 1e-12), 0.0)
+        new = torch.distributions.Normal(torch.full((dim,), x * t, dtype=torch.float64),
+                                         torch.full((dim,), math.sqrt((1 - t) * (1 + t * x * x)),
+                                                    dtype=torch.float64))
+        zeros = torch.zeros(dim, dtype=torch.float64)
+        old = torch.distributions.Normal(zeros, zeros + 1)
+        assert torch.distributions.kl_divergence(old, new).sum().item() == pytest.approx(delta, rel=1e-9)
+        ratio = (new.log_prob(z[0]).sum() - old.log_prob(z[0]).sum()).exp()
+        assert ratio.item() == pytest.approx(target.item(), rel=1e-9)
+
+
+def test_gaussian_band_defaults_and_shape():
+    for dim in (1, 3, 6, 17):
+        delta = gaussian_delta_for_eps(0.2, dim)
+        z = torch.zeros(4, dim, dtype=torch.float64)
+        z[1, 0], z[2, :] = 1.0, 1.0
+        z[3, 0] = 3.0
+        lower, upper = trgppo_gaussian_band(z, delta)
+        assert lower.shape == upper.shape == (4, 1)
+        assert upper[0].item() == pytest.approx(1.2, rel=1e-12)  # the authors' base_clip_upper
+        assert (upper[1:] > 1.2).all() and (lower[1:] < lower[0]).all()  # wider away from the mean
+    shape = make_shape("trgppo_gaussian")
+    shape.set_context(old_action_z=torch.zeros(4, 3))
+    with pytest.raises(ContextNotSetError, match=r"has shape \[4, 3\], which is not the ratios' \[5, 1\]"):
+        shape.gate(torch.ones(5, 1), torch.ones(5, 1))
+    assert shape.gate(torch.ones(4, 1), torch.ones(4, 1)).shape == (4, 1)  # [B, 1] ratios, [B, d] z
+    assert shape.gate(torch.ones(4), torch.ones(4)).shape == (4,)  # [B] ratios, [B, d] z
+
+
+def test_trgppo_gaussian_gate_equals_the_autograd_gate_of_its_objective():
+    shape = make_shape("trgppo_gaussian").double()
+    ratio, advantage, _, _ = random_inputs(seed=12)
+    generator = torch.Generator().manual_seed(13)
+    z = torch.randn(len(ratio), 4, generator=generator, dtype=torch.float64)
+    lower, upper = trgppo_gaussian_band(z, gaussian_delta_for_eps(0.2, 4))
+    expected = effective_advantage(trgppo_objective, ratio, a=advantage, lower=lower.squeeze(-1),
+                                   upper=upper.squeeze(-1))
+    with shape.using_context(old_action_z=z):
+        for gate in (shape.gate(ratio, advantage), shape.gate_from_log_ratio(ratio.log(), ratio, advantage)):
+            assert torch.equal(advantage * (1 - gate), expected)
+    killed = expected != advantage
+    assert 200 < killed.sum() < len(ratio) - 200
 
 
 # -- the learned gate by increments ------------------------------------------------------------
@@ -525,7 +608,7 @@ def test_the_conditioned_gate_reads_the_inner_loop_position():
 # -- through the loss, as the engine will call it ----------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["tr_ppo", "tr_ppo_rb", "trgppo"])
+@pytest.mark.parametrize("name", ["tr_ppo", "tr_ppo_rb", "trgppo", "trgppo_gaussian"])
 def test_through_the_loss_the_gradient_is_the_published_objectives(name):
     """KLipPPOLoss with per-sample context shaped like its ratios ([B, 1]) gives the network
     the gradient of the published objective, written here on the actor's own log-probs."""
@@ -544,7 +627,8 @@ def test_through_the_loss_the_gradient_is_the_published_objectives(name):
     parameters = list(actor.parameters())
     loss = KLipPPOLoss(actor, shape=shape, entropy_coeff=0.0, critic_coeff=None,
                        normalize_advantage=False).double()
-    with shape.using_context(kl=kl, old_log_prob=old_log_prob):
+    old_action_z = (batch["action"] - batch["loc"]) / batch["scale"]  # [B, d] for ratios [B, 1]
+    with shape.using_context(kl=kl, old_log_prob=old_log_prob, old_action_z=old_action_z):
         loss(batch.clone())["loss_objective"].backward()
     actual = [parameter.grad.clone() for parameter in parameters]
     with pytest.raises(ContextNotSetError):  # forgotten after the minibatch
@@ -559,8 +643,12 @@ def test_through_the_loss_the_gradient_is_the_published_objectives(name):
         objective = tr_ppo_objective(w, a, kl, shape.delta)
     elif name == "tr_ppo_rb":
         objective = tr_ppo_rb_objective(w, a, kl, shape.delta, shape.alpha)
-    else:
+    elif name == "trgppo":
         lower, upper = trgppo_band(old_log_prob, shape.delta)
+        objective = trgppo_objective(w, a, lower, upper)
+    else:
+        delta = gaussian_delta_for_eps(shape.eps, old_action_z.shape[-1])
+        lower, upper = trgppo_gaussian_band(old_action_z, delta)
         objective = trgppo_objective(w, a, lower, upper)
     (-objective.mean()).backward()
     for got, want in zip(actual, [parameter.grad for parameter in parameters], strict=True):

@@ -38,20 +38,26 @@ kls = st.floats(0.0, 10.0, allow_nan=False)
 probabilities = st.floats(1e-6, 1.0, allow_nan=False)
 
 
-def give_context(shape, like, progress=0.5, epoch_progress=0.5, kl=None, old_log_prob=None):
+def give_context(shape, like, progress=0.5, epoch_progress=0.5, kl=None, old_log_prob=None,
+                 old_action_z=None):
     """Every context variable, as the engine passes them (each shape takes the ones it declares).
 
     Default per-sample values, one per ratio: KLs from 0 to 0.1 (so TR-PPO's trigger is
-    both on and off) and rollout probabilities from 0.05 to 0.95.
+    both on and off), rollout probabilities from 0.05 to 0.95, and standardised 3-D
+    actions from the old mean to 3 scales away.
     """
     count = like.numel()
     if kl is None:
         kl = torch.linspace(0.0, 0.1, count).reshape(like.shape)
     if old_log_prob is None:
         old_log_prob = torch.linspace(0.05, 0.95, count).log().reshape(like.shape)
+    if old_action_z is None:
+        old_action_z = torch.linspace(0.0, 3.0, count).reshape(*like.shape, 1) * torch.tensor(
+            [1.0, -0.5, 0.25])
     shape.set_context(progress=progress, epoch_progress=epoch_progress,
                       kl=torch.as_tensor(kl, dtype=torch.float32),
-                      old_log_prob=torch.as_tensor(old_log_prob, dtype=torch.float32))
+                      old_log_prob=torch.as_tensor(old_log_prob, dtype=torch.float32),
+                      old_action_z=torch.as_tensor(old_action_z, dtype=torch.float32))
     return shape
 
 
@@ -420,6 +426,13 @@ CONTEXT_CLOSED_FORMS = [
     ("trgppo", {}, {"old_log_prob": math.log(0.5)}, 0.96, -1.0, 0.0),
     ("trgppo", {}, {"old_log_prob": math.log(0.01)}, 1.5, 1.0, 0.0),   # band [0.618, 1.512]
     ("trgppo", {}, {"old_log_prob": math.log(0.01)}, 1.52, 1.0, 1.0),
+    # trgppo_gaussian, d = 1: at the old mean [0.812593, 1.2]; three scales away [0.131866, 4.507212]
+    ("trgppo_gaussian", {}, {"old_action_z": [[0.0]]}, 1.21, 1.0, 1.0),
+    ("trgppo_gaussian", {}, {"old_action_z": [[0.0]]}, 1.19, 1.0, 0.0),
+    ("trgppo_gaussian", {}, {"old_action_z": [[0.0]]}, 0.81, -1.0, 1.0),
+    ("trgppo_gaussian", {}, {"old_action_z": [[0.0]]}, 0.82, -1.0, 0.0),
+    ("trgppo_gaussian", {}, {"old_action_z": [[-3.0]]}, 4.4, 1.0, 0.0),
+    ("trgppo_gaussian", {}, {"old_action_z": [[3.0]]}, 4.6, 1.0, 1.0),
 ]
 
 
@@ -428,8 +441,8 @@ def test_context_gate_equals_its_closed_form(name, params, context, ratio, advan
     for dtype, tolerance in ((torch.float64, 1e-9), (torch.float32, 2e-4)):
         shape = make_shape(name, **params).to(dtype)
         w, a = torch.tensor([ratio], dtype=dtype), torch.tensor([advantage], dtype=dtype)
-        shape.set_context(**{key: torch.tensor([value], dtype=dtype) if key in ("kl", "old_log_prob")
-                             else value for key, value in context.items()})
+        shape.set_context(**{key: value if key == "epoch_progress" else torch.tensor(
+            value if isinstance(value, list) else [value], dtype=dtype) for key, value in context.items()})
         assert shape.gate(w, a).item() == pytest.approx(expected, abs=tolerance)
         assert shape.gate_from_log_ratio(w.log(), w, a).item() == pytest.approx(expected, abs=tolerance)
 
