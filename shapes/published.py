@@ -313,7 +313,8 @@ class TRGPPOShape(CoefficientShape):
     For a Gaussian policy the paper's band depends on the action's standardised
     distance from the old mean and on the action dimension (the authors reduce it
     to a one-dimensional problem and tabulate it), which `old_log_prob` does not
-    determine: this shape is not TRGPPO for continuous actions. It declares
+    determine: this shape is not TRGPPO for continuous actions (`trgppo_gaussian`
+    is, from the standardised action). It declares
     `action_spaces = ("discrete",)` so the engine can refuse it for a Gaussian
     policy, and refuses `old_log_prob > 0` itself (a density, not a probability),
     but a density below 1 it cannot tell from a probability. Default
@@ -423,7 +424,10 @@ class TRGPPOGaussianShape(CoefficientShape):
     `delta` follows the authors' MuJoCo default: set from `eps` and d so that an
     action at the old mean gets `u = 1 + eps` (`gaussian_delta_for_eps`, their
     `base_clip_upper` with clip range 0.2). `g = 1` where `w > u` with A >= 0 or
-    `w < l` with A < 0, else 0.
+    `w < l` with A < 0, else 0. In one dimension the band is the exact extreme;
+    for d > 1 it is the authors' reduction: a diagonal Gaussian within the KL
+    radius reaches it, but that no d-dimensional Gaussian goes further is their
+    assumption, not checked here.
     """
 
     params: ClassVar[Mapping[str, Param]] = {
