@@ -11,10 +11,10 @@ a plug-in file registers, one line per check. From Python::
 From pytest, subclass `ShapeConformanceTests` (one test per check)::
 
     from klip.shapes.testing import ShapeConformanceTests
-    import my_gates  # registers soft_knee
 
     class TestSoftKnee(ShapeConformanceTests):
         shape = "soft_knee"
+        plugin = "my_gates.py"   # the file that registers it (or import it yourself)
 
 or parametrise over `CHECKS` with `run_check(shape, check)`.
 
@@ -472,14 +472,20 @@ def assert_shape_conforms(shape: ShapeLike) -> None:
 class ShapeConformanceTests:
     """Subclass in a pytest module and set `shape`: one test per check of `CHECKS`.
 
-    The class name does not start with `Test`, so pytest collects only your subclass.
+    `plugin` (optional) is a `.py` file that registers the shape, loaded first. The class
+    name does not start with `Test`, so pytest collects only your subclass.
     """
 
     shape: ClassVar[ShapeLike | None] = None
+    plugin: ClassVar[str | Path | None] = None
 
     def _run(self, check: str) -> None:
         if self.shape is None:
             raise TypeError(f"{type(self).__name__}: set `shape` to a shape name, class or instance")
+        if self.plugin is not None:
+            from klip.shapes.registry import load_shapes_from_file
+
+            load_shapes_from_file(self.plugin)
         result = run_check(self.shape, check)
         assert result.passed, str(result)
 

@@ -48,6 +48,17 @@ class TestALearnedInstanceThroughTheBaseClass(ShapeConformanceTests):
     shape.set_vector(torch.linspace(0.0, 0.9, shape.vector_size))
 
 
+class TestThePluginExampleThroughTheBaseClass(ShapeConformanceTests):
+    """A plug-in's shape, the file named beside it."""
+
+    shape = "soft_knee"
+    plugin = EXAMPLE
+
+    @pytest.fixture(autouse=True)
+    def _forget_the_plugin_afterwards(self, clean_registry):
+        yield
+
+
 def test_the_base_class_has_one_test_per_check():
     assert {name for name in dir(ShapeConformanceTests) if name.startswith("test_")} == {
         f"test_{check}" for check in CHECKS}
