@@ -1,7 +1,7 @@
 """Policy losses in TorchRL's PPO family.
 
-- `klip_objective`: the per-sample KL template `w*A + sg(beta)*log pi` with
-  `beta = -w*A*g(w, A)` for a gate `g` from `klip.shapes`, written once.
+- `klip_objective` (from `klip.shapes.functional`, which needs torch alone): the per-sample
+  KL template `w*A + sg(beta)*log pi` with `beta = -w*A*g(w, A)` for a gate `g`, written once.
 - `KLipPPOLoss`: that template as a TorchRL `LossModule`; with the `step` shape its
   gradients equal `ClipPPOLoss`'s bit for bit. It subclasses TorchRL's `PPOLoss`, so it
   takes the same actor/critic arguments, tensordict keys (`set_keys`), critic / entropy /
@@ -224,7 +224,8 @@ class KLipPPOLoss(_PPOFamilyLoss):
             `clip_epsilon_low`/`clip_epsilon_high` after a pair), which scripts anneal in
             place (`loss.clip_epsilon.copy_(eps * alpha)`): the next call rebuilds the
             shape with that band (its learned state kept), gating exactly as
-            `ClipPPOLoss` clamps. Assigning a number to it is refused, as in TorchRL.
+            `ClipPPOLoss` clamps; reading the new value costs one host synchronisation
+            per change. Assigning a number to it is refused, as in TorchRL.
         form: `"effective"` computes `w * sg(A*(1-g))`, which gives exactly `A` or
             `0` for a gate of exactly 0 or 1 (bitwise equal to `ClipPPOLoss` for
             `step`); `"kl"` computes the explicit `w*A + sg(beta)*log w`. Same
