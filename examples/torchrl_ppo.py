@@ -18,6 +18,10 @@ Every other keyword stays. With `shape=None` (or `"step"`), `KLipPPOLoss` is PPO
 (`tests/test_examples.py`), and the logged `clip_fraction`, `ESS`, `max_ratio`, `mean_ratio`
 and `loss_critic` are equal; `loss_objective` values differ (its gradients do not).
 
+Where it departs from the tutorial, to run in a second without MuJoCo: Pendulum-v1 instead
+of InvertedDoublePendulum-v4, no `ObservationNorm` (whose statistics need a warm-up
+rollout), TorchRL 0.14's `Collector` (the tutorial's `SyncDataCollector`), a small budget.
+
 Run: `python examples/torchrl_ppo.py --shape sigmoid` (`--shape clip` for `ClipPPOLoss`).
 """
 
