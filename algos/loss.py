@@ -278,9 +278,10 @@ class KLipPPOLoss(_PPOFamilyLoss):
         if clip_value is True and "clip_epsilon_low" in band:
             raise ValueError("clip_value=True cannot infer the value-clip threshold from an asymmetric "
                              "band; pass an explicit float threshold, e.g. clip_value=0.2")
-        region_eps = float(getattr(shape, "eps", next(iter(band.values()), 0.2)))
+        region_eps = float(getattr(shape, "eps", 0.2))  # as before: the trainer's diagnostics read it
+        # `clip_value=True` is ClipPPOLoss's: the value is clipped at the (symmetric) band.
         super().__init__(actor_network, critic_network, clip_value=clip_value,
-                         policy_clip_radius=region_eps, **kwargs)
+                         policy_clip_radius=band.get("clip_epsilon", region_eps), **kwargs)
         device = kwargs.get("device")
         if device is None:
             device = next((parameter.device for parameter in self.parameters()), torch.device("cpu"))

@@ -210,6 +210,16 @@ def test_annealing_to_a_value_the_shape_refuses_fails_naming_it():
         klip(batch_for(actor, 0.2, torch.float32, 0))
 
 
+def test_clip_value_true_clips_the_value_at_clip_epsilon_as_clip_ppo_loss_does():
+    actor, critic = torchrl_actor_critic()
+    for kwargs in (dict(clip_epsilon=0.1), dict(shape="truncate", clip_epsilon=0.1),
+                   dict(shape=make_shape("sigmoid", eps=0.1))):
+        loss = KLipPPOLoss(actor, critic, clip_value=True, **kwargs)
+        assert float(loss.clip_value) == pytest.approx(0.1), kwargs
+    with pytest.raises(ValueError, match="asymmetric band"):
+        KLipPPOLoss(actor, critic, shape="clip_higher", clip_value=True)
+
+
 def test_annealing_keeps_a_learned_shapes_state():
     actor, critic = torchrl_actor_critic()
     shape = make_shape("learned")
