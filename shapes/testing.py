@@ -46,13 +46,14 @@ matplotlib when they run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
 import math
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -144,8 +145,52 @@ def _grid(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     return ratio.flatten().to(dtype), advantage.flatten().to(dtype)
 
 
+def _kind(name: str) -> str:
+    """A context variable's kind: "iteration", "update" or "sample" (older klip: iteration)."""
+    return str(getattr(CONTEXT_VARIABLES.get(name), "kind", "iteration"))
+
+
+def _sample_value(name: str, ratio: Tensor) -> Tensor:
+    """A plausible per-sample context value for these ratios, an elementwise function of them
+    (so that a slice of the samples gets the slice of the values, as populations slice it)."""
+    log_ratio = ratio.log()
+    if name == "kl":  # the k3 estimate of KL(old || new): >= 0, consistent with the ratio
+        return ((ratio - 1) - log_ratio).clamp_min(0)
+    if name == "old_log_prob":  # a discrete action's probability: 0.3
+        return torch.full_like(ratio, math.log(0.3))
+    if name == "old_action_z":  # a 2-d standardised action; replaces a last dimension of 1
+        base = log_ratio[..., 0] if ratio.dim() >= 2 and ratio.shape[-1] == 1 else log_ratio
+        return torch.stack([base, -0.5 * base], -1)
+    spec = CONTEXT_VARIABLES[name]
+    value = spec.default if spec.contains(spec.default) else (spec.low + spec.high) / 2
+    return torch.full_like(ratio, value)
+
+
+@contextlib.contextmanager
+def _context_for(shape: CoefficientShape, ratio: Tensor) -> Iterator[None]:
+    """Give a shape the per-update and per-sample context its gate reads, for these ratios;
+    per-iteration context (`progress`) keeps the value it has."""
+    values: dict[str, Any] = {}
+    for name in shape.context:
+        kind = _kind(name)
+        if kind == "sample":
+            values[name] = _sample_value(name, ratio)
+        elif kind == "update":
+            values[name] = 0.5
+    if not values:
+        yield
+        return
+    using = getattr(shape, "using_context", None)
+    if using is None:
+        shape.set_context(**values)
+        yield
+    else:
+        with using(**values):
+            yield
+
+
 def _gate(shape: CoefficientShape, ratio: Tensor, advantage: Tensor, space: str) -> Tensor:
-    with torch.no_grad():
+    with torch.no_grad(), _context_for(shape, ratio):
         if space == "log":
             return shape.gate_from_log_ratio(ratio.log(), ratio, advantage)
         return shape.gate(ratio, advantage)
@@ -166,7 +211,8 @@ def check_finite(cls: type[CoefficientShape], instance: CoefficientShape | None)
             for space in ("log", "ratio"):
                 for form in ("effective", "kl"):
                     log_ratio = ratio.log().requires_grad_()
-                    objective, gate = klip_objective(cast, log_ratio, advantage, form=form, space=space)
+                    with _context_for(cast, ratio):
+                        objective, gate = klip_objective(cast, log_ratio, advantage, form=form, space=space)
                     objective.backward(torch.ones_like(objective))
                     assert log_ratio.grad is not None
                     where = f"({_describe(shape)}; {str(dtype)[6:]}, {space} path, {form} form)"
@@ -246,9 +292,8 @@ def check_paths_agree(cls: type[CoefficientShape], instance: CoefficientShape | 
         log_ratio = 4 * torch.rand(2048, generator=generator, dtype=torch.float64) - 2
         ratio = log_ratio.exp()
         advantage = torch.randn(2048, generator=generator, dtype=torch.float64)
-        with torch.no_grad():
-            from_log = shape.gate_from_log_ratio(log_ratio, ratio, advantage)
-            from_ratio = shape.gate(ratio, advantage)
+        from_log = _gate(shape, ratio, advantage, "log")
+        from_ratio = _gate(shape, ratio, advantage, "ratio")
         # NaN is `finite`'s failure, not this check's.
         if not torch.allclose(from_log, from_ratio, rtol=1e-6, atol=1e-6, equal_nan=True):
             bad = ~torch.isclose(from_log, from_ratio, rtol=1e-6, atol=1e-6, equal_nan=True)
@@ -361,7 +406,8 @@ def check_round_trip(cls: type[CoefficientShape], instance: CoefficientShape | N
             if buffer.is_floating_point() and key not in CONTEXT_VARIABLES:
                 buffer.add_(0.05 * torch.rand(buffer.shape, generator=generator, dtype=buffer.dtype))
     base.update_after_rollout(_AnyStatistic())
-    base.set_context(**{key: 0.37 for key in CONTEXT_VARIABLES})
+    base.set_context(**{key: 0.37 for key in CONTEXT_VARIABLES
+                        if _kind(key) == "iteration" and CONTEXT_VARIABLES[key].contains(0.37)})
     text = json.dumps(base.to_dict())
     try:
         rebuilt = shape_from_dict(json.loads(text))
@@ -400,12 +446,9 @@ def check_population(cls: type[CoefficientShape], instance: CoefficientShape | N
     ratio = log_ratio.exp()
     advantage = torch.randn(size, generator=generator)
     for index, shape in enumerate(agents):
-        with torch.no_grad():
-            alone = shape.gate_from_log_ratio(log_ratio[index, :, 0], ratio[index, :, 0],
-                                              advantage[index, :, 0])
-            batched = shape.gate_from_log_ratio(log_ratio, ratio, advantage)
-            row = shape.gate_from_log_ratio(log_ratio[index : index + 1], ratio[index : index + 1],
-                                            advantage[index : index + 1])
+        alone = _gate(shape, ratio[index, :, 0], advantage[index, :, 0], "log")
+        batched = _gate(shape, ratio, advantage, "log")
+        row = _gate(shape, ratio[index : index + 1], advantage[index : index + 1], "log")
         for what, gate in (("[agents, samples, 1]", batched[index]), ("[1, samples, 1]", row[0])):
             if gate.shape != (256, 1):
                 raise _fail(f"on a {what} batch the gate has shape {list(gate.shape)}, not the input's")
@@ -421,8 +464,11 @@ def check_population(cls: type[CoefficientShape], instance: CoefficientShape | N
 def check_plot(cls: type[CoefficientShape], instance: CoefficientShape | None) -> str:
     from klip.algos.plots import plot_shapes
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = plot_shapes([_base(cls, instance)], Path(folder) / "gate.png")
+    shape = _base(cls, instance)
+    # plot_shapes' own ratio grid, for shapes that read per-sample context
+    grid = torch.linspace(1e-3, 2.0, 2001, dtype=torch.float64)
+    with tempfile.TemporaryDirectory() as folder, _context_for(shape, grid):
+        path = plot_shapes([shape], Path(folder) / "gate.png")
         size = path.stat().st_size if path.is_file() else 0
         if size == 0:
             raise _fail("plot_shapes wrote no image")
