@@ -27,6 +27,7 @@ from torchrl.objectives import ClipPPOLoss, LossModule, PPOLoss
 from klip import compat
 from klip.algos.networks import ValueHead, gaussian_entropy, gaussian_log_prob, policy_head
 from klip.shapes import CoefficientShape, get_shape_class
+from klip.shapes.base import CONTEXT_VARIABLES
 from klip.shapes.functional import PolicyForm, klip_objective
 
 # TorchRL's `_standardize` clamps the advantage std at float32's resolution.
@@ -201,6 +202,21 @@ def _shape_with_clip_epsilon(shape: CoefficientShape | str | None, clip_epsilon:
     return shape
 
 
+def _carry_context(old: CoefficientShape, new: CoefficientShape) -> None:
+    """Per-update and per-sample context set on `old` (not state: never saved) onto `new`.
+
+    Per-iteration context is a persistent buffer, which `load_state_dict` carries already.
+    """
+    values: dict[str, Any] = {}
+    for name in old.context:
+        kind = getattr(CONTEXT_VARIABLES.get(name), "kind", "iteration")
+        if kind == "iteration" or name not in getattr(old, "_context_set", ()):
+            continue
+        values[name] = old._sample_context[name] if kind == "sample" else float(getattr(old, name))
+    if values:
+        new.set_context(check=False, **values)  # type: ignore[call-arg]
+
+
 class KLipPPOLoss(_PPOFamilyLoss):
     """PPO with a per-sample KL coefficient `beta = -w*A*g(w, A)` from a coefficient shape.
 
@@ -336,6 +352,7 @@ class KLipPPOLoss(_PPOFamilyLoss):
             rebuilt.to(device=tensors[0].device, dtype=dtype)
             rebuilt.load_state_dict(shape.state_dict())
             rebuilt.train(shape.training)
+            _carry_context(shape, rebuilt)
             self.shape = rebuilt
             self._band_values = values
         # The exact tensors the built-in band shapes decide with (their `<param>_tensor`

@@ -235,3 +235,30 @@ def test_docstring_says_values_differ_and_gradients_are_equal():
     doc = " ".join((KLipPPOLoss.__doc__ or "").split())
     assert "its **gradients** equal `ClipPPOLoss`'s bit for bit" in doc
     assert "its `loss_objective` **values** differ" in doc
+
+
+def test_annealing_keeps_per_update_and_per_sample_context():
+    """Context that is not state (set per epoch or per minibatch) survives the rebuilt shape.
+    Runs where `klip.shapes.base` declares context kinds (the engine's per-sample context)."""
+    from klip.shapes.base import CONTEXT_VARIABLES
+
+    if getattr(CONTEXT_VARIABLES["progress"], "kind", None) is None:
+        pytest.skip("this klip.shapes.base has per-iteration context only")
+    from klip.shapes import CoefficientShape, Param
+
+    class EpochStep(CoefficientShape):
+        params = {"eps": Param(0.2, 0.0, 1.0, low_inclusive=False, high_inclusive=False)}  # noqa: RUF012
+        context = ("epoch_progress", "kl")
+
+        def gate(self, ratio, advantage):
+            return torch.zeros_like(ratio)
+
+    actor, critic = torchrl_actor_critic()
+    loss = KLipPPOLoss(actor, critic, shape=EpochStep(), **PAPER)
+    kl = torch.rand(8, 1)
+    loss.shape.set_context(epoch_progress=0.5, kl=kl)
+    loss.clip_epsilon.copy_(0.1)
+    loss._follow_band()
+    assert loss.shape.eps == pytest.approx(0.1)
+    assert float(loss.shape.epoch_progress) == 0.5
+    assert torch.equal(loss.shape._sample_context["kl"], kl)
