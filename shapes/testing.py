@@ -40,6 +40,11 @@ The checks (each at the defaults and at the ends of every declared search range)
   `[agents, samples, 1]` batch as klip's populations evaluate them, equal each alone.
 - `plot`: `klip.algos.plots.plot_shapes` renders the gate to a PNG.
 
+A shape that reads per-update or per-sample context (`CoefficientShape.context`) gets, for
+every evaluation, values made from that evaluation's ratios (`kl` as the k3 estimate
+`(w-1) - log w`, `old_log_prob` as log 0.3, `old_action_z` as a 2-d function of log w), so
+that a slice of the samples sees the slice of its context, as in a population.
+
 This module imports torch and `klip.shapes` only; `search_space` imports Optuna and `plot`
 matplotlib when they run.
 """
