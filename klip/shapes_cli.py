@@ -22,7 +22,7 @@ def add_check_command(shape_commands: Any) -> argparse.ArgumentParser:
                        help="a plug-in file (checks every shape it registers) or a registered shape name")
     check.add_argument("--all", action="store_true", help="every registered shape")
     check.add_argument("--plugin", dest="plugins_after", type=Path, action="append", default=[],
-                       help="a .py file registering shapes (loaded, not checked); repeatable")
+                       metavar="FILE.py", help="a .py file registering shapes (loaded, not checked)")
     return check
 
 

@@ -126,6 +126,14 @@ def test_check_by_name(clean_registry, capsys):
     assert code == 0 and lines[-1] == f"2 shape(s), {total} checks: {total} passed, 0 failed"
 
 
+def test_check_all_passes_every_registered_shape(clean_registry, capsys):
+    code, lines = check_lines(capsys, ["shapes", "check", "--all"])
+    names = available_shapes()
+    total = len(names) * len(CHECKS)
+    assert code == 0, "\n".join(line for line in lines if line.startswith("FAIL"))
+    assert lines[-1] == f"{len(names)} shape(s), {total} checks: {total} passed, 0 failed"
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["shapes", "check"], "name a plug-in FILE.py or a shape, or pass --all"),
     (["shapes", "check", "no_such_shape"], "unknown shape 'no_such_shape'"),
