@@ -143,6 +143,8 @@ KEYWORD_CASES = {
     "not-functional": dict(functional=False),
     "importance-cap": dict(max_importance_ratio=2.0),
     "no-explained-variance": dict(log_explained_variance=False),
+    "device": dict(device="cpu", clip_epsilon=0.15),
+    "critic-coeff": dict(critic_coeff=2.0, loss_critic_type="l1"),
 }
 
 
@@ -262,3 +264,12 @@ def test_annealing_keeps_per_update_and_per_sample_context():
     assert loss.shape.eps == pytest.approx(0.1)
     assert float(loss.shape.epoch_progress) == 0.5
     assert torch.equal(loss.shape._sample_context["kl"], kl)
+
+
+def test_torchrls_actor_and_critic_keyword_aliases():
+    actor, critic = torchrl_actor_critic(4)
+    batch = batch_for(actor, 0.1, torch.float32, 4)
+    reference = ClipPPOLoss(actor=actor, critic=critic, clip_epsilon=0.1, **PAPER)
+    klip = KLipPPOLoss(actor=actor, critic=critic, clip_epsilon=0.1, **PAPER)
+    expected, actual, _, _ = compare(reference, klip, batch, actor, critic)
+    assert all(torch.equal(a, b) for a, b in zip(expected, actual, strict=True))
