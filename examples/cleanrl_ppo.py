@@ -18,7 +18,8 @@ clamp does. With `shape = make_shape("step", eps=clip_coef)` every gradient equa
 clipped loss's bit for bit (`tests/test_examples.py` compares every minibatch's gradients
 with `torch.equal`), with one exception it counts: at a rounding tie outside the band,
 `A*ratio == A*clamp(ratio)` although `ratio != clamp(ratio)`, `torch.max` hands each term
-half the gradient (A/2 in all) where `step` gives 0. The loss *values* differ (0 instead of
+half the gradient (A/2 in all) where `step` gives 0 (killed) or A (the other side). The
+loss *values* differ (0 instead of
 `-clamp(ratio)*A` on the clipped samples): log gradients or returns, not `pg_loss`.
 
 Run: `python examples/cleanrl_ppo.py --shape sigmoid` (default `step`; `--shape clip` for

@@ -14,7 +14,8 @@ With `step`, the gradient is PPO-Clip's: decided in log space (`space="log"`, th
 it is bitwise TorchRL's `ClipPPOLoss`; decided in ratio space (`space="ratio"`) it is
 bitwise the `torch.max(-A*w, -A*clamp(w, 1-eps, 1+eps))` of CleanRL, except at a rounding
 tie outside the band (`A*w == A*clamp(w)` in floating point although `w != clamp(w)`),
-where `torch.max` gives each term half the gradient (A/2) and `step` gives 0.
+where `torch.max` gives each term half the gradient (A/2 in all) and `step` gives 0 past
+the bound A pushes towards (killed) or A past the other one (passed).
 The loss *values* differ from a clipped loss's (`w*sg(A(1-g))` is 0 where PPO-Clip's
 clipped term is `clip(w)*A`): compare gradients, not losses.
 """

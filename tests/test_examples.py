@@ -78,7 +78,8 @@ def test_torchrl_loop_with_another_shape_runs():
 
 def test_the_one_difference_from_cleanrl_a_rounding_tie_outside_the_band():
     """Just past 1 + eps, A*w and A*clamp(w) can round to the same float: torch.max then splits
-    the gradient (A/2), `step` gives 0. The examples' test counts such ties (none occurred)."""
+    the gradient (A/2), `step` gives 0 (a kill; A/2 instead of A on the other side, tested
+    below). The examples' test counts such ties (none occurred)."""
     upper = torch.tensor(1.2, dtype=torch.float32)
     ratio = torch.nextafter(upper, torch.tensor(2.0))
     generator = torch.Generator().manual_seed(0)
@@ -134,3 +135,46 @@ def test_the_functional_api_imports_with_torch_alone(statement, module):
         heavy = sorted(name for name in imported
                        if name.split(".")[0] in HEAVY or name.startswith("klip.algos."))
         assert heavy == [], heavy
+
+
+def test_policy_loss_is_cleanrls_per_sample_within_200_ulps_of_both_band_edges():
+    """Per-sample gradients (the loss is a mean of per-sample terms, so d loss / d log w_i is
+    sample i's alone) of `policy_loss(step, space="ratio")` and CleanRL's clipped loss, on ratios
+    0..200 float32 ulps either side of 1 - eps and 1 + eps, advantages of both signs over six
+    decades: equal everywhere except exactly at the rounding ties, where CleanRL's is half of
+    the whole gradient (`step`: 0 past the bound A pushes towards, the whole past the other)."""
+    eps = 0.2
+    shape = make_shape("step", eps=eps)
+    generator = torch.Generator().manual_seed(7)
+    differences = ties_seen = samples = kill_ties = 0
+    for edge in (1 - eps, 1 + eps):
+        ratio = torch.tensor([edge], dtype=torch.float32).repeat(401)
+        for step in range(1, 201):
+            ratio[200 + step] = torch.nextafter(ratio[200 + step - 1], torch.tensor(9.0))
+            ratio[200 - step] = torch.nextafter(ratio[200 - step + 1], torch.tensor(0.0))
+        for _ in range(50):
+            log_ratio = ratio.log()
+            decades = 6 * torch.rand(401, generator=generator) - 3
+            advantage = torch.randn(401, generator=generator) * 10**decades
+            reference = log_ratio.clone().requires_grad_()
+            w = reference.exp()
+            torch.max(-advantage * w, -advantage * torch.clamp(w, 1 - eps, 1 + eps)).mean().backward()
+            klip = log_ratio.clone().requires_grad_()
+            policy_loss(shape, klip, advantage, space="ratio").backward()
+            with torch.no_grad():
+                w = log_ratio.exp()
+                clipped = torch.clamp(w, 1 - eps, 1 + eps)
+                tie = (advantage * w == advantage * clipped) & (w != clipped) & (advantage != 0)
+            differ = reference.grad != klip.grad
+            assert torch.equal(differ, tie)
+            torch.testing.assert_close(reference.grad[tie], (-advantage * w / 2)[tie] / 401)
+            killed = (advantage > 0) == (w > 1)
+            assert (klip.grad[tie & killed] == 0).all()
+            torch.testing.assert_close(klip.grad[tie & ~killed], 2 * reference.grad[tie & ~killed])
+            kill_ties += int((tie & killed).sum())
+            differences += int(differ.sum())
+            ties_seen += int(tie.sum())
+            samples += 401
+    assert samples == 40_100 and differences == ties_seen
+    assert 0 < kill_ties < ties_seen < samples // 10  # both kinds of tie occurred, and few
+    print(f"{samples} samples, {differences} differences, all at ties ({kill_ties} on the kill side)")
