@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "to FILE.mp4 or FILE.gif")
     evaluation.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    shapes_parser = commands.add_parser("shapes", help="list, show and plot coefficient shapes")
+    shapes_parser = commands.add_parser("shapes", help="list, show, plot and check coefficient shapes")
     shapes_parser.add_argument("--plugin", type=Path, action="append", default=[],
                                help="a .py file registering shapes")
     shape_commands = shapes_parser.add_subparsers(dest="shapes_command", required=True)
@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a gallery of every registered shape at its defaults")
     plot.add_argument("--out", type=Path, default=Path("shapes.png"),
                       help="image file, written exactly there (default: shapes.png)")
+    from klip.shapes_cli import add_check_command
+
+    add_check_command(shape_commands)
     for command in (listing, show, plot):  # `klip shapes list --plugin F.py` works too
         command.add_argument("--plugin", dest="plugins_after", type=Path, action="append", default=[],
                              help="a .py file registering shapes; repeatable")
@@ -104,6 +107,10 @@ def _parse_shape_spec(spec: str) -> Any:
 
 
 def _shapes(args: argparse.Namespace) -> int:
+    if args.shapes_command == "check":
+        from klip.shapes_cli import run_shapes_check
+
+        return run_shapes_check(args)
     plugins = [*args.plugin, *args.plugins_after]
     if args.shapes_command == "list" and not plugins:
         from klip.shapes.catalog import shape_summaries  # no torch: answers at once
