@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from torchrl.objectives import ClipPPOLoss, LossModule
 from torchrl.objectives.value import GAE
 
 from klip import compat
+from klip.algos.batched import BatchedKLipLoss, batchable
 from klip.algos.config import ConfigError, TrainConfig
 from klip.algos.divergence import TrainingDiverged, first_non_finite
 from klip.algos.loss import KLipPPOLoss, ScalarKLPPOLoss
@@ -213,6 +214,29 @@ class _EvaluationTarget:
     frames: int
 
 
+def _minibatches(batched: BatchedKLipLoss | None, agents: Sequence[Agent], shuffled: Sequence[TensorDictBase],
+                 size: int) -> Iterator[list[Any]]:
+    """Minibatch k of every agent, in the form its loss takes."""
+    if batched is not None:
+        yield from batched.minibatches(shuffled, size)
+        return
+    per_agent = [agent.minibatch_loss.minibatches(rows, size)
+                 for agent, rows in zip(agents, shuffled, strict=True)]
+    for minibatches in zip(*per_agent, strict=True):
+        yield list(minibatches)
+
+
+def _losses(batched: BatchedKLipLoss | None, agents: Sequence[Agent], minibatches: list[Any]
+            ) -> tuple[Tensor, Sequence[Tensor]]:
+    """The sum of every agent's minibatch loss, and each agent's metrics."""
+    if batched is not None:
+        totals, metrics = batched(minibatches)
+        return totals.sum(), metrics
+    outputs = [agent.minibatch_loss(minibatch) for agent, minibatch in zip(agents, minibatches, strict=True)]
+    total = outputs[0][0] if len(outputs) == 1 else torch.stack([total for total, _ in outputs]).sum()
+    return total, [values for _, values in outputs]
+
+
 class PPOModule(pl.LightningModule):
     """PPO for N agents (N >= 1) sharing a task and options; `current_epoch` counts PPO iterations.
 
@@ -371,36 +395,41 @@ class PPOModule(pl.LightningModule):
             self.trainer.should_stop = True
 
     def update(self, data: dict[int, TensorDictBase], optimizer: Any) -> dict[int, list[Tensor]]:
-        """K epochs of shuffled minibatch steps; every agent steps on its own minibatch each time."""
+        """K epochs of shuffled minibatch steps; every agent steps on its own minibatch each time.
+
+        Shapes' losses run as one `BatchedKLipLoss` over every agent where it is exact
+        (`batched.batchable`); `--loss clip`, the scalar-KL baselines and other minibatch
+        sizes run each agent's own minibatch loss in turn (TorchRL's loss modules).
+        """
         cfg = self.config
         indices = list(data)
-        parameters = {index: self.agents[index].update_parameters() for index in indices}
-        metrics: dict[int, list[Tensor]] = {index: [] for index in indices}
+        agents = [self.agents[index] for index in indices]
+        parameters = [agent.update_parameters() for agent in agents]
+        modules = ([a.loss_module for a in agents], [a.actor for a in agents], [a.critic for a in agents])
+        batched = None
+        if not cfg.compile and batchable(*modules, cfg.minibatch_size, cfg.rollout_steps):
+            batched = BatchedKLipLoss(*modules)
+        metrics: list[list[Tensor]] = [[] for _ in agents]
         for epoch in range(cfg.epochs):
-            # Each agent shuffles its own samples with its own stream.
-            batches = []
-            for index in indices:
-                agent, rows = self.agents[index], data[index]
+            shuffled = []
+            for agent, index in zip(agents, indices, strict=True):
                 # Shapes conditioned on the inner loop read how far into it this epoch is.
                 set_context = getattr(agent.loss_module, "set_context", None)
                 if set_context is not None:
                     set_context(epoch_progress=epoch / cfg.epochs)
-                shuffled = rows[torch.randperm(rows.shape[0], generator=agent.generator)]
-                batches.append(agent.minibatch_loss.minibatches(shuffled, cfg.minibatch_size))
-            for minibatches in zip(*batches, strict=True):
-                totals, step_metrics = [], []
-                for index, minibatch in zip(indices, minibatches, strict=True):
-                    total, values = self.agents[index].minibatch_loss(minibatch)
-                    totals.append(total)
-                    step_metrics.append(values)
+                # Each agent shuffles its own samples with its own stream.
+                rows = data[index]
+                shuffled.append(rows[torch.randperm(rows.shape[0], generator=agent.generator)])
+            for minibatches in _minibatches(batched, agents, shuffled, cfg.minibatch_size):
+                total, step_metrics = _losses(batched, agents, minibatches)
                 optimizer.zero_grad(set_to_none=True)
                 # d(sum_i L_i)/d theta_i = dL_i/d theta_i: each agent gets its own loss's gradient.
-                (totals[0] if len(totals) == 1 else torch.stack(totals).sum()).backward()
-                for index, values in zip(indices, step_metrics, strict=True):
-                    grad_norm = torch.nn.utils.clip_grad_norm_(parameters[index], cfg.max_grad_norm)
-                    metrics[index].append(torch.cat([values, grad_norm.reshape(1)]))
+                total.backward()
+                for position, values in enumerate(step_metrics):
+                    grad_norm = torch.nn.utils.clip_grad_norm_(parameters[position], cfg.max_grad_norm)
+                    metrics[position].append(torch.cat([values, grad_norm.reshape(1)]))
                 optimizer.step()
-        return metrics
+        return dict(zip(indices, metrics, strict=True))
 
     def _update_keys(self, rollout: TensorDictBase) -> list[str]:
         return [key for key in UPDATE_KEYS if key in rollout]

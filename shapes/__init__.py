@@ -24,7 +24,7 @@ if TYPE_CHECKING:
         SigmoidShape,
         StepShape,
     )
-    from klip.shapes.drift import DriftShape, register_drift
+    from klip.shapes.drift import DriftShape
     from klip.shapes.published import ClipHigherShape, RollbackShape, TruncateShape, dpo, spo
     from klip.shapes.registry import (
         ENTRY_POINT_GROUP,
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         load_shapes_from_file,
         make_shape,
         parse_param_assignments,
+        register_drift,
         register_shape,
         save_shape,
         shape_from_dict,
@@ -47,7 +48,7 @@ _LAZY = {
                      "signed_distance_past_boundary"], "klip.shapes.base"),
     **dict.fromkeys(["AnnealedClipShape", "LearnedShape", "LinearRampShape", "NoGateShape",
                      "SigmoidShape", "StepShape"], "klip.shapes.builtin"),
-    **dict.fromkeys(["DriftShape", "register_drift"], "klip.shapes.drift"),
+    "DriftShape": "klip.shapes.drift",
     **dict.fromkeys(["ClipHigherShape", "RollbackShape", "TruncateShape", "dpo", "spo"],
                     "klip.shapes.published"),
 }

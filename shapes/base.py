@@ -163,6 +163,17 @@ CONTEXT_VARIABLES: Mapping[str, ContextVariable] = {
 }
 
 
+def named(name: str) -> Any:
+    """Class decorator of the built-in shapes: their registered name. The registry imports the
+    built-in modules and registers what they name (they do not import the registry)."""
+
+    def decorator(cls: Any) -> Any:
+        cls.name = name
+        return cls
+
+    return decorator
+
+
 class ContextNotSetError(RuntimeError):
     """A gate read a per-update or per-sample context variable that was not set."""
 

@@ -12,9 +12,9 @@ from klip.shapes.base import (
     CoefficientShape,
     Param,
     exact_kill_region,
+    named,
     signed_distance_past_boundary,
 )
-from klip.shapes.registry import register_shape
 
 if TYPE_CHECKING:
     import optuna
@@ -23,7 +23,7 @@ EPS = Param(0.2, 0.0, 1.0, low_inclusive=False, high_inclusive=False, search=(0.
             help="trust-region radius: the band is [1-eps, 1+eps]")
 
 
-@register_shape("step")
+@named("step")
 class StepShape(CoefficientShape):
     """`g = 1[kill]`: exactly PPO-Clip.
 
@@ -50,7 +50,7 @@ class StepShape(CoefficientShape):
         return exact_kill_region(log_ratio, ratio, advantage, eps, eps).to(log_ratio.dtype)
 
 
-@register_shape("none")
+@named("none")
 class NoGateShape(CoefficientShape):
     """`g = 0`: the unconstrained importance-sampled surrogate."""
 
@@ -60,7 +60,7 @@ class NoGateShape(CoefficientShape):
         return torch.zeros_like(ratio)
 
 
-@register_shape("sigmoid")
+@named("sigmoid")
 class SigmoidShape(CoefficientShape):
     """`g = sigmoid(d / tau)` of the signed distance `d` past the kill boundary.
 
@@ -81,7 +81,7 @@ class SigmoidShape(CoefficientShape):
         return torch.sigmoid(signed_distance_past_boundary(ratio, advantage, self.eps) / self.tau)
 
 
-@register_shape("linear_ramp")
+@named("linear_ramp")
 class LinearRampShape(CoefficientShape):
     """`g = clamp(d / delta, 0, 1)`: starts at the kill boundary, full after `delta`.
 
@@ -102,7 +102,7 @@ class LinearRampShape(CoefficientShape):
         return (distance / self.delta).clamp(0.0, 1.0)
 
 
-@register_shape("learned")
+@named("learned")
 class LearnedShape(CoefficientShape):
     """A monotone piecewise-linear gate of the signed distance past the boundary.
 
@@ -184,7 +184,7 @@ class LearnedShape(CoefficientShape):
         return shape
 
 
-@register_shape("annealed_clip")
+@named("annealed_clip")
 class AnnealedClipShape(CoefficientShape):
     """PPO-Clip whose band narrows over training: `eps` goes linearly from `eps_start` to `eps_end`.
 
@@ -251,7 +251,7 @@ def _increment_params(prefix: str = "") -> dict[str, Param]:
     return coordinates
 
 
-@register_shape("learned_increments")
+@named("learned_increments")
 class LearnedIncrementsShape(CoefficientShape):
     """A learned gate of non-negative increments plus PPO-Clip's jump: can roll back and amplify.
 
@@ -358,7 +358,7 @@ class LearnedIncrementsShape(CoefficientShape):
 LearnedIncrementsShape.params = {"eps": EPS, **_increment_params()}
 
 
-@register_shape("learned_increments_epoch")
+@named("learned_increments_epoch")
 class LearnedIncrementsEpochShape(LearnedIncrementsShape):
     """Two `learned_increments` gates, one for the start of the inner loop and one for its end.
 

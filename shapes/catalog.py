@@ -15,7 +15,8 @@ ENTRY_POINT_GROUP = "klip.shapes"
 
 
 BUILTIN_MODULES = ("builtin.py", "published.py")
-REGISTERING_DECORATORS = ("register_shape", "register_drift")
+# The decorators that name a built-in shape (`klip.shapes.base.named`, `klip.shapes.drift.drift_shape`).
+REGISTERING_DECORATORS = ("named", "drift_shape")
 
 
 def builtin_summaries() -> dict[str, str]:

@@ -5,7 +5,7 @@ al. 2022) has the per-sample gradient `(A - dPhi/dw) grad w = A(1-g) grad w`, so
 its gate is `g = (dPhi/dw) / A`. `DriftShape` computes that derivative with
 `torch.func.grad`, so a variant is written as its penalty alone:
 
-    @register_drift("quadratic", params={"eps": Param(0.2, 0.0, low_inclusive=False)})
+    @drift_shape("quadratic", params={"eps": Param(0.2, 0.0, low_inclusive=False)})
     def quadratic(ratio, advantage, eps):
         return advantage.abs() * (ratio - 1) ** 2 / (2 * eps)
 """
@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 from klip.shapes.base import CoefficientShape, Param
-from klip.shapes.registry import register_shape
 
 Drift = Callable[..., Tensor]
 
@@ -65,14 +64,14 @@ def _class_name(name: str) -> str:
     return "".join(part.capitalize() for part in re.split(r"[_\-]", name) if part) + "Drift"
 
 
-def register_drift(
+def drift_shape(
     name: str,
     *,
     params: Mapping[str, Param | float] | None = None,
     gate_range: tuple[float, float] = (-math.inf, math.inf),
-    override: bool = False,
 ) -> Callable[[Drift], type[DriftShape]]:
-    """Function decorator: register the drift `phi(ratio, advantage, **params)` as a shape.
+    """Function decorator: the shape named `name` whose drift is `phi(ratio, advantage, **params)`
+    (`klip.shapes.register_drift` also registers it).
 
     Every argument of `phi` after the first two is a shape parameter: declared
     in `params` (a `Param`, or a number as shorthand for an unbounded `Param`
@@ -85,7 +84,7 @@ def register_drift(
 
     def decorator(phi: Drift) -> type[DriftShape]:
         if not callable(phi):
-            raise TypeError(f"@register_drift({name!r}) needs a function phi(ratio, advantage, ...)")
+            raise TypeError(f"@drift_shape({name!r}) needs a function phi(ratio, advantage, ...)")
         arguments = list(inspect.signature(phi).parameters.values())
         if len(arguments) < 2:
             raise TypeError(
@@ -123,6 +122,7 @@ def register_drift(
             "drift": drift,
         }
         cls: type[DriftShape] = type(_class_name(name), (DriftShape,), namespace)
-        return register_shape(name, override=override)(cls)
+        cls.name = name
+        return cls
 
     return decorator

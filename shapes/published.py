@@ -19,14 +19,14 @@ from klip.shapes.base import (
     ContextNotSetError,
     Param,
     exact_kill_region,
+    named,
     signed_distance_past_boundary,
 )
 from klip.shapes.builtin import EPS
-from klip.shapes.drift import register_drift
-from klip.shapes.registry import register_shape
+from klip.shapes.drift import drift_shape
 
 
-@register_shape("rollback")
+@named("rollback")
 class RollbackShape(CoefficientShape):
     """PPO-RB: `g = (1 + alpha) 1[kill]`, a negative slope past the bound (rolls back).
 
@@ -63,7 +63,7 @@ class RollbackShape(CoefficientShape):
         return kill.to(log_ratio.dtype) * (1.0 + self.alpha)
 
 
-@register_shape("clip_higher")
+@named("clip_higher")
 class ClipHigherShape(CoefficientShape):
     """DAPO's clip-higher: `g = 1[kill]` for the asymmetric band `[1-eps_low, 1+eps_high]`.
 
@@ -97,7 +97,7 @@ class ClipHigherShape(CoefficientShape):
         return kill.to(log_ratio.dtype)
 
 
-@register_shape("truncate")
+@named("truncate")
 class TruncateShape(CoefficientShape):
     """CISPO's truncated importance weight: `g = 1 - clip(w, 1-eps_low, 1+eps_high) / w`, any sign of A.
 
@@ -127,7 +127,7 @@ class TruncateShape(CoefficientShape):
         return 1.0 - ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high) / ratio
 
 
-@register_drift(
+@drift_shape(
     "spo",
     params={"eps": Param(0.2, 0.0, 1.0, low_inclusive=False, high_inclusive=False,
                          search=(0.05, 0.4), help="scale of the quadratic penalty")},
@@ -143,7 +143,7 @@ def spo(ratio: Tensor, advantage: Tensor, eps: float) -> Tensor:
     return advantage.abs() * (ratio - 1) ** 2 / (2 * eps)
 
 
-@register_drift(
+@drift_shape(
     "dpo",
     params={
         "alpha": Param(2.0, 0.0, low_inclusive=False, search=(0.1, 10.0), log=True,
@@ -186,7 +186,7 @@ def _kl_triggered(shape: CoefficientShape, ratio: Tensor, advantage: Tensor, del
     return (kl >= delta) & (ratio * advantage > advantage)
 
 
-@register_shape("tr_ppo")
+@named("tr_ppo")
 class TRPPOShape(CoefficientShape):
     """TR-PPO: `g = 1[KL_s >= delta and w A > A]`, PPO-Clip with a per-state KL trigger.
 
@@ -213,7 +213,7 @@ class TRPPOShape(CoefficientShape):
         return _kl_triggered(self, ratio, advantage, self.delta).to(ratio.dtype)
 
 
-@register_shape("tr_ppo_rb")
+@named("tr_ppo_rb")
 class TRPPORollbackShape(CoefficientShape):
     """TR-PPO-RB (Truly PPO): TR-PPO's trigger with a KL rollback, `g = alpha (1 - 1/w) / A` there.
 
@@ -298,7 +298,7 @@ def trgppo_band(old_log_prob: Tensor, delta: float, iterations: int = 64) -> tup
     return lower.to(dtype), upper.to(dtype)
 
 
-@register_shape("trgppo")
+@named("trgppo")
 class TRGPPOShape(CoefficientShape):
     """TRGPPO: PPO-Clip with a per-action band `[l(p), u(p)]` from the rollout probability `p`.
 
@@ -408,7 +408,7 @@ def trgppo_gaussian_band(z: Tensor, delta: float, iterations: int = 100) -> tupl
     return lower.to(dtype), upper.to(dtype)
 
 
-@register_shape("trgppo_gaussian")
+@named("trgppo_gaussian")
 class TRGPPOGaussianShape(CoefficientShape):
     """TRGPPO for a diagonal Gaussian policy: PPO-Clip with a per-action band from the standardised action.
 

@@ -8,15 +8,17 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from klip.shapes.base import SHAPE_FILE_FORMAT, CoefficientShape
+from klip.shapes import builtin, published
+from klip.shapes.base import SHAPE_FILE_FORMAT, CoefficientShape, Param
 from klip.shapes.catalog import ENTRY_POINT_GROUP
+from klip.shapes.drift import Drift, DriftShape, drift_shape
 
 _REGISTRY: dict[str, type[CoefficientShape]] = {}
 _entry_points_loaded = False
@@ -64,12 +66,32 @@ def register_shape(name: str, *, override: bool = False) -> Callable[[ShapeClass
     return decorator
 
 
+def register_drift(
+    name: str,
+    *,
+    params: Mapping[str, Param | float] | None = None,
+    gate_range: tuple[float, float] = (-math.inf, math.inf),
+    override: bool = False,
+) -> Callable[[Drift], type[DriftShape]]:
+    """Function decorator: register the drift `phi(ratio, advantage, **params)` as a shape.
+
+    Every argument of `phi` after the first two is a shape parameter: declared in `params` (a
+    `Param`, or a number as shorthand for an unbounded `Param` with that default and no search
+    range), or else taken from the function's default value. Returns the generated
+    `DriftShape` subclass (the function stays reachable as its `phi` attribute); the name
+    works everywhere a shape name does (`make_shape`, `--shape`, studies).
+    """
+
+    def decorator(phi: Drift) -> type[DriftShape]:
+        return register_shape(name, override=override)(drift_shape(name, params=params,
+                                                                    gate_range=gate_range)(phi))
+
+    return decorator
+
+
 def _ensure_builtins() -> None:
     """Register the built-in shapes (klip.shapes imports lazily), without replacing a shape a
     user registered with override=True; also after a test emptied the registry."""
-    # During a built-in module's own import: the classes it has defined so far.
-    from klip.shapes import builtin, published
-
     for module in (builtin, published):
         for value in list(vars(module).values()):
             if inspect.isclass(value) and issubclass(value, CoefficientShape) and value.name:

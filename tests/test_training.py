@@ -153,7 +153,7 @@ def test_config_file_with_command_line_override(tmp_path):
     assert resolved["shape_params"] == {"eps": 0.2, "tau": 0.1}
 
 
-def test_shape_file_and_plugin_train(tmp_path):
+def test_shape_file_and_plugin_train(tmp_path, clean_registry):
     plugin = tmp_path / "gates.py"
     plugin.write_text(
         "import torch\nfrom shapes import CoefficientShape, register_shape\n"
