@@ -194,10 +194,12 @@ def run_block(block: Block, cwd: Path, index: int) -> None:
         result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
         assert result.returncode == 0, f"{block.where}: the Python block fails:\n{result.stderr[-3000:]}"
         return
-    for argv in commands(block):
+    argvs = commands(block)
+    for argv in argvs:  # every option of the block first: a renamed option fails before any training
         check_options(block, argv)
-        if block.mode == "options-only":
-            continue
+    if block.mode == "options-only":
+        return
+    for argv in argvs:
         command = tiny(block, argv, index)
         result = subprocess.run([sys.executable, "-m", "klip", *command[1:]], cwd=cwd, env=env,
                                 capture_output=True, text=True, timeout=TIMEOUT)
