@@ -86,7 +86,33 @@ def on_files(files: Files, config) -> Files:
     for uri, path in _EXTRA.items():
         if files.get_file_from_path(uri) is None:
             files.append(File.generated(config, uri, abs_src_path=str(path)))
+    _add_to_results_nav(config, [uri for uri in _EXTRA if uri.endswith(".md") and uri != "index.md"])
     return files
+
+
+def _nav_paths(items) -> set[str]:
+    found = set()
+    for item in items if isinstance(items, list) else [items]:
+        if isinstance(item, str):
+            found.add(item)
+        elif isinstance(item, dict):
+            for value in item.values():
+                found |= _nav_paths(value)
+    return found
+
+
+def _add_to_results_nav(config, uris: list[str]) -> None:
+    """A published write-up that mkdocs.yml's nav does not list goes at the end of "Results",
+    titled by its first heading: a new results page is reachable without editing mkdocs.yml."""
+    nav = config.get("nav") or []
+    listed = _nav_paths(nav)
+    section = next((item["Results"] for item in nav if isinstance(item, dict) and "Results" in item), None)
+    if section is None:
+        return
+    for uri in uris:
+        if uri not in listed:
+            heading = re.search(r"^#\s+(.+)$", _EXTRA[uri].read_text(), flags=re.M)
+            section.append({(heading.group(1).strip() if heading else uri): uri})
 
 
 def repository_path(src_uri: str) -> Path:
