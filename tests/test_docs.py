@@ -240,3 +240,12 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "site" / "index.html").is_file()
     assert (tmp_path / "site" / "api" / "losses" / "index.html").is_file()
+
+
+def test_shape_tables_list_every_built_in_shape() -> None:
+    """The README's and the shapes page's tables are typed, so they are checked against the registry."""
+    from klip.shapes import available_shapes
+
+    for page in (ROOT / "README.md", ROOT / "docs" / "shapes.md"):
+        rows = set(re.findall(r"^\| `(\w+)` \|", page.read_text(), flags=re.M))
+        assert rows == set(available_shapes()), (page.name, rows ^ set(available_shapes()))
