@@ -10,14 +10,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from klip.algos.loss import KLIP_DIAGNOSTICS, KLipPPOLoss, ScalarKLPPOLoss, klip_objective
+    from klip.algos.loss import KLIP_DIAGNOSTICS, KLipPPOLoss, ScalarKLPPOLoss
     from klip.algos.networks import make_actor, make_critic
+    from klip.shapes.functional import klip_objective
 
 _LAZY = {
     "KLIP_DIAGNOSTICS": "klip.algos.loss",
     "KLipPPOLoss": "klip.algos.loss",
     "ScalarKLPPOLoss": "klip.algos.loss",
-    "klip_objective": "klip.algos.loss",
+    "klip_objective": "klip.shapes.functional",  # torch alone: no TorchRL import for the objective
     "make_actor": "klip.algos.networks",
     "make_critic": "klip.algos.networks",
 }

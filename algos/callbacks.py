@@ -1,19 +1,17 @@
-"""Lightning callbacks and logger of a training run: progress, metrics CSV, evaluation."""
+"""Lightning callbacks and loggers of a training run: progress, metrics per agent, evaluation."""
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from tqdm.auto import tqdm
 
 from klip import compat
@@ -66,7 +64,7 @@ class TrainingProgress(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
         if self.bar is None:
             return
-        row = getattr(module, "last_row", {})
+        row = module.progress_row()
         self.bar.update(module.frames - self.bar.n)
         postfix = {"steps/s": f"{row.get('time/steps_per_s', 0):.0f}"}
         if "episode/return_recent" in row:
@@ -78,18 +76,46 @@ class TrainingProgress(pl.Callback):
             self.bar.close()
 
 
+class AgentLoggers(pl.Callback):
+    """Each agent's metrics row of every iteration to its own loggers (metrics.csv, TensorBoard)."""
+
+    def __init__(self, loggers: list[list[Logger]]) -> None:
+        self.loggers = loggers
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
+        for loggers, row in zip(self.loggers, module.rows, strict=True):
+            if row.get("frames") != module.frames:
+                continue  # an agent that failed logs no more rows
+            for logger in loggers:
+                logger.log_metrics(row, step=module.frames)
+
+    def on_train_end(self, trainer: pl.Trainer, module: Any) -> None:
+        for loggers in self.loggers:
+            for logger in loggers:
+                logger.finalize("success")
+
+
+class EvaluationTarget(Protocol):
+    """What `evaluate` needs: an agent's options, env (for its statistics), actor and frames."""
+
+    config: Any
+    env: Any
+    actor: Any
+    frames: int
+
+
 @torch.no_grad()
-def evaluate(module: Any, episodes: int, seed: int) -> dict[str, Any]:
+def evaluate(target: EvaluationTarget, episodes: int, seed: int) -> dict[str, Any]:
     """Deterministic (mean action) returns over `episodes`, normalisation frozen."""
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-    cfg = module.config
-    env = make_eval_env(cfg.task, seed=seed, normalization_state=get_normalization_state(module.env))
+    cfg = target.config
+    env = make_eval_env(cfg.task, seed=seed, normalization_state=get_normalization_state(target.env))
     returns, lengths = [], []
     started = time.perf_counter()
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         for _ in range(episodes):
-            trajectory = env.rollout(100_000, module.actor, break_when_any_done=True)
+            trajectory = env.rollout(100_000, target.actor, break_when_any_done=True)
             returns.append(float(trajectory["next", "reward"].sum()))
             lengths.append(int(trajectory.shape[-1]))
     env.close()
@@ -101,23 +127,9 @@ def evaluate(module: Any, episodes: int, seed: int) -> dict[str, Any]:
         "return_std": float(np.std(returns)) if returns else math.nan,
         "returns": returns,
         "lengths": lengths,
-        "frames": module.frames,
+        "frames": target.frames,
         "seconds": time.perf_counter() - started,
     }
-
-
-class FinalEvaluation(pl.Callback):
-    """Writes `eval.json` when training ends (not when `skip()` says it was cut short)."""
-
-    def __init__(self, out: Path, episodes: int, seed: int,
-                 skip: Callable[[], bool] = lambda: False) -> None:
-        self.out, self.episodes, self.seed, self.skip = out, episodes, seed, skip
-
-    def on_train_end(self, trainer: pl.Trainer, module: Any) -> None:
-        if self.episodes == 0 or self.skip():
-            return
-        result = evaluate(module, self.episodes, self.seed)
-        (self.out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 EVALUATIONS_FILE = "evaluations.csv"
@@ -125,24 +137,30 @@ EVALUATION_EPISODES = 5
 
 
 class PeriodicEvaluation(pl.Callback):
-    """Every `every` iterations: deterministic returns (frozen normalisation, the same seed
-    each time, so evaluations compare) into `evaluations.csv` and TensorBoard."""
+    """Every `every` iterations, each agent's deterministic returns (frozen normalisation, the
+    same seed each time, so evaluations compare) into its `evaluations.csv` and TensorBoard."""
 
-    def __init__(self, out: Path, every: int, seed: int, episodes: int = EVALUATION_EPISODES) -> None:
-        self.path, self.every, self.seed, self.episodes = out / EVALUATIONS_FILE, every, seed, episodes
+    def __init__(self, outs: list[Path], every: int, loggers: list[list[Logger]],
+                 episodes: int = EVALUATION_EPISODES) -> None:
+        self.outs, self.every, self.loggers, self.episodes = outs, every, loggers, episodes
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
         iteration = module.current_epoch + 1
         if self.every == 0 or iteration % self.every:
             return
-        result = evaluate(module, self.episodes, self.seed)
-        new_file = not self.path.is_file()
-        with open(self.path, "a", newline="") as file:
-            writer = csv.writer(file)
-            if new_file:
-                writer.writerow(["iteration", "frames", "return_mean", "return_std", "episodes"])
-            writer.writerow([iteration, module.frames, result["return_mean"], result["return_std"],
-                             self.episodes])
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_metrics({"eval/return_mean": result["return_mean"]}, step=module.frames)
+        for index, (out, loggers) in enumerate(zip(self.outs, self.loggers, strict=True)):
+            target = module.evaluation_target(index)
+            if target is None:
+                continue  # a failed agent
+            result = evaluate(target, self.episodes, target.config.seed + 20_000)
+            path = out / EVALUATIONS_FILE
+            new_file = not path.is_file()
+            with open(path, "a", newline="") as file:
+                writer = csv.writer(file)
+                if new_file:
+                    writer.writerow(["iteration", "frames", "return_mean", "return_std", "episodes"])
+                writer.writerow([iteration, module.frames, result["return_mean"], result["return_std"],
+                                 self.episodes])
+            for logger in loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.log_metrics({"eval/return_mean": result["return_mean"]}, step=module.frames)

@@ -17,6 +17,19 @@ class TrainingDiverged(FloatingPointError):
         self.quantity = quantity
 
 
+class AgentsDiverged(TrainingDiverged):
+    """Some agents of a population diverged (each was stopped and marked failed); the others
+    trained to the end. `results` holds every agent's outcome."""
+
+    def __init__(self, failures: Sequence[tuple[str, TrainingDiverged]], results: Sequence[object]) -> None:
+        FloatingPointError.__init__(self, f"{len(failures)} of {len(results)} agents diverged: " + "; ".join(
+            f"{name}: {failure.quantity} at iteration {failure.iteration}" for name, failure in failures))
+        self.iteration = failures[0][1].iteration
+        self.quantity = failures[0][1].quantity
+        self.failures = list(failures)
+        self.results = list(results)
+
+
 def first_non_finite(
     minibatch_metrics: Sequence[Tensor], names: Sequence[str], parameters: Iterable[tuple[str, Tensor]]
 ) -> str | None:
@@ -36,4 +49,4 @@ def first_non_finite(
     return None
 
 
-__all__ = ["TrainingDiverged", "first_non_finite"]
+__all__ = ["AgentsDiverged", "TrainingDiverged", "first_non_finite"]

@@ -1,7 +1,7 @@
 """Policy losses in TorchRL's PPO family.
 
-- `klip_objective`: the per-sample KL template `w*A + sg(beta)*log pi` with
-  `beta = -w*A*g(w, A)` for a gate `g` from `klip.shapes`, written once.
+- `klip_objective` (from `klip.shapes.functional`, which needs torch alone): the per-sample
+  KL template `w*A + sg(beta)*log pi` with `beta = -w*A*g(w, A)` for a gate `g`, written once.
 - `KLipPPOLoss`: that template as a TorchRL `LossModule`; with the `step` shape its
   gradients equal `ClipPPOLoss`'s bit for bit. It subclasses TorchRL's `PPOLoss`, so it
   takes the same actor/critic arguments, tensordict keys (`set_keys`), critic / entropy /
@@ -15,19 +15,20 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
-from torchrl.objectives import LossModule, PPOLoss
+from torchrl.objectives import ClipPPOLoss, LossModule, PPOLoss
 
 from klip import compat
 from klip.algos.networks import ValueHead, gaussian_entropy, gaussian_log_prob, policy_head
-from klip.shapes import CoefficientShape, make_shape
-
-PolicyForm = Literal["effective", "kl"]
+from klip.shapes import CoefficientShape, get_shape_class
+from klip.shapes.base import CONTEXT_VARIABLES
+from klip.shapes.functional import PolicyForm, klip_objective
 
 # TorchRL's `_standardize` clamps the advantage std at float32's resolution.
 ADVANTAGE_STD_MIN = torch.finfo(torch.float).resolution
@@ -43,38 +44,6 @@ KLIP_DIAGNOSTICS = (
     "beta_abs_kill_mean",
     "kl_k3",
 )
-
-
-def klip_objective(
-    shape: CoefficientShape,
-    log_ratio: Tensor,
-    advantage: Tensor,
-    *,
-    form: PolicyForm = "effective",
-    log_behaviour_weight: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Per-sample KLip surrogate (to maximise) and the gate, from log-ratios and advantages.
-
-    `"effective"`: `w * sg(A*(1-g))`; `"kl"`: `w*A + sg(beta) * log w` with
-    `beta = -w*A*g`. Same gradient; the first is exact for gates of 0 or 1.
-    The gate sees the (proximal) `log_ratio`; the surrogate is weighted by the
-    behaviour ratio `exp(log_behaviour_weight)`, which defaults to the same.
-    """
-    if log_behaviour_weight is None:
-        log_behaviour_weight = log_ratio
-    ratio = log_behaviour_weight.exp()
-    with torch.no_grad():
-        detached_log_ratio = log_ratio.detach()
-        detached_ratio = (
-            ratio.detach() if log_behaviour_weight is log_ratio else detached_log_ratio.exp()
-        )
-        gate = shape.gate_from_log_ratio(detached_log_ratio, detached_ratio, advantage)
-        # Multiplicative on purpose: a gate of exactly 0 or 1 gives exactly A or 0.
-        effective_advantage = advantage * (1 - gate)
-    if form == "effective":
-        return ratio * effective_advantage, gate
-    beta = -(detached_ratio * advantage * gate)
-    return ratio * advantage + beta * log_ratio, gate
 
 
 class _PPOFamilyLoss(PPOLoss):
@@ -164,25 +133,131 @@ class _PPOFamilyLoss(PPOLoss):
         compat.set_ppo_cached_out_keys(self, values)
 
 
+# Every keyword `ClipPPOLoss` takes: its own, and those it hands to `PPOLoss` (which swallows
+# any other keyword silently; KLipPPOLoss refuses those instead). Read from the signatures, so
+# a TorchRL release that adds an option is honoured (PPOLoss reads it) rather than refused.
+def _ppo_keywords() -> frozenset[str]:
+    names: set[str] = set()
+    for function in (PPOLoss.__init__, ClipPPOLoss.__init__):
+        for parameter in inspect.signature(function).parameters.values():
+            if parameter.kind is inspect.Parameter.KEYWORD_ONLY or parameter.default is not parameter.empty:
+                names.add(parameter.name)
+    return frozenset(names - {"actor_network", "critic_network"})
+
+
+CLIP_PPO_KEYWORDS = _ppo_keywords()
+CLIP_EPSILON_NAMES = ("clip_epsilon", "clip_epsilon_low", "clip_epsilon_high")
+
+
+def band_parameters(shape_class: type[CoefficientShape]) -> tuple[str, ...] | None:
+    """The parameters that set a shape's band `[1-eps_low, 1+eps_high]`: `("eps",)`,
+    `("eps_low", "eps_high")`, or None for a shape without one (`none`, `dpo`, ...)."""
+    if "eps" in shape_class.params:
+        return ("eps",)
+    if "eps_low" in shape_class.params and "eps_high" in shape_class.params:
+        return ("eps_low", "eps_high")
+    return None
+
+
+def _clip_epsilon_pair(clip_epsilon: Any) -> tuple[float, float] | None:
+    """`(eps_low, eps_high)` of an asymmetric `clip_epsilon`, None for a scalar."""
+    if not isinstance(clip_epsilon, (tuple, list)):
+        return None
+    if len(clip_epsilon) != 2:
+        raise ValueError(f"clip_epsilon tuple must have length 2, got {clip_epsilon}")
+    return float(clip_epsilon[0]), float(clip_epsilon[1])
+
+
+def _shape_with_clip_epsilon(shape: CoefficientShape | str | None, clip_epsilon: Any) -> CoefficientShape:
+    """The shape `KLipPPOLoss` runs: `clip_epsilon` sets its band as `ClipPPOLoss`'s clamp
+    bounds would be set, or the combination is refused with a ValueError."""
+    pair = _clip_epsilon_pair(clip_epsilon)
+    if shape is None:  # PPO-Clip itself, with ClipPPOLoss's band
+        shape = "clip_higher" if pair is not None else "step"
+    if not isinstance(shape, (str, CoefficientShape)):
+        raise TypeError(f"shape must be a CoefficientShape or a name, got {type(shape)}")
+    cls = get_shape_class(shape) if isinstance(shape, str) else type(shape)
+    name = cls.display_name()
+    if clip_epsilon is None:
+        return cls() if isinstance(shape, str) else shape
+    keys = band_parameters(cls)
+    if keys is None:
+        raise ValueError(f"clip_epsilon: shape {name!r} has no band (no eps, or eps_low and eps_high, "
+                         f"parameter) for clip_epsilon to set; leave clip_epsilon out")
+    if keys == ("eps",):
+        if pair is not None:
+            raise ValueError(f"clip_epsilon={tuple(clip_epsilon)} is asymmetric and shape {name!r} has one "
+                             f"symmetric eps; use shape='clip_higher' (ClipPPOLoss's asymmetric band)")
+        wanted = {"eps": float(clip_epsilon)}
+    else:
+        low, high = pair if pair is not None else (float(clip_epsilon), float(clip_epsilon))
+        wanted = {keys[0]: low, keys[1]: high}
+    if isinstance(shape, str):
+        return cls(**wanted)  # the shape validates the values, naming the parameter
+    differing = {key: value for key, value in wanted.items() if shape.hparams[key] != value}
+    if differing:
+        given = ", ".join(f"{key}={shape.hparams[key]:g}" for key in differing)
+        raise ValueError(f"clip_epsilon={clip_epsilon} disagrees with the shape's {given}: set the band "
+                         f"once, on the shape or with clip_epsilon and the shape's name")
+    return shape
+
+
+def _carry_context(old: CoefficientShape, new: CoefficientShape) -> None:
+    """Per-update and per-sample context set on `old` (not state: never saved) onto `new`.
+
+    Per-iteration context is a persistent buffer, which `load_state_dict` carries already.
+    """
+    values: dict[str, Any] = {}
+    for name in old.context:
+        kind = getattr(CONTEXT_VARIABLES.get(name), "kind", "iteration")
+        if kind == "iteration" or name not in getattr(old, "_context_set", ()):
+            continue
+        values[name] = old._sample_context[name] if kind == "sample" else float(getattr(old, name))
+    if values:
+        new.set_context(check=False, **values)  # type: ignore[call-arg]
+
+
 class KLipPPOLoss(_PPOFamilyLoss):
     """PPO with a per-sample KL coefficient `beta = -w*A*g(w, A)` from a coefficient shape.
 
+    A drop-in for TorchRL's `ClipPPOLoss`: with the `step` shape (the default) its
+    **gradients** equal `ClipPPOLoss`'s bit for bit, but its `loss_objective` **values**
+    differ: it is `-w * sg(A (1-g))`, which is 0 on the clipped samples where
+    `ClipPPOLoss` reports `-clip(w) A`. Compare gradients, or parameters after steps.
+
     Args:
         actor_network, critic_network: as for `ClipPPOLoss`.
-        shape: a `CoefficientShape` or a registered shape name (default `"step"`:
-            PPO-Clip). Its `eps` (if any) also defines the in/kill/pass regions
-            reported as diagnostics and the default value-clipping radius.
+        shape: a `CoefficientShape` or a registered shape name. Default: PPO-Clip with
+            `ClipPPOLoss`'s band, `step` (eps 0.2 or `clip_epsilon`), or `clip_higher`
+            for an asymmetric `clip_epsilon=(low, high)`. The shape's band also
+            defines the in/kill/pass regions of the diagnostics and `clip_value=True`.
+        clip_epsilon: `ClipPPOLoss`'s option, mapped to the shape's band parameters:
+            a float sets `eps` (or `eps_low` and `eps_high` both), a pair `(low, high)`
+            sets `eps_low`, `eps_high` (`clip_higher`, `truncate`). Refused with a
+            ValueError for a shape without a band, a pair for a symmetric shape, a value
+            the shape's parameter range excludes, and a shape instance whose band differs.
+            As in `ClipPPOLoss`, the band is then the tensor buffer `clip_epsilon` (or
+            `clip_epsilon_low`/`clip_epsilon_high` after a pair), which scripts anneal in
+            place (`loss.clip_epsilon.copy_(eps * alpha)`): the next call rebuilds the
+            shape with that band (its learned state kept), gating exactly as
+            `ClipPPOLoss` clamps; reading the new value costs one host synchronisation
+            per change. Assigning a number to it is refused, as in TorchRL.
         form: `"effective"` computes `w * sg(A*(1-g))`, which gives exactly `A` or
             `0` for a gate of exactly 0 or 1 (bitwise equal to `ClipPPOLoss` for
             `step`); `"kl"` computes the explicit `w*A + sg(beta)*log w`. Same
             gradient up to rounding.
-        diagnostics: `True` writes the region fractions, gate and beta statistics
-            into every output; `"deferred"` only records the per-sample inputs and
-            computes the same statistics over all calls since the last
-            `pop_diagnostics()`, once, which keeps many small tensor ops out of
-            the minibatch loop; `False` skips them.
+        diagnostics: `True` (default) writes into every output `ClipPPOLoss`'s own
+            statistics, computed as it computes them (`clip_fraction`, `ESS`,
+            `max_ratio`, `mean_ratio`), and klip's region fractions, gate and beta
+            statistics; `"deferred"` only records the per-sample inputs and computes
+            klip's statistics over all calls since the last `pop_diagnostics()`, once;
+            `False` skips them.
         clip_value: `True` uses the shape's `eps`; a float sets the radius.
-        Other keyword arguments go to TorchRL's `PPOLoss` unchanged.
+        Every other keyword `ClipPPOLoss` accepts (`entropy_coeff`, `critic_coeff`,
+        `loss_critic_type`, `normalize_advantage`, `reduction`, `separate_losses`,
+        `delay_actor`, `max_importance_ratio`, `device`, `functional`, ...) goes to
+        TorchRL's `PPOLoss`, which honours it as for `ClipPPOLoss`; any other keyword
+        is refused with a TypeError (`PPOLoss` itself would swallow a typo).
     """
 
     def __init__(
@@ -190,34 +265,122 @@ class KLipPPOLoss(_PPOFamilyLoss):
         actor_network: Any = None,
         critic_network: Any = None,
         *,
-        shape: CoefficientShape | str = "step",
+        shape: CoefficientShape | str | None = None,
+        clip_epsilon: float | tuple[float, float] | None = None,
         form: PolicyForm = "effective",
         diagnostics: bool | Literal["deferred"] = True,
         clip_value: bool | float | None = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(shape, str):
-            shape = make_shape(shape)
-        if not isinstance(shape, CoefficientShape):
-            raise TypeError(f"shape must be a CoefficientShape or a name, got {type(shape)}")
+        unknown = sorted(set(kwargs) - CLIP_PPO_KEYWORDS)
+        if unknown:
+            raise TypeError(
+                f"KLipPPOLoss got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; it takes "
+                f"ClipPPOLoss's keywords and shape, form, diagnostics"
+            )
+        shape = _shape_with_clip_epsilon(shape, clip_epsilon)
         if form not in ("effective", "kl"):
             raise ValueError(f"form must be 'effective' or 'kl', got {form!r}")
-        region_eps = float(getattr(shape, "eps", 0.2))
-        super().__init__(actor_network, critic_network, clip_value=clip_value,
-                         policy_clip_radius=region_eps, **kwargs)
-        self.shape = shape
-        self.form = form
         if diagnostics not in (True, False, "deferred"):
             raise ValueError(f"diagnostics must be True, False or 'deferred', got {diagnostics!r}")
+        keys = band_parameters(type(shape))
+        # Buffers named as ClipPPOLoss names them: `clip_epsilon`, or the pair after a pair.
+        if keys is None:
+            band: dict[str, float] = {}
+        elif keys == ("eps",) or (clip_epsilon is not None and _clip_epsilon_pair(clip_epsilon) is None):
+            band = {"clip_epsilon": shape.hparams[keys[0]]}
+        else:
+            band = {"clip_epsilon_low": shape.hparams[keys[0]], "clip_epsilon_high": shape.hparams[keys[1]]}
+        if clip_value is True and "clip_epsilon_low" in band:
+            raise ValueError("clip_value=True cannot infer the value-clip threshold from an asymmetric "
+                             "band; pass an explicit float threshold, e.g. clip_value=0.2")
+        region_eps = float(getattr(shape, "eps", 0.2))  # as before: the trainer's diagnostics read it
+        # `clip_value=True` is ClipPPOLoss's: the value is clipped at the (symmetric) band.
+        super().__init__(actor_network, critic_network, clip_value=clip_value,
+                         policy_clip_radius=band.get("clip_epsilon", region_eps), **kwargs)
+        device = kwargs.get("device")
+        if device is None:
+            device = next((parameter.device for parameter in self.parameters()), torch.device("cpu"))
+        self.shape = shape.to(device)
+        self.form = form
         self.diagnostics = diagnostics
         self._records: list[tuple[Tensor, Tensor, Tensor]] = []
         self.register_buffer("region_eps", torch.tensor(region_eps))
+        self._band_names = tuple(band)
+        for buffer_name, value in band.items():
+            # Not persistent: checkpoints of klip's trainer keep their keys; the shape holds the band.
+            self.register_buffer(buffer_name, torch.tensor(value, device=device), persistent=False)
+        self._band_values = [float(tensor) for tensor in self._band_tensors()]
+        self._band_seen = self._band_version()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # As ClipPPOLoss: scheduling a clip threshold the loss does not have would only create a
+        # shadow attribute while the gate keeps its band; refuse it.
+        if (name in CLIP_EPSILON_NAMES and getattr(self, "_buffers", None) is not None
+                and name not in self._buffers):
+            have = [key for key in CLIP_EPSILON_NAMES if key in self._buffers]
+            instead = f"schedule {' / '.join(map(repr, have))} instead" if have else (
+                f"shape {self.shape.display_name()!r} has no band")
+            raise AttributeError(f"Cannot schedule {name!r} on this KLipPPOLoss: {instead}")
+        super().__setattr__(name, value)
+
+    def _band_version(self) -> tuple[tuple[int, int], ...]:
+        return tuple((id(tensor), tensor._version) for tensor in self._band_tensors())
+
+    def _band_tensors(self) -> list[Tensor]:
+        return [self._buffers[name] for name in self._band_names]  # type: ignore[misc]
+
+    def _follow_band(self) -> None:
+        """After `clip_epsilon` was changed in place (annealing), give the shape that band."""
+        version = self._band_version()
+        if version == self._band_seen:
+            return
+        tensors = self._band_tensors()
+        keys = band_parameters(type(self.shape))
+        assert keys is not None
+        values = [float(tensor) for tensor in tensors]
+        shape = self.shape
+        # Compared with the last values seen, not the shape's floats: `.double()` replaces
+        # the buffers by tensors of the same values, which needs no new shape.
+        if values != self._band_values:
+            wanted = dict(zip(keys, values * len(keys) if len(values) == 1 else values, strict=True))
+            if any(True for _ in shape.parameters()):
+                raise ValueError(f"shape {shape.display_name()!r} has trainable parameters; its band "
+                                 f"cannot follow clip_epsilon (build a new loss instead)")
+            rebuilt = type(shape)(**{**shape.hparams, **wanted})
+            dtype = next((b.dtype for b in shape.buffers() if b.is_floating_point()), None)
+            rebuilt.to(device=tensors[0].device, dtype=dtype)
+            rebuilt.load_state_dict(shape.state_dict())
+            rebuilt.train(shape.training)
+            _carry_context(shape, rebuilt)
+            self.shape = rebuilt
+            self._band_values = values
+        # The exact tensors the built-in band shapes decide with (their `<param>_tensor`
+        # buffers), so that the bounds are ClipPPOLoss's bit for bit in any dtype.
+        for key, tensor in zip(keys, tensors * len(keys) if len(tensors) == 1 else tensors, strict=True):
+            exact = getattr(self.shape, f"{key}_tensor", None)
+            if isinstance(exact, Tensor):
+                exact.copy_(tensor)
+        if keys == ("eps",):
+            self.region_eps.copy_(tensors[0])
+        self._band_seen = self._band_version()
+
+    def _clip_bounds(self) -> tuple[Tensor, Tensor] | None:
+        """ClipPPOLoss's clamp bounds on the log-ratio, from the band buffers (None: no band)."""
+        tensors = self._band_tensors()
+        if not tensors:
+            return None
+        low, high = (tensors[0], tensors[0]) if len(tensors) == 1 else tensors
+        return (-low).log1p(), high.log1p()
 
     def _policy_out_keys(self) -> list[str]:
-        return ["loss_objective", "kl_approx"] + (
-            list(KLIP_DIAGNOSTICS) if self.diagnostics is True else [])
+        if self.diagnostics is not True:
+            return ["loss_objective", "kl_approx"]
+        return ["loss_objective", "kl_approx", *KLIP_DIAGNOSTICS, "ESS", "max_ratio", "mean_ratio"]
 
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        if self._band_names:
+            self._follow_band()
         tensordict, advantage, log_weight, log_is_weight, dist, kl_approx = (
             self._advantage_and_log_weight(tensordict)
         )
@@ -231,9 +394,26 @@ class KLipPPOLoss(_PPOFamilyLoss):
         td_out.set("kl_approx", kl_approx.detach().mean())
         if self.diagnostics is True:
             td_out.update(self.diagnostics_of(log_weight.detach(), advantage, gate))
+            td_out.update(self._clip_ppo_statistics(log_weight.detach(), log_behav_weight.detach()))
         elif self.diagnostics == "deferred":
             self.record_diagnostics(log_weight, advantage, gate)
         return self._add_entropy_critic_and_reduce(td_out, tensordict, dist, advantage.shape[:-1])
+
+    @torch.no_grad()
+    def _clip_ppo_statistics(self, log_weight: Tensor, log_behav_weight: Tensor) -> dict[str, Tensor]:
+        """`ClipPPOLoss`'s own logged statistics, with its operations."""
+        out: dict[str, Tensor] = {}
+        bounds = self._clip_bounds()
+        if bounds is not None:  # else diagnostics_of's clip_fraction, of the default region
+            clipped = log_weight.clamp(*bounds)
+            out["clip_fraction"] = (clipped != log_weight).to(log_weight.dtype).mean()
+        lw = log_behav_weight.squeeze(-1)
+        ess = (2 * lw.logsumexp(0) - (2 * lw).logsumexp(0)).exp()
+        out["ESS"] = ess / log_weight.shape[0]
+        ratio = log_behav_weight.exp()
+        out["max_ratio"] = ratio.max()
+        out["mean_ratio"] = ratio.mean()
+        return out
 
     def record_diagnostics(self, log_weight: Tensor, advantage: Tensor, gate: Tensor) -> None:
         """Keep one call's per-sample inputs for `pop_diagnostics` (`"deferred"` mode)."""

@@ -1,25 +1,24 @@
-"""One PPO iteration per Lightning training step.
+"""The one training engine: PPO for N agents, one Lightning training step per PPO iteration.
 
-Read top to bottom: `training_step` collects a rollout, computes GAE, then
-runs K epochs of shuffled minibatches through the loss with manual
-optimisation (grad-norm clip, linear LR annealing), and logs one row of
-metrics per iteration.
+A single run is a population of one; `klip train --seeds/--sweep`, a study's `--batch` and a
+grid's `--seeds-together` are populations of many. `training_step` reads top to bottom:
+collect one rollout of every agent (one vector env steps all their sub-envs), GAE per agent,
+then K epochs of shuffled minibatches, every agent's minibatch loss in one backward pass,
+gradient clipping per agent, one Adam step, and one metrics row per agent.
 
-What runs by default, and why the other paths remain:
+**Every agent is bitwise its own single run.** Each agent owns the modules its single run
+builds (same seed order, same init), its own random stream (action noise, shuffles), its own
+loss module, and runs the single run's operations on its own tensors: nothing an agent
+computes reads another agent's numbers, and no kernel sees a batch whose size depends on N
+(a batched matrix product does not round per agent as the unbatched one does on every CPU
+BLAS: `tests/test_population.py` shows where). What is shared is exact by construction:
+the sum of independent losses hands each agent the gradient of its own loss, and
+`torch.optim.Adam(foreach=True)` updates each tensor on its own.
 
-- rollouts: `rollout.FastRollouts` (`--collector fast`); reference
-  `rollout.CollectorRollouts`, TorchRL's `Collector` (`--collector torchrl`);
-- advantages: TorchRL's `GAE`;
-- minibatch loss of a shape: `loss.KLipTensorLoss` on plain tensors; reference
-  `loss.KLipPPOLoss`, the TorchRL `LossModule` it mirrors;
-- minibatch loss of `--loss clip` / `kl_fixed` / `kl_adaptive`: `update.ModuleLoss`
-  over TorchRL's `ClipPPOLoss` / `loss.ScalarKLPPOLoss`.
-
-The fast paths exist because TorchRL's per-step and per-minibatch TensorDict
-bookkeeping costs more than the simulation and the arithmetic on these small
-networks. The references stay because they are the oracle of the bitwise tests
-(`tests/test_rollouts.py`, `tests/test_update.py`): each fast path returns
-exactly what its reference returns, so the `step` shape stays PPO-Clip bit for bit.
+The losses: shapes run through `loss.KLipTensorLoss` (bitwise `KLipPPOLoss`, cheaper per
+minibatch); `--loss clip` through TorchRL's own `ClipPPOLoss` and the scalar-KL baselines
+through `loss.ScalarKLPPOLoss` (`update.ModuleLoss`). The `step` shape's gradients are
+bitwise `ClipPPOLoss`'s, so `--shape step` and `--loss clip` runs end with equal parameters.
 """
 
 from __future__ import annotations
@@ -27,38 +26,61 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from tensordict import TensorDictBase
-from torch import Tensor
+from torch import Tensor, nn
 from torchrl.objectives import ClipPPOLoss, LossModule
 from torchrl.objectives.value import GAE
 
 from klip import compat
-from klip.algos.config import TrainConfig
+from klip.algos.config import ConfigError, TrainConfig
 from klip.algos.divergence import TrainingDiverged, first_non_finite
 from klip.algos.loss import KLipPPOLoss, ScalarKLPPOLoss
 from klip.algos.networks import make_actor, make_critic
 from klip.algos.resolve import resolve_config
 from klip.algos.rollout import make_rollouts
-from klip.algos.update import make_minibatch_loss
-from klip.envs import drain_episodes, make_env, observation_and_action_dims
+from klip.algos.update import MinibatchLoss, make_minibatch_loss
+from klip.envs import make_env, observation_and_action_dims
 from klip.shapes import CoefficientShape
 
 # Keys the update reads; selecting them once per rollout keeps minibatch slicing cheap.
 UPDATE_KEYS = ("observation", "action", "action_log_prob", "advantage", "value_target",
                "state_value", "loc", "scale")
+# Options that may differ between the agents of one population; everything else is shared.
+PER_AGENT_OPTIONS = ("seed", "shape_params", "shape_file")
 
 
-def build_shape(config: TrainConfig) -> CoefficientShape | None:
-    return resolve_config(config)[1]
+def check_population_configs(configs: Sequence[TrainConfig]) -> None:
+    """Raise `ConfigError` unless the configs differ only in seed and shape parameters."""
+    if not configs:
+        raise ConfigError("a population needs at least one agent")
+    # Under --loss klip a resolved config's clip_eps only records its shape's eps (per agent).
+    per_agent = (*PER_AGENT_OPTIONS, "clip_eps") if configs[0].loss == "klip" else PER_AGENT_OPTIONS
+    shared = [{k: v for k, v in c.to_dict().items() if k not in per_agent} for c in configs]
+    for index, options in enumerate(shared[1:], start=1):
+        if options != shared[0]:
+            differing = sorted(k for k in options if options[k] != shared[0][k])
+            raise ConfigError(f"agent {index} differs from agent 0 in {', '.join(differing)}; "
+                              "a population's agents may differ only in seed and shape parameters "
+                              "(or shape file)")
+    identities = [(c.seed, repr(sorted(c.shape_params.items())), c.shape_file) for c in configs]
+    if len(set(identities)) != len(identities):
+        raise ConfigError("duplicate agents: two agents have the same seed and shape parameters")
+    if len(configs) > 1 and configs[0].compile:
+        raise ConfigError("--compile trains one agent at a time; drop --seeds/--sweep or --compile")
+    if len(configs) > 1 and configs[0].collector != "fast":
+        raise ConfigError("--collector torchrl is the single run's reference; populations collect "
+                          "with --collector fast")
 
 
-def build_loss(config: TrainConfig, actor: Any, critic: Any,
-               shape: CoefficientShape | None = None) -> LossModule:
+def build_loss(config: TrainConfig, actor: Any, critic: Any, shape: CoefficientShape) -> LossModule:
+    """The agent's TorchRL loss module: `ClipPPOLoss`, `ScalarKLPPOLoss` or `KLipPPOLoss`."""
     common = dict(
         # With a zero coefficient the entropy term only costs time (its gradient is
         # exactly zero); the trainer logs the policy entropy once per iteration instead.
@@ -81,8 +103,12 @@ def build_loss(config: TrainConfig, actor: Any, critic: Any,
                   if (value := getattr(config, key)) is not None}
         return ScalarKLPPOLoss(actor, critic, beta=config.kl_beta,
                                adaptive=config.loss == "kl_adaptive", **chosen, **common)
-    return KLipPPOLoss(actor, critic, shape=shape if shape is not None else build_shape(config),
+    return KLipPPOLoss(actor, critic, shape=shape,
                        diagnostics="deferred" if config.diagnostics else False, **common)
+
+
+def build_shape(config: TrainConfig) -> CoefficientShape | None:
+    return resolve_config(config)[1]
 
 
 def iteration_row(
@@ -122,50 +148,146 @@ def iteration_row(
     return row
 
 
-class PPOModule(pl.LightningModule):
-    """PPO on one task with a chosen loss; `current_epoch` counts PPO iterations."""
+class Agent(nn.Module):
+    """One agent: the modules, loss, random stream and records its single run has.
 
-    def __init__(self, config: dict[str, Any], shape: CoefficientShape | None = None) -> None:
+    Built in the single run's order (seed, env, actor, critic), so agent i of any population
+    starts from the parameters, environment and random stream of its single run.
+    """
+
+    def __init__(self, config: TrainConfig, shape: CoefficientShape | None) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["shape"])
-        self.config, shape = resolve_config(TrainConfig.from_dict(config), shape)
-        self.automatic_optimization = False
-        cfg = self.config
-        torch.manual_seed(cfg.seed)
-        self.env = make_env(cfg.task, num_envs=cfg.num_envs, seed=cfg.seed, gamma=cfg.gamma,
-                            backend=cfg.env_backend)
+        self.config = config
+        torch.manual_seed(config.seed)
+        # Not a submodule: the env's state is checkpointed by the rollouts (`klip.envs.state`).
+        self.__dict__["env"] = make_env(config.task, num_envs=config.num_envs, seed=config.seed,
+                                        gamma=config.gamma, backend=config.env_backend)
         observation_dim, action_dim = observation_and_action_dims(self.env)
-        self.actor = make_actor(observation_dim, action_dim, cfg.hidden)
-        self.critic = make_critic(observation_dim, cfg.hidden)
-        self.loss_module = build_loss(cfg, self.actor, self.critic, shape)
-        self.advantage_module = GAE(gamma=cfg.gamma, lmbda=cfg.gae_lambda,
-                                    value_network=self.critic, average_gae=False)
-        self.rollouts = make_rollouts(cfg.collector, self.env, self.actor, cfg.frames_per_env)
+        self.actor = make_actor(observation_dim, action_dim, config.hidden)
+        self.critic = make_critic(observation_dim, config.hidden)
+        self.loss_module = build_loss(config, self.actor, self.critic, shape)
+        # Not submodules: the loss module holds the actor and critic already.
+        self.__dict__["advantage_module"] = GAE(gamma=config.gamma, lmbda=config.gae_lambda,
+                                                value_network=self.critic, average_gae=False)
+        self.__dict__["minibatch_loss"] = make_minibatch_loss(self.loss_module, self.actor, self.critic,
+                                                              compile=config.compile)
+        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.return_history: list[tuple[int, float]] = []
+        self.failure: TrainingDiverged | None = None
+        self.last_row: dict[str, float] = {}
+        # The agent's own stream (action noise, shuffles) starts where its single run's global
+        # stream stands once everything is built.
+        self.generator = torch.Generator()
+        self.generator.set_state(torch.get_rng_state())
+
+    advantage_module: GAE
+    minibatch_loss: MinibatchLoss
+    env: Any
+
+    @property
+    def active(self) -> bool:
+        return self.failure is None
+
+    def update_parameters(self) -> list[Tensor]:
+        return [p for p in self.loss_module.parameters() if p.requires_grad]
+
+    def state(self) -> dict[str, Any]:
+        return {"recent_returns": list(self.recent_returns), "return_history": list(self.return_history),
+                "generator": self.generator.get_state(),
+                "failure": None if self.failure is None else [self.failure.iteration, self.failure.quantity]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.recent_returns.clear()
+        self.recent_returns.extend(state["recent_returns"])
+        self.return_history = [tuple(item) for item in state["return_history"]]
+        self.generator.set_state(state["generator"])
+        if state.get("failure") is not None:
+            self.failure = TrainingDiverged(*state["failure"])
+
+
+@dataclass
+class _EvaluationTarget:
+    config: TrainConfig
+    env: Any
+    actor: Any
+    frames: int
+
+
+class PPOModule(pl.LightningModule):
+    """PPO for N agents (N >= 1) sharing a task and options; `current_epoch` counts PPO iterations.
+
+    `configs` are the agents' `TrainConfig` dicts; they may differ only in seed and shape
+    parameters. `shapes[i]`, when given, is agent i's ready shape object (instead of its
+    config's `--shape`).
+    """
+
+    def __init__(self, configs: list[dict[str, Any]], shapes: Sequence[CoefficientShape | None] | None = None
+                 ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["shapes"])
+        given = list(shapes) if shapes is not None else [None] * len(configs)
+        resolved = [resolve_config(TrainConfig.from_dict(dict(config)), shape)
+                    for config, shape in zip(configs, given, strict=True)]
+        check_population_configs([config for config, _ in resolved])
+        self.agents = nn.ModuleList([Agent(config, shape) for config, shape in resolved])
+        self.config = cfg = self.agents[0].config
+        self.automatic_optimization = False
+        self.rollouts = make_rollouts(cfg.collector, [agent.env for agent in self.agents],
+                                      [agent.actor for agent in self.agents], cfg.frames_per_env)
         self.frames = 0
         self.iteration_lr = cfg.lr  # the rate the running iteration uses (its `lr` column)
         # Linear annealing (start iteration, factor there, iteration where it reaches 0);
         # a resume that changes --steps re-plans from the current rate (see `plan_lr_to`).
         self.lr_plan: tuple[int, float, int] = (0, 1.0, cfg.iterations)
-        self.recent_returns: deque[float] = deque(maxlen=20)
-        self.return_history: list[tuple[int, float]] = []
-        # The iteration draws from its own RNG stream (actions, shuffles), saved in
-        # checkpoints, so whatever Lightning draws between iterations cannot shift it.
-        self._rng_state = torch.get_rng_state()
         if cfg.compile:
             compat.configure_inductor()
-        # KLip shapes run through `TensorLoss` (bitwise the loss module, less overhead);
-        # `--loss clip` and the scalar-KL baselines through TorchRL's loss modules.
-        self.minibatch_loss = make_minibatch_loss(self.loss_module, self.actor, self.critic,
-                                                  compile=cfg.compile)
 
-    # -- optimisation set-up ----------------------------------------------------
+    # -- the agents ----------------------------------------------------------------------
+    @property
+    def num_agents(self) -> int:
+        return len(self.agents)
+
+    @property
+    def configs(self) -> list[TrainConfig]:
+        return [agent.config for agent in self.agents]
+
+    def _only(self) -> Agent:
+        if len(self.agents) != 1:
+            raise AttributeError("a population has no single actor, critic or env; use module.agents[i]")
+        return self.agents[0]
+
+    @property
+    def actor(self) -> Any:
+        return self._only().actor
+
+    @property
+    def critic(self) -> Any:
+        return self._only().critic
+
+    @property
+    def env(self) -> Any:
+        return self._only().env
+
+    @property
+    def loss_module(self) -> LossModule:
+        return self._only().loss_module
+
+    @property
+    def return_history(self) -> list[tuple[int, float]]:
+        return self._only().return_history
+
+    @property
+    def last_row(self) -> dict[str, float]:
+        return self._only().last_row
+
+    # -- optimisation set-up ---------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         cfg = self.config
-        # foreach gives bitwise the default (single-tensor) Adam's results, a little faster;
+        # foreach gives bitwise the default (single-tensor) Adam's results, tensor by tensor;
         # fused is faster still but rounds differently, so it is opt-in like `compile`.
         implementation = {"fused": True} if cfg.fused_adam else {"foreach": True}
-        optimizer = torch.optim.Adam(self.loss_module.parameters(), lr=cfg.lr, eps=cfg.adam_eps,
-                                     **implementation)
+        parameters = [p for agent in self.agents for p in agent.loss_module.parameters()]
+        optimizer = torch.optim.Adam(parameters, lr=cfg.lr, eps=cfg.adam_eps, **implementation)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         return [optimizer], [scheduler]
 
@@ -188,7 +310,7 @@ class PPOModule(pl.LightningModule):
         # One dummy item per Lightning epoch: the data comes from the environment.
         return torch.utils.data.DataLoader([0], batch_size=None)
 
-    # -- one PPO iteration --------------------------------------------------------
+    # -- one PPO iteration of every agent ---------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> None:
         cfg = self.config
         # Lightning's optimiser wrapper: its step() counts global_step (one per minibatch),
@@ -196,68 +318,98 @@ class PPOModule(pl.LightningModule):
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         started = time.perf_counter()
-        torch.set_rng_state(self._rng_state)
         frames_before = self.frames
         self.iteration_lr = float(optimizer.optimizer.param_groups[0]["lr"])
-        # Conditioned shapes read the fraction of training done, on the LR annealing's clock.
-        set_context = getattr(self.loss_module, "set_context", None)
-        if set_context is not None:
-            set_context(progress=self.current_epoch / cfg.iterations)
+        active = [agent for agent in self.agents if agent.active]
+        for agent in active:
+            # Conditioned shapes read the fraction of training done, on the LR annealing's clock.
+            set_context = getattr(agent.loss_module, "set_context", None)
+            if set_context is not None:
+                set_context(progress=self.current_epoch / cfg.iterations)
 
-        rollout = self.rollouts.collect()
+        rollouts = self.rollouts.collect([agent.generator for agent in self.agents])
         collected = time.perf_counter()
 
-        with torch.no_grad():
-            self.advantage_module(rollout)
-        data = rollout.select(*self._update_keys(rollout)).reshape(-1)
+        data = {}
+        for index, agent in enumerate(self.agents):
+            if agent.active:
+                with torch.no_grad():
+                    agent.advantage_module(rollouts[index])
+                data[index] = rollouts[index].select(*self._update_keys(rollouts[index])).reshape(-1)
         advantaged = time.perf_counter()
 
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        metrics: list[Tensor] = []
-        for _ in range(cfg.epochs):
-            shuffled = data[torch.randperm(data.shape[0])]
-            for minibatch in self.minibatch_loss.minibatches(shuffled, cfg.minibatch_size):
-                metrics.append(self._update_minibatch(minibatch, optimizer, parameters))
+        snapshots = {index: {key: value.clone()
+                             for key, value in self.agents[index].loss_module.state_dict().items()}
+                     for index in data}
+        metrics = self.update(data, optimizer)
         scheduler.step()
-        self._rng_state = torch.get_rng_state()
         updated = time.perf_counter()
 
-        self.frames += data.shape[0]
-        summary = self._summarise(metrics)
-        problem = first_non_finite(metrics, [*self.minibatch_loss.metric_names, "grad_norm"],
-                                   self.loss_module.named_parameters())
-        if problem is not None:
-            raise TrainingDiverged(self.current_epoch + 1, problem)
-        summary.update(self._batch_statistics(data))
-        if getattr(self.loss_module, "needs_rollout_kl", False):
-            # kl_adaptive's d (PPO's rule): the updated policy's KL over the whole rollout.
-            summary["kl_final"] = float(self.loss_module.rollout_kl(data))
-        # TorchRL's own losses have no per-rollout hook; ours (and their shapes) may.
-        update_after_rollout = getattr(self.loss_module, "update_after_rollout", None)
-        if update_after_rollout is not None:
-            update_after_rollout(summary)
-        self._log_iteration(summary, rollout, frames_before, started, collected, advantaged, updated)
+        self.frames += cfg.rollout_steps
+        for index, agent in enumerate(self.agents):
+            if index not in data:
+                continue
+            summary = self._summarise(agent, metrics[index])
+            problem = first_non_finite(metrics[index], [*agent.minibatch_loss.metric_names, "grad_norm"],
+                                       agent.loss_module.named_parameters())
+            if problem is not None:
+                # Stopped and marked failed, holding its last good parameters; the others go on.
+                agent.failure = TrainingDiverged(self.current_epoch + 1, problem)
+                agent.loss_module.load_state_dict(snapshots[index])
+                continue
+            summary.update(self._batch_statistics(agent, data[index]))
+            if getattr(agent.loss_module, "needs_rollout_kl", False):
+                # kl_adaptive's d (PPO's rule): the updated policy's KL over the whole rollout.
+                summary["kl_final"] = float(agent.loss_module.rollout_kl(data[index]))
+            # TorchRL's own losses have no per-rollout hook; ours (and their shapes) may.
+            update_after_rollout = getattr(agent.loss_module, "update_after_rollout", None)
+            if update_after_rollout is not None:
+                update_after_rollout(summary)
+            self._log_iteration(index, summary, rollouts[index], frames_before,
+                                (started, collected, advantaged, updated))
+        if not any(agent.active for agent in self.agents):
+            self.trainer.should_stop = True
 
-    def _update_minibatch(self, minibatch: Any, optimizer: Any, parameters: list[Tensor]) -> Tensor:
-        total, metrics = self.minibatch_loss(minibatch)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
-        optimizer.step()
-        return torch.cat([metrics, grad_norm.reshape(1)])
+    def update(self, data: dict[int, TensorDictBase], optimizer: Any) -> dict[int, list[Tensor]]:
+        """K epochs of shuffled minibatch steps; every agent steps on its own minibatch each time."""
+        cfg = self.config
+        indices = list(data)
+        parameters = {index: self.agents[index].update_parameters() for index in indices}
+        metrics: dict[int, list[Tensor]] = {index: [] for index in indices}
+        for _ in range(cfg.epochs):
+            # Each agent shuffles its own samples with its own stream.
+            batches = []
+            for index in indices:
+                agent, rows = self.agents[index], data[index]
+                shuffled = rows[torch.randperm(rows.shape[0], generator=agent.generator)]
+                batches.append(agent.minibatch_loss.minibatches(shuffled, cfg.minibatch_size))
+            for minibatches in zip(*batches, strict=True):
+                totals, step_metrics = [], []
+                for index, minibatch in zip(indices, minibatches, strict=True):
+                    total, values = self.agents[index].minibatch_loss(minibatch)
+                    totals.append(total)
+                    step_metrics.append(values)
+                optimizer.zero_grad(set_to_none=True)
+                # d(sum_i L_i)/d theta_i = dL_i/d theta_i: each agent gets its own loss's gradient.
+                (totals[0] if len(totals) == 1 else torch.stack(totals).sum()).backward()
+                for index, values in zip(indices, step_metrics, strict=True):
+                    grad_norm = torch.nn.utils.clip_grad_norm_(parameters[index], cfg.max_grad_norm)
+                    metrics[index].append(torch.cat([values, grad_norm.reshape(1)]))
+                optimizer.step()
+        return metrics
 
     def _update_keys(self, rollout: TensorDictBase) -> list[str]:
         return [key for key in UPDATE_KEYS if key in rollout]
 
-    def _summarise(self, metrics: list[Tensor]) -> dict[str, float]:
+    def _summarise(self, agent: Agent, metrics: list[Tensor]) -> dict[str, float]:
         # One stack and one mean per iteration: no per-minibatch .item(). Each metric is
         # reduced as its own contiguous row: a mean over strided columns rounds differently
         # with the number of columns, and `--loss clip` logs more columns than `step`.
         means = torch.stack(metrics, 1).float().mean(1).tolist()
-        return dict(zip([*self.minibatch_loss.metric_names, "grad_norm"], means, strict=True))
+        return dict(zip([*agent.minibatch_loss.metric_names, "grad_norm"], means, strict=True))
 
     @torch.no_grad()
-    def _batch_statistics(self, data: TensorDictBase) -> dict[str, float]:
+    def _batch_statistics(self, agent: Agent, data: TensorDictBase) -> dict[str, float]:
         """Per-iteration statistics computed once over the whole rollout, not per minibatch."""
         target, value = data["value_target"], data["state_value"]
         statistics = {
@@ -266,54 +418,71 @@ class PPOModule(pl.LightningModule):
             "entropy": float(torch.log(data["scale"][0]).sum() + 0.5 * data["scale"].shape[-1]
                              * (1 + math.log(2 * math.pi))),
         }
-        pop_diagnostics = getattr(self.loss_module, "pop_diagnostics", None)
+        pop_diagnostics = getattr(agent.loss_module, "pop_diagnostics", None)
         if pop_diagnostics is not None:
             statistics.update(pop_diagnostics())
         return statistics
 
-    # -- logging ----------------------------------------------------------------
-    def _log_iteration(
-        self,
-        summary: dict[str, float],
-        rollout: TensorDictBase,
-        frames_before: int,
-        started: float,
-        collected: float,
-        advantaged: float,
-        updated: float,
-    ) -> None:
-        episodes = drain_episodes(self.env)
+    # -- logging ----------------------------------------------------------------------------
+    def _log_iteration(self, index: int, summary: dict[str, float], rollout: TensorDictBase,
+                       frames_before: int, phase_times: tuple[float, float, float, float]) -> None:
+        agent = self.agents[index]
+        episodes = self.rollouts.drain_episodes(index)
         for episode_return, _, end_frame in episodes:
-            self.recent_returns.append(episode_return)
-            self.return_history.append((frames_before + end_frame, episode_return))
-        row = iteration_row(
+            agent.recent_returns.append(episode_return)
+            agent.return_history.append((frames_before + end_frame, episode_return))
+        # The phase times are the population's, shared by its agents.
+        agent.last_row = iteration_row(
             summary, iteration=self.current_epoch + 1, frames=self.frames, lr=self.iteration_lr,
-            episodes=[(r, n) for r, n, _ in episodes], recent_returns=self.recent_returns,
-            rollout=rollout, phase_times=(started, collected, advantaged, updated),
+            episodes=[(r, n) for r, n, _ in episodes], recent_returns=agent.recent_returns,
+            rollout=rollout, phase_times=phase_times,
         )
-        if self.logger is not None:
-            for logger in self.loggers:
-                logger.log_metrics(row, step=self.frames)
-        self.last_row = row
 
-    # -- checkpoints: everything needed to continue bit for bit -----------------
+    def progress_row(self) -> dict[str, float]:
+        """What the progress bar shows: the population's steps/s and mean recent return."""
+        rows = [row for row in self.rows if row]
+        if not rows:
+            return {}
+        progress = {"time/steps_per_s": sum(row["time/steps_per_s"] for row in rows)}
+        recent = [row["episode/return_recent"] for row in rows if "episode/return_recent" in row]
+        if recent:
+            progress["episode/return_recent"] = float(np.mean(recent))
+        return progress
+
+    def evaluation_target(self, index: int) -> Any:
+        """Agent `index`'s options, env (statistics up to date), actor and frames; None if it failed."""
+        agent = self.agents[index]
+        if not agent.active:
+            return None
+        return _EvaluationTarget(agent.config, self.rollouts.agent_env(index), agent.actor, self.frames)
+
+    @property
+    def rows(self) -> list[dict[str, float]]:
+        """Each agent's metrics row of the last iteration (empty for an agent that failed in it)."""
+        return [agent.last_row for agent in self.agents]
+
+    # -- checkpoints: everything needed to continue bit for bit ------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["klip"] = {
             "frames": self.frames,
-            "recent_returns": list(self.recent_returns),
-            "return_history": list(self.return_history),
+            "agents": [agent.state() for agent in self.agents],
             "rollouts": self.rollouts.state_dict(),
-            "torch_rng": self._rng_state,
             "lr_plan": self.lr_plan,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["klip"]
         self.frames = state["frames"]
-        self.recent_returns.extend(state["recent_returns"])
-        self.return_history = list(state["return_history"])
+        for agent, agent_state in zip(self.agents, state["agents"], strict=True):
+            agent.load_state(agent_state)
         self.rollouts.load_state_dict(state["rollouts"])
-        self._rng_state = state["torch_rng"]
-        if "lr_plan" in state:
-            self.lr_plan = tuple(state["lr_plan"])
+        self.lr_plan = tuple(state["lr_plan"])
         self.plan_lr_to(self.config.iterations)
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.env.close()
+
+
+__all__ = ["Agent", "PPOModule", "build_loss", "build_shape", "check_population_configs",
+           "iteration_row"]

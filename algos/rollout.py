@@ -1,16 +1,17 @@
 """Rollout collection: what `klip train` runs, and the reference it is tested against.
 
-- `FastRollouts` (`--collector fast`, **the default**) is a lean loop: per environment
-  step TorchRL's collector spends more time on TensorDict bookkeeping than MuJoCo spends
-  simulating, so this loop calls the policy network on plain tensors and the gymnasium
-  vector env on numpy arrays, and builds one TensorDict per rollout. It draws random
-  numbers with the same distribution, in the same order, as `ProbabilisticActor` inside
-  the collector, and resets finished sub-envs the way TorchRL does.
-- `CollectorRollouts` (`--collector torchrl`) is TorchRL's own `Collector`: the reference.
-  It stays because it is the oracle of the bitwise test (`tests/test_rollouts.py`): for the
-  same seed both return the same rollouts, bit for bit.
+- `FastRollouts` (`--collector fast`, **the default**) collects for every agent of a
+  population at once: per environment step TorchRL's collector spends more time on
+  TensorDict bookkeeping than MuJoCo spends simulating, so this loop calls each agent's
+  policy network on plain tensors and one gymnasium vector env (every agent's sub-envs) on
+  numpy arrays, and builds one TensorDict per agent and rollout. It draws random numbers
+  with the same distribution, in the same order, as `ProbabilisticActor` inside the
+  collector, and resets finished sub-envs the way TorchRL does.
+- `CollectorRollouts` (`--collector torchrl`, one agent) is TorchRL's own `Collector`: the
+  reference. It stays because it is the oracle of the bitwise test (`tests/test_rollouts.py`):
+  for the same seed both return the same rollouts, bit for bit.
 
-Both return a TensorDict of shape `[num_envs, frames_per_env]` with the keys TorchRL's
+Each agent's rollout is a TensorDict of shape `[num_envs, frames_per_env]` with the keys TorchRL's
 collector writes (`observation`, `action`, `action_log_prob`, `loc`, `scale`, and
 `next/{observation, reward, done, terminated, truncated}`), and both save and restore
 their place mid-episode, so a resumed run continues bit for bit.
@@ -19,6 +20,7 @@ their place mid-episode, so a resumed run continues bit for bit.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,23 +31,36 @@ from torchrl.envs import EnvBase, ExplorationType
 
 from klip import compat
 from klip.algos.networks import gaussian_log_prob, policy_head
-from klip.envs import get_env_state, gym_vector_env, set_env_state
+from klip.envs import drain_episodes, get_env_state, gym_vector_env, is_envpool_env, set_env_state
+from klip.envs.population import SharedPopulationEnv
 
 
 class Rollouts(Protocol):
-    def collect(self) -> TensorDictBase: ...
+    def collect(self, generators: Sequence[torch.Generator]) -> list[TensorDictBase]:
+        """One rollout of every agent, drawing agent i's random numbers from `generators[i]`."""
+        ...
+
+    def drain_episodes(self, agent: int) -> list[tuple[float, int, int]]:
+        """Raw `(return, length, end_frame)` of agent `agent`'s episodes of the last rollout."""
+        ...
+
+    def agent_env(self, agent: int) -> EnvBase:
+        """Agent `agent`'s own `make_env` env, its statistics up to date (evaluation, parameters)."""
+        ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def make_rollouts(kind: str, env: EnvBase, actor: Any, frames_per_env: int) -> Rollouts:
-    """`FastRollouts` for `"fast"` (the default), TorchRL's `Collector` for `"torchrl"`."""
+def make_rollouts(kind: str, envs: Sequence[EnvBase], actors: Sequence[Any], frames_per_env: int) -> Rollouts:
+    """`FastRollouts` for `"fast"` (the default), TorchRL's `Collector` for `"torchrl"` (one agent)."""
     if kind == "fast":
-        return FastRollouts(env, actor, frames_per_env)
+        return FastRollouts(envs, actors, frames_per_env)
     if kind == "torchrl":
-        return CollectorRollouts(env, actor, frames_per_env)
+        if len(envs) != 1:
+            raise ValueError("the TorchRL collector collects for one agent")
+        return CollectorRollouts(envs[0], actors[0], frames_per_env)
     raise ValueError(f"unknown collector {kind!r}; choose 'fast' or 'torchrl'")
 
 
@@ -55,18 +70,18 @@ def make_rollouts(kind: str, env: EnvBase, actor: Any, frames_per_env: int) -> R
 SERIAL_NORMAL_MAX_ELEMENTS = 15
 
 
-def rollout_noise(steps: int, shape: tuple[int, ...]) -> torch.Tensor:
+def rollout_noise(steps: int, shape: tuple[int, ...], generator: torch.Generator | None = None
+                  ) -> torch.Tensor:
     """`steps` standard-normal draws of `shape`, the numbers `steps` separate
-    `torch.empty(shape).normal_()` calls give (the rollout draws nothing else meanwhile).
-
-    Small per-step shapes come from one draw into a strided view, which PyTorch fills
-    serially: the same numbers in the same order, at a fraction of the calls.
+    `torch.empty(shape).normal_(generator=generator)` calls give (the rollout draws nothing
+    else meanwhile). Small per-step shapes come from one draw into a strided view, which
+    PyTorch fills serially: the same numbers in the same order, at a fraction of the calls.
     """
     per_step = math.prod(shape)
     if per_step <= SERIAL_NORMAL_MAX_ELEMENTS:
         strided = torch.empty(steps * per_step, 2)[:, 0]
-        return strided.normal_().reshape(steps, *shape)
-    return torch.stack([torch.empty(shape).normal_() for _ in range(steps)])
+        return strided.normal_(generator=generator).reshape(steps, *shape)
+    return torch.stack([torch.empty(shape).normal_(generator=generator) for _ in range(steps)])
 
 
 class StepRecords:
@@ -131,53 +146,84 @@ class StepRecords:
 
 
 class FastRollouts:
-    """Same interface and data as `CollectorRollouts`, without per-step TensorDicts (the default)."""
+    """Every agent's rollout through one vector env, without per-step TensorDicts (the default).
 
-    def __init__(self, env: EnvBase, actor: Any, frames_per_env: int) -> None:
-        self.env = env
-        self.vector_env = gym_vector_env(env)
-        self.head = policy_head(actor)
+    Per step, each agent's policy mean is its own MLP on its own observations (the operations
+    `ProbabilisticActor` runs, on plain tensors), then one `SharedPopulationEnv.step` moves
+    every agent's sub-envs. Each agent's data are bitwise what its single run collects.
+    """
+
+    def __init__(self, envs: Sequence[EnvBase], actors: Sequence[Any], frames_per_env: int) -> None:
+        self.envs = list(envs)
+        self.heads = [policy_head(actor) for actor in actors]
         self.frames_per_env = frames_per_env
-        # The collector starts from a full TorchRL reset; so do we.
-        self.observation = env.reset()["observation"].clone()
+        self.num_envs = gym_vector_env(self.envs[0]).num_envs
+        if is_envpool_env(self.envs[0]):
+            # The shared env has a pool of its own, and the first reset is that pool's.
+            self.shared = SharedPopulationEnv(self.envs)
+            first = torch.from_numpy(self.shared.reset_pool())
+            self.observations = list(first.view(len(self.envs), self.num_envs, -1).unbind(0))
+        else:
+            # Each agent's first reset is a full TorchRL reset, as its collector's would be; the
+            # shared env then adopts the reset sub-envs and their statistics as they are.
+            self.observations = [env.reset()["observation"].clone() for env in self.envs]
+            self.shared = SharedPopulationEnv(self.envs)
 
     @torch.no_grad()
-    def collect(self) -> TensorDictBase:
-        num_envs, steps = self.observation.shape[0], self.frames_per_env
-        layers = [(m.weight, m.bias) for m in self.head.mean if isinstance(m, torch.nn.Linear)]
-        hidden_layers, (out_weight, out_bias) = layers[:-1], layers[-1]
-        scale = self.head.log_std.exp().expand(num_envs, out_weight.shape[0])
-        scale_array = scale.numpy()
-        noise = rollout_noise(steps, tuple(scale.shape)).numpy()
+    def collect(self, generators: Sequence[torch.Generator]) -> list[TensorDictBase]:
+        agents, steps, num_envs = len(self.envs), self.frames_per_env, self.num_envs
         linear, tanh = torch.nn.functional.linear, torch.tanh
-
-        # Per step only what acting needs; everything else is batched after the loop.
-        steps_taken = StepRecords()
-        observation = self.observation
+        layers, scales, scale_arrays, noises = [], [], [], []
+        for head, generator in zip(self.heads, generators, strict=True):
+            layers.append([(m.weight, m.bias) for m in head.mean if isinstance(m, torch.nn.Linear)])
+            scale = head.log_std.exp().expand(num_envs, head.log_std.shape[0])
+            scales.append(scale)
+            scale_arrays.append(scale.numpy())
+            noises.append(rollout_noise(steps, tuple(scale.shape), generator).numpy())
+        records = [StepRecords() for _ in range(agents)]
+        observations = self.observations
+        self.shared.start_rollout()
         for t in range(steps):
-            hidden = observation
-            for weight, bias in hidden_layers:
-                hidden = tanh(linear(hidden, weight, bias))
-            loc = linear(hidden, out_weight, out_bias)
-            # IndependentNormal(loc, scale).rsample(): loc + noise * scale, the same float32
-            # multiply and add, in numpy (cheaper per call than torch on 3 numbers).
-            action = loc.numpy() + noise[t] * scale_array
-            next_obs, reward, terminated, truncated, _ = self.vector_env.step(action)
-            steps_taken.append(observation, loc, action, next_obs, reward, terminated, truncated)
+            actions, locs = [], []
+            for agent in range(agents):
+                hidden = observations[agent]
+                *hidden_layers, (out_weight, out_bias) = layers[agent]
+                for weight, bias in hidden_layers:
+                    hidden = tanh(linear(hidden, weight, bias))
+                loc = linear(hidden, out_weight, out_bias)
+                locs.append(loc)
+                # IndependentNormal(loc, scale).rsample(): loc + noise * scale, the same float32
+                # multiply and add, in numpy (cheaper per call than torch on 3 numbers).
+                actions.append(loc.numpy() + noises[agent][t] * scale_arrays[agent])
+            next_obs, reward, terminated, truncated, _ = self.shared.step(np.concatenate(actions))
+            for agent in range(agents):
+                rows = slice(agent * num_envs, (agent + 1) * num_envs)
+                records[agent].append(observations[agent], locs[agent], actions[agent], next_obs[rows],
+                                      reward[rows], terminated[rows], truncated[rows])
             done = terminated | truncated
             if done.any():
-                reset_obs, _ = self.vector_env.reset(options={"reset_mask": done})
-                next_obs = np.where(done[:, None], reset_obs, next_obs)
-            observation = torch.from_numpy(next_obs)
-        self.observation = observation
-        return steps_taken.to_tensordict(scale)
+                next_obs = np.where(done[:, None], self.shared.reset_done(done), next_obs)
+            observations = list(torch.from_numpy(next_obs).view(agents, num_envs, -1).unbind(0))
+        self.observations = observations
+        return [record.to_tensordict(scale) for record, scale in zip(records, scales, strict=True)]
+
+    def drain_episodes(self, agent: int) -> list[tuple[float, int, int]]:
+        return self.shared.drain_episodes(agent)
+
+    def agent_env(self, agent: int) -> EnvBase:
+        self.shared.sync_to_agent_envs()
+        return self.envs[agent]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"env": get_env_state(self.env), "observation": self.observation.clone()}
+        self.shared.sync_to_agent_envs()
+        return {"envs": [get_env_state(env) for env in self.envs],
+                "observations": [obs.clone() for obs in self.observations]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        set_env_state(self.env, state["env"])
-        self.observation = state["observation"].clone()
+        for env, env_state in zip(self.envs, state["envs"], strict=True):
+            set_env_state(env, env_state)
+        self.shared.sync_from_agent_envs()
+        self.observations = [obs.clone() for obs in state["observations"]]
 
 
 class CollectorRollouts:
@@ -196,8 +242,19 @@ class CollectorRollouts:
         )
         self._iterator = iter(self.collector)
 
-    def collect(self) -> TensorDictBase:
-        return next(self._iterator)
+    def collect(self, generators: Sequence[torch.Generator]) -> list[TensorDictBase]:
+        # The collector's actor draws from the global stream: lend it the agent's.
+        (generator,) = generators
+        torch.set_rng_state(generator.get_state())
+        rollout = next(self._iterator)
+        generator.set_state(torch.get_rng_state())
+        return [rollout]
+
+    def drain_episodes(self, agent: int) -> list[tuple[float, int, int]]:
+        return drain_episodes(self.env)
+
+    def agent_env(self, agent: int) -> EnvBase:
+        return self.env
 
     def state_dict(self) -> dict[str, Any]:
         # The collector's carrier holds the current observation between rollouts;

@@ -60,7 +60,7 @@ class Run:
             raise FileNotFoundError(
                 f"{self.path} has no checkpoint ({self.checkpoint}) and no {PARAMETERS_FILE}")
         recorded = yaml.safe_load((self.path / "config.yaml").read_text())
-        module = PPOModule(config_with_run_paths(self.path, recorded))
+        module = PPOModule([config_with_run_paths(self.path, recorded)])
         if self.checkpoint.is_file():
             state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
             module.load_state_dict(state["state_dict"])
@@ -178,7 +178,7 @@ def evaluate_run(path: str | Path, episodes: int = 10, video: str | Path | None 
     finally:
         if video_writer is not None:
             video_writer.close()
-        module.env.close()
+        module.close()
     return result
 
 

@@ -1,21 +1,18 @@
-"""Run a training job: output directory, Lightning Trainer, resume, evaluation, plot.
+"""Train one agent or many into a run directory: the Trainer, Ctrl-C, and the outcome.
 
-`train` reads top to bottom: resolve the options, take the run directory (lock, checks,
-records), build the Trainer, fit, and write the outcome. Nothing is written before every
-check has passed, and a refused start removes whatever it created.
+`train_agents` reads top to bottom: resolve every agent's options, take the run directory
+(lock, checks, records: `klip.algos.rundir`), build the engine and the Lightning Trainer,
+fit, and write each agent's outcome (`klip.algos.outputs`). `train` is the single run, a
+population of one. Nothing is written before every check has passed, and a refused start
+removes whatever it created.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
-import math
-import resource
-import shutil
 import signal
-import tempfile
 import threading
 import time
 import traceback
@@ -26,45 +23,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
-import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
-from klip.algos.callbacks import (
-    EVALUATIONS_FILE,
-    FinalEvaluation,
-    MetricsCSVLogger,
-    PeriodicEvaluation,
-    TrainingProgress,
-    truncate_metrics,
+from klip.algos.callbacks import AgentLoggers, MetricsCSVLogger, PeriodicEvaluation, TrainingProgress
+from klip.algos.config import ConfigError, TrainConfig
+from klip.algos.divergence import AgentsDiverged, TrainingDiverged
+from klip.algos.outputs import (
+    PARAMETERS_FILE,
+    POPULATION_FIGURE,
+    RunResult,
+    final_return,
+    finish_agent,
+    plot_population,
+    save_module_parameters,
+    save_parameters,
+    write_population_summary,
 )
-from klip.algos.config import RESUMABLE_OPTIONS, ConfigError, TrainConfig
-from klip.algos.divergence import TrainingDiverged
-from klip.algos.plots import plot_learning_curve
 from klip.algos.ppo import PPOModule
-from klip.algos.resolve import resolve_config, upgrade_recorded_options, with_options_added_later
-from klip.algos.run_lock import LOCK_FILE, RunLock, RunLocked
-from klip.envs import get_normalization_state
+from klip.algos.resolve import resolve_config
+from klip.algos.run_lock import RunLocked
+from klip.algos.rundir import (
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    AgentPlan,
+    AtomicCheckpointIO,
+    RunError,
+    RunStart,
+    config_with_run_paths,
+    forget_run,
+    is_population,
+    plan_agents,
+    read_checkpoint_state,
+    recorded_config_as_today,
+    take_run_directory,
+)
 from klip.shapes import CoefficientShape, ShapePluginError
 
-CONFIG_FILE = "config.yaml"
-SHAPE_COPY = "shape.json"
-PLUGIN_COPY = "shape_plugin.py"
-SUMMARY_FILE = "summary.json"
-# The final actor and critic (keyed as in a checkpoint) with the observation statistics they
-# expect: small enough to keep with a run's committed data, where checkpoints are not kept.
-PARAMETERS_FILE = "parameters.pt"
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
-WRITE_TEST_PREFIX = ".write-test-"
 KLIP_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-
-
-class RunError(RuntimeError):
-    """A problem with the run's inputs or output directory, told in one line."""
 
 
 class UserCodeError(ValueError):
@@ -78,33 +76,13 @@ class RunInterrupted(Exception):
         where = f"at iteration {iteration}" if during is None else (
             f"during iteration {during} (the checkpoint holds iteration {iteration})")
         super().__init__(f"interrupted {where}; continue with klip train --out {out} --resume")
-        self.out, self.iteration = out, iteration
+        self.out = out
+        self.iteration = iteration
 
 
 class _StopNow(Exception):
     """A second Ctrl-C: leave the running iteration (Lightning would turn a KeyboardInterrupt
     into exit code 1)."""
-
-
-@dataclass
-class RunResult:
-    out: Path
-    final_return: float
-    wall_seconds: float
-    frames: int
-    eval: dict[str, Any] | None
-    plot: Path
-    summary: dict[str, Any] = field(default_factory=dict)
-    config: TrainConfig | None = None
-
-
-@dataclass
-class RunStart:
-    """What taking the run directory found: where to resume from, what is already trained."""
-
-    checkpoint: Path | None = None
-    frames_done: int = 0
-    created_directory: Path | None = None
 
 
 def train(
@@ -114,232 +92,57 @@ def train(
 ) -> RunResult:
     """Train one run into `out`; `shape` is a ready shape object (instead of --shape).
 
-    `callbacks` are extra Lightning callbacks (e.g. a study's pruning hook on the
-    training-epoch end, i.e. after every PPO iteration).
-
+    A population of one (`train_agents`). `callbacks` are extra Lightning callbacks (e.g. a
+    study's pruning hook on the training-epoch end, i.e. after every PPO iteration).
     `stop_after_iterations` simulates an interruption (tests). Process-wide effects: torch
     uses one thread, the global RNGs are seeded, Lightning's logger is set to WARNING.
     """
-    given = UserCode.of(config, shape)
-    config, shape = call_naming_user_errors(lambda: resolve_config(config, shape), given)
-    out = Path(out)
-    with take_run_directory(out, config, shape, resume) as start:
+    return train_agents([config], out, shapes=[shape], resume=resume, progress=progress,
+                        stop_after_iterations=stop_after_iterations, callbacks=callbacks)[0]
+
+
+def train_agents(
+    configs: Sequence[TrainConfig], out: str | Path, *,
+    shapes: Sequence[CoefficientShape | None] | None = None, names: Sequence[str] | None = None,
+    record: dict[str, Any] | None = None, sweep_keys: Sequence[str] = (), resume: bool = False,
+    progress: bool = True, stop_after_iterations: int | None = None, callbacks: Sequence[pl.Callback] = (),
+) -> list[RunResult]:
+    """Train `configs` (the same options but seed and shape parameters) as one population in
+    one process: agent i into `out / names[i]`, each bitwise its own single run. One config
+    without names is a single run in `out`.
+
+    Returns every agent's outcome, in order. Raises `TrainingDiverged` when the single run
+    diverged, `AgentsDiverged` (with every agent's outcome) when agents of a population did
+    (after the others trained to the end), `RunInterrupted` after Ctrl-C (once the running
+    iteration is checkpointed).
+    """
+    shapes = list(shapes) if shapes is not None else [None] * len(configs)
+    user_code = [UserCode.of(config, shape) for config, shape in zip(configs, shapes, strict=True)]
+    resolved = [call_naming_user_errors(lambda c=config, s=shape: resolve_config(c, s), code)
+                for config, shape, code in zip(configs, shapes, user_code, strict=True)]
+    root = Path(out)
+    agents = plan_agents(root, [config for config, _ in resolved], [shape for _, shape in resolved], names)
+    with take_run_directory(root, agents, resume, record) as start:
         try:
-            module, trainer, segment = build_trainer(config, shape, out, start, progress,
-                                                     stop_after_iterations, callbacks)
+            module, trainer, segment = build_trainer(root, agents, start, progress, stop_after_iterations,
+                                                     callbacks)
         except BaseException:
             if not resume:  # a failed start must not block the next attempt
-                forget_run(out, start)
+                forget_run(root, agents, start)
             raise
-        interrupted = fit(trainer, module, start, shape, out, segment)
-        result = finish(config, out, module, trainer, segment)
-        module.env.close()
+        interrupted = fit(trainer, module, start, agents, root, segment, user_code[0])
+        final_episodes = 0 if stop_after_iterations is not None else agents[0].config.eval_episodes
+        results = finish(root, agents, module, trainer, segment, sweep_keys, eval_episodes=final_episodes)
+        module.close()
         if interrupted:
-            raise RunInterrupted(out, module.current_epoch)
-        return result
-
-
-# -- the run directory ------------------------------------------------------------------
-@contextmanager
-def take_run_directory(
-    out: Path, config: TrainConfig, shape: CoefficientShape | None, resume: bool
-) -> Iterator[RunStart]:
-    """Lock `out` for the run; check it; record the run. A refused start leaves nothing."""
-    if out.exists() and not out.is_dir():
-        raise RunError(f"output path {out} exists and is not a directory")
-    if resume and not (out / CONFIG_FILE).is_file():
-        raise RunError(f"nothing to resume in {out}: no {CONFIG_FILE}")
-    if out.is_dir() and not _being_recorded(out):
-        # Refuse what can be refused without touching anything; checked again under the lock.
-        check_run_directory(out, config, shape, resume)
-    created = _make_directory(out)
-    lock = RunLock(out)
-    try:
-        lock.acquire()
-    except PermissionError as error:
-        raise RunError(f"cannot write to output directory {out}: {error.strerror}") from None
-    except RunLocked:
-        # Another process took the directory, even one this process just created: it is
-        # that process's now, so nothing here is removed.
-        raise
-    try:
-        start = check_run_directory(out, config, shape, resume)
-        start.created_directory = created
-        record_run(out, config, shape, start, resume)
-    except BaseException:
-        lock.release(remove=lock.created)
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-    try:
-        yield start
-    finally:
-        lock.release()
-
-
-def _being_recorded(out: Path) -> bool:
-    """A lock file and no config.yaml: another process may be recording its run right now.
-
-    Its shape copy lands before its config.yaml, so checking here could refuse with "holds
-    no klip run"; the lock gives the true answer (in use, or the check again under it).
-    """
-    return (out / LOCK_FILE).is_file() and not (out / CONFIG_FILE).is_file()
-
-
-def _make_directory(out: Path) -> Path | None:
-    """Create `out`; return the topmost directory this created (to remove on a refusal)."""
-    missing = [parent for parent in [out, *out.parents] if not parent.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        if missing:  # an existing directory is proven writable by opening its lock file
-            with tempfile.NamedTemporaryFile(dir=out, prefix=WRITE_TEST_PREFIX):
-                pass
-    except OSError as error:
-        if missing:
-            shutil.rmtree(missing[-1], ignore_errors=True)
-        raise RunError(f"cannot write to output directory {out}: {error.strerror}") from None
-    return missing[-1] if missing else None
-
-
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    # Paths of shape files are compared by content (record_run keeps copies), and the
-    # options in RESUMABLE_OPTIONS do not change the trajectory.
-    ignored = {*RESUMABLE_OPTIONS, "shape_file", "shape_plugin"}
-    return {key: value for key, value in config.items() if key not in ignored}
-
-
-def check_run_directory(
-    out: Path, config: TrainConfig, shape: CoefficientShape | None, resume: bool
-) -> RunStart:
-    """Read-only checks, under the lock: same run or a clear refusal."""
-    config_path = out / CONFIG_FILE
-    if not config_path.is_file():
-        if resume:
-            raise RunError(f"nothing to resume in {out}: no {CONFIG_FILE}")
-        # A starting process's lock and write test are not a run.
-        if any(path.name != LOCK_FILE and not path.name.startswith(WRITE_TEST_PREFIX)
-               for path in out.iterdir()):
-            raise RunError(f"output directory {out} is not empty and holds no klip run")
-        return RunStart()
-    try:
-        previous = yaml.safe_load(config_path.read_text()) or {}
-    except yaml.YAMLError:
-        raise RunError(f"{config_path} is corrupt; choose another --out") from None
-    previous = recorded_config_as_today(out, previous)
-    current = config.to_dict()
-    changed = sorted(key for key in set(_comparable(previous)) | set(_comparable(current))
-                     if previous.get(key) != current.get(key))
-    changed += _changed_shape_sources(out, config, shape)
-    if changed:
-        raise RunError(f"{out} already holds a different run (differs in: {', '.join(changed)}); "
-                       "choose another --out")
-    if not resume:
-        raise RunError(f"{out} already holds this run; pass --resume to continue it")
-    checkpoint = out / CHECKPOINT_DIR / LAST_CHECKPOINT
-    if not checkpoint.is_file():
-        return RunStart()
-    refuse_envpool_resume(config, out)
-    state = read_checkpoint_state(checkpoint)
-    frames = int(state["frames"])
-    _check_budget(config, frames, state.get("lr_plan"))
-    return RunStart(checkpoint=checkpoint, frames_done=frames)
-
-
-def refuse_envpool_resume(config: TrainConfig, out: Path) -> None:
-    """EnvPool cannot restore its simulators, so a checkpoint of an EnvPool run cannot continue."""
-    if config.env_backend == "envpool":
-        raise RunError(f"{out} was trained on --env-backend envpool, whose simulator state cannot "
-                       "be restored, so it cannot resume; start it again in another --out")
-
-
-def recorded_config_as_today(out: Path, recorded: dict[str, Any]) -> dict[str, Any]:
-    """A config.yaml from before the current format, resolved as it would be today."""
-    recorded = with_options_added_later(recorded)
-    if "eval_every" in recorded:
-        return recorded
-    try:
-        options = config_with_run_paths(out, upgrade_recorded_options(recorded))
-        resolved = resolve_config(TrainConfig.from_dict(options))[0].to_dict()
-    except (ValueError, OSError) as error:
-        raise RunError(f"{out} was written by an older klip and cannot be read back ({error}); "
-                       "choose another --out") from None
-    return {**resolved, "shape_file": recorded.get("shape_file"),
-            "shape_plugin": recorded.get("shape_plugin")}
-
-
-def _changed_shape_sources(out: Path, config: TrainConfig, shape: CoefficientShape | None) -> list[str]:
-    changed = []
-    shape_copy = out / SHAPE_COPY
-    if (shape is not None and shape_copy.is_file()
-            and json.loads(shape_copy.read_text()) != json.loads(json.dumps(shape.to_dict()))):
-        changed.append("shape_file (its content)")
-    plugin_copy = out / PLUGIN_COPY
-    if (config.shape_plugin and plugin_copy.is_file()
-            and Path(config.shape_plugin).read_bytes() != plugin_copy.read_bytes()):
-        changed.append("shape_plugin (its source)")
-    return changed
-
-
-def _check_budget(config: TrainConfig, frames: int, lr_plan: Any) -> None:
-    planned = config.iterations * config.rollout_steps
-    if planned < frames:
-        raise RunError(f"--steps {config.steps} is below the {frames} steps this run has already "
-                       f"trained; give --steps {frames} or more")
-    if lr_plan is not None and config.anneal_lr:
-        _, _, end = lr_plan
-        done = frames // config.rollout_steps
-        if done >= end and config.iterations > end:
-            raise RunError(f"this run annealed its learning rate to 0 at iteration {end}; training "
-                           "it longer would run at lr 0: start a new run with the larger --steps")
-
-
-def read_checkpoint_state(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return dict(state["klip"])
-    except Exception as error:  # torch.load raises many types on a damaged file
-        raise RunError(f"checkpoint {path} is unreadable ({type(error).__name__}); "
-                       "delete it to restart the run") from None
-
-
-def record_run(
-    out: Path, config: TrainConfig, shape: CoefficientShape | None, start: RunStart, resume: bool
-) -> None:
-    """Write config.yaml and the copies of the shape sources; drop rows that will be redone."""
-    if resume:
-        # Rows logged after the checkpoint (or all of them, if the run died before its
-        # first checkpoint) are redone, so they are dropped rather than duplicated.
-        truncate_metrics(out / "metrics.csv", start.frames_done)
-        truncate_metrics(out / EVALUATIONS_FILE, start.frames_done)
-    write_run_config(out, config, shape)
-
-
-def write_run_config(out: Path, config: TrainConfig, shape: CoefficientShape | None) -> None:
-    """config.yaml (the resolved options) and copies of the shape sources it names."""
-    recorded = config.to_dict()
-    if shape is not None:
-        shape_json = json.dumps(shape.to_dict(), indent=2) + "\n"
-        (out / SHAPE_COPY).write_text(shape_json)
-        if config.shape_file:
-            recorded["shape_file"] = SHAPE_COPY  # relative to the run directory
-    if config.shape_plugin:
-        source = Path(config.shape_plugin).read_bytes()
-        (out / PLUGIN_COPY).write_bytes(source)
-        recorded["shape_plugin"] = PLUGIN_COPY
-    # Whole or absent, never half-written, for a process checking the directory without the lock.
-    partial = out / f"{WRITE_TEST_PREFIX}{CONFIG_FILE}"
-    partial.write_text(yaml.safe_dump(recorded, sort_keys=False))
-    partial.replace(out / CONFIG_FILE)
-
-
-def forget_run(out: Path, start: RunStart) -> None:
-    """Undo `record_run` of a fresh run that failed before its first iteration."""
-    if start.created_directory is not None:
-        shutil.rmtree(start.created_directory, ignore_errors=True)
-        return
-    # The lock file too: still held, so no other process can be relying on it.
-    for name in (CONFIG_FILE, SHAPE_COPY, PLUGIN_COPY, LOCK_FILE):
-        (out / name).unlink(missing_ok=True)
+            raise RunInterrupted(root, module.current_epoch)
+    failures = [(agent.name or str(agent.out), member.failure)
+                for agent, member in zip(agents, module.agents, strict=True) if member.failure is not None]
+    if failures and not is_population(agents):
+        raise failures[0][1]
+    if failures:
+        raise AgentsDiverged(failures, results)
+    return results
 
 
 # -- the trainer --------------------------------------------------------------------------
@@ -355,6 +158,15 @@ class Segment:
     @property
     def wall_seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """Lightning's checkpoint every `every_n_epochs` iterations, except after the iteration in
+    which the last training agent diverged: the checkpoint before it is the last good state."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
+        if any(agent.active for agent in module.agents):
+            super().on_train_epoch_end(trainer, module)
 
 
 class SegmentClock(pl.Callback):
@@ -375,50 +187,56 @@ class SegmentClock(pl.Callback):
             trainer.should_stop = True
 
 
+def agent_loggers(agent: AgentPlan, start: RunStart) -> list[Logger]:
+    """metrics.csv and TensorBoard in the agent's run directory."""
+    # purge_step hides the steps an earlier segment logged after the checkpoint this one
+    # starts from (all of them when there is none).
+    earlier = (agent.out / "tensorboard").is_dir()
+    tensorboard = TensorBoardLogger(str(agent.out), name="tensorboard", version="", default_hp_metric=False,
+                                    purge_step=start.frames_done + 1 if earlier else None)
+    return [MetricsCSVLogger(agent.out), tensorboard]
+
+
 def build_trainer(
-    config: TrainConfig, shape: CoefficientShape | None, out: Path, start: RunStart, progress: bool,
+    root: Path, agents: list[AgentPlan], start: RunStart, progress: bool,
     stop_after_iterations: int | None, callbacks: Sequence[pl.Callback] = (),
 ) -> tuple[PPOModule, pl.Trainer, Segment]:
     torch.set_num_threads(1)
     quiet_lightning()
+    config = agents[0].config
     pl.seed_everything(config.seed, verbose=False)
-    module = call_naming_user_errors(lambda: PPOModule(config.to_dict(), shape=shape),
-                               UserCode.of(config, shape))
+    module = call_naming_user_errors(
+        lambda: PPOModule([agent.config.to_dict() for agent in agents], shapes=[a.shape for a in agents]),
+        UserCode.of(config, agents[0].shape))
     max_epochs = config.iterations
     if stop_after_iterations is not None:
         max_epochs = min(max_epochs, stop_after_iterations)
     segment = Segment()
     # No monitored metric: save_top_k=1 keeps the newest, written as last.ckpt every
     # `checkpoint_every` iterations, so a killed run loses at most that many.
-    checkpoints = ModelCheckpoint(
-        dirpath=out / CHECKPOINT_DIR, filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
+    checkpoints = PeriodicCheckpoint(
+        dirpath=root / CHECKPOINT_DIR, filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
         every_n_epochs=config.checkpoint_every, save_top_k=1, save_last=False,
         save_on_train_epoch_end=True, enable_version_counter=False,
     )
-    # purge_step hides the steps an earlier segment logged after the checkpoint this one
-    # starts from (all of them when there is none).
-    earlier = (out / "tensorboard").is_dir()
-    tensorboard = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False,
-                                    purge_step=start.frames_done + 1 if earlier else None)
-    final_episodes = config.eval_episodes if stop_after_iterations is None else 0
+    loggers = [agent_loggers(agent, start) for agent in agents]
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
         max_epochs=max_epochs,
-        logger=[MetricsCSVLogger(out), tensorboard],
+        logger=False,
+        plugins=[AtomicCheckpointIO()],
         callbacks=[
             SegmentClock(segment),
+            AgentLoggers(loggers),
             checkpoints,
             TrainingProgress(config.iterations * config.rollout_steps, enabled=progress),
-            PeriodicEvaluation(out, config.eval_every, seed=config.seed + 20_000),
-            FinalEvaluation(out, final_episodes, seed=config.seed + 10_000,
-                            skip=lambda: segment.stop_requested),
+            PeriodicEvaluation([agent.out for agent in agents], config.eval_every, loggers),
             *callbacks,
         ],
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        log_every_n_steps=1,
         deterministic=False,
     )
     return module, trainer, segment
@@ -432,32 +250,40 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*is out of date. You should consider upgrading.*")
     # A resumed run writes into its own checkpoint directory on purpose.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    # No logger is given to the Trainer: each agent has its own (AgentLoggers).
+    warnings.filterwarnings("ignore", message=".*no logger configured.*")
 
 
-def fit(
-    trainer: pl.Trainer, module: PPOModule, start: RunStart, shape: CoefficientShape | None,
-    out: Path, segment: Segment,
-) -> bool:
+def fit(trainer: pl.Trainer, module: PPOModule, start: RunStart, agents: list[AgentPlan], root: Path,
+        segment: Segment, user_code: UserCode) -> bool:
     """Run the iterations; True if Ctrl-C stopped them (after a finished iteration)."""
     with stop_on_interrupt(segment):
         try:
             call_naming_user_errors(
                 lambda: trainer.fit(module, ckpt_path=str(start.checkpoint) if start.checkpoint else None,
                                     weights_only=True),
-                UserCode.of(module.config, shape), iteration=lambda: module.current_epoch + 1,
+                user_code, iteration=lambda: module.current_epoch + 1,
             )
-        except (TrainingDiverged, UserCodeError) as error:
+        except UserCodeError as error:
             segment.failure = str(error)
-            write_summary(out, module, segment, status="failed")
-            module.env.close()
+            for index, agent in enumerate(agents):
+                _write_failed_summary(module, index, agent, segment)
+            module.close()
             raise
         except _StopNow:
-            module.env.close()
-            checkpoint = out / CHECKPOINT_DIR / LAST_CHECKPOINT
+            module.close()
+            checkpoint = root / CHECKPOINT_DIR / LAST_CHECKPOINT
             frames = int(read_checkpoint_state(checkpoint)["frames"]) if checkpoint.is_file() else 0
-            raise RunInterrupted(out, frames // module.config.rollout_steps,
+            raise RunInterrupted(root, frames // module.config.rollout_steps,
                                  during=module.current_epoch + 1) from None
     return segment.stop_requested
+
+
+def _write_failed_summary(module: PPOModule, index: int, agent: AgentPlan, segment: Segment) -> None:
+    from klip.algos.outputs import write_summary
+
+    write_summary(agent.out, module, index, status="failed", error=segment.failure, evaluation=None,
+                  wall_seconds=segment.wall_seconds)
 
 
 @contextmanager
@@ -494,7 +320,7 @@ class UserCode:
             with contextlib.suppress(TypeError):  # a class without a source file
                 source = inspect.getsourcefile(type(shape))
                 files |= {Path(source).resolve()} if source else set()
-        name = shape.display_name() if shape is not None else (config.shape or "?")
+        name = shape.display_name() if isinstance(shape, CoefficientShape) else (config.shape or "?")
         return cls(name, {path for path in files if not path.is_relative_to(KLIP_PACKAGE_ROOT)})
 
 
@@ -515,91 +341,35 @@ def call_naming_user_errors(call: Any, user_code: UserCode, iteration: Any = Non
 
 
 # -- the outcome ---------------------------------------------------------------------------
-def finish(config: TrainConfig, out: Path, module: PPOModule, trainer: pl.Trainer,
-           segment: Segment) -> RunResult:
-    trainer.save_checkpoint(out / CHECKPOINT_DIR / LAST_CHECKPOINT)
-    save_module_parameters(module, out / PARAMETERS_FILE)
-    (out / "episodes.csv").write_text(
-        "end_frame,return\n" + "".join(f"{f},{r}\n" for f, r in module.return_history)
-    )
-    plot = plot_learning_curve(module.return_history, out / "metrics.csv", out / "learning_curve.png",
-                               title=f"{config.task}  loss={config.loss}  shape={config.shape}")
+def finish(root: Path, agents: list[AgentPlan], module: PPOModule, trainer: pl.Trainer, segment: Segment,
+           sweep_keys: Sequence[str], *, eval_episodes: int) -> list[RunResult]:
+    if any(agent.active for agent in module.agents):
+        trainer.save_checkpoint(root / CHECKPOINT_DIR / LAST_CHECKPOINT)
+    # else every agent diverged: the last periodic checkpoint is the last good state, kept.
     status = "interrupted" if segment.stop_requested else "finished"
-    summary = write_summary(out, module, segment, status=status)
-    return RunResult(out, summary["final_return_last10pct"] or math.nan, summary["wall_seconds"],
-                     module.frames, summary["evaluation"], plot, summary, module.config)
+    results = [finish_agent(module, index, agent, status=status, error=None,
+                            wall_seconds=segment.wall_seconds, eval_episodes=eval_episodes)
+               for index, agent in enumerate(agents)]
+    if is_population(agents):
+        write_population_summary(root, results, list(sweep_keys))
+        plot_population(root / POPULATION_FIGURE, results, list(sweep_keys))
+    return results
 
 
-def save_parameters(path: Path, actor: torch.nn.Module, critic: torch.nn.Module,
-                    normalization: dict[str, Any]) -> None:
-    """Write PARAMETERS_FILE; `klip.load_run(...).load_module()` reads it where no checkpoint is."""
-    state = {**{f"actor.{key}": value for key, value in actor.state_dict().items()},
-             **{f"critic.{key}": value for key, value in critic.state_dict().items()}}
-    torch.save({"state_dict": state, "normalization": normalization}, path)
-
-
-def save_module_parameters(module: PPOModule, path: Path) -> None:
-    """PARAMETERS_FILE of a single run's module: its actor, critic and observation statistics."""
-    save_parameters(path, module.actor, module.critic, get_normalization_state(module.env))
-
-
-def write_summary(out: Path, module: PPOModule, segment: Segment, status: str) -> dict[str, Any]:
-    """summary.json: what ran, how it ended and what it scored; strict JSON (no NaN)."""
-    config = module.config
-    eval_path = out / "eval.json"
-    evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() and status == "finished" else None
-    summary = {
-        "status": status,
-        "error": segment.failure,
-        "task": config.task,
-        "loss": config.loss,
-        "shape": config.shape,
-        "shape_params": config.shape_params,
-        "seed": config.seed,
-        "frames": module.frames,
-        "iterations": module.frames // config.rollout_steps,
-        "episodes": len(module.return_history),
-        "final_return_last10pct": final_return(module.return_history, module.frames),
-        "evaluation": evaluation,
-        "wall_seconds": segment.wall_seconds,
-        # ru_maxrss is in KiB on Linux.
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    summary = _finite_or_none(summary)
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    return summary
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite_or_none(item) for item in value]
-    return value
-
-
-def final_return(history: list[tuple[int, float]], frames: int) -> float:
-    """Mean raw return of the episodes that ended in the last 10% of training."""
-    if not history:
-        return float("nan")
-    cutoff = 0.9 * frames
-    tail = [value for frame, value in history if frame > cutoff] or [history[-1][1]]
-    return float(np.mean(tail))
-
-
-def config_with_run_paths(out: Path, recorded: dict[str, Any]) -> dict[str, Any]:
-    """A run's recorded options with its shape copies addressed from any working directory."""
-    options = upgrade_recorded_options(recorded)
-    for key in ("shape_file", "shape_plugin"):
-        # A relative path names the run's copy; runs from before the copies recorded the
-        # path the user gave, relative to where the run was started.
-        if options.get(key) and (out / options[key]).is_file():
-            options[key] = str(out / options[key])
-    return options
-
-
-__all__ = ["ConfigError", "RunError", "RunInterrupted", "RunLocked", "RunResult", "UserCodeError",
-           "config_with_run_paths", "final_return", "save_module_parameters", "save_parameters",
-           "train"]
+__all__ = [
+    "PARAMETERS_FILE",
+    "AgentsDiverged",
+    "ConfigError",
+    "RunError",
+    "RunInterrupted",
+    "RunLocked",
+    "RunResult",
+    "UserCodeError",
+    "config_with_run_paths",
+    "final_return",
+    "recorded_config_as_today",
+    "save_module_parameters",
+    "save_parameters",
+    "train",
+    "train_agents",
+]

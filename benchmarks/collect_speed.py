@@ -28,12 +28,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = TrainConfig(task=args.task, num_envs=args.num_envs, collector=args.collector)
-    module = PPOModule(config.to_dict())
+    module = PPOModule([config.to_dict()])
+    generators = [module.agents[0].generator]
     digest = hashlib.sha256()
     seconds = []
     for _ in range(args.rollouts):
         started = time.perf_counter()
-        rollout = module.rollouts.collect()
+        (rollout,) = module.rollouts.collect(generators)
         seconds.append(time.perf_counter() - started)
         for key in sorted(rollout.keys(include_nested=True, leaves_only=True), key=str):
             digest.update(rollout.get(key).contiguous().numpy().tobytes())

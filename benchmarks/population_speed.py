@@ -5,7 +5,7 @@
         --steps 20480 --sb3-steps 20480                                   # a short smoke run
     .venv/bin/python benchmarks/population_speed.py --env-backend envpool  # on EnvPool's simulators
 
-For each task and N: one `klip.algos.population_run.train_population` of N agents (seeds
+For each task and N: one `klip.algos.agents.train_population` of N agents (seeds
 0..N-1, `step` shape, the paper's protocol, no evaluation, no periodic checkpoints), timed
 around Lightning's `fit`, in its own process with one torch thread; agent-steps/s is
 N x steps per agent / seconds. In the same invocation, one after the other (never
@@ -54,26 +54,26 @@ def run_json(arguments: list[str], timeout: float) -> dict[str, Any]:
 def child_population(task: str, steps: int, agents: int, backend: str) -> dict[str, Any]:
     import torch
 
+    from klip.algos.agents import PopulationSpec, train_population
     from klip.algos.config import TrainConfig
-    from klip.algos.population_run import PopulationSpec, train_population
 
     torch.set_num_threads(1)
     base = TrainConfig(task=task, shape="step", steps=steps, eval_episodes=0,
                        checkpoint_every=1_000_000, diagnostics=False, env_backend=backend)
     with tempfile.TemporaryDirectory() as folder:
-        result = train_population(PopulationSpec(base, list(range(agents)), {}), Path(folder) / "run",
-                                  progress=False)
-        assert result is not None
-        with open(result.agents[0].out / "metrics.csv", newline="") as file:
+        results = train_population(PopulationSpec(base, list(range(agents)), {}), Path(folder) / "run",
+                                   progress=False)
+        with open(results[0].out / "metrics.csv", newline="") as file:
             rows = list(csv.DictReader(file))
     # The population's wall time per phase (every agent's row holds the same shared times).
     split = {part: sum(float(row[f"time/{part}_s"]) for row in rows)
              for part in ("collect", "advantage", "update")}
-    return {"agents": agents, "frames_per_agent": result.frames, "seconds": result.wall_seconds,
-            "agent_steps_per_s": agents * result.frames / result.wall_seconds,
+    frames, seconds = results[0].frames, results[0].wall_seconds
+    return {"agents": agents, "frames_per_agent": frames, "seconds": seconds,
+            "agent_steps_per_s": agents * frames / seconds,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "split_seconds": split,
-            "final_returns": [agent.final_return for agent in result.agents]}
+            "final_returns": [result.final_return for result in results]}
 
 
 def child_simulation(task: str, agents: int, steps: int, backend: str) -> dict[str, Any]:

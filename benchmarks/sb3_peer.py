@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid", type=Path, help="a klip compare directory to set beside the peer")
     args = parser.parse_args(argv)
     tasks = [task for task in args.tasks.split(",") if task]
-    from klip.algos.population_run import parse_seeds
+    from klip.seeds import parse_seeds
 
     seeds = parse_seeds(args.seeds)
     command = " ".join(["benchmarks/sb3_peer.py", *(argv or sys.argv[1:])])

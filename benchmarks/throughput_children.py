@@ -78,10 +78,10 @@ def update_candidates(task: str) -> tuple[dict[str, tuple[Any, torch.optim.Optim
     from klip.compat import configure_inductor
 
     configure_inductor()  # as `klip train --compile` does
-    module = PPOModule(TrainConfig(task=task, collector="fast").to_dict())
-    rollout = module.rollouts.collect()
+    module = PPOModule([TrainConfig(task=task, collector="fast").to_dict()])
+    (rollout,) = module.rollouts.collect([module.agents[0].generator])
     with torch.no_grad():
-        module.advantage_module(rollout)
+        module.agents[0].advantage_module(rollout)
     data = rollout.select(*module._update_keys(rollout)).reshape(-1)
     actor, critic = module.actor, module.critic
     common = {"entropy_coeff": 0.0, "entropy_bonus": False, "critic_coeff": 0.25,

@@ -109,22 +109,26 @@ class GroupedEpisodeRecorder(EpisodeRecorder):
         super().__init__(env)
         self.groups = groups
         self.per_group = env.num_envs // groups
-        self.finished_by_group: list[list[tuple[float, int]]] = [[] for _ in range(groups)]
+        self.finished_by_group: list[list[tuple[float, int, int]]] = [[] for _ in range(groups)]
 
     def step(self, actions: np.ndarray) -> StepReturn:
         obs, reward, terminated, truncated, info = self.env.step(actions)
         self.episode_returns += reward
         self.episode_lengths += 1
+        self.steps_since_drain += 1
         done = terminated | truncated
         if done.any():
+            # The end frame counts the agent's own frames, as its single run's recorder does.
+            end_frame = self.steps_since_drain * self.per_group
             for i in np.flatnonzero(done):
                 self.finished_by_group[i // self.per_group].append(
-                    (float(self.episode_returns[i]), int(self.episode_lengths[i])))
+                    (float(self.episode_returns[i]), int(self.episode_lengths[i]), end_frame))
             self.episode_returns[done] = 0.0
             self.episode_lengths[done] = 0
         return obs, reward, terminated, truncated, info
 
-    def drain_group(self, group: int) -> list[tuple[float, int]]:
+    def drain_group(self, group: int) -> list[tuple[float, int, int]]:
+        """`(return, length, end_frame)` of the group's episodes (frames since `steps_since_drain` was 0)."""
         finished, self.finished_by_group[group] = self.finished_by_group[group], []
         return finished
 
@@ -232,8 +236,13 @@ class SharedPopulationEnv:
         obs, _ = self.vector_env.reset(options={"reset_mask": done})
         return obs
 
-    def drain_episodes(self, agent: int) -> list[tuple[float, int]]:
+    def drain_episodes(self, agent: int) -> list[tuple[float, int, int]]:
+        """`(return, length, end_frame)` of agent `agent`'s episodes since the last rollout."""
         return self.recorder.drain_group(agent)
+
+    def start_rollout(self) -> None:
+        """End frames count from here (each rollout's episodes are drained after it)."""
+        self.recorder.steps_since_drain = 0
 
     # -- statistics <-> the agents' own wrappers (checkpoints, evaluation) ----------------
     def _agent_wrappers(self, agent: int) -> tuple[EpisodeRecorder, ObservationNormalizer, ReturnScaler]:

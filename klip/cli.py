@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -12,6 +11,8 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from klip.seeds import SEEDS_HELP
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
-    # Populations (klip.algos.population_run): one agent per seed x sweep value, one process.
-    train.add_argument("--seeds", help="train one agent per seed in one process: 0-7 or 0,3,5")
+    # Populations: one agent per seed x sweep value, one process, each agent its own single run.
+    train.add_argument("--seeds", help="one agent per seed, in one process: " + SEEDS_HELP)
     train.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2",
                        help="one agent per value of a shape parameter (x each seed); repeatable")
     _config_arguments(train)
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "to FILE.mp4 or FILE.gif")
     evaluation.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    shapes_parser = commands.add_parser("shapes", help="list, show and plot coefficient shapes")
+    shapes_parser = commands.add_parser("shapes", help="list, show, plot and check coefficient shapes")
     shapes_parser.add_argument("--plugin", type=Path, action="append", default=[],
                                help="a .py file registering shapes")
     shape_commands = shapes_parser.add_subparsers(dest="shapes_command", required=True)
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a gallery of every registered shape at its defaults")
     plot.add_argument("--out", type=Path, default=Path("shapes.png"),
                       help="image file, written exactly there (default: shapes.png)")
+    from klip.shapes_cli import add_check_command
+
+    add_check_command(shape_commands)
     for command in (listing, show, plot):  # `klip shapes list --plugin F.py` works too
         command.add_argument("--plugin", dest="plugins_after", type=Path, action="append", default=[],
                              help="a .py file registering shapes; repeatable")
@@ -79,40 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_commands(commands)
     add_study_commands(commands)
     return parser
-
-
-def _train(args: argparse.Namespace) -> int:
-    from klip.algos.config import TrainConfig, load_config_file
-    from klip.algos.population_run import is_population_request, train_population_from_args
-    from klip.algos.resolve import resolve_config, run_name
-    from klip.algos.train import config_with_run_paths, train
-    from klip.shapes import parse_param_assignments
-
-    if is_population_request(args):
-        return train_population_from_args(args)
-    options: dict[str, Any] = {}
-    if args.resume and args.out and (args.out / "config.yaml").is_file():
-        # `--resume --out DIR` alone continues DIR's run with its own options and shape copies.
-        options.update(config_with_run_paths(args.out, load_config_file(args.out / "config.yaml")))
-    if args.config:
-        options.update(load_config_file(args.config))
-    given = {field.name for field in dataclasses.fields(TrainConfig)} & set(vars(args))
-    options.update({name: getattr(args, name) for name in given})
-    if args.shape_param_list:
-        options["shape_params"] = {**options.get("shape_params", {}),
-                                   **parse_param_assignments(args.shape_param_list)}
-    config = TrainConfig.from_dict(options)
-    if args.out is None:
-        args.out = Path("runs") / run_name(resolve_config(config)[0])
-    result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
-    print(f"final return (mean over last 10% of training): {result.final_return:.1f}")
-    if result.eval is not None:
-        print(f"deterministic evaluation: {result.eval['return_mean']:.1f} "
-              f"+- {result.eval['return_std']:.1f} over {result.eval['episodes']} episodes")
-    print(f"wall time: {result.wall_seconds:.0f} s for {result.frames} steps")
-    print(f"outputs in {result.out}/ (metrics.csv, summary.json, eval.json, checkpoints/, tensorboard/)")
-    print(f"learning curve: {result.plot}")
-    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -137,6 +107,10 @@ def _parse_shape_spec(spec: str) -> Any:
 
 
 def _shapes(args: argparse.Namespace) -> int:
+    if args.shapes_command == "check":
+        from klip.shapes_cli import run_shapes_check
+
+        return run_shapes_check(args)
     plugins = [*args.plugin, *args.plugins_after]
     if args.shapes_command == "list" and not plugins:
         from klip.shapes.catalog import shape_summaries  # no torch: answers at once
@@ -195,7 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             preload()  # hours of training: one version of the code from start to end
         if args.command == "train":
-            return _train(args)
+            from klip.train_cli import run_train
+
+            return run_train(args)
         if args.command == "eval":
             return _eval(args)
         if args.command == "compare":

@@ -102,7 +102,7 @@ def _spec(args: argparse.Namespace) -> Any:
 
 def _seeds(text: str) -> list[int]:
     """`--seeds`: a count N (seeds 0..N-1) or a list/range of seeds as `klip train --seeds`."""
-    from klip.algos.population_run import PopulationError, parse_seeds
+    from klip.seeds import SeedsError, parse_seeds
     from klip.studies.compare import CompareError
 
     if text.strip().isdigit():
@@ -112,7 +112,7 @@ def _seeds(text: str) -> list[int]:
         return list(range(count))
     try:
         return parse_seeds(text)
-    except PopulationError as error:
+    except SeedsError as error:
         raise CompareError(str(error)) from None
 
 

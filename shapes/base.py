@@ -1,15 +1,80 @@
-"""The `CoefficientShape` contract.
+"""The `CoefficientShape` contract, and the context a gate may read.
 
 A shape is the gate `g(w, A)` of the KLip surrogate `w*A + sg(beta)*log pi` with
 `beta = -w*A*g`, so a sample's effective advantage is `A*(1 - g)`:
 0 leaves its gradient alone, 1 kills it, >1 rolls it back, <0 amplifies it.
 This module imports only torch, so shapes can be used without the rest of klip.
+
+Context: what a gate may read besides `(w, A)`
+----------------------------------------------
+
+A shape names the `CONTEXT_VARIABLES` it reads in its `context` class attribute;
+the engine supplies them with `shape.set_context(name=value, ...)` (or
+`KLipPPOLoss.set_context`, which forwards). Names a shape does not declare are
+ignored, so the engine may pass every variable it has to every shape. The
+variables, their kinds and exactly what the engine must pass:
+
+=================  =========  ===============================================  ==================
+name               kind       value                                            range
+=================  =========  ===============================================  ==================
+`progress`         iteration  `iteration / iterations` (the LR-annealing       [0, 1]
+                              clock), one number, set once per PPO iteration
+                              before its update
+`epoch_progress`   update     `epoch / epochs` of the inner loop (epoch        [0, 1)
+                              0-based), one number, set before each epoch's
+                              first minibatch (the last epoch sees
+                              `(epochs-1)/epochs`, never 1)
+`kl`               sample     `KL(pi_old(.|s) || pi_new(.|s))` per sample:     [0, inf) (down to
+                              the per-state KL from the rollout (behaviour)    -1e-6 accepted for
+                              policy to the current policy, TR-PPO's           rounding)
+                              direction (Wang et al. 2019), computed
+                              analytically (Gaussian: closed form; categorical:
+                              sum over actions) with the current parameters
+                              and *detached*; a tensor of the shape of the
+                              ratios the gate is called with (KLipPPOLoss's
+                              are `[B, 1]` for a minibatch of B samples: a
+                              `[B]` tensor is refused; for a population
+                              `[agents, ...]` like its ratios), or one that
+                              broadcasts to it without enlarging it
+`old_log_prob`     sample     `log pi_old(a|s)` of the sample's action under   finite
+                              the rollout policy (the stored `action_log_prob`
+                              / `sample_log_prob`), same shape rules as `kl`
+`old_action_z`     sample     the action standardised by the rollout policy,   finite
+                              `(a - loc_old) / scale_old` for a diagonal
+                              Gaussian; shaped like the ratios with the
+                              action dimension d added, or replacing a last
+                              dimension of 1 (`[B, d]` for KLipPPOLoss's
+                              `[B, 1]`); read by `trgppo_gaussian`
+=================  =========  ===============================================  ==================
+
+Kinds: *iteration* variables are persistent buffers (saved in checkpoints and
+shape files) whose declared default is the value of the first iteration, so an
+unset `progress` reads 0, as it always has. *update* and *sample* variables are
+never defaulted and never saved: a gate that reads one which was not set since
+the shape was built (or since `clear_context`) raises `ContextNotSetError`, one
+line naming the variable and when to set it. Per-sample values must be set for
+every minibatch, right before its loss is computed: the safe pattern is
+
+    with shape.using_context(kl=kl_per_sample, old_log_prob=old_log_prob):
+        loss = loss_module(minibatch)  # the gate reads them here
+        loss.backward()
+
+which clears them on exit, so a later minibatch cannot silently read a stale
+tensor; a per-sample value whose shape does not broadcast to the ratios raises
+too. `set_context` checks ranges (for tensors: one device sync per variable);
+`set_context(..., check=False)` skips the tensor checks in a hot loop. Code that
+calls a shape on a slice of the samples (a population's grouped gate calls one
+shape per group of agents on `ratio[group]`) must set that shape's per-sample
+values to the same slice (`kl[group]`). Per-update values live in a buffer
+filled in place (a compiled loss reads the new value without recompiling);
+per-sample values are plain tensors read when the gate runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -48,12 +113,58 @@ class Param:
         return above and below
 
 
-# Per-iteration quantities a shape may condition on (`CoefficientShape.context`). The
-# trainer sets them with `set_context` before each update; ranges are checked there.
-CONTEXT_VARIABLES: Mapping[str, Param] = {
-    "progress": Param(0.0, 0.0, 1.0, help="fraction of training done when the iteration starts "
-                      "(iteration / iterations: the clock of the linear LR annealing)"),
+CONTEXT_KINDS = ("iteration", "update", "sample")
+
+
+@dataclass(frozen=True)
+class ContextVariable(Param):
+    """A declared context variable: its range (a `Param`), and its `kind`.
+
+    `kind` is "iteration" (one number per PPO iteration, persistent, defaulted),
+    "update" (one number per inner-loop epoch) or "sample" (a tensor per minibatch).
+    """
+
+    kind: str = "iteration"
+    when: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in CONTEXT_KINDS:
+            raise ValueError(f"context kind must be one of {', '.join(CONTEXT_KINDS)}, got {self.kind!r}")
+
+    @property
+    def per_sample(self) -> bool:
+        return self.kind == "sample"
+
+
+# What a shape may condition on (`CoefficientShape.context`); see the module docstring.
+CONTEXT_VARIABLES: Mapping[str, ContextVariable] = {
+    "progress": ContextVariable(
+        0.0, 0.0, 1.0, kind="iteration", when="once per PPO iteration, before its update",
+        help="fraction of training done when the iteration starts "
+             "(iteration / iterations: the clock of the linear LR annealing)"),
+    "epoch_progress": ContextVariable(
+        0.0, 0.0, 1.0, high_inclusive=False, kind="update",
+        when="before each inner-loop epoch's first minibatch",
+        help="position in the inner loop: epoch / epochs (0-based epoch), in [0, 1)"),
+    "kl": ContextVariable(
+        0.0, -1e-6, math.inf, kind="sample", when="for every minibatch, before its loss",
+        help="per-state KL(pi_old || pi_new) from the rollout policy to the current one, "
+             "detached, broadcastable to the ratios"),
+    "old_action_z": ContextVariable(
+        0.0, -math.inf, math.inf, low_inclusive=False, high_inclusive=False, kind="sample",
+        when="for every minibatch, before its loss",
+        help="(a - loc_old) / scale_old of a diagonal Gaussian rollout policy, shaped like the "
+             "ratios with the trailing dimension replaced by the action dimension"),
+    "old_log_prob": ContextVariable(
+        0.0, -math.inf, math.inf, low_inclusive=False, high_inclusive=False, kind="sample",
+        when="for every minibatch, before its loss",
+        help="log pi_old(a|s) of the sample's action under the rollout policy, "
+             "broadcastable to the ratios"),
 }
+
+
+class ContextNotSetError(RuntimeError):
+    """A gate read a per-update or per-sample context variable that was not set."""
 
 
 class CoefficientShape(nn.Module):
@@ -65,16 +176,21 @@ class CoefficientShape(nn.Module):
 
     `gate_range` declares bounds every gate value stays within (for all ratios
     and advantages); the default promises nothing. `context` names the
-    `CONTEXT_VARIABLES` a conditioned shape reads: each becomes a scalar buffer
-    of that name (broadcast over the samples by the gate), set by
-    `set_context(progress=...)` once per iteration and saved in checkpoints and
-    shape files. Shapes without context are untouched by all of this.
+    `CONTEXT_VARIABLES` a conditioned shape reads (module docstring: kinds, and
+    what the engine passes when). A per-iteration variable becomes a scalar
+    buffer of that name, saved in checkpoints and shape files; a per-update one
+    a scalar buffer that is not saved; a per-sample one a tensor kept until
+    `clear_context`. Gates read the latter two through `context_value`, which
+    raises `ContextNotSetError` when they were not set. Shapes without context
+    are untouched by all of this. `action_spaces` names the policies a shape is
+    defined for ("continuous", "discrete"); the engine refuses the others.
     """
 
     name: ClassVar[str] = ""
     params: ClassVar[Mapping[str, Param]] = {}
     gate_range: ClassVar[tuple[float, float]] = (-math.inf, math.inf)
     context: ClassVar[tuple[str, ...]] = ()
+    action_spaces: ClassVar[tuple[str, ...]] = ("continuous", "discrete")
 
     def __init__(self, **values: float) -> None:
         super().__init__()
@@ -102,6 +218,9 @@ class CoefficientShape(nn.Module):
                 )
             self.hparams[key] = value
             setattr(self, key, value)
+        # Names of the per-update and per-sample variables set since the last clear.
+        self._context_set: set[str] = set()
+        self._sample_context: dict[str, Tensor] = {}
         for key in self.context:
             spec = CONTEXT_VARIABLES.get(key)
             if spec is None:
@@ -109,9 +228,20 @@ class CoefficientShape(nn.Module):
                     f"shape {self.display_name()!r}: unknown context {key!r}; "
                     f"known context: {', '.join(CONTEXT_VARIABLES)}"
                 )
-            # A buffer, not a float: the gate then reads the value the trainer last set
-            # (also inside a compiled loss, without recompiling), and checkpoints keep it.
-            self.register_buffer(key, torch.tensor(spec.default))
+            if spec.kind == "iteration":
+                # A buffer, not a float: the gate then reads the value the trainer last set
+                # (also inside a compiled loss, without recompiling), and checkpoints keep it.
+                self.register_buffer(key, torch.tensor(spec.default))
+            elif spec.kind == "update":
+                # Filled in place like `progress`, but not saved: a restored shape must be
+                # told its epoch again before it gates.
+                self.register_buffer(key, torch.tensor(spec.default), persistent=False)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Shapes pickled before per-update and per-sample context existed have neither field.
+        super().__setstate__(state)
+        self.__dict__.setdefault("_context_set", set())
+        self.__dict__.setdefault("_sample_context", {})
 
     @classmethod
     def display_name(cls) -> str:
@@ -133,11 +263,14 @@ class CoefficientShape(nn.Module):
         """Bounds of this instance's gate values; override where they depend on parameters."""
         return self.gate_range
 
-    def set_context(self, **values: float | Tensor) -> None:
-        """Set per-iteration context, e.g. `set_context(progress=0.25)`.
+    def set_context(self, *, check: bool = True, **values: float | Tensor) -> None:
+        """Set context, e.g. `set_context(progress=0.25)` or `set_context(kl=kl, epoch_progress=0.5)`.
 
         Names must be known `CONTEXT_VARIABLES`; those this shape does not declare
         in `context` are ignored, so a trainer can call this on every shape.
+        Per-iteration and per-update values are one number; per-sample values a
+        tensor (or a number) that broadcasts to the ratios the gate will see.
+        `check=False` skips the range check of per-sample tensors (a device sync).
         """
         for key, value in values.items():
             spec = CONTEXT_VARIABLES.get(key)
@@ -146,6 +279,9 @@ class CoefficientShape(nn.Module):
                     f"unknown context {key!r}; known context: {', '.join(CONTEXT_VARIABLES)}"
                 )
             if key not in self.context:
+                continue
+            if spec.per_sample:
+                self._set_sample_context(key, spec, value, check)
                 continue
             try:
                 number = float(value)
@@ -160,6 +296,95 @@ class CoefficientShape(nn.Module):
                 )
             buffer: Tensor = getattr(self, key)
             buffer.fill_(number)  # in place: the same tensor the loss (or its graph) reads
+            self._context_set.add(key)
+
+    def _set_sample_context(self, key: str, spec: ContextVariable, value: float | Tensor,
+                            check: bool) -> None:
+        if isinstance(value, Tensor):
+            tensor = value.detach()
+        else:
+            try:
+                tensor = torch.as_tensor(value, dtype=torch.get_default_dtype())
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(
+                    f"shape {self.display_name()!r}: context {key!r} must be a tensor of "
+                    f"per-sample values, got {value!r}"
+                ) from None
+        if not tensor.is_floating_point():
+            raise ValueError(
+                f"shape {self.display_name()!r}: context {key!r} must be a floating-point tensor, "
+                f"got {tensor.dtype}"
+            )
+        if check:
+            low = tensor >= spec.low if spec.low_inclusive else tensor > spec.low
+            high = tensor <= spec.high if spec.high_inclusive else tensor < spec.high
+            outside = ~(low & high)  # NaN fails both comparisons
+            if bool(outside.any()):
+                first = float(tensor[outside].flatten()[0])
+                raise ValueError(
+                    f"shape {self.display_name()!r}: context {key!r} has {int(outside.sum())} "
+                    f"value(s) outside its allowed range {spec.describe_range()} (first: {first:g})"
+                )
+        self._sample_context[key] = tensor
+        self._context_set.add(key)
+
+    def clear_context(self, *names: str) -> None:
+        """Forget per-update and per-sample context (all of it, or the named variables).
+
+        Per-iteration context (`progress`) is persistent state and is kept.
+        """
+        for key in names or tuple(self._context_set):
+            if key not in CONTEXT_VARIABLES:
+                raise ValueError(
+                    f"unknown context {key!r}; known context: {', '.join(CONTEXT_VARIABLES)}"
+                )
+            self._context_set.discard(key)
+            self._sample_context.pop(key, None)
+
+    @contextlib.contextmanager
+    def using_context(self, *, check: bool = True, **values: float | Tensor) -> Iterator[None]:
+        """`set_context(**values)` for the block, then forget those values (even on error)."""
+        declared = [key for key in values if key in self.context]
+        self.set_context(check=check, **values)
+        try:
+            yield
+        finally:
+            kinds = {key: CONTEXT_VARIABLES[key].kind for key in declared}
+            self.clear_context(*[key for key, kind in kinds.items() if kind != "iteration"])
+
+    def context_value(self, key: str, like: Tensor | None = None) -> Tensor:
+        """The value of a declared per-update or per-sample context variable, for a gate.
+
+        Raises `ContextNotSetError` (one line) if it was not set. With `like` (the
+        ratios), a per-sample value is checked to broadcast to its shape and
+        converted to its dtype; a per-update value is converted to its dtype.
+        """
+        spec = CONTEXT_VARIABLES[key]
+        if key not in self.context:
+            raise ValueError(f"shape {self.display_name()!r} does not declare context {key!r}")
+        if spec.kind == "iteration":
+            value: Tensor = getattr(self, key)
+        elif key not in self._context_set:
+            raise ContextNotSetError(
+                f"shape {self.display_name()!r} reads the {spec.kind} context {key!r}, which is "
+                f"not set: call set_context({key}=...) {spec.when} (see klip.shapes.base)"
+            )
+        elif spec.per_sample:
+            value = self._sample_context[key]
+            if like is not None:
+                try:
+                    shape = torch.broadcast_shapes(value.shape, like.shape)
+                except RuntimeError:
+                    shape = None
+                if shape != like.shape:
+                    raise ContextNotSetError(
+                        f"shape {self.display_name()!r}: context {key!r} has shape "
+                        f"{list(value.shape)}, which does not broadcast to the ratios' "
+                        f"{list(like.shape)} (a stale or mis-sliced minibatch?)"
+                    )
+        else:
+            value = getattr(self, key)
+        return value if like is None else value.to(like.dtype)
 
     def update_after_rollout(self, stats: Mapping[str, float]) -> None:
         """Hook called once per PPO iteration with that iteration's loss metrics.

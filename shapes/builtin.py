@@ -1,4 +1,4 @@
-"""Built-in gates: step (PPO-Clip), none, sigmoid, linear ramp, learned, annealed clip."""
+"""Built-in gates: step (PPO-Clip), none, sigmoid, linear ramp, learned (two forms), annealed clip."""
 
 from __future__ import annotations
 
@@ -227,3 +227,160 @@ class AnnealedClipShape(CoefficientShape):
     def gate_from_log_ratio(self, log_ratio: Tensor, ratio: Tensor, advantage: Tensor) -> Tensor:
         eps = self.current_eps()
         return exact_kill_region(log_ratio, ratio, advantage, eps, eps).to(log_ratio.dtype)
+
+
+SIDES = ("pos", "neg")
+
+
+def _increment_params(prefix: str = "") -> dict[str, Param]:
+    """The coordinates of one increments gate: per side a base, a jump and one rise per segment."""
+    when = f" ({prefix.rstrip('_')} of the inner loop)" if prefix else ""
+    coordinates: dict[str, Param] = {}
+    for side in SIDES:
+        sign = "A >= 0" if side == "pos" else "A < 0"
+        coordinates[f"{prefix}{side}_base"] = Param(
+            0.0, -10.0, 10.0, search=(-1.0, 0.0),
+            help=f"{sign}: gate at and below the first breakpoint (< 0 amplifies){when}")
+        coordinates[f"{prefix}{side}_jump"] = Param(
+            1.0, 0.0, 10.0, search=(0.0, 1.5),
+            help=f"{sign}: jump where PPO-Clip kills (1: step; > 1 rolls back){when}")
+        for index in range(len(LearnedIncrementsShape.BREAKPOINTS) - 1):
+            coordinates[f"{prefix}{side}_inc{index}"] = Param(
+                0.0, 0.0, 10.0, search=(0.0, 0.5),
+                help=f"{sign}: rise of the gate over segment {index}{when}")
+    return coordinates
+
+
+@register_shape("learned_increments")
+class LearnedIncrementsShape(CoefficientShape):
+    """A learned gate of non-negative increments plus PPO-Clip's jump: can roll back and amplify.
+
+    Per sign of A, a function of the signed distance `d` past the kill boundary
+    (`signed_distance_past_boundary`, band `[1-eps, 1+eps]`):
+    `g(d) = base + sum_i inc_i * clamp((d - b_i) / (b_{i+1} - b_i), 0, 1) + jump * 1[kill]`
+    over the evenly spaced `BREAKPOINTS` b_0 < ... < b_8 (-0.4 to 0.4 by 0.1: four
+    segments inside the band, four past it), constant beyond them. Each `inc_i`
+    moves one segment's slope (everything after it shifts by it), so a random
+    point is a ramp whose steepness varies along the curve, not "a floor plus a
+    step"; `base` (< 0: amplifies) sets the level, `jump` (> 1: rolls back) is
+    added exactly on PPO-Clip's kill region, decided as `step` decides it. Every
+    coordinate vector gives a finite gate, non-decreasing in `d` (up to the
+    ulp-wide disagreement of the ratio-space ramp and the log-space kill test),
+    within `gate_bounds()`. Coordinates are ordinary parameters (`pos_base`,
+    `pos_jump`, `pos_inc0`.. and `neg_...`), so studies search them like any
+    other; `step_vector()` (the defaults) is `step` bit for bit. PPO-RB is
+    `jump = 1 + alpha`; SPO at eps = 0.2 is `base = -1`, `inc_i = 0.5`, `jump = 0`
+    on `|d| <= 0.4` (constant beyond).
+    """
+
+    BREAKPOINTS: ClassVar[tuple[float, ...]] = (-0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4)
+    PREFIXES: ClassVar[tuple[str, ...]] = ("",)
+    params: ClassVar[Mapping[str, Param]] = {}  # set below, once BREAKPOINTS exists
+    eps: float
+
+    def __init__(self, **values: float) -> None:
+        super().__init__(**values)
+        self.register_buffer("eps_tensor", torch.tensor(self.eps), persistent=False)  # as step's
+        self.register_buffer("breakpoints", torch.tensor(self.BREAKPOINTS, dtype=torch.float64),
+                             persistent=False)
+        curves, jumps = [], []
+        for prefix in self.PREFIXES:
+            curves.append([self.knot_values(prefix, side) for side in SIDES])
+            jumps.append([self.hparams[f"{prefix}{side}_jump"] for side in SIDES])
+        # [prefixes, sides, breakpoints] and [prefixes, sides]: derived from the parameters.
+        self.register_buffer("curves", torch.tensor(curves, dtype=torch.float64), persistent=False)
+        self.register_buffer("jumps", torch.tensor(jumps, dtype=torch.float64), persistent=False)
+
+    def knot_values(self, prefix: str, side: str) -> list[float]:
+        """The gate (without the jump) at each breakpoint: base plus the running sum of increments."""
+        values = [self.hparams[f"{prefix}{side}_base"]]
+        for index in range(len(self.BREAKPOINTS) - 1):
+            values.append(values[-1] + self.hparams[f"{prefix}{side}_inc{index}"])
+        return values
+
+    @classmethod
+    def coordinate_names(cls) -> list[str]:
+        """The searched coordinates (every parameter but `eps`), in vector order."""
+        return [key for key in cls.params if key != "eps"]
+
+    @classmethod
+    def step_vector(cls) -> dict[str, float]:
+        """The coordinates that make this gate `step` exactly: base 0, increments 0, jump 1."""
+        return {key: (1.0 if key.endswith("_jump") else 0.0) for key in cls.coordinate_names()}
+
+    def get_vector(self) -> Tensor:
+        return torch.tensor([self.hparams[key] for key in self.coordinate_names()], dtype=torch.float64)
+
+    @classmethod
+    def from_vector(cls, vector: Tensor | list[float], **params: float) -> LearnedIncrementsShape:
+        values = torch.as_tensor(vector, dtype=torch.float64).flatten().tolist()
+        names = cls.coordinate_names()
+        if len(values) != len(names):
+            raise ValueError(
+                f"shape {cls.display_name()!r}: vector has {len(values)} entries, expected {len(names)}"
+            )
+        return cls(**dict(zip(names, values, strict=True)), **params)
+
+    def gate_bounds(self) -> tuple[float, float]:
+        # Non-decreasing in d: the least value is the base, the largest the last knot plus the jump.
+        low = float(self.curves[..., 0].min())
+        high = float((self.curves[..., -1] + self.jumps).max())
+        return low, high
+
+    def _curve(self, index: int, distance: Tensor, kill: Tensor, advantage: Tensor) -> Tensor:
+        dtype = distance.dtype
+        knots = self.breakpoints.to(dtype)
+        values = self.curves[index].to(dtype)
+        clamped = distance.clamp(knots[0], knots[-1])
+        right = torch.searchsorted(knots, clamped.contiguous()).clamp(1, len(knots) - 1)
+        left = right - 1
+        fraction = (clamped - knots[left]) / (knots[right] - knots[left])
+        side = (advantage < 0).long()
+        low_value = values[side, left]
+        ramp = low_value + fraction * (values[side, right] - low_value)
+        # With base 0, increments 0 and jump 1 this is 0 + 1 * kill: step's gate, bit for bit.
+        return ramp + self.jumps[index].to(dtype)[side] * kill.to(dtype)
+
+    def _combine(self, distance: Tensor, kill: Tensor, advantage: Tensor) -> Tensor:
+        return self._curve(0, distance, kill, advantage)
+
+    def gate(self, ratio: Tensor, advantage: Tensor) -> Tensor:
+        distance = signed_distance_past_boundary(ratio, advantage, self.eps)
+        return self._combine(distance, distance > 0, advantage)
+
+    def gate_from_log_ratio(self, log_ratio: Tensor, ratio: Tensor, advantage: Tensor) -> Tensor:
+        eps = self.eps_tensor
+        kill = exact_kill_region(log_ratio, ratio, advantage, eps, eps)
+        distance = signed_distance_past_boundary(ratio, advantage, self.eps)
+        return self._combine(distance.to(log_ratio.dtype), kill, advantage)
+
+
+LearnedIncrementsShape.params = {"eps": EPS, **_increment_params()}
+
+
+@register_shape("learned_increments_epoch")
+class LearnedIncrementsEpochShape(LearnedIncrementsShape):
+    """Two `learned_increments` gates, one for the start of the inner loop and one for its end.
+
+    A conditioned shape: it reads `epoch_progress` (e = epoch / epochs, set by the
+    engine before each epoch) and gates with `g_early + e * (g_late - g_early)`, so
+    the first epoch uses the `early_...` coordinates and the gate moves linearly
+    towards the `late_...` ones (reached as e -> 1; the last of E epochs has
+    e = (E-1)/E). Equal early and late coordinates give exactly that one gate
+    (the difference is exactly 0), so `step_vector()` is `step` bit for bit at
+    every epoch. The natural way for a gate to depend on the number of epochs.
+    """
+
+    PREFIXES: ClassVar[tuple[str, ...]] = ("early_", "late_")
+    context: ClassVar[tuple[str, ...]] = ("epoch_progress",)
+    epoch_progress: Tensor
+
+    def _combine(self, distance: Tensor, kill: Tensor, advantage: Tensor) -> Tensor:
+        epoch = self.context_value("epoch_progress", like=distance)
+        early = self._curve(0, distance, kill, advantage)
+        late = self._curve(1, distance, kill, advantage)
+        return early + epoch * (late - early)
+
+
+LearnedIncrementsEpochShape.params = {
+    "eps": EPS, **_increment_params("early_"), **_increment_params("late_")}

@@ -124,6 +124,7 @@ def load_shapes_from_file(path: str | Path) -> list[str]:
     Returns the names the file added. This runs the user's own code, on purpose;
     shape JSON files, by contrast, never execute anything.
     """
+    _load_entry_points()  # else the built-ins a plugin's import registers count as the file's
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"shape plugin file not found: {path}")

@@ -359,7 +359,7 @@ class GridSpec:
                 except ConfigError as error:
                     raise CompareError(f"entry {entry.spec!r} on {task}: {error}") from None
         if self.seeds_together and len(self.seeds) > 1:
-            from klip.algos.population import check_population_configs
+            from klip.algos.ppo import check_population_configs
 
             for entry in self.entries:
                 try:
@@ -453,6 +453,8 @@ def parameters_sha256(checkpoint: Path) -> str:
     import torch
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    # A single run's checkpoint keys its agent's modules under `agents.0.`.
+    state = {key.removeprefix("agents.0."): value for key, value in state.items()}
     digest = hashlib.sha256()
     keys = sorted(key for key in state if key.startswith(("actor.", "critic.")))
     if not keys:
@@ -664,8 +666,9 @@ def train_cells_together(runs: Sequence[CellRun]) -> None:
     job continues bit for bit); when it ends, each agent's run directory becomes its cell's
     directory and the population directory is removed. A single cell takes the exact path.
     """
-    from klip.algos.population_run import POPULATION_FILE, PopulationSpec, train_population
+    from klip.algos.agents import PopulationSpec, train_population
     from klip.algos.resolve import with_options_added_later
+    from klip.algos.rundir import POPULATION_FILE
 
     groups: dict[tuple[str, str], list[CellRun]] = {}
     for run in runs:
@@ -677,8 +680,8 @@ def train_cells_together(runs: Sequence[CellRun]) -> None:
         root = group[0].out.parent / POPULATION_DIR
         spec = PopulationSpec(group[0].config, [run.cell.seed for run in group], {})
         resume = False
-        if (root / POPULATION_FILE).is_file():
-            held = yaml.safe_load((root / POPULATION_FILE).read_text()) or {}
+        if (root / POPULATION_FILE).is_file() and (root / "checkpoints" / "last.ckpt").is_file():
+            held = (yaml.safe_load((root / POPULATION_FILE).read_text()) or {}).get("spec") or {}
             held["base"] = with_options_added_later(held.get("base", {}))
             resume = held == yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))
         if root.exists() and not resume:

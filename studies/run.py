@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from klip.algos.agents import AgentResult, train_agents
+from klip.algos.agents import AgentResult, train_one_by_one
 from klip.algos.config import TrainConfig
 from klip.algos.run import read_columns
 from klip.compat import heartbeat_thread
@@ -169,7 +169,7 @@ def build_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
 def check_batch(settings: StudySettings) -> None:
     """`--batch` trains populations: refuse what a population cannot do, before any writing."""
     from klip.algos.config import ConfigError
-    from klip.algos.population import check_population_configs
+    from klip.algos.ppo import check_population_configs
 
     if settings.batch < 0:
         raise StudyError(f"--batch must be 0 (single runs) or at least 1, got {settings.batch}")
@@ -394,7 +394,7 @@ class Objective:
                     return False
             return True
 
-        train_agents(configs, out_dirs, callbacks=callbacks, after_each=after_each)
+        train_one_by_one(configs, out_dirs, callbacks=callbacks, after_each=after_each)
         trial.set_user_attr(ATTR_PROGRESS, "done")
         if state.pruned:
             saved = len(instances) - state.position - state.pruned_fraction_done
@@ -501,7 +501,7 @@ def run_batch(objective: Objective, study: optuna.Study, size: int) -> None:
 
 def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTrial],
                  told: set[int]) -> None:
-    from klip.algos.population_run import train_population_agents
+    from klip.algos.train import train_agents
 
     settings = objective.settings
     tasks = list(settings.tasks)
@@ -524,7 +524,7 @@ def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTri
             objective.show(text)
         for member in alive:
             member.trial.set_user_attr(ATTR_PROGRESS, text)
-        results = train_population_agents(configs, staging, names=names)
+        results = train_agents(configs, staging, names=names, progress=False)
         for (member, instance), result in zip(agents, results, strict=True):
             target = member.directory / f"{task}-s{instance.seed}"
             shutil.move(str(result.out), target)

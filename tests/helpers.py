@@ -220,3 +220,11 @@ def ppo_clip_kill(log_ratio: Tensor, advantage: Tensor, eps: float) -> Tensor:
     """PPO-Clip's kill region in exact arithmetic, written from the paper (not from klip)."""
     ratio = log_ratio.double().exp()
     return ((ratio > 1 + eps) & (advantage > 0)) | ((ratio < 1 - eps) & (advantage < 0))
+
+
+def single_run_state(checkpoint: dict) -> dict[str, Tensor]:
+    """A single run's checkpoint `state_dict` keyed as its agent's modules (`actor.*`,
+    `critic.*`, `loss_module.*`): the engine keeps agent i's under `agents.i.`."""
+    prefix = "agents.0."
+    state = checkpoint["state_dict"]
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}

@@ -236,8 +236,8 @@ def test_out_keys_are_the_forward_outputs(diagnostics):
     out = loss(make_batch(actor, 0.3 * torch.randn(16), torch.randn(16)))
     expected = {"loss_objective", "kl_approx", "loss_entropy", "entropy", "loss_critic",
                 "value_clip_fraction"}
-    if diagnostics is True:
-        expected |= set(KLIP_DIAGNOSTICS)
+    if diagnostics is True:  # klip's statistics and ClipPPOLoss's own
+        expected |= {*KLIP_DIAGNOSTICS, "ESS", "max_ratio", "mean_ratio"}
     assert set(loss.out_keys) == expected
     assert expected <= set(out.keys())
     assert ("fraction_kill" in out) == (diagnostics is True)

@@ -14,12 +14,12 @@ from klip.envs import KNOWN_TASKS, get_env_state, make_env, set_env_state
 
 def rollouts_of(collector: str, task: str, num_envs: int, count: int, steps: int):
     config = TrainConfig(task=task, num_envs=num_envs, rollout_steps=steps, collector=collector)
-    module = PPOModule(config.to_dict())
+    module = PPOModule([config.to_dict()])
     with torch.no_grad():  # a policy away from its initialisation (log-std != 0)
         for parameter in module.actor.parameters():
             parameter.add_(0.3 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(7)))
-    torch.manual_seed(3)
-    return [module.rollouts.collect() for _ in range(count)]
+    generator = torch.Generator().manual_seed(3)
+    return [module.rollouts.collect([generator])[0] for _ in range(count)]
 
 
 # 1 and 3 Hopper sub-envs draw their action noise in one serial draw per rollout, 6 (18 numbers
@@ -75,32 +75,32 @@ def test_env_snapshot_restores_mid_episode(task):
 @pytest.mark.parametrize("collector", ["fast", "torchrl"])
 def test_rollout_state_round_trip_continues_bit_for_bit(collector):
     config = TrainConfig(task="Hopper-v4", num_envs=2, rollout_steps=64, collector=collector)
-    module = PPOModule(config.to_dict())
-    torch.manual_seed(5)
-    module.rollouts.collect()  # mid-episode now
+    module = PPOModule([config.to_dict()])
+    generator = torch.Generator().manual_seed(5)
+    module.rollouts.collect([generator])  # mid-episode now
     buffer = io.BytesIO()
     torch.save(module.rollouts.state_dict(), buffer)
-    rng = torch.get_rng_state()
-    expected = module.rollouts.collect()
+    rng = generator.get_state()
+    (expected,) = module.rollouts.collect([generator])
 
-    other = PPOModule(TrainConfig(task="Hopper-v4", num_envs=2, rollout_steps=64, collector=collector,
-                                  seed=9).to_dict())
+    other = PPOModule([TrainConfig(task="Hopper-v4", num_envs=2, rollout_steps=64, collector=collector,
+                                   seed=9).to_dict()])
     other.actor.load_state_dict(module.actor.state_dict())
     buffer.seek(0)
     other.rollouts.load_state_dict(torch.load(buffer, weights_only=False))
-    torch.set_rng_state(rng)
-    actual = other.rollouts.collect()
+    generator.set_state(rng)
+    (actual,) = other.rollouts.collect([generator])
     for key in expected.keys(True, True):
         assert torch.equal(expected.get(key), actual.get(key)), key
-    assert not torch.equal(expected["observation"][:, 0], PPOModule(config.to_dict()).rollouts.collect()[
-        "observation"][:, 0])  # the restored place is not a fresh start
+    fresh = PPOModule([config.to_dict()]).rollouts.collect([torch.Generator().manual_seed(5)])[0]
+    assert not torch.equal(expected["observation"][:, 0], fresh["observation"][:, 0])  # not a fresh start
 
 
 def test_unknown_collector_is_named():
     from klip.algos.rollout import make_rollouts
 
     with pytest.raises(ValueError, match=r"^unknown collector 'gym'; choose 'fast' or 'torchrl'$"):
-        make_rollouts("gym", make_env("Pendulum-v1"), None, 8)
+        make_rollouts("gym", [make_env("Pendulum-v1")], [None], 8)
 
 
 @pytest.mark.parametrize("shape", [(1,), (3, 1), (5, 3), (4, 4), (2, 9)])

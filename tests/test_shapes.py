@@ -34,6 +34,31 @@ from klip.shapes import (
 BUILTIN = available_shapes()
 ratios = st.floats(1e-6, 1e6, allow_nan=False)
 advantages = st.one_of(st.just(0.0), st.floats(-1e6, 1e6, allow_nan=False))
+kls = st.floats(0.0, 10.0, allow_nan=False)
+probabilities = st.floats(1e-6, 1.0, allow_nan=False)
+
+
+def give_context(shape, like, progress=0.5, epoch_progress=0.5, kl=None, old_log_prob=None,
+                 old_action_z=None):
+    """Every context variable, as the engine passes them (each shape takes the ones it declares).
+
+    Default per-sample values, one per ratio: KLs from 0 to 0.1 (so TR-PPO's trigger is
+    both on and off), rollout probabilities from 0.05 to 0.95, and standardised 3-D
+    actions from the old mean to 3 scales away.
+    """
+    count = like.numel()
+    if kl is None:
+        kl = torch.linspace(0.0, 0.1, count).reshape(like.shape)
+    if old_log_prob is None:
+        old_log_prob = torch.linspace(0.05, 0.95, count).log().reshape(like.shape)
+    if old_action_z is None:
+        old_action_z = torch.linspace(0.0, 3.0, count).reshape(*like.shape, 1) * torch.tensor(
+            [1.0, -0.5, 0.25])
+    shape.set_context(progress=progress, epoch_progress=epoch_progress,
+                      kl=torch.as_tensor(kl, dtype=torch.float32),
+                      old_log_prob=torch.as_tensor(old_log_prob, dtype=torch.float32),
+                      old_action_z=torch.as_tensor(old_action_z, dtype=torch.float32))
+    return shape
 
 
 @pytest.mark.parametrize("name", BUILTIN)
@@ -47,7 +72,12 @@ def test_finite_loss_and_gradient(name, form, ratio_values, data):
     log_ratio = torch.tensor(ratio_values).log().requires_grad_()
     advantage = torch.tensor(advantage_values)
     shape = make_shape(name)
-    shape.set_context(progress=data.draw(st.floats(0.0, 1.0)))  # ignored by unconditioned shapes
+    size = len(ratio_values)
+    give_context(shape, advantage, progress=data.draw(st.floats(0.0, 1.0)),  # ignored by most shapes
+                 epoch_progress=data.draw(st.floats(0.0, 0.999)),
+                 kl=data.draw(st.lists(kls, min_size=size, max_size=size)),
+                 old_log_prob=[math.log(p) for p in data.draw(
+                     st.lists(probabilities, min_size=size, max_size=size))])
     objective, gate = klip_objective(shape, log_ratio, advantage, form=form)
     objective.mean().backward()
     assert gate.shape == advantage.shape
@@ -58,10 +88,11 @@ def test_finite_loss_and_gradient(name, form, ratio_values, data):
 
 @pytest.mark.parametrize("name", BUILTIN)
 @settings(max_examples=40, deadline=None)
-@given(ratio=ratios, advantage=advantages, progress=st.floats(0.0, 1.0))
-def test_gate_shape_and_range(name, ratio, advantage, progress):
+@given(ratio=ratios, advantage=advantages, progress=st.floats(0.0, 1.0), epoch=st.floats(0.0, 0.999),
+       kl=kls, probability=probabilities)
+def test_gate_shape_and_range(name, ratio, advantage, progress, epoch, kl, probability):
     shape = make_shape(name)
-    shape.set_context(progress=progress)
+    give_context(shape, torch.zeros(2), progress, epoch, [kl, kl], [math.log(probability)] * 2)
     gate = shape.gate(torch.tensor([ratio, ratio]), torch.tensor([advantage, -advantage]))
     low, high = shape.gate_bounds()
     assert gate.shape == (2,)
@@ -250,6 +281,8 @@ def test_every_builtin_round_trips_through_json(tmp_path, name):
     shape = make_shape(name)
     loaded = load_shape(save_shape(shape, tmp_path / f"{name}.json"))
     ratio = torch.linspace(0.5, 1.5, 101)
+    give_context(shape, ratio)
+    give_context(loaded, ratio)
     for sign in (1.0, -1.0):
         advantage = torch.full_like(ratio, sign)
         assert torch.equal(loaded.gate(ratio, advantage), shape.gate(ratio, advantage))
@@ -362,8 +395,72 @@ def test_gate_equals_its_closed_form(name, params, ratio, advantage, expected):
     assert shape32.gate_from_log_ratio(w32.log(), w32, a32).item() == pytest.approx(expected, abs=2e-4)
 
 
+# Shapes that read context: (name, params, context, ratio, advantage, expected gate).
+RAMP = {"pos_base": -1.0, "pos_inc3": 0.5, "pos_jump": 1.3}  # learned_increments, A >= 0 only
+CONTEXT_CLOSED_FORMS = [
+    ("learned_increments", {}, {}, 1.3, 1.0, 1.0),           # the defaults are step
+    ("learned_increments", {}, {}, 1.1, 1.0, 0.0),
+    ("learned_increments", {}, {}, 0.7, -1.0, 1.0),
+    ("learned_increments", RAMP, {}, 1.0, 1.0, -1.0),        # d = -0.2: base (amplifies)
+    ("learned_increments", RAMP, {}, 1.15, 1.0, -0.75),      # d = -0.05: half-way up segment 3
+    ("learned_increments", RAMP, {}, 1.5, 1.0, 0.8),         # d = 0.3: -1 + 0.5 + jump 1.3
+    ("learned_increments", RAMP, {}, 0.7, -1.0, 1.0),        # A < 0 keeps step's curve
+    ("learned_increments_epoch", {"late_pos_jump": 2.0}, {"epoch_progress": 0.5}, 1.3, 1.0, 1.5),
+    ("learned_increments_epoch", {"late_pos_jump": 2.0}, {"epoch_progress": 0.0}, 1.3, 1.0, 1.0),
+    ("learned_increments_epoch", {"late_pos_jump": 2.0}, {"epoch_progress": 0.5}, 1.1, 1.0, 0.0),
+    # tr_ppo: 1 where KL >= 0.035 and the ratio moved the way A pushes it
+    ("tr_ppo", {}, {"kl": 0.05}, 1.1, 1.0, 1.0),
+    ("tr_ppo", {}, {"kl": 0.05}, 0.9, 1.0, 0.0),
+    ("tr_ppo", {}, {"kl": 0.05}, 0.9, -1.0, 1.0),
+    ("tr_ppo", {}, {"kl": 0.01}, 3.0, 1.0, 0.0),             # far outside any band, KL small
+    ("tr_ppo", {}, {"kl": 0.05}, 1.1, 0.0, 0.0),             # A = 0: never triggered
+    # tr_ppo_rb: alpha (1 - 1/w) / A on tr_ppo's trigger (delta 0.03, alpha 5)
+    ("tr_ppo_rb", {}, {"kl": 0.05}, 1.25, 2.0, 5 * 0.2 / 2),
+    ("tr_ppo_rb", {}, {"kl": 0.05}, 0.8, -1.0, 5 * 0.25),
+    ("tr_ppo_rb", {}, {"kl": 0.02}, 0.8, -1.0, 0.0),
+    ("tr_ppo_rb", {}, {"kl": 0.05}, 1.25, -1.0, 0.0),
+    # trgppo at p = 0.5, delta 0.001: band [0.955301, 1.044699] (KL(r) = delta, by hand below)
+    ("trgppo", {}, {"old_log_prob": math.log(0.5)}, 1.05, 1.0, 1.0),
+    ("trgppo", {}, {"old_log_prob": math.log(0.5)}, 1.04, 1.0, 0.0),
+    ("trgppo", {}, {"old_log_prob": math.log(0.5)}, 0.95, -1.0, 1.0),
+    ("trgppo", {}, {"old_log_prob": math.log(0.5)}, 0.96, -1.0, 0.0),
+    ("trgppo", {}, {"old_log_prob": math.log(0.01)}, 1.5, 1.0, 0.0),   # band [0.618, 1.512]
+    ("trgppo", {}, {"old_log_prob": math.log(0.01)}, 1.52, 1.0, 1.0),
+    # trgppo_gaussian, d = 1: at the old mean [0.812593, 1.2]; three scales away [0.131866, 4.507212]
+    ("trgppo_gaussian", {}, {"old_action_z": [[0.0]]}, 1.21, 1.0, 1.0),
+    ("trgppo_gaussian", {}, {"old_action_z": [[0.0]]}, 1.19, 1.0, 0.0),
+    ("trgppo_gaussian", {}, {"old_action_z": [[0.0]]}, 0.81, -1.0, 1.0),
+    ("trgppo_gaussian", {}, {"old_action_z": [[0.0]]}, 0.82, -1.0, 0.0),
+    ("trgppo_gaussian", {}, {"old_action_z": [[-3.0]]}, 4.4, 1.0, 0.0),
+    ("trgppo_gaussian", {}, {"old_action_z": [[3.0]]}, 4.6, 1.0, 1.0),
+]
+
+
+@pytest.mark.parametrize("name,params,context,ratio,advantage,expected", CONTEXT_CLOSED_FORMS)
+def test_context_gate_equals_its_closed_form(name, params, context, ratio, advantage, expected):
+    for dtype, tolerance in ((torch.float64, 1e-9), (torch.float32, 2e-4)):
+        shape = make_shape(name, **params).to(dtype)
+        w, a = torch.tensor([ratio], dtype=dtype), torch.tensor([advantage], dtype=dtype)
+        shape.set_context(**{key: value if key == "epoch_progress" else torch.tensor(
+            value if isinstance(value, list) else [value], dtype=dtype) for key, value in context.items()})
+        assert shape.gate(w, a).item() == pytest.approx(expected, abs=tolerance)
+        assert shape.gate_from_log_ratio(w.log(), w, a).item() == pytest.approx(expected, abs=tolerance)
+
+
+def test_trgppo_band_of_the_closed_forms_by_hand():
+    """The band quoted above: KL(r) = -p log r + (1-p) log((1-p)/(1-p r)) equals delta at both ends."""
+    from klip.shapes.published import trgppo_band
+
+    for p, low, high in ((0.5, 0.955301, 1.044699), (0.01, 0.618003, 1.512305)):
+        lower, upper = trgppo_band(torch.tensor([math.log(p)], dtype=torch.float64), 0.001)
+        assert (lower.item(), upper.item()) == pytest.approx((low, high), abs=1e-6)
+        for r in (lower.item(), upper.item()):
+            assert -p * math.log(r) + (1 - p) * math.log((1 - p) / (1 - p * r)) == pytest.approx(0.001)
+
+
 def test_every_registered_shape_has_closed_form_cases():
-    assert {name for name, *_ in CLOSED_FORMS} == set(available_shapes())
+    names = {name for name, *_ in CLOSED_FORMS} | {name for name, *_ in CONTEXT_CLOSED_FORMS}
+    assert names == set(available_shapes())
 
 
 # A learned gate with different curves for the two signs; knots of LearnedShape.KNOTS:
@@ -428,6 +525,8 @@ def test_round_trip_keeps_non_default_parameters_and_state(tmp_path, name):
         assert torch.equal(loaded.state_dict()[key], value), key
     ratio = torch.linspace(0.3, 2.0, 341)
     default = make_shape(name)
+    for gated in (shape, loaded, default):
+        give_context(gated, ratio)
     differs = False
     for sign in (1.0, -1.0):
         advantage = torch.full_like(ratio, sign)
@@ -446,16 +545,17 @@ def trainer_gates(shape_file) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
     config = TrainConfig(task="Pendulum-v1", rollout_steps=128, minibatch_size=128, epochs=1,
                          eval_episodes=0, shape_file=str(shape_file))
-    module = PPOModule(config.to_dict())
-    rollout = module.rollouts.collect()
+    module = PPOModule([config.to_dict()])
+    (agent,) = module.agents
+    (rollout,) = module.rollouts.collect([agent.generator])
     with torch.no_grad():
-        module.advantage_module(rollout)
+        agent.advantage_module(rollout)
     data = rollout.select(*module._update_keys(rollout)).reshape(-1)
     with torch.no_grad():  # move the policy so that ratios are not all 1
         policy = module.actor.module[0]
         policy.log_std.add_(0.3)
-    (minibatch,) = list(module.minibatch_loss.minibatches(data, 128))
-    _, _, log_ratio, advantage, gate = module.minibatch_loss.losses(*minibatch)
+    (minibatch,) = list(agent.minibatch_loss.minibatches(data, 128))
+    _, _, log_ratio, advantage, gate = agent.minibatch_loss.losses(*minibatch)
     return log_ratio.squeeze(-1).double(), advantage.squeeze(-1).double(), gate.squeeze(-1).double()
 
 

@@ -143,7 +143,7 @@ CASES = [
     ("resume-past-annealing", ["--out", "{sandbox}/done", "--resume", "--steps", "1024"],
      "annealed its learning rate to 0 at iteration 2"),
     ("corrupt-checkpoint", ["--out", "{sandbox}/corrupt-checkpoint", "--resume", "--steps", "512"],
-     "last.ckpt is unreadable (UnpicklingError); delete it to restart the run"),
+     "last.ckpt is unreadable (UnpicklingError); it cannot be resumed"),
     ("corrupt-config", ["--out", "{sandbox}/corrupt-config", "--steps", "512"],
      "config.yaml is corrupt; choose another --out"),
     ("locked", ["--out", "{sandbox}/done", "--resume", "--steps", "512"],

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import single_run_state
 
 from klip.algos.config import TrainConfig
 from klip.algos.train import train
@@ -27,7 +28,7 @@ def tiny(**overrides) -> TrainConfig:
 
 def final_parameters(out: Path) -> dict[str, torch.Tensor]:
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    return checkpoint["state_dict"]
+    return single_run_state(checkpoint)
 
 
 def metric_rows(out: Path) -> list[dict[str, str]]:
@@ -60,8 +61,8 @@ def test_clip_and_step_training_end_with_bitwise_identical_parameters(tmp_path):
     fresh = TrainConfig(**TINY, steps=256)
     from klip.algos.ppo import PPOModule
 
-    initial = PPOModule(fresh.to_dict()).state_dict()
-    assert not torch.equal(initial["actor.module.0.mean.0.weight"],
+    initial = PPOModule([fresh.to_dict()]).actor.state_dict()
+    assert not torch.equal(initial["module.0.mean.0.weight"],
                            step["actor.module.0.mean.0.weight"])
 
 
@@ -269,15 +270,19 @@ def test_every_option_has_help_and_is_settable_from_the_command_line():
             assert "--" + field.name.replace("_", "-") in train_help, field.name
 
 
-def test_resume_without_a_checkpoint_restarts_and_keeps_no_stale_rows(tmp_path):
+def test_resume_without_a_checkpoint_is_refused_and_deletes_nothing(tmp_path):
     import shutil
+
+    from klip.algos.rundir import RunError
 
     config = tiny(task="Pendulum-v1", steps=2 * 256, checkpoint_every=10)
     train(config, tmp_path / "run", progress=False)
-    expected = metric_rows(tmp_path / "run")
     shutil.rmtree(tmp_path / "run" / "checkpoints")  # as if it died before its first checkpoint
-    train(config, tmp_path / "run", resume=True, progress=False)
-    assert metric_rows(tmp_path / "run") == expected
+    before = {path: path.read_bytes() for path in (tmp_path / "run").rglob("*") if path.is_file()}
+    with pytest.raises(RunError, match=r"nothing to resume in .*: it has no checkpoint"):
+        train(config, tmp_path / "run", resume=True, progress=False)
+    after = {path: path.read_bytes() for path in (tmp_path / "run").rglob("*") if path.is_file()}
+    assert after == before
 
 
 def test_runs_recorded_before_kl_direction_resume_on_the_kl_they_penalised(tmp_path, capsys):
