@@ -1,8 +1,9 @@
 """MkDocs hooks: one site from the repository's own Markdown, links checked as the build's.
 
 - The README is the site's front page (`index.md`), so the front door is written once.
-- The results and benchmark write-ups (`results/**/*.md` outside run and trial directories,
-  `benchmarks/README.md`) and the images they show are published at their repository paths.
+- The results, benchmark and example write-ups (`results/**/*.md` outside run and trial
+  directories, `benchmarks/README.md`, `examples/README.md`) and the images they show are
+  published at their repository paths.
 - Every page's links are written as they work on the repository (relative to the Markdown file);
   this hook resolves each one in the repository and rewrites it to the published page. A link to
   a repository file the site does not publish (a script, a JSON file, a directory) becomes its
@@ -34,7 +35,7 @@ _EXTRA: dict[str, Path] = {}
 
 def published_markdown() -> list[Path]:
     """The repository's write-ups that the site publishes besides docs/."""
-    pages = [ROOT / "benchmarks" / "README.md"]
+    pages = [ROOT / "benchmarks" / "README.md", ROOT / "examples" / "README.md"]
     for path in sorted((ROOT / "results").rglob("*.md")):
         parts = path.relative_to(ROOT).parts
         if any(part == "runs" or part.startswith("trial-") for part in parts):

@@ -247,5 +247,7 @@ def test_shape_tables_list_every_built_in_shape() -> None:
     from klip.shapes import available_shapes
 
     for page in (ROOT / "README.md", ROOT / "docs" / "shapes.md"):
-        rows = set(re.findall(r"^\| `(\w+)` \|", page.read_text(), flags=re.M))
+        table = re.search(r"^\| shape \|.*?(?=\n\n)", page.read_text(), flags=re.M | re.S)
+        assert table is not None, f"{page.name} has no shape table"
+        rows = set(re.findall(r"^\| `(\w+)` \|", table.group(0), flags=re.M))
         assert rows == set(available_shapes()), (page.name, rows ^ set(available_shapes()))
