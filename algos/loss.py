@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
@@ -25,7 +26,13 @@ from torch import Tensor
 from torchrl.objectives import ClipPPOLoss, LossModule, PPOLoss
 
 from klip import compat
-from klip.algos.networks import ValueHead, gaussian_entropy, gaussian_log_prob, policy_head
+from klip.algos.networks import (
+    ValueHead,
+    diagonal_gaussian_kl,
+    gaussian_entropy,
+    gaussian_log_prob,
+    policy_head,
+)
 from klip.shapes import CoefficientShape, get_shape_class
 from klip.shapes.base import CONTEXT_VARIABLES
 from klip.shapes.functional import PolicyForm, klip_objective
@@ -44,6 +51,28 @@ KLIP_DIAGNOSTICS = (
     "beta_abs_kill_mean",
     "kl_k3",
 )
+
+
+def sample_context_names(shape: CoefficientShape) -> tuple[str, ...]:
+    """The per-sample context variables `shape` reads (`kl`, `old_log_prob`, `old_action_z`)."""
+    return tuple(name for name in shape.context
+                 if CONTEXT_VARIABLES[name].kind == "sample")
+
+
+@torch.no_grad()
+def sample_context(names: tuple[str, ...], *, action: Tensor, old_log_prob: Tensor, old_loc: Tensor,
+                   old_scale: Tensor, loc: Tensor, scale: Tensor) -> dict[str, Tensor]:
+    """The per-sample context `names` asks for, detached, shaped like the `[B, 1]` ratios
+    (`old_action_z` `[B, d]`): the per-state KL(rollout policy || current policy) of the diagonal
+    Gaussians (torch's closed form), the rollout log-probability, the standardised action."""
+    values: dict[str, Tensor] = {}
+    if "kl" in names:
+        values["kl"] = diagonal_gaussian_kl(old_loc, old_scale, loc.detach(), scale.detach()).unsqueeze(-1)
+    if "old_log_prob" in names:
+        values["old_log_prob"] = old_log_prob.unsqueeze(-1)
+    if "old_action_z" in names:
+        values["old_action_z"] = (action - old_loc) / old_scale
+    return values
 
 
 class _PPOFamilyLoss(PPOLoss):
@@ -381,15 +410,28 @@ class KLipPPOLoss(_PPOFamilyLoss):
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         if self._band_names:
             self._follow_band()
+        names = sample_context_names(self.shape)
+        # Read before the actor writes the current policy's loc and scale into the tensordict.
+        rollout = {key: tensordict.get(key) for key in ("loc", "scale")} if names else {}
         tensordict, advantage, log_weight, log_is_weight, dist, kl_approx = (
             self._advantage_and_log_weight(tensordict)
         )
+        context: dict[str, Tensor] = {}
+        if names:
+            if any(value is None for value in rollout.values()):
+                raise KeyError(f"shape {self.shape.display_name()!r} reads {', '.join(names)}: the data "
+                               "needs the rollout policy's 'loc' and 'scale'")
+            context = sample_context(
+                names, action=tensordict.get(self.tensor_keys.action),
+                old_log_prob=tensordict.get(self.tensor_keys.sample_log_prob), old_loc=rollout["loc"],
+                old_scale=rollout["scale"], loc=dist.mean, scale=dist.stddev)
         # The gate acts on the proximal ratio; the surrogate is weighted by the
         # behaviour ratio. They coincide unless `delay_actor` or a ratio cap is used.
         log_behav_weight = log_weight if log_is_weight is None else log_weight + log_is_weight
-        objective, gate = klip_objective(
-            self.shape, log_weight, advantage, form=self.form, log_behaviour_weight=log_behav_weight
-        )
+        with self.shape.using_context(check=False, **context) if context else contextlib.nullcontext():
+            objective, gate = klip_objective(
+                self.shape, log_weight, advantage, form=self.form, log_behaviour_weight=log_behav_weight
+            )
         td_out = TensorDict({"loss_objective": -objective})
         td_out.set("kl_approx", kl_approx.detach().mean())
         if self.diagnostics is True:
@@ -513,6 +555,10 @@ class KLipTensorLoss:
         # The loss module's keys, so `set_keys` is honoured here too.
         self.in_keys = [self.head.in_keys[0], keys.action, keys.sample_log_prob, keys.advantage,
                         keys.value_target, keys.value]
+        # Shapes that read per-sample context need the rollout policy's loc and scale too.
+        self._sample_context = sample_context_names(loss_module.shape)
+        if self._sample_context:
+            self.in_keys += ["loc", "scale"]
         names = ["loss_objective", "kl_approx"]
         if loss_module.entropy_bonus:
             names += ["entropy", "loss_entropy"]
@@ -548,6 +594,8 @@ class KLipTensorLoss:
         advantage: Tensor,
         value_target: Tensor,
         old_value: Tensor,
+        old_loc: Tensor | None = None,
+        old_scale: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Total loss, metrics, and the per-sample inputs of the diagnostics."""
         loss = self.loss_module
@@ -558,7 +606,13 @@ class KLipTensorLoss:
         log_prob = gaussian_log_prob(action, loc, scale)
         log_weight = (log_prob - old_log_prob).unsqueeze(-1)
         kl_approx = (old_log_prob - log_prob).unsqueeze(-1)
-        objective, gate = klip_objective(loss.shape, log_weight, advantage, form=loss.form)
+        context: dict[str, Tensor] = {}
+        if self._sample_context:
+            assert old_loc is not None and old_scale is not None
+            context = sample_context(self._sample_context, action=action, old_log_prob=old_log_prob,
+                                     old_loc=old_loc, old_scale=old_scale, loc=loc, scale=scale)
+        with loss.shape.using_context(check=False, **context) if context else contextlib.nullcontext():
+            objective, gate = klip_objective(loss.shape, log_weight, advantage, form=loss.form)
         terms = [(-objective).mean()]
         metrics = [terms[0].detach(), kl_approx.detach().mean()]
         if loss.entropy_bonus:

@@ -87,6 +87,14 @@ def gaussian_entropy(scale: torch.Tensor) -> torch.Tensor:
     return (0.5 + 0.5 * math.log(2 * math.pi) + torch.log(scale)).sum(-1)
 
 
+def diagonal_gaussian_kl(p_loc: torch.Tensor, p_scale: torch.Tensor, q_loc: torch.Tensor,
+                         q_scale: torch.Tensor) -> torch.Tensor:
+    """`kl_divergence(IndependentNormal(p), IndependentNormal(q))` per sample, torch's Normal formula."""
+    variance_ratio = (p_scale / q_scale).pow(2)
+    mean_term = ((p_loc - q_loc) / q_scale).pow(2)
+    return (0.5 * (variance_ratio + mean_term - 1 - variance_ratio.log())).sum(-1)
+
+
 def policy_head(actor: ProbabilisticActor) -> GaussianPolicyHead:
     """The `GaussianPolicyHead` inside an actor from `make_actor` (observation -> loc, scale)."""
     head = actor.module[0] if isinstance(actor, ProbabilisticActor) else None

@@ -376,11 +376,15 @@ class PPOModule(pl.LightningModule):
         indices = list(data)
         parameters = {index: self.agents[index].update_parameters() for index in indices}
         metrics: dict[int, list[Tensor]] = {index: [] for index in indices}
-        for _ in range(cfg.epochs):
+        for epoch in range(cfg.epochs):
             # Each agent shuffles its own samples with its own stream.
             batches = []
             for index in indices:
                 agent, rows = self.agents[index], data[index]
+                # Shapes conditioned on the inner loop read how far into it this epoch is.
+                set_context = getattr(agent.loss_module, "set_context", None)
+                if set_context is not None:
+                    set_context(epoch_progress=epoch / cfg.epochs)
                 shuffled = rows[torch.randperm(rows.shape[0], generator=agent.generator)]
                 batches.append(agent.minibatch_loss.minibatches(shuffled, cfg.minibatch_size))
             for minibatches in zip(*batches, strict=True):

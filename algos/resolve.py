@@ -62,6 +62,11 @@ def resolve_config(
                                            f"--shape-file {config.shape_file}")
     else:
         built = _build_named_shape(config)
+    # Every task klip trains today has continuous actions (a Gaussian policy).
+    if "continuous" not in type(built).action_spaces:
+        raise ConfigError(f"shape {built.display_name()!r} is defined for "
+                          f"{' and '.join(type(built).action_spaces)} actions only; {config.task} has "
+                          "continuous actions")
     resolved = dataclasses.replace(
         config, shape=built.display_name(), shape_params=dict(built.hparams),
         clip_eps=built.hparams.get("eps"),

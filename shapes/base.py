@@ -350,7 +350,9 @@ class CoefficientShape(nn.Module):
             yield
         finally:
             kinds = {key: CONTEXT_VARIABLES[key].kind for key in declared}
-            self.clear_context(*[key for key, kind in kinds.items() if kind != "iteration"])
+            passed = [key for key, kind in kinds.items() if kind != "iteration"]
+            if passed:  # clear_context() without names would forget every variable
+                self.clear_context(*passed)
 
     def context_value(self, key: str, like: Tensor | None = None) -> Tensor:
         """The value of a declared per-update or per-sample context variable, for a gate.

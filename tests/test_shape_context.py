@@ -608,11 +608,14 @@ def test_the_conditioned_gate_reads_the_inner_loop_position():
 # -- through the loss, as the engine will call it ----------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["tr_ppo", "tr_ppo_rb", "trgppo", "trgppo_gaussian"])
+@pytest.mark.parametrize("name", ["tr_ppo", "tr_ppo_rb", "trgppo_gaussian"])
 def test_through_the_loss_the_gradient_is_the_published_objectives(name):
-    """KLipPPOLoss with per-sample context shaped like its ratios ([B, 1]) gives the network
-    the gradient of the published objective, written here on the actor's own log-probs."""
+    """KLipPPOLoss computes the per-sample context from the data (the rollout policy's loc and
+    scale, the stored log-probability) as the engine trains with it, and gives the network the
+    gradient of the published objective, written here on the actor's own log-probs. (`trgppo`
+    is defined for discrete policies: its band reads a probability, not a Gaussian density.)"""
     from helpers import make_actor_critic, make_sampled_batch, random_case
+    from torchrl.modules import IndependentNormal
 
     from klip.algos import KLipPPOLoss
 
@@ -620,22 +623,27 @@ def test_through_the_loss_the_gradient_is_the_published_objectives(name):
     actor, _ = make_actor_critic(torch.float64, log_std=-1.2)
     log_ratio, advantage = random_case(size, torch.float64, 10)
     batch, _ = make_sampled_batch(actor, log_ratio, advantage)
+    # A rollout policy whose mean sits 0..0.5 standard deviations away: per-state KLs on both
+    # sides of the shapes' thresholds.
     generator = torch.Generator().manual_seed(11)
-    kl = 0.08 * torch.rand(size, 1, generator=generator, dtype=torch.float64)
-    old_log_prob = (0.05 + 0.95 * torch.rand(size, 1, generator=generator, dtype=torch.float64)).log()
+    shift = 0.5 * torch.rand(size, 1, generator=generator, dtype=torch.float64)
+    batch["loc"] = batch["loc"] + shift * batch["scale"]
     shape = make_shape(name).double()
     parameters = list(actor.parameters())
     loss = KLipPPOLoss(actor, shape=shape, entropy_coeff=0.0, critic_coeff=None,
                        normalize_advantage=False).double()
-    old_action_z = (batch["action"] - batch["loc"]) / batch["scale"]  # [B, d] for ratios [B, 1]
-    with shape.using_context(kl=kl, old_log_prob=old_log_prob, old_action_z=old_action_z):
-        loss(batch.clone())["loss_objective"].backward()
+    loss(batch.clone())["loss_objective"].backward()
     actual = [parameter.grad.clone() for parameter in parameters]
-    with pytest.raises(ContextNotSetError):  # forgotten after the minibatch
-        loss(batch.clone())
+    with pytest.raises(ContextNotSetError):  # the loss's per-sample context is forgotten after it
+        shape.context_value(shape.context[0], like=torch.ones(size, 1, dtype=torch.float64))
 
     for parameter in parameters:
         parameter.grad = None
+    with torch.no_grad():
+        current = actor.get_dist(batch.select("observation").clone())
+        rollout = IndependentNormal(batch["loc"], batch["scale"], tanh_loc=False)
+        kl = torch.distributions.kl_divergence(rollout, current).reshape(size, 1)
+    old_action_z = (batch["action"] - batch["loc"]) / batch["scale"]  # [B, d] for ratios [B, 1]
     log_prob = actor.get_dist(batch.select("observation").clone()).log_prob(batch["action"])
     w = (log_prob - batch["action_log_prob"]).exp().reshape(size, 1)
     a = batch["advantage"].reshape(size, 1)
@@ -643,9 +651,6 @@ def test_through_the_loss_the_gradient_is_the_published_objectives(name):
         objective = tr_ppo_objective(w, a, kl, shape.delta)
     elif name == "tr_ppo_rb":
         objective = tr_ppo_rb_objective(w, a, kl, shape.delta, shape.alpha)
-    elif name == "trgppo":
-        lower, upper = trgppo_band(old_log_prob, shape.delta)
-        objective = trgppo_objective(w, a, lower, upper)
     else:
         delta = gaussian_delta_for_eps(shape.eps, old_action_z.shape[-1])
         lower, upper = trgppo_gaussian_band(old_action_z, delta)

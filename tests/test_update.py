@@ -20,7 +20,7 @@ from torchrl.objectives import ClipPPOLoss
 from klip.algos import KLipPPOLoss
 from klip.algos.loss import KLipTensorLoss, tensor_loss_unsupported
 from klip.algos.update import ModuleLoss, make_minibatch_loss
-from klip.shapes import available_shapes
+from klip.shapes import available_shapes, get_shape_class
 
 CONFIGS = {
     # What PPOModule builds for the paper's protocol.
@@ -32,7 +32,8 @@ CONFIGS = {
                                            functional=False, log_explained_variance=False),
 }
 # Every registered shape, so a new built-in is covered without editing this file.
-SHAPES = available_shapes()
+# Shapes for Gaussian policies (`trgppo`'s band is defined for discrete ones only).
+SHAPES = [name for name in available_shapes() if "continuous" in get_shape_class(name).action_spaces]
 
 
 def run_update(minibatch_loss, batch, parameters):
@@ -51,6 +52,8 @@ def compare(shape: str, form: str, config: str, dtype: torch.dtype, case, seed: 
     kwargs = dict(CONFIGS[config], shape=shape, form=form, diagnostics="deferred")
     module = KLipPPOLoss(actor, critic, **kwargs).to(dtype)
     tensor = KLipPPOLoss(actor, critic, **kwargs).to(dtype)
+    for loss in (module, tensor):  # what the trainer sets before each epoch
+        loss.set_context(epoch_progress=0.25)
     parameters = list(actor.parameters()) + list(critic.parameters())
     reference = ModuleLoss(module)
     expected = run_update(reference, batch, parameters)
