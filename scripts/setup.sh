@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create or update .venv in the repository root with klip and its test/bench extras.
+# Create or update .venv in the repository root with klip and its test/bench/docs extras.
 # torch is pinned to the local CPU wheel through a constraints file: an open range
 # would make pip fetch a multi-GB CUDA build instead.
 set -euo pipefail
@@ -30,5 +30,5 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && command -v apt-
   fi
 fi
 pip_install "$TORCH_PIN"
-pip_install -e ".[test,bench,postgres,envpool]"
-.venv/bin/python -c "import torch, torchrl, pytorch_lightning, optuna, gymnasium, mujoco, envpool"
+pip_install -e ".[test,bench,postgres,envpool,docs]"
+.venv/bin/python -c "import torch, torchrl, pytorch_lightning, optuna, gymnasium, mujoco, envpool, mkdocs, mkdocstrings_handlers.python, material"
