@@ -53,6 +53,8 @@ from klip.shapes import CoefficientShape
 # Keys the update reads; selecting them once per rollout keeps minibatch slicing cheap.
 UPDATE_KEYS = ("observation", "action", "action_log_prob", "advantage", "value_target",
                "state_value", "loc", "scale")
+# Elements per 64 bytes of float32: where each parameter starts in the flat buffer.
+ALIGNMENT = 16
 # Options that may differ between the agents of one population; everything else is shared.
 PER_AGENT_OPTIONS = ("seed", "shape_params", "shape_file")
 
@@ -189,8 +191,9 @@ class Agent(nn.Module):
     def active(self) -> bool:
         return self.failure is None
 
-    def update_parameters(self) -> list[Tensor]:
-        return [p for p in self.loss_module.parameters() if p.requires_grad]
+    def trained_parameters(self) -> list[Tensor]:
+        """The actor's and critic's parameters: what the optimiser updates."""
+        return [*self.actor.parameters(), *self.critic.parameters()]
 
     def state(self) -> dict[str, Any]:
         return {"recent_returns": list(self.recent_returns), "return_history": list(self.return_history),
@@ -212,6 +215,16 @@ class _EvaluationTarget:
     env: Any
     actor: Any
     frames: int
+
+
+@torch.no_grad()
+def clip_grad_norm(parameters: Sequence[Tensor], gradients: Tensor, max_norm: float) -> Tensor:
+    """`torch.nn.utils.clip_grad_norm_(parameters, max_norm)`, operation for operation, scaling
+    the agent's gradients through `gradients`, the flat tensor they are views of."""
+    norms = torch._foreach_norm([parameter.grad for parameter in parameters], 2.0)
+    total = torch.linalg.vector_norm(torch.stack(norms), 2.0)
+    gradients.mul_(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total
 
 
 def _minibatches(batched: BatchedKLipLoss | None, agents: Sequence[Agent], shuffled: Sequence[TensorDictBase],
@@ -263,8 +276,57 @@ class PPOModule(pl.LightningModule):
         # Linear annealing (start iteration, factor there, iteration where it reaches 0);
         # a resume that changes --steps re-plans from the current rate (see `plan_lr_to`).
         self.lr_plan: tuple[int, float, int] = (0, 1.0, cfg.iterations)
+        self._flatten_parameters()
         if cfg.compile:
             compat.configure_inductor()
+
+    def _flatten_parameters(self) -> None:
+        """Every agent's parameters and gradients become views of one flat tensor each, agent
+        after agent, so one Adam step and one clip per agent act on a few large tensors.
+
+        Adam is elementwise: on the flat tensor it computes each element as `foreach` Adam on
+        the agent's own tensors does (`tests/test_population.py`). Gradients accumulate into
+        their views; zeroing them in place instead of dropping them changes at most the sign
+        of a zero gradient, which neither Adam nor the norm can see.
+        """
+        parameters = [agent.trained_parameters() for agent in self.agents]
+        # Each tensor starts on a 64-byte boundary, as a tensor of its own does: a BLAS rounds
+        # a product of misaligned operands otherwise.
+        places, offset = [], 0
+        for group in parameters:
+            for parameter in group:
+                places.append(offset)
+                offset += -(-parameter.numel() // ALIGNMENT) * ALIGNMENT
+        flat = torch.zeros(offset)
+        gradients = torch.zeros_like(flat)
+        self.agent_slices: list[slice] = []
+        self._gradient_places: list[tuple[Tensor, int]] = []
+        position = 0
+        for group in parameters:
+            start = places[position]
+            for parameter in group:
+                place, size = places[position], parameter.numel()
+                flat[place : place + size] = parameter.detach().reshape(-1)
+                parameter.data = flat[place : place + size].view_as(parameter)
+                self._gradient_places.append((parameter, place))
+                position += 1
+            end = places[position] if position < len(places) else offset
+            self.agent_slices.append(slice(start, end))
+        # Held by the optimiser, not registered: the agents' modules carry these values in
+        # checkpoints (their parameters are views of it).
+        self.__dict__["flat_parameters"] = nn.Parameter(flat)
+        self.flat_parameters.grad = gradients
+        self._attach_gradients()
+
+    def _attach_gradients(self) -> None:
+        """Point every parameter's `.grad` at its view of the flat gradient (Lightning's
+        `zero_grad()` before training, or a user's, sets them to None). Nothing else may hold
+        the view: autograd accumulates into a gradient in place only when nothing else does."""
+        gradients = self.flat_parameters.grad
+        for parameter, offset in self._gradient_places:
+            expected = gradients.data_ptr() + offset * gradients.element_size()
+            if parameter.grad is None or parameter.grad.data_ptr() != expected:
+                parameter.grad = gradients[offset : offset + parameter.numel()].view_as(parameter)
 
     # -- the agents ----------------------------------------------------------------------
     @property
@@ -310,8 +372,7 @@ class PPOModule(pl.LightningModule):
         # foreach gives bitwise the default (single-tensor) Adam's results, tensor by tensor;
         # fused is faster still but rounds differently, so it is opt-in like `compile`.
         implementation = {"fused": True} if cfg.fused_adam else {"foreach": True}
-        parameters = [p for agent in self.agents for p in agent.loss_module.parameters()]
-        optimizer = torch.optim.Adam(parameters, lr=cfg.lr, eps=cfg.adam_eps, **implementation)
+        optimizer = torch.optim.Adam([self.flat_parameters], lr=cfg.lr, eps=cfg.adam_eps, **implementation)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         return [optimizer], [scheduler]
 
@@ -380,6 +441,10 @@ class PPOModule(pl.LightningModule):
                 # Stopped and marked failed, holding its last good parameters; the others go on.
                 agent.failure = TrainingDiverged(self.current_epoch + 1, problem)
                 agent.loss_module.load_state_dict(snapshots[index])
+                # No more steps: with no momentum and no gradient, Adam leaves its slice as it is.
+                for moment in optimizer.optimizer.state[self.flat_parameters].values():
+                    if moment.shape == self.flat_parameters.shape:
+                        moment[self.agent_slices[index]].zero_()
                 continue
             summary.update(self._batch_statistics(agent, data[index]))
             if getattr(agent.loss_module, "needs_rollout_kl", False):
@@ -404,7 +469,9 @@ class PPOModule(pl.LightningModule):
         cfg = self.config
         indices = list(data)
         agents = [self.agents[index] for index in indices]
-        parameters = [agent.update_parameters() for agent in agents]
+        slices = [self.agent_slices[index] for index in indices]
+        self._attach_gradients()
+        gradients = self.flat_parameters.grad
         modules = ([a.loss_module for a in agents], [a.actor for a in agents], [a.critic for a in agents])
         batched = None
         if not cfg.compile and batchable(*modules, cfg.minibatch_size, cfg.rollout_steps):
@@ -422,11 +489,13 @@ class PPOModule(pl.LightningModule):
                 shuffled.append(rows[torch.randperm(rows.shape[0], generator=agent.generator)])
             for minibatches in _minibatches(batched, agents, shuffled, cfg.minibatch_size):
                 total, step_metrics = _losses(batched, agents, minibatches)
-                optimizer.zero_grad(set_to_none=True)
+                gradients.zero_()
                 # d(sum_i L_i)/d theta_i = dL_i/d theta_i: each agent gets its own loss's gradient.
                 total.backward()
                 for position, values in enumerate(step_metrics):
-                    grad_norm = torch.nn.utils.clip_grad_norm_(parameters[position], cfg.max_grad_norm)
+                    agent_gradients = gradients[slices[position]]
+                    grad_norm = clip_grad_norm(agents[position].trained_parameters(), agent_gradients,
+                                               cfg.max_grad_norm)
                     metrics[position].append(torch.cat([values, grad_norm.reshape(1)]))
                 optimizer.step()
         return dict(zip(indices, metrics, strict=True))

@@ -373,3 +373,52 @@ def test_envpool_agents_match_their_own_pools_runs_when_seeds_step_by_num_envs(t
             for key in row_a:
                 expected = pytest.approx(float(row_b[key] or 0), rel=1e-5, abs=1e-7)
                 assert float(row_a[key] or 0) == expected, key
+
+
+# -- the shared update, operation by operation ------------------------------------------------
+# An agent's tensors on Hopper: log-std, policy MLP, value MLP.
+SHAPES = [(3,), (64, 11), (64,), (64, 64), (64,), (3, 64), (3,), (64, 11), (64,), (64, 64), (64,), (1, 64),
+          (1,)]
+
+
+def test_one_adam_on_the_flat_buffer_is_bitwise_foreach_adam_on_each_agents_tensors():
+    generator = torch.Generator().manual_seed(0)
+    agents = [[torch.randn(shape, generator=generator) for shape in SHAPES] for _ in range(8)]
+    separate = [[tensor.clone().requires_grad_() for tensor in agent] for agent in agents]
+    reference = torch.optim.Adam([t for agent in separate for t in agent], lr=3e-4, eps=1e-5, foreach=True)
+    flat = torch.cat([tensor.reshape(-1) for agent in agents for tensor in agent]).requires_grad_()
+    engine = torch.optim.Adam([flat], lr=3e-4, eps=1e-5, foreach=True)
+    for step in range(40):
+        grads = [[torch.randn(shape, generator=generator) * 10.0 ** (step % 9 - 6) for shape in SHAPES]
+                 for _ in range(8)]
+        for agent, agent_grads in zip(separate, grads, strict=True):
+            for tensor, grad in zip(agent, agent_grads, strict=True):
+                tensor.grad = grad.clone()
+        flat.grad = torch.cat([grad.reshape(-1) for agent in grads for grad in agent])
+        reference.step()
+        engine.step()
+        for optimizer in (reference, engine):
+            optimizer.param_groups[0]["lr"] = 3e-4 * (1 - step / 50)
+    trained = torch.cat([tensor.detach().reshape(-1) for agent in separate for tensor in agent])
+    assert torch.equal(trained, flat.detach())
+
+
+def test_the_engines_clipping_is_torchs_clip_grad_norm():
+    from klip.algos.ppo import clip_grad_norm
+
+    generator = torch.Generator().manual_seed(1)
+    for scale in (1e-3, 1.0, 1e3):
+        tensors = [torch.zeros(shape, requires_grad=True) for shape in SHAPES]
+        flat_grad = torch.cat([torch.randn(shape, generator=generator).reshape(-1) for shape in SHAPES]) * scale
+        offset = 0
+        for tensor in tensors:
+            tensor.grad = flat_grad[offset : offset + tensor.numel()].view_as(tensor)
+            offset += tensor.numel()
+        expected_grads = [tensor.grad.clone() for tensor in tensors]
+        reference = [torch.zeros(shape, requires_grad=True) for shape in SHAPES]
+        for tensor, grad in zip(reference, expected_grads, strict=True):
+            tensor.grad = grad
+        expected = torch.nn.utils.clip_grad_norm_(reference, 0.5)
+        assert torch.equal(clip_grad_norm(tensors, flat_grad, 0.5), expected)
+        for tensor, other in zip(tensors, reference, strict=True):
+            assert torch.equal(tensor.grad, other.grad)
