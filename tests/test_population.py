@@ -409,7 +409,8 @@ def test_the_engines_clipping_is_torchs_clip_grad_norm():
     generator = torch.Generator().manual_seed(1)
     for scale in (1e-3, 1.0, 1e3):
         tensors = [torch.zeros(shape, requires_grad=True) for shape in SHAPES]
-        flat_grad = torch.cat([torch.randn(shape, generator=generator).reshape(-1) for shape in SHAPES]) * scale
+        flat_grad = scale * torch.cat([torch.randn(shape, generator=generator).reshape(-1)
+                                       for shape in SHAPES])
         offset = 0
         for tensor in tensors:
             tensor.grad = flat_grad[offset : offset + tensor.numel()].view_as(tensor)
