@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from klip.seeds import SEEDS_HELP
+
 ENTRY_HELP = (
     "comma-separated entries: a loss (clip, kl_fixed, kl_adaptive; options as "
     "kl_adaptive:kl_target=0.01), a shape with parameters (step, sigmoid:tau=0.03), a shape "
@@ -24,9 +26,9 @@ def add_compare_commands(subparsers: Any) -> None:
     )
     compare.add_argument("--losses", "--entries", dest="entries", metavar="ENTRIES", help=ENTRY_HELP)
     compare.add_argument("--tasks", help="comma-separated tasks, e.g. Hopper-v4,Walker2d-v4")
-    compare.add_argument("--seeds", default="5",
-                         help="N for seeds 0..N-1 (default: 5), or seeds as a list or range "
-                              "(2-6, 0,3,5), e.g. fresh seeds to confirm a study's best")
+    compare.add_argument("--seeds", default="0-4",
+                         help=f"{SEEDS_HELP} (default: 0-4); e.g. fresh seeds 5-9 to confirm a "
+                              "study's best")
     compare.add_argument("--steps", type=int, default=1_000_000,
                          help="environment steps per run (default: 1000000)")
     compare.add_argument("--out", type=Path, help="grid directory")
@@ -63,8 +65,8 @@ def _split(text: str | None) -> list[str]:
 def _base_options(args: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
-    from klip.algos.config import load_config_file
     from klip.studies.compare import CompareError
+    from klip.studies.training import load_config_file
 
     options = load_config_file(args.config) if args.config else {}
     for item in args.settings:
@@ -76,9 +78,9 @@ def _base_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _spec(args: argparse.Namespace) -> Any:
-    from klip.algos.config import TrainConfig
     from klip.shapes import load_shapes_from_file
     from klip.studies.compare import CompareError, GridSpec, load_grid, parse_entries
+    from klip.studies.training import TrainConfig
 
     if args.out is None:
         raise CompareError("--out DIR is required")
@@ -101,18 +103,13 @@ def _spec(args: argparse.Namespace) -> Any:
 
 
 def _seeds(text: str) -> list[int]:
-    """`--seeds`: a count N (seeds 0..N-1) or a list/range of seeds as `klip train --seeds`."""
-    from klip.algos.population_run import PopulationError, parse_seeds
+    """`--seeds`: seeds named as a range or list (`klip.seeds`), as every klip command takes them."""
+    from klip.seeds import SeedsError, parse_seeds
     from klip.studies.compare import CompareError
 
-    if text.strip().isdigit():
-        count = int(text)
-        if count < 1:
-            raise CompareError(f"--seeds must be at least 1, got {count}")
-        return list(range(count))
     try:
         return parse_seeds(text)
-    except PopulationError as error:
+    except SeedsError as error:
         raise CompareError(str(error)) from None
 
 

@@ -126,7 +126,7 @@ def _format_params(params: dict[str, Any]) -> str:
 
 
 def _loss_overrides(name: str, assignments: list[str]) -> dict[str, Any]:
-    from klip.algos.config import TrainConfig
+    from klip.studies.training import TrainConfig
 
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     overrides: dict[str, Any] = {}
@@ -200,8 +200,8 @@ def _study_entry(spec: str, grid_dir: Path) -> Entry:
 
 def parse_entry(spec: str, grid_dir: Path) -> Entry:
     """One entry from its command-line form."""
-    from klip.algos.config import LOSSES
     from klip.shapes import available_shapes, load_shape, make_shape, parse_param_assignments
+    from klip.studies.training import LOSSES
 
     spec = spec.strip()
     if spec.startswith("study:"):
@@ -280,8 +280,11 @@ class GridSpec:
     def from_dict(cls, data: dict[str, Any]) -> GridSpec:
         if data.get("format") != GRID_FORMAT:
             raise CompareError(f"unsupported grid format {data.get('format')!r}")
+        seeds = data["seeds"]
+        # A grid.json written when --seeds could be a count N (seeds 0..N-1) still loads.
+        seeds = list(range(seeds)) if isinstance(seeds, int) else [int(seed) for seed in seeds]
         return cls([Entry.from_dict(entry) for entry in data["entries"]], list(data["tasks"]),
-                   [int(seed) for seed in data["seeds"]], int(data["steps"]), dict(data["base"]),
+                   seeds, int(data["steps"]), dict(data["base"]),
                    bool(data.get("seeds_together", False)))
 
     @property
@@ -294,7 +297,7 @@ class GridSpec:
         return f"klip-compare-{self.digest}"
 
     def config(self, cell: Cell) -> Any:
-        from klip.algos.config import TrainConfig
+        from klip.studies.training import TrainConfig
 
         options = {**self.base, **cell.entry.options, "task": cell.task, "seed": cell.seed,
                    "steps": self.steps}
@@ -328,8 +331,9 @@ class GridSpec:
 
     def command(self, out: Path) -> str:
         """The `klip compare` command line that makes this grid (passwords hidden)."""
-        seeds = (str(len(self.seeds)) if self.seeds == list(range(len(self.seeds)))
-                 else ",".join(map(str, self.seeds)))
+        from klip.seeds import format_seeds
+
+        seeds = format_seeds(self.seeds)
         args = ["--losses", ",".join(entry.spec for entry in self.entries), "--tasks",
                 ",".join(self.tasks), "--seeds", seeds, "--steps", str(self.steps)]
         for key, value in sorted(self.base.items()):
@@ -340,7 +344,7 @@ class GridSpec:
         return _hide_password("klip compare " + " ".join(shlex.quote(arg) for arg in args))
 
     def validate(self) -> GridSpec:
-        from klip.algos.config import ConfigError
+        from klip.studies.training import ConfigError
 
         if not self.tasks:
             raise CompareError("no tasks given (--tasks)")
@@ -359,7 +363,7 @@ class GridSpec:
                 except ConfigError as error:
                     raise CompareError(f"entry {entry.spec!r} on {task}: {error}") from None
         if self.seeds_together and len(self.seeds) > 1:
-            from klip.algos.population import check_population_configs
+            from klip.studies.training import check_population_configs
 
             for entry in self.entries:
                 try:
@@ -475,7 +479,7 @@ def metric_column_sha256(metrics: Path) -> dict[str, str]:
 
 
 def read_episodes(path: Path) -> list[tuple[int, float]]:
-    from klip.algos.run import read_episode_returns
+    from klip.studies.training import read_episode_returns
 
     return read_episode_returns(path)
 
@@ -495,8 +499,7 @@ def _comparable_configs(directory: Path, held: Any, config: Any) -> tuple[dict, 
     """The cell's recorded options and the ones it should have, both as `klip train` records
     them today (an older run's file upgraded); the shape sources are compared by the shape
     name and parameters they resolve to, since a run records its own copies of them."""
-    from klip.algos.resolve import resolve_config
-    from klip.algos.train import recorded_config_as_today
+    from klip.studies.training import recorded_config_as_today, resolve_config
 
     if not isinstance(held, dict):
         return {}, {"config": "a mapping"}
@@ -514,7 +517,7 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
     """What the cell's directory holds; a finished cell gets (or keeps) its `cell.json`."""
     import torch
 
-    from klip.algos.train import PARAMETERS_FILE, final_return
+    from klip.studies.training import PARAMETERS_FILE, final_return
 
     directory = spec.cell_dir(out, cell)
     if not directory.is_dir() or not any(directory.iterdir()):
@@ -603,8 +606,7 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
 def _write_parameters_file(directory: Path) -> None:
     """PARAMETERS_FILE from a finished run's checkpoint, for runs trained by a klip that did not
     write it: checkpoints are not committed, and this file is what a clone can evaluate."""
-    from klip.algos.run import load_run
-    from klip.algos.train import PARAMETERS_FILE, save_module_parameters
+    from klip.studies.training import PARAMETERS_FILE, load_run, save_module_parameters
 
     module = load_run(directory).load_module()
     try:
@@ -647,11 +649,11 @@ CellTrainer = Callable[[Sequence[CellRun]], None]
 
 
 def train_cells(runs: Sequence[CellRun]) -> None:
-    """Default trainer: the cells one after another with `klip.algos.train.train`.
+    """Default trainer: the cells one after another with `train` (the training seam).
 
     The one seam for another way to train a job (e.g. its seeds as one population).
     """
-    from klip.algos.train import train
+    from klip.studies.training import train
 
     for run in runs:
         train(run.config, run.out, resume=run.resume, progress=False)
@@ -664,8 +666,12 @@ def train_cells_together(runs: Sequence[CellRun]) -> None:
     job continues bit for bit); when it ends, each agent's run directory becomes its cell's
     directory and the population directory is removed. A single cell takes the exact path.
     """
-    from klip.algos.population_run import POPULATION_FILE, PopulationSpec, train_population
-    from klip.algos.resolve import with_options_added_later
+    from klip.studies.training import (
+        POPULATION_FILE,
+        PopulationSpec,
+        train_population,
+        with_options_added_later,
+    )
 
     groups: dict[tuple[str, str], list[CellRun]] = {}
     for run in runs:
@@ -910,7 +916,7 @@ def run_worker(out: Path, url: str, *, trainer: CellTrainer = train_cells,
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    from klip.algos.train import RunInterrupted
+    from klip.studies.training import RunInterrupted
 
     torch.set_num_threads(1)
     os.environ.setdefault("MUJOCO_GL", "egl")

@@ -32,7 +32,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats
 
-from klip.algos.plots import read_metrics
 from klip.studies.compare import (
     EVENTS_FILE,
     Cell,
@@ -51,6 +50,7 @@ from klip.studies.statistics import (
     performance_profile,
     probability_of_improvement,
 )
+from klip.studies.training import read_metrics
 
 REPORT_FILE = "report.md"
 NOTES_FILE = "notes.md"

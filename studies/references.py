@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from klip.algos.config import TrainConfig
+from klip.studies.training import TrainConfig
 
 REFERENCE_FILE_ENV = "KLIP_REFERENCE_CACHE"
 DEFAULT_REFERENCE_FILE = Path(__file__).resolve().parent / "references.json"
@@ -114,7 +114,7 @@ def random_policy_score(task: str, steps: int, seed: int, min_episodes: int = 10
 
 
 def step_shape_score(options: Mapping[str, Any], task: str, steps: int, seed: int) -> float:
-    from klip.algos.train import train
+    from klip.studies.training import train
 
     config = TrainConfig.from_dict({
         **options, "task": task, "steps": steps, "seed": seed, "loss": "klip",

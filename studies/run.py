@@ -22,9 +22,6 @@ import pytorch_lightning as pl
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from klip.algos.agents import AgentResult, train_agents
-from klip.algos.config import TrainConfig
-from klip.algos.run import read_columns
 from klip.compat import heartbeat_thread
 from klip.preload import preload
 from klip.shapes import load_shapes_from_file, save_shape
@@ -39,6 +36,7 @@ from klip.studies.settings import (
 )
 from klip.studies.space import build_shape_from_values, default_point, grid_points
 from klip.studies.storage import StorageError, open_storage, quiet_optuna
+from klip.studies.training import AgentResult, TrainConfig, read_columns, train_agents
 
 # Study user attributes.
 ATTR_IDENTITY = "klip_identity"
@@ -168,8 +166,7 @@ def build_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
 
 def check_batch(settings: StudySettings) -> None:
     """`--batch` trains populations: refuse what a population cannot do, before any writing."""
-    from klip.algos.config import ConfigError
-    from klip.algos.population import check_population_configs
+    from klip.studies.training import ConfigError, check_population_configs
 
     if settings.batch < 0:
         raise StudyError(f"--batch must be 0 (single runs) or at least 1, got {settings.batch}")
@@ -501,7 +498,7 @@ def run_batch(objective: Objective, study: optuna.Study, size: int) -> None:
 
 def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTrial],
                  told: set[int]) -> None:
-    from klip.algos.population_run import train_population_agents
+    from klip.studies.training import train_population_agents
 
     settings = objective.settings
     tasks = list(settings.tasks)
@@ -652,7 +649,7 @@ def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> St
     """Create (once, before any worker starts) or continue the study, then run it."""
     check_batch(settings)
     study = prepare_study(settings)
-    references = ensure_references(settings.tasks, settings.steps_per_task, range(settings.seeds),
+    references = ensure_references(settings.tasks, settings.steps_per_task, settings.seed_list,
                                    settings.train_options, command=settings.command, log=log)
     record_references(study, references)
     study.set_user_attr(ATTR_RUN_OPTIONS, settings.run_options())

@@ -42,7 +42,8 @@ class StudySettings:
     shape: str
     tasks: list[str]
     steps_per_task: int
-    seeds: int
+    # The seeds of every task: a list (`--seeds 0-4`, `0,3,5`), or N for seeds 0..N-1.
+    seeds: int | list[int]
     trials: int
     train_options: dict[str, Any] = field(default_factory=dict)
     space: dict[str, Dimension] = field(default_factory=dict)
@@ -63,8 +64,12 @@ class StudySettings:
     command: str = ""
 
     @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @property
     def instances(self) -> list[Instance]:
-        pairs = [(task, seed) for task in self.tasks for seed in range(self.seeds)]
+        pairs = [(task, seed) for task in self.tasks for seed in self.seed_list]
         return [Instance(index, task, seed) for index, (task, seed) in enumerate(pairs)]
 
     @property
@@ -82,11 +87,13 @@ class StudySettings:
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same study: everything that changes the objective function."""
+        seeds = self.seed_list
         return {
             "shape": self.shape,
             "tasks": list(self.tasks),
             "steps_per_task": self.steps_per_task,
-            "seeds": self.seeds,
+            # Seeds 0..N-1 are recorded as the count N, as studies made before named seeds were.
+            "seeds": len(seeds) if seeds == list(range(len(seeds))) else seeds,
             "objective": OBJECTIVE,
             "train_options": dict(sorted(self.train_options.items())),
             "search_space": {name: dim.to_dict() for name, dim in sorted(self.space.items())},

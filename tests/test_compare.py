@@ -159,7 +159,7 @@ def test_cells_are_seed_major_with_step_right_after_clip(tmp_path):
 def test_paper_command_plans_one_hundred_cells(tmp_path, capsys):
     out = tmp_path / "paper-table"
     code = main(["compare", "--losses", "clip,step,kl_fixed,kl_adaptive", "--tasks", PAPER_TASKS,
-                 "--seeds", "5", "--steps", "1000000", "--out", str(out), "--plan"])
+                 "--seeds", "0-4", "--steps", "1000000", "--out", str(out), "--plan"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and lines[0] == "100 cells in 100 jobs, in this order:"
     assert [line.strip() for line in lines[1:3]] == ["Hopper-v4/clip/s0", "Hopper-v4/step/s0"]
@@ -182,8 +182,9 @@ def test_the_reports_command_makes_the_same_grid_again(tmp_path, seeds_together)
     assert command.startswith("klip compare --losses ")
     again = _spec(build_parser().parse_args(shlex.split(command)[1:]))
     assert again.to_dict() == spec.to_dict() and again.digest == spec.digest
-    # A count of seeds from 0 is written as the count.
-    assert "--seeds 5 " in GridSpec(spec.entries, spec.tasks, list(range(5)), 4096).command(out)
+    # Seeds are written as a range where they are consecutive (never a bare count).
+    assert "--seeds 0-4 " in GridSpec(spec.entries, spec.tasks, list(range(5)), 4096).command(out)
+    assert "--seeds 3-3 " in GridSpec(spec.entries, spec.tasks, [3], 4096).command(out)
 
 
 def test_a_study_entry_keeps_no_storage_password_in_the_grid_or_its_command(tmp_path, monkeypatch):
@@ -204,16 +205,16 @@ def test_a_study_entry_keeps_no_storage_password_in_the_grid_or_its_command(tmp_
     assert "me:***@db.lab" in command and "secret" not in command
 
 
-@pytest.mark.parametrize(("seeds", "planned"), [("2", ["s0", "s1"]), ("2-4", ["s2", "s3", "s4"]),
-                                                ("7,3", ["s7", "s3"])])
-def test_seeds_are_a_count_or_a_list(tmp_path, capsys, seeds, planned):
+@pytest.mark.parametrize(("seeds", "planned"), [("0-1", ["s0", "s1"]), ("2-4", ["s2", "s3", "s4"]),
+                                                ("7,3", ["s7", "s3"]), ("0", ["s0"])])
+def test_seeds_are_a_range_or_a_list(tmp_path, capsys, seeds, planned):
     assert main(["compare", "--losses", "step", "--tasks", "Hopper-v4", "--seeds", seeds,
                  "--out", str(tmp_path / "grid"), "--plan"]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
     assert [line.strip().rsplit("/", 1)[1] for line in lines] == planned
 
 
-@pytest.mark.parametrize(("seeds", "message"), [("0", "--seeds must be at least 1, got 0"),
+@pytest.mark.parametrize(("seeds", "message"), [("2", "--seeds 2 is ambiguous: write --seeds 0-1"),
                                                 ("3-1", "range '3-1' is empty"),
                                                 ("1,x", "'x' is not a seed")])
 def test_bad_seeds_are_one_line_errors(tmp_path, capsys, seeds, message):
@@ -221,6 +222,16 @@ def test_bad_seeds_are_one_line_errors(tmp_path, capsys, seeds, message):
                  "--out", str(tmp_path / "grid"), "--plan"]) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and error.count("\n") == 0
+
+
+def test_a_grid_written_with_a_count_of_seeds_still_loads(tmp_path):
+    from klip.studies.compare import load_grid
+
+    spec = GridSpec(parse_entries(["step"], tmp_path), ["Hopper-v4"], [0, 1, 2], 4096)
+    data = spec.to_dict()
+    data["seeds"] = 3  # as an older klip compare wrote `--seeds 3`
+    (tmp_path / "grid.json").write_text(json.dumps(data))
+    assert load_grid(tmp_path).seeds == [0, 1, 2]
 
 
 # -- running the grid ----------------------------------------------------------------------------
@@ -474,7 +485,7 @@ def test_directory_holding_another_grid_is_refused(finished_grid, tmp_path, caps
     with pytest.raises(CompareError, match=r"other settings \(differs in: steps\)"):
         prepare_grid(out, tiny_spec(out, seeds=2, steps=768))
     settings = [arg for k, v in BASE.items() for arg in ("--set", f"{k}={v}")]
-    code = main(["compare", "--losses", "clip,step", "--tasks", "Pendulum-v1", "--seeds", "3",
+    code = main(["compare", "--losses", "clip,step", "--tasks", "Pendulum-v1", "--seeds", "0-2",
                  "--steps", "512", "--out", str(out), *settings])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and error == [f"klip: error: {out} holds a grid with other settings "
@@ -574,7 +585,7 @@ def test_ctrl_c_stops_the_grid_and_the_interrupted_cell_continues(tmp_path):
 
     out = tmp_path / "g"
     command = [sys.executable, "-m", "klip", "compare", "--losses", "step", "--tasks", "Pendulum-v1",
-               "--seeds", "2", "--steps", str(256 * 400), "--set", "rollout_steps=256",
+               "--seeds", "0-1", "--steps", str(256 * 400), "--set", "rollout_steps=256",
                "--set", "epochs=1", "--out", str(out), "--workers", "1", "--no-report"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)

@@ -93,7 +93,7 @@ def test_references_are_real_runs_cached_with_their_command(reference_cache):
 @pytest.mark.slow
 def test_cli_study_runs_records_settings_and_continues_on_rerun(in_tmp, capsys):
     args = ["study", "run", "--shape", "sigmoid", "--tasks", TASK, "--steps-per-task", str(STEPS),
-            "--seeds", "1", "--trials", "2", "--study-name", "tiny", "--no-progress", *TRAIN_FLAGS]
+            "--seeds", "0", "--trials", "2", "--study-name", "tiny", "--no-progress", *TRAIN_FLAGS]
     assert main(args) == 0
     study = optuna.load_study(study_name="tiny", storage="sqlite:///klip-studies.db")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
@@ -161,7 +161,7 @@ def test_median_prunes_the_bad_region_within_one_iteration(in_tmp):
 def test_killed_study_resumes_and_its_dead_trial_is_retried(in_tmp, batch):
     # With --batch 2 trials 0 and 1 train as one population, then trial 2 alone is killed.
     args = ["study", "run", "--shape", "sigmoid", "--tasks", TASK, "--steps-per-task", str(STEPS),
-            "--seeds", "2", "--trials", "3", "--study-name", "killed", "--no-progress",
+            "--seeds", "0-1", "--trials", "3", "--study-name", "killed", "--no-progress",
             "--heartbeat-interval", "1", "--grace-period", "3", "--pruner", "none",
             "--batch", str(batch), *TRAIN_FLAGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -260,6 +260,7 @@ BASE = ["study", "run", "--tasks", TASK, "--steps-per-task", str(STEPS), "--tria
     (["--shape", "sigmoid", "--batch", "2", "--pruner", "median"], "cannot prune on learning curves"),
     (["--shape", "sigmoid", "--batch", "2", "--compile"], "--batch: --compile is not supported"),
     (["--shape", "sigmoid", "--batch", "-1"], "--batch must be 0"),
+    (["--shape", "sigmoid", "--seeds", "2"], "--seeds 2 is ambiguous: write --seeds 0-1"),
 ])
 def test_bad_input_is_one_error_line_exit_2_and_writes_nothing(in_tmp, capsys, extra, message):
     (in_tmp / "space.yaml").write_text("tau: {low: 0.5, high: 0.1}\n")
