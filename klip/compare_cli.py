@@ -63,23 +63,27 @@ def _split(text: str | None) -> list[str]:
 
 
 def _base_options(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
-
-    from klip.studies.compare import CompareError
+    from klip.studies.entries import CompareError, parse_option_value
     from klip.studies.training import load_config_file
 
     options = load_config_file(args.config) if args.config else {}
+    given: set[str] = set()
     for item in args.settings:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
             raise CompareError(f"--set {item!r} must look like OPTION=VALUE")
-        options[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+        if key in given:
+            raise CompareError(f"--set {key} is given twice")
+        given.add(key)
+        # One number syntax: what `klip train --OPTION VALUE` accepts (1e-3, 0.001, none).
+        options[key] = parse_option_value(key, raw, "--set")
     return options
 
 
 def _spec(args: argparse.Namespace) -> Any:
     from klip.shapes import load_shapes_from_file
-    from klip.studies.compare import CompareError, GridSpec, load_grid, parse_entries
+    from klip.studies.compare import CompareError, GridSpec, load_grid, parse_entries, split_entries
     from klip.studies.training import TrainConfig
 
     if args.out is None:
@@ -97,9 +101,9 @@ def _spec(args: argparse.Namespace) -> Any:
         raise CompareError(f"base options: {error}") from None
     if base.get("shape_plugin"):
         load_shapes_from_file(base["shape_plugin"])
-    entries = parse_entries(_split(args.entries), args.out)
+    entries = parse_entries(split_entries(args.entries), args.out)
     return GridSpec(entries, _split(args.tasks), seeds, args.steps, base,
-                    seeds_together=args.seeds_together).validate()
+                    seeds_together=args.seeds_together, root=args.out).validate()
 
 
 def _seeds(text: str) -> list[int]:

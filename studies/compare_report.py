@@ -32,17 +32,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats
 
-from klip.studies.compare import (
-    EVENTS_FILE,
-    Cell,
-    CellState,
-    Entry,
-    GridSpec,
-    check_cell,
-    load_grid,
-    random_scores,
-    read_episodes,
-)
+from klip.studies.cells import CellState, check_cell, read_episodes
+from klip.studies.entries import Entry
+from klip.studies.grid import EVENTS_FILE, Cell, GridSpec, load_grid
+from klip.studies.references import random_scores
 from klip.studies.statistics import (
     Estimate,
     aggregate,
@@ -608,7 +601,7 @@ def write_report(out: str | Path, *, n_resamples: int = 2000) -> Path:
     out = Path(out)
     results = collect(out)
     spec = results.spec
-    randoms = random_scores(out, spec.tasks)
+    randoms = random_scores(out, spec.tasks, spec.steps)
     (out / "figures").mkdir(exist_ok=True)
     lines = [f"# Comparison: {', '.join(e.label for e in spec.entries)}", ""]
     lines += _settings(results, randoms)

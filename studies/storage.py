@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,11 @@ def redact(url: str) -> str:
     return f"{scheme}://{user}{':***' if has_password else ''}@{host}"
 
 
+def hide_passwords(text: str) -> str:
+    """`text` (a URL, or a command or entry holding one) with every URL's password as `***`."""
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", text)
+
+
 def parse_storage(
     storage: str | None,
     heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL,
@@ -86,8 +92,15 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return kwargs
 
 
-def open_storage(spec: StorageSpec, *, retry_stale: bool = True) -> optuna.storages.BaseStorage:
-    """Connect (creating tables if needed); raise StorageError with one line if that fails."""
+def open_storage(spec: StorageSpec, *, retry_stale: bool = True,
+                 heartbeat: bool = True) -> optuna.storages.BaseStorage:
+    """Connect (creating tables if needed); raise StorageError with one line if that fails.
+
+    The one opener of studies and comparisons: one heartbeat policy (`spec`'s interval and grace
+    period; a stale trial is retried up to MAX_RETRIES times) and, on SQLite, transactions that
+    take the write lock when they begin, so that two local workers never pop the same trial.
+    `heartbeat=False`: a reader (reports, progress) that runs no trial.
+    """
     import sqlalchemy.exc
 
     # Heartbeats are "experimental" in Optuna's words; klip relies on them on purpose.
@@ -100,17 +113,38 @@ def open_storage(spec: StorageSpec, *, retry_stale: bool = True) -> optuna.stora
         return optuna.storages.JournalStorage(backend)
     callback = (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
                 if retry_stale else None)
+    beats: dict[str, Any] = {"heartbeat_interval": spec.heartbeat_interval,
+                             "grace_period": spec.grace_period,
+                             "heartbeat_stale_trial_callback": callback} if heartbeat else {}
     try:
-        return optuna.storages.RDBStorage(
-            spec.url,
-            engine_kwargs=_engine_kwargs(spec.url),
-            heartbeat_interval=spec.heartbeat_interval,
-            grace_period=spec.grace_period,
-            heartbeat_stale_trial_callback=callback,
-        )
+        storage = optuna.storages.RDBStorage(spec.url, engine_kwargs=_engine_kwargs(spec.url), **beats)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise StorageError(f"cannot open storage {redact(spec.url)}: {first}") from None
+    if spec.url.split("://", 1)[0].split("+", 1)[0].lower() == "sqlite":
+        _serialise_sqlite(storage.engine)
+    return storage
+
+
+def _serialise_sqlite(engine: Any) -> None:
+    """Make every SQLite transaction take the write lock when it begins (BEGIN IMMEDIATE).
+
+    Optuna pops a WAITING trial by reading its state and then writing RUNNING; PostgreSQL and
+    MySQL lock the row (SELECT ... FOR UPDATE), but SQLite ignores that and Python's sqlite3
+    starts the transaction only at the write, so two local workers can pop the same trial.
+    This is SQLAlchemy's documented pysqlite recipe for real transactions.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(connection: Any, record: Any) -> None:
+        connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners existed
 
 
 def quiet_optuna() -> None:
@@ -125,6 +159,7 @@ __all__ = [
     "DEFAULT_STORAGE_FILE",
     "StorageError",
     "StorageSpec",
+    "hide_passwords",
     "open_storage",
     "parse_storage",
     "quiet_optuna",

@@ -127,7 +127,9 @@ def test_study_entry_takes_a_klip_study_trials_shape_with_its_state(tmp_path):
         params={"eps": 0.25}, value=1.0, user_attrs={ATTR_SHAPE: shape.to_dict()},
         distributions={"eps": optuna.distributions.FloatDistribution(0.05, 0.4)}))
     entry = parse_entry(f"study:learned@{url}", tmp_path)
-    trained = load_shape(entry.options["shape_file"])
+    # The grid's own copy, named relative to the grid directory: no absolute path is recorded.
+    assert entry.options["shape_file"] == "shapes/study-learned.json"
+    trained = load_shape(tmp_path / entry.options["shape_file"])
     assert type(trained).__name__ == "LearnedShape" and trained.eps == 0.25
     assert torch.equal(trained.get_vector(), vector)
 
@@ -145,6 +147,51 @@ def test_bad_entries_are_refused(tmp_path, spec, message):
         parse_entry(spec, tmp_path)
     with pytest.raises(CompareError, match="same entry"):
         parse_entries(["step", "klip"], tmp_path)
+
+
+def test_set_reads_numbers_as_klip_train_does(tmp_path, capsys):
+    from klip.cli import build_parser
+    from klip.compare_cli import _spec
+
+    argv = ["compare", "--losses", "step,kl_adaptive:kl_target=1e-3", "--tasks", "Hopper-v4",
+            "--seeds", "0", "--set", "lr=1e-3", "--set", "value_clip=none", "--set", "anneal_lr=false",
+            "--out", str(tmp_path / "grid"), "--plan"]
+    assert main(argv) == 0
+    spec = _spec(build_parser().parse_args(argv))
+    assert spec.base == {"lr": 0.001, "value_clip": None, "anneal_lr": False}
+    assert spec.entries[1].options == {"loss": "kl_adaptive", "kl_target": 0.001}
+    capsys.readouterr()
+    assert main([*argv, "--set", "lr=3e-4"]) == 2
+    assert "--set lr is given twice" in capsys.readouterr().err
+    assert main([*argv, "--set", "lr_typo=3"]) == 2
+    assert "'lr_typo' is not a training option" in capsys.readouterr().err
+
+
+def test_equal_values_spelled_differently_are_one_entry(tmp_path):
+    short, long = (GridSpec(parse_entries([spec], tmp_path), ["Hopper-v4"], [0], 4096)
+                   for spec in ("sigmoid:tau=0.05", "sigmoid:tau=0.050"))
+    assert short.to_dict() == long.to_dict() and short.digest == long.digest
+    assert long.entries[0].spec == long.entries[0].label == "sigmoid:tau=0.05"
+    with pytest.raises(CompareError, match="same entry"):
+        parse_entries(["sigmoid:tau=0.050", "sigmoid:tau=5e-2"], tmp_path)
+    # Labels keep every digit a value has: two close values are two entries.
+    close = parse_entries(["sigmoid:tau=0.1234567", "sigmoid:tau=0.1234568"], tmp_path)
+    assert [e.label for e in close] == ["sigmoid:tau=0.1234567", "sigmoid:tau=0.1234568"]
+
+
+def test_an_entry_may_have_several_parameters(tmp_path, capsys):
+    from klip.studies.entries import split_entries
+
+    specs = split_entries("step,sigmoid:eps=0.25,tau=0.05,kl_fixed:kl_beta=0.5,kl_direction=new_old")
+    assert specs == ["step", "sigmoid:eps=0.25,tau=0.05", "kl_fixed:kl_beta=0.5,kl_direction=new_old"]
+    step, sigmoid, kl = parse_entries(specs, tmp_path)
+    assert sigmoid.options == {"loss": "klip", "shape": "sigmoid", "shape_params": {"eps": 0.25, "tau": 0.05}}
+    assert kl.options == {"loss": "kl_fixed", "kl_beta": 0.5, "kl_direction": "new_old"}
+    with pytest.raises(CompareError, match="tau given twice"):
+        parse_entry("sigmoid:tau=0.05,tau=0.06", tmp_path)
+    assert main(["compare", "--losses", "step,sigmoid:eps=0.25,tau=0.05", "--tasks", "Hopper-v4",
+                 "--seeds", "0", "--out", str(tmp_path / "g"), "--plan"]) == 0
+    assert "Hopper-v4/sigmoid_eps=0.25_tau=0.05/s0" in capsys.readouterr().out
 
 
 def test_cells_are_seed_major_with_step_right_after_clip(tmp_path):
@@ -454,8 +501,11 @@ def test_two_processes_never_pop_the_same_trial_from_sqlite(tmp_path):
 
 @pytest.mark.slow
 def test_dead_workers_cell_goes_back_to_the_queue(tmp_path, monkeypatch):
-    monkeypatch.setattr(compare, "HEARTBEAT_INTERVAL", 1)
-    monkeypatch.setattr(compare, "GRACE_PERIOD", 2)
+    from klip.studies import choices
+
+    # One heartbeat policy for studies and comparisons (klip.studies.choices), shortened here.
+    monkeypatch.setattr(choices, "DEFAULT_HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(choices, "DEFAULT_GRACE_PERIOD", 2)
     out = tmp_path / "g"
     spec = tiny_spec(out, entries="step")
     prepare_grid(out, spec)
@@ -530,7 +580,7 @@ def test_extend_refuses_what_would_change_or_drop_finished_cells(finished_grid, 
     (["--losses", "clip,bogus", "--tasks", "Pendulum-v1"], "unknown entry 'bogus'"),
     (["--losses", "clip", "--tasks", "Nope-v0"], "unknown task 'Nope-v0'"),
     (["--losses", "clip", "--tasks", "Pendulum-v1", "--set", "seed=3"], "the grid sets seed itself"),
-    (["--losses", "clip", "--tasks", "Pendulum-v1", "--set", "colour=3"], "unknown option(s) colour"),
+    (["--losses", "clip", "--tasks", "Pendulum-v1", "--set", "colour=3"], "'colour' is not a training option"),
     (["--losses", "clip"], "--losses and --tasks are both required"),
 ])
 def test_bad_command_lines_are_one_line_errors_with_exit_code_2(tmp_path, capsys, argv, message):
