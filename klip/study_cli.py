@@ -130,9 +130,9 @@ def _tasks(text: str, options: dict[str, Any], steps: int) -> list[str]:
 
 def _settings(args: argparse.Namespace) -> Any:
     from klip.seeds import parse_seeds
-    from klip.shapes import get_shape_class, load_shapes_from_file, parse_param_assignments
+    from klip.shapes import get_shape_class, load_shapes_from_file
     from klip.studies.settings import StudySettings
-    from klip.studies.space import load_space_file, resolve_space
+    from klip.studies.space import load_space_file, parse_fix, resolve_space
     from klip.studies.storage import parse_storage
 
     options = _train_options(args)
@@ -144,7 +144,7 @@ def _settings(args: argparse.Namespace) -> Any:
         _positive("--" + name.replace("_", "-"), getattr(args, name))
     tasks = _tasks(args.tasks, options, args.steps_per_task)
     overrides = load_space_file(args.search_space) if args.search_space else None
-    space, fixed = resolve_space(args.shape, overrides, parse_param_assignments(args.fix),
+    space, fixed = resolve_space(args.shape, overrides, parse_fix(args.fix),
                                  overrides_source=f"--search-space {args.search_space}")
     storage = parse_storage(args.storage, args.heartbeat_interval, args.grace_period)
     settings = StudySettings(
@@ -165,10 +165,17 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from klip.studies.run import run_study
+    from klip.studies.run import StudyInterrupted, run_study
 
     settings = _settings(args)
-    outcome = run_study(settings, log=lambda text: print(text, file=sys.stderr))
+    try:
+        outcome = run_study(settings, log=lambda text: print(text, file=sys.stderr))
+    except (StudyInterrupted, KeyboardInterrupt) as interrupt:
+        trials = getattr(interrupt, "trials", [])
+        kept = (f"trial(s) {', '.join(map(str, trials))} keep their checkpoints and continue; "
+                if trials else "")
+        print(f"klip: interrupted; {kept}continue with {settings.command}", file=sys.stderr)
+        return 130
     best = "none" if outcome.best_value is None else f"{outcome.best_value:.4f}"
     print(f"study {settings.study_name}: {outcome.finished} finished trials, best value {best}")
     if outcome.best_params:
@@ -255,6 +262,10 @@ def _dashboard(args: argparse.Namespace) -> int:
     from klip.studies.storage import parse_storage
 
     storage = parse_storage(args.storage)
+    missing = storage.missing_file()
+    if missing is not None:  # optuna-dashboard would create an empty database and fail on it
+        raise FileNotFoundError(f"no study database at {missing}; run klip study run first, or name "
+                                "the database with --storage")
     executable = shutil.which("optuna-dashboard")
     if executable is None:
         raise RuntimeError("optuna-dashboard is not installed: pip install optuna-dashboard, then "

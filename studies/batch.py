@@ -21,14 +21,15 @@ from klip.studies.attributes import (
     ATTR_INSTANCES_SAVED,
     ATTR_PARTIAL,
     ATTR_PROGRESS,
-    ATTR_RESULTS,
+    ATTR_RESULT,
+    write_curves,
 )
-from klip.studies.objective import Objective, SurplusTrial
+from klip.studies.objective import Objective, SurplusTrial, keep_aside, learning_curve, wilcoxon_prunes
 from klip.studies.settings import (
     StudyError,
 )
 from klip.studies.storage import open_storage
-from klip.studies.training import TrainConfig, read_columns
+from klip.studies.training import TrainConfig
 
 # -- populations: several trials, all their seeds, trained at once -------------------------
 
@@ -105,7 +106,7 @@ def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTri
         names = [f"trial{member.trial.number}-s{instance.seed}" for member, instance in agents]
         staging = settings.directory / f"population-{alive[0].trial.number:05d}-{task}"
         if staging.exists():  # left by a worker that died here; its trials were failed and retried
-            shutil.rmtree(staging)
+            keep_aside(staging, settings.directory)
         text = (f"trials {', '.join(str(m.trial.number) for m in alive)}: {task}, "
                 f"{len(agents)} agents as one population")
         if objective.show is not None:
@@ -115,6 +116,8 @@ def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTri
         results = train_population_agents(configs, staging, names=names)
         for (member, instance), result in zip(agents, results, strict=True):
             target = member.directory / f"{task}-s{instance.seed}"
+            if target.exists():  # a run of the trial this one continues: a population starts afresh
+                keep_aside(target, settings.directory)
             shutil.move(str(result.out), target)
             normalised = objective.references[task].normalise(result.final_return)
             frames = int(json.loads((target / "summary.json").read_text())["frames"])
@@ -126,13 +129,14 @@ def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTri
         shutil.rmtree(staging)
         last = position == len(tasks) - 1
         for member in list(alive):
-            member.trial.set_user_attr(ATTR_RESULTS, member.results)
-            member.trial.set_user_attr(ATTR_CURVES, member.curves)
+            for instance in instances:
+                member.trial.set_user_attr(ATTR_RESULT + instance.name, member.results[instance.name])
+            member.trial.set_user_attr(ATTR_CURVES, write_curves(settings.directory, member.directory,
+                                                                 member.curves))
             if objective.pruner != "wilcoxon":
                 continue
-            for instance in instances:
-                member.trial.report(member.results[instance.name]["normalised"], instance.index)
-            if not last and member.trial.should_prune():
+            scores = {result["index"]: result["normalised"] for result in member.results.values()}
+            if not last and wilcoxon_prunes(study, scores):
                 member.trial.set_user_attr(ATTR_PARTIAL, True)
                 member.trial.set_user_attr(ATTR_INSTANCES_SAVED,
                                            len(settings.instances) - len(member.normalised))
@@ -149,14 +153,3 @@ def _finish(study: optuna.Study, member: BatchTrial, told: set[int]) -> None:
     member.trial.set_user_attr(ATTR_PROGRESS, "done")
     study.tell(member.trial, value)
     told.add(member.trial.number)
-
-
-def learning_curve(metrics: Path) -> list[list[float]]:
-    """(frames, recent mean return) per PPO iteration, as the single-run path records it."""
-    columns = read_columns(metrics)
-    frames, recent = columns.get("frames"), columns.get("episode/return_recent")
-    if frames is None or recent is None:
-        return []
-    return [[float(f), float(r)] for f, r in zip(frames, recent, strict=True) if math.isfinite(r)]
-
-

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import multiprocessing
 import os
 import socket
 import sys
@@ -27,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from klip.preload import preload
 from klip.studies.cell_queue import (
     CELLS_ATTR,
     JOB_ATTR,
@@ -79,6 +77,7 @@ from klip.studies.references import (
     RANDOM_FILE,
     random_scores,
 )
+from klip.studies.workers import run_workers, set_up_worker
 
 DRY_ATTR = "klip_compare"
 POLL_SECONDS = 15.0
@@ -177,21 +176,8 @@ def run_worker(out: Path, url: str, *, trainer: CellTrainer = train_cells,
     return done
 
 
-def _die_with_parent() -> None:
-    """Linux: a worker whose `klip compare` is killed dies too, rather than train on unseen."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
 def _worker_process(out: str, url: str, trainer: CellTrainer) -> None:
-    _die_with_parent()
-    os.environ["OMP_NUM_THREADS"] = "1"
-    preload()  # this worker runs the code as it was when it started, however long it runs
+    set_up_worker()
     with contextlib.suppress(KeyboardInterrupt):
         run_worker(Path(out), url, trainer=trainer)
 
@@ -372,13 +358,7 @@ def run_grid(
             if workers == 1:
                 run_worker(out, url, trainer=trainer)
             else:
-                context = multiprocessing.get_context("spawn")
-                processes = [context.Process(target=_worker_process, args=(str(out), url, trainer))
-                             for _ in range(workers)]
-                for process in processes:
-                    process.start()
-                for process in processes:
-                    process.join()
+                run_workers(_worker_process, [(str(out), url, trainer)] * workers)
         study = open_study_readonly(spec, url)
         trials = _job_trials(study)
         failed = [key for key in (job_key(job) for job in spec.jobs())

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import contextlib
+import json
 import time
+import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,30 +15,36 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from klip.preload import preload
+from klip.compat import heartbeat_thread
 from klip.shapes import load_shapes_from_file
 from klip.studies.attributes import (
     ATTR_COMMAND,
     ATTR_CONFIG,
+    ATTR_CONTINUES,
     ATTR_CURVES,
     ATTR_IDENTITY,
     ATTR_INSTANCES,
     ATTR_INSTANCES_SAVED,
+    ATTR_INTERRUPTED,
     ATTR_PARTIAL,
     ATTR_PROGRESS,
     ATTR_REFERENCES,
     ATTR_RESULTS,
     ATTR_RUN_OPTIONS,
     ATTR_SHAPE,
+    ATTR_UID,
     ATTR_VERSION,
     ATTR_WORKER,
     FINISHED,
+    STUDY_DIR_MARKER,
     klip_version,
 )
 from klip.studies.batch import run_batch
+from klip.studies.files import WriteError, describe_os_error, write_text_atomically, writing
 from klip.studies.objective import (
     LearningCurvePruning,
     Objective,
+    StudyInterrupted,
     SurplusTrial,
     count,
     live_states,
@@ -50,6 +58,7 @@ from klip.studies.settings import (
     describe_differences,
 )
 from klip.studies.storage import StorageError, open_storage, quiet_optuna
+from klip.studies.workers import run_workers, set_up_worker
 
 # -- study creation ----------------------------------------------------------------
 
@@ -114,6 +123,7 @@ def worker_loop(settings: StudySettings, study: optuna.Study, references: dict[s
     (the heartbeat marks it failed and enqueues a copy) instead of leaving it lost.
     """
     objective = Objective(settings, references, show)
+    storage = open_storage(settings.storage)
     # An idle worker re-checks often: the other workers may finish (or die) at any time.
     poll = min(2.0, settings.storage.heartbeat_interval / 2)
     while True:
@@ -129,24 +139,63 @@ def worker_loop(settings: StudySettings, study: optuna.Study, references: dict[s
         if settings.batch:
             run_batch(objective, study, min(settings.batch, free))
         else:
-            study.optimize(objective, n_trials=1, catch=(SurplusTrial,), gc_after_trial=False)
+            run_trial(objective, study, storage)
         if after_trial is not None:
             after_trial()
 
 
-def _worker_process(settings: StudySettings, worker: int) -> None:
-    import torch
+def run_trial(objective: Objective, study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
+    """Ask one trial, run it with a heartbeat, tell its end (what `study.optimize` does for one
+    trial, without logging a failure's traceback, and with what klip must record first).
 
-    preload()  # this worker runs the code as it was when it started, however long it runs
-    torch.set_num_threads(1)
-    # The paper's protocol uses the -v4 tasks on purpose (as klip train says too).
-    warnings.filterwarnings("ignore", message=".*is out of date. You should consider upgrading.*")
+    Ctrl-C (after the running iteration, whose checkpoint is kept): a copy of the trial with its
+    parameters is queued to finish its runs from their checkpoints, the trial is told FAIL and
+    marked interrupted, and `StudyInterrupted` goes up. Any other failure is told FAIL, then
+    raised (a failure to tell it, e.g. on a full disk, does not hide the first).
+    """
+    if objective.settings.storage.has_heartbeat:
+        optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats are meant for `optimize`; this is its loop for one trial.
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        trial = study.ask()
+    beating: Any = contextlib.nullcontext()
+    if objective.settings.storage.has_heartbeat:
+        study_id = storage.get_study_id_from_name(study.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        beating = heartbeat_thread(trial_id, storage)
+    with beating:
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            return
+        except SurplusTrial:
+            study.tell(trial, state=TrialState.FAIL)
+            return
+        except StudyInterrupted:
+            study.enqueue_trial(dict(trial.params), user_attrs={ATTR_CONTINUES: trial.number})
+            trial.set_user_attr(ATTR_INTERRUPTED, True)
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except BaseException:
+            with contextlib.suppress(Exception):
+                study.tell(trial, state=TrialState.FAIL)
+            raise
+    study.tell(trial, value)
+
+
+def _worker_process(settings: StudySettings, worker: int) -> None:
+    set_up_worker()
     if settings.train_options.get("shape_plugin"):
         # A spawned process starts with the built-in shapes only.
         load_shapes_from_file(settings.train_options["shape_plugin"])
     quiet_optuna()
     study = prepare_study(settings, worker)
-    worker_loop(settings, study, references_from_study(study))
+    # Ctrl-C: the interrupted trial is recorded (and its continuation queued) by `run_trial`;
+    # the parent says so, once.
+    with contextlib.suppress(StudyInterrupted, KeyboardInterrupt):
+        worker_loop(settings, study, references_from_study(study))
 
 
 @dataclass
@@ -210,36 +259,124 @@ class StudyProgress:
         self.bar.close()
 
 
-def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> StudyOutcome:
-    """Create (once, before any worker starts) or continue the study, then run it."""
-    check_batch(settings)
-    study = prepare_study(settings)
-    references = ensure_references(settings.tasks, settings.steps_per_task, settings.seed_list,
-                                   settings.train_options, command=settings.command, log=log)
-    record_references(study, references)
-    study.set_user_attr(ATTR_RUN_OPTIONS, settings.run_options())
-    settings.directory.mkdir(parents=True, exist_ok=True)
-    optuna.storages.fail_stale_trials(study)
-    progress = StudyProgress(settings, study)
+def check_study_dir(settings: StudySettings, study: optuna.Study | None) -> None:
+    """Refuse a study directory that holds another study's trials, before anything is written.
+
+    Its marker file names the study that owns it; a directory without one that holds trial
+    directories belongs to a study made before the marker, and is taken only by a study that has
+    trials (continuing it), never by a new one (the same name in another storage, an emptied
+    database): that one would mix its trials with the old ones'.
+    """
+    directory = settings.directory
+    marker = directory / STUDY_DIR_MARKER
+    uid = None if study is None else study.user_attrs.get(ATTR_UID)
+    if marker.is_file():
+        try:
+            held = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            held = {}
+        if held.get("uid") != uid or uid is None:
+            raise StudyError(f"{directory} holds the trials of another study ({held.get('study_name')!r} "
+                             f"in {held.get('storage')}); choose another --study-dir (its files are kept)")
+        return
+    trial_dirs = sorted(directory.glob("trial-*")) if directory.is_dir() else []
+    if trial_dirs and (study is None or not study.get_trials(deepcopy=False)):
+        raise StudyError(f"{directory} holds {len(trial_dirs)} trial directories that study "
+                         f"{settings.study_name!r} in {settings.storage.describe()} did not make (another "
+                         "storage, or an emptied database); choose another --study-dir or --storage "
+                         "(nothing was deleted)")
+
+
+def claim_study_dir(settings: StudySettings, study: optuna.Study) -> None:
+    """Mark the study directory as this study's (see `check_study_dir`)."""
+    uid = study.user_attrs.get(ATTR_UID)
+    if uid is None:
+        uid = uuid.uuid4().hex
+        study.set_user_attr(ATTR_UID, uid)
+    marker = settings.directory / STUDY_DIR_MARKER
+    if not marker.is_file():
+        write_text_atomically(marker, json.dumps({"study_name": settings.study_name,
+                                                  "storage": settings.storage.describe(), "uid": uid},
+                                                 indent=2) + "\n")
+
+
+def _existing_study(settings: StudySettings) -> optuna.Study | None:
+    quiet_optuna()
     try:
-        if settings.workers == 1:
-            worker_loop(settings, study, references, show=progress.show, after_trial=progress.refresh_counts)
-        else:
-            context = multiprocessing.get_context("spawn")
-            processes = [context.Process(target=_worker_process, args=(settings, worker), daemon=False)
-                         for worker in range(settings.workers)]
-            for process in processes:
-                process.start()
-            while any(process.is_alive() for process in processes):
-                progress.refresh_counts()
-                time.sleep(2)
-            failed = [p.exitcode for p in processes if p.exitcode]
-            if failed:
-                raise StudyError(f"{len(failed)} worker(s) failed (exit codes {failed}); "
-                                 "re-run the same command to continue the study")
-        progress.refresh_counts()
-    finally:
-        progress.close()
+        return optuna.load_study(study_name=settings.study_name,
+                                 storage=open_storage(settings.storage, heartbeat=False))
+    except KeyError:
+        return None
+    except StorageError:
+        raise
+    except Exception:  # the driver's own errors: prepare_study says them in one line
+        return None
+
+
+@contextlib.contextmanager
+def told_in_one_line(settings: StudySettings) -> Iterator[None]:
+    """A full disk, a read-only directory or a storage that cannot be written: one line naming
+    the path (every finished trial and checkpoint stays as it was)."""
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except OSError as error:
+        raise WriteError(describe_os_error(error, settings.directory)) from None
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as error:
+        cause = error.__cause__ or error
+        first = (str(getattr(cause, "orig", None) or cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise StorageError(f"cannot write to storage {settings.storage.describe()}: {first}") from None
+
+
+def interrupted_trials(study: optuna.Study) -> list[int]:
+    """Trials stopped by Ctrl-C whose continuation has not finished yet."""
+    trials = study.get_trials(deepcopy=False)
+    continued = {t.user_attrs.get(ATTR_CONTINUES) for t in trials if t.state in FINISHED}
+    return [t.number for t in trials if t.user_attrs.get(ATTR_INTERRUPTED) and t.number not in continued]
+
+
+def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> StudyOutcome:
+    """Create (once, before any worker starts) or continue the study, then run it.
+
+    Ctrl-C raises `StudyInterrupted` (naming the interrupted trials) once the running iteration
+    has finished and the trials are recorded; the same command continues them.
+    """
+    check_batch(settings)
+    with told_in_one_line(settings):
+        check_study_dir(settings, _existing_study(settings))
+        study = prepare_study(settings)
+        try:
+            references = ensure_references(settings.tasks, settings.steps_per_task, settings.seed_list,
+                                           settings.train_options, command=settings.command, log=log)
+        except KeyboardInterrupt:
+            raise StudyInterrupted([]) from None
+        record_references(study, references)
+        study.set_user_attr(ATTR_RUN_OPTIONS, settings.run_options())
+        with writing(settings.directory):
+            settings.directory.mkdir(parents=True, exist_ok=True)
+        claim_study_dir(settings, study)
+        if settings.storage.has_heartbeat:
+            optuna.storages.fail_stale_trials(study)
+        progress = StudyProgress(settings, study)
+        try:
+            if settings.workers == 1:
+                worker_loop(settings, study, references, show=progress.show,
+                            after_trial=progress.refresh_counts)
+            else:
+                arguments = [(settings, worker) for worker in range(settings.workers)]
+                codes = run_workers(_worker_process, arguments, while_running=progress.refresh_counts)
+                if interrupted_trials(study):
+                    raise StudyInterrupted(interrupted_trials(study))
+                failed = [code for code in codes if code]
+                if failed:
+                    raise StudyError(f"{len(failed)} worker(s) failed (exit codes {failed}); "
+                                     "re-run the same command to continue the study")
+            progress.refresh_counts()
+        except KeyboardInterrupt:
+            raise StudyInterrupted(interrupted_trials(study)) from None
+        finally:
+            progress.close()
     return summarise(study)
 
 
@@ -252,9 +389,12 @@ __all__ = [
     "OBJECTIVE",
     "LearningCurvePruning",
     "Objective",
+    "StudyInterrupted",
     "StudyOutcome",
     "build_pruner",
     "build_sampler",
+    "check_study_dir",
+    "claim_study_dir",
     "prepare_study",
     "references_from_study",
     "run_study",

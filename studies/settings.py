@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,16 @@ class StudySettings:
     def run_options(self) -> dict[str, Any]:
         return {"trials": self.trials, "sampler": self.sampler, "pruner": self.resolved_pruner,
                 "workers": self.workers, "batch": self.batch, "sampler_seed": self.sampler_seed,
-                "storage": self.storage.describe(), "study_dir": str(self.directory)}
+                "storage": self.storage.describe(), "study_dir": portable_path(self.directory)}
+
+
+def portable_path(path: Path) -> str:
+    """`path` as recorded: relative to the working directory where it lies inside it, so that
+    a study records no absolute path of the machine it ran on (reports read it from there)."""
+    if path.is_absolute():
+        with contextlib.suppress(ValueError):
+            return path.relative_to(Path.cwd()).as_posix()
+    return path.as_posix()
 
 
 def describe_differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> str:

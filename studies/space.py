@@ -116,6 +116,12 @@ def resolve_space(
         space[name] = dimension
     pinned: dict[str, float] = {}
     for name, value in (fixed or {}).items():
+        if name in (overrides or {}):
+            dimension = space[name]
+            raise SearchSpaceError(
+                f"--fix {name}={value:g} contradicts {overrides_source}, which searches {name} in "
+                f"[{dimension.low:g}, {dimension.high:g}]; give {name} in one of them only"
+            )
         if name not in declared:
             raise SearchSpaceError(
                 f"--fix: shape {shape_name!r} has no parameter {name!r} "
@@ -130,6 +136,21 @@ def resolve_space(
     if not space:
         raise SearchSpaceError(f"shape {shape_name!r} has nothing left to search (all parameters fixed)")
     return space, pinned
+
+
+def parse_fix(assignments: list[str]) -> dict[str, float]:
+    """`--fix NAME=VALUE` items -> values (numbers as `klip train --shape-param` reads them);
+    a parameter fixed twice is refused, even to the same value."""
+    from klip.shapes import parse_param_assignments
+
+    names = [item.partition("=")[0].strip() for item in assignments]
+    repeated = sorted({name for name in names if name and names.count(name) > 1})
+    if repeated:
+        raise SearchSpaceError(f"--fix {', '.join(repeated)} is given more than once")
+    try:
+        return parse_param_assignments(assignments)
+    except ValueError as error:
+        raise SearchSpaceError(f"--fix: {error}") from None
 
 
 def build_shape_from_values(shape_name: str, values: Mapping[str, float]) -> CoefficientShape:
@@ -182,6 +203,7 @@ __all__ = [
     "default_space",
     "grid_points",
     "load_space_file",
+    "parse_fix",
     "resolve_space",
     "vector_parameters",
 ]

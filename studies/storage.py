@@ -38,6 +38,19 @@ class StorageSpec:
     def has_heartbeat(self) -> bool:
         return self.kind == "rdb"
 
+    def missing_file(self) -> Path | None:
+        """The SQLite or journal file this storage names, where it does not exist (else None)."""
+        if self.kind == "journal":
+            path = Path(self.url)
+        elif self.url.split("://", 1)[0].split("+", 1)[0].lower() == "sqlite":
+            name = self.url.split("://", 1)[1]
+            if not name.startswith("/") or name in ("/", "/:memory:"):
+                return None  # an in-memory database
+            path = Path(name[1:])
+        else:
+            return None
+        return None if path.is_file() else path
+
     def describe(self) -> str:
         return redact(self.url) if self.kind == "rdb" else f"journal file {self.url}"
 

@@ -184,7 +184,7 @@ def test_an_entry_may_have_several_parameters(tmp_path, capsys):
 
     specs = split_entries("step,sigmoid:eps=0.25,tau=0.05,kl_fixed:kl_beta=0.5,kl_direction=new_old")
     assert specs == ["step", "sigmoid:eps=0.25,tau=0.05", "kl_fixed:kl_beta=0.5,kl_direction=new_old"]
-    step, sigmoid, kl = parse_entries(specs, tmp_path)
+    _, sigmoid, kl = parse_entries(specs, tmp_path)
     assert sigmoid.options == {"loss": "klip", "shape": "sigmoid", "shape_params": {"eps": 0.25, "tau": 0.05}}
     assert kl.options == {"loss": "kl_fixed", "kl_beta": 0.5, "kl_direction": "new_old"}
     with pytest.raises(CompareError, match="tau given twice"):
@@ -580,7 +580,8 @@ def test_extend_refuses_what_would_change_or_drop_finished_cells(finished_grid, 
     (["--losses", "clip,bogus", "--tasks", "Pendulum-v1"], "unknown entry 'bogus'"),
     (["--losses", "clip", "--tasks", "Nope-v0"], "unknown task 'Nope-v0'"),
     (["--losses", "clip", "--tasks", "Pendulum-v1", "--set", "seed=3"], "the grid sets seed itself"),
-    (["--losses", "clip", "--tasks", "Pendulum-v1", "--set", "colour=3"], "'colour' is not a training option"),
+    (["--losses", "clip", "--tasks", "Pendulum-v1", "--set", "colour=3"],
+     "'colour' is not a training option"),
     (["--losses", "clip"], "--losses and --tasks are both required"),
 ])
 def test_bad_command_lines_are_one_line_errors_with_exit_code_2(tmp_path, capsys, argv, message):
