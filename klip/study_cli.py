@@ -129,24 +129,29 @@ def _tasks(text: str, options: dict[str, Any], steps: int) -> list[str]:
 
 
 def _settings(args: argparse.Namespace) -> Any:
+    """The study's settings, checked before anything is written; what needs no torch first."""
     from klip.seeds import parse_seeds
-    from klip.shapes import get_shape_class, load_shapes_from_file
-    from klip.studies.settings import StudySettings
-    from klip.studies.space import load_space_file, parse_fix, resolve_space
+    from klip.studies.space import load_space_file, parse_fix
     from klip.studies.storage import parse_storage
 
-    options = _train_options(args)
-    if options.get("shape_plugin"):
-        load_shapes_from_file(options["shape_plugin"])
-    get_shape_class(args.shape)
     seeds = parse_seeds(args.seeds)
     for name in ("steps_per_task", "trials", "workers", "grid_points"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
-    tasks = _tasks(args.tasks, options, args.steps_per_task)
-    overrides = load_space_file(args.search_space) if args.search_space else None
-    space, fixed = resolve_space(args.shape, overrides, parse_fix(args.fix),
-                                 overrides_source=f"--search-space {args.search_space}")
     storage = parse_storage(args.storage, args.heartbeat_interval, args.grace_period)
+    fixes = parse_fix(args.fix)
+    overrides = load_space_file(args.search_space) if args.search_space else None
+    options = _train_options(args)
+
+    from klip.shapes import get_shape_class, load_shapes_from_file  # torch, from here on
+    from klip.studies.settings import StudySettings
+    from klip.studies.space import resolve_space
+
+    if options.get("shape_plugin"):
+        load_shapes_from_file(options["shape_plugin"])
+    get_shape_class(args.shape)
+    tasks = _tasks(args.tasks, options, args.steps_per_task)
+    space, fixed = resolve_space(args.shape, overrides, fixes,
+                                 overrides_source=f"--search-space {args.search_space}")
     settings = StudySettings(
         study_name=args.study_name, shape=args.shape, tasks=tasks, steps_per_task=args.steps_per_task,
         seeds=seeds, trials=args.trials, train_options=options, space=space, fixed=fixed,
@@ -156,7 +161,7 @@ def _settings(args: argparse.Namespace) -> Any:
         progress=not args.no_progress,
         command=shlex.join(["klip", *getattr(args, "argv", sys.argv[1:])]),
     )
-    from klip.studies.run import build_pruner, build_sampler, check_batch
+    from klip.studies.sampling import build_pruner, build_sampler, check_batch
 
     build_sampler(settings)  # a sampler that cannot handle the space fails before any writing
     build_pruner(settings)
@@ -165,9 +170,12 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
+    settings = _settings(args)  # input errors before the training engine is imported
+
+    from klip.preload import preload
     from klip.studies.run import StudyInterrupted, run_study
 
-    settings = _settings(args)
+    preload()  # hours of training: one version of the code from start to end
     try:
         outcome = run_study(settings, log=lambda text: print(text, file=sys.stderr))
     except (StudyInterrupted, KeyboardInterrupt) as interrupt:

@@ -1,0 +1,238 @@
+"""Nothing lost on any path of a study: clashes, Ctrl-C, a full disk, the reference cache, input."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from studies_support import STEPS, TASK, TRAIN_FLAGS, compute_references, klip_command, run_klip
+
+from klip.cli import main
+from klip.studies import references, training
+from klip.studies.attributes import ATTR_CONTINUES, ATTR_INTERRUPTED, ATTR_KEPT, STUDY_DIR_MARKER
+from klip.studies.references import REFERENCE_FILE_ENV
+
+BASE = ["study", "run", "--shape", "sigmoid", "--tasks", TASK, "--steps-per-task", str(STEPS),
+        "--no-progress", "--pruner", "none", *TRAIN_FLAGS]
+
+
+@pytest.fixture(scope="session")
+def reference_cache(tmp_path_factory) -> Path:
+    cache = tmp_path_factory.getbasetemp() / "klip-references-safety.json"
+    compute_references(cache, 2)
+    return cache
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch, reference_cache) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(REFERENCE_FILE_ENV, str(reference_cache))
+    return tmp_path
+
+
+def one_error_line(capsys) -> str:
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("klip: error: "), error
+    assert "Traceback" not in error[0]
+    return error[0]
+
+
+# -- a study never deletes another study's files --------------------------------------------------
+
+
+def test_a_new_study_refuses_a_study_dir_that_holds_other_trials_and_deletes_nothing(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """Before: the same name in another storage (or an emptied database) rmtree'd the old trials."""
+    monkeypatch.chdir(tmp_path)
+    old = tmp_path / "runs" / "studies" / "shared" / "trial-00000" / f"{TASK}-s0"
+    old.mkdir(parents=True)
+    (old / "summary.json").write_text('{"status": "finished"}')
+    argv = [*BASE, "--seeds", "0", "--trials", "1", "--study-name", "shared", "--storage", "new.db"]
+    assert main(argv) == 2
+    assert "holds 1 trial directories that study 'shared'" in one_error_line(capsys)
+    assert (old / "summary.json").read_text() == '{"status": "finished"}'
+
+
+def test_two_studies_sharing_a_study_dir_are_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    directory = tmp_path / "shared-dir"
+    directory.mkdir()
+    (directory / STUDY_DIR_MARKER).write_text(json.dumps({"study_name": "first", "storage": "a.db",
+                                                          "uid": "0123"}))
+    assert main([*BASE, "--seeds", "0", "--trials", "1", "--study-name", "second",
+                 "--study-dir", str(directory)]) == 2
+    assert "holds the trials of another study ('first' in a.db)" in one_error_line(capsys)
+
+
+def test_a_trial_directory_found_in_a_trials_place_is_kept_aside_not_deleted(in_tmp):
+    from klip.studies.objective import Objective
+    from klip.studies.run import prepare_study
+    from klip.studies.settings import StudySettings
+    from klip.studies.space import resolve_space
+    from klip.studies.storage import parse_storage
+
+    space, fixed = resolve_space("sigmoid")
+    settings = StudySettings(study_name="keep", shape="sigmoid", tasks=[TASK], steps_per_task=STEPS, seeds=1,
+                             trials=1, space=space, fixed=fixed, storage=parse_storage("keep.db"),
+                             progress=False)
+    study = prepare_study(settings)
+    stale = settings.directory / "trial-00000"
+    stale.mkdir(parents=True)
+    (stale / "precious.txt").write_text("a finished run of another study")
+    trial = study.ask()
+    trial_dir, _ = Objective(settings, {}).prepare(trial)
+    assert trial_dir == stale and (trial_dir / "shape.json").is_file()
+    kept = settings.directory / trial.user_attrs[ATTR_KEPT]
+    assert (kept / "precious.txt").read_text() == "a finished run of another study"
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_exit_130_and_the_same_command_continues_the_interrupted_trial(in_tmp):
+    budget = 4 * STEPS  # 32 iterations: the Ctrl-C lands inside the first run
+    args = [*BASE, "--seeds", "0-1", "--trials", "2", "--study-name", "stop", "--sampler", "random",
+            "--sampler-seed", "0"]
+    args[args.index("--steps-per-task") + 1] = str(budget)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(klip_command(*args), cwd=in_tmp, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = in_tmp / "runs" / "studies" / "stop" / "trial-00000" / f"{TASK}-s0" / "metrics.csv"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) > 3):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("klip: interrupted; trial(s) 0 keep their checkpoints and continue; "
+                           "continue with klip study run "), stderr
+    trained_before = metrics.read_text().splitlines()[:3]  # with their wall-clock timings
+    study = optuna.load_study(study_name="stop", storage="sqlite:///klip-studies.db")
+    interrupted = study.trials[0]
+    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs[ATTR_INTERRUPTED]
+    # The same command: the interrupted trial is finished with its parameters, from its checkpoints.
+    result = run_klip(args, in_tmp)
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name="stop", storage="sqlite:///klip-studies.db").trials
+    continuation = trials[1]
+    assert continuation.user_attrs[ATTR_CONTINUES] == 0
+    assert continuation.state == TrialState.COMPLETE and continuation.params == interrupted.params
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+    resumed = in_tmp / "runs" / "studies" / "stop" / "trial-00001" / f"{TASK}-s0"
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["frames"] == budget and summary["status"] == "finished"
+    # Continued, not restarted: the run's first rows are the ones trained before the Ctrl-C.
+    assert (resumed / "metrics.csv").read_text().splitlines()[:3] == trained_before
+    assert not (in_tmp / "runs" / "studies" / "stop" / "trial-00000").exists()
+
+
+# -- a full disk --------------------------------------------------------------------------------
+
+
+def test_a_full_disk_during_a_trial_is_one_line_naming_the_path_and_finished_trials_stay(in_tmp, monkeypatch,
+                                                                                         capsys):
+    real_train = training.train
+    calls = []
+
+    def train_until_the_disk_fills(config, out, **kwargs):
+        calls.append(out)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")  # as torch.save says it: no path
+        return real_train(config, out, **kwargs)
+
+    monkeypatch.setattr(training, "train", train_until_the_disk_fills)
+    argv = [*BASE, "--seeds", "0", "--trials", "2", "--study-name", "full"]
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert line == "klip: error: cannot write runs/studies/full: no space left on the device"
+    study = optuna.load_study(study_name="full", storage="sqlite:///klip-studies.db")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    finished = in_tmp / "runs" / "studies" / "full" / "trial-00000" / f"{TASK}-s0"
+    assert json.loads((finished / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_storage_that_cannot_be_written_is_one_line_naming_it():
+    import sqlite3
+
+    from klip.studies.run import told_in_one_line
+    from klip.studies.settings import StudySettings
+    from klip.studies.storage import StorageError, parse_storage
+
+    settings = StudySettings(study_name="s", shape="sigmoid", tasks=[TASK], steps_per_task=STEPS, seeds=1,
+                             trials=1, storage=parse_storage("studies.db"))
+    with pytest.raises(StorageError, match=r"^cannot write to storage sqlite:///studies.db: "
+                                           r"database or disk is full$"), told_in_one_line(settings):
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as error:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") \
+                    from error
+
+
+def test_atomic_writes_leave_no_truncated_file_and_name_the_file(tmp_path, monkeypatch):
+    from klip.studies.files import WriteError, write_text_atomically
+
+    path = tmp_path / "trials.csv"
+    path.write_text("the old table\n")
+    real_replace = os.replace
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(WriteError, match=f"^cannot write {path}: no space left on the device$"):
+        write_text_atomically(path, "the new table\n")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert path.read_text() == "the old table\n" and os.listdir(tmp_path) == ["trials.csv"]
+
+
+# -- the reference cache ------------------------------------------------------------------------
+
+
+def test_reference_scores_are_cached_in_the_users_cache_never_in_the_package(tmp_path, monkeypatch):
+    packaged = references.PACKAGED_REFERENCE_FILE
+    before = packaged.read_bytes() if packaged.is_file() else None
+    monkeypatch.delenv(REFERENCE_FILE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(references, "random_policy_score", lambda task, steps, seed: 10.0)
+    monkeypatch.setattr(references, "step_shape_score", lambda options, task, steps, seed: 50.0)
+    found = references.ensure_references([TASK], 1234, [0], {}, command="pytest")
+    assert found[TASK].random_score == 10.0 and found[TASK].step_score == 50.0
+    assert references.reference_file() == tmp_path / "cache" / "klip" / "references.json"
+    cached = json.loads(references.reference_file().read_text())["references"]
+    assert [entry["steps"] for entry in cached.values()] == [1234]
+    assert (packaged.read_bytes() if packaged.is_file() else None) == before
+
+
+# -- input --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--seeds", "3"], "--seeds 3 is ambiguous"),
+    (["--fix", "tau=0.05", "--fix", "tau=0.05"], "--fix tau is given more than once"),
+    (["--storage", "redis://x/0"], "unknown storage scheme 'redis'"),
+    (["--trials", "0"], "--trials must be a positive integer"),
+])
+def test_input_errors_that_need_no_shape_come_before_torch_is_imported(tmp_path, extra, message):
+    code = ("import sys\nfrom klip.cli import build_parser\nfrom klip.study_cli import run_study_command\n"
+            "argv = sys.argv[1:]\ntry:\n    run_study_command(build_parser().parse_args(argv), argv)\n"
+            "except (ValueError, RuntimeError) as error:\n    print(error)\nprint('torch' in sys.modules)\n")
+    argv = [*BASE, "--trials", "2", "--study-name", "fast", *extra]
+    result = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    printed = result.stdout.strip().splitlines()
+    assert message in printed[0] and printed[-1] == "False", result
+    assert list(tmp_path.iterdir()) == []
