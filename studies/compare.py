@@ -19,7 +19,6 @@ import math
 import os
 import socket
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -73,6 +72,7 @@ from klip.studies.grid import (
     log_event,
     prepare_grid,
 )
+from klip.studies.progress import Progress, format_duration
 from klip.studies.references import (
     RANDOM_FILE,
     random_scores,
@@ -214,15 +214,6 @@ def _cell_frames(spec: GridSpec, out: Path, cell: Cell) -> int:
                _last_frames(directory.parent / POPULATION_DIR / directory.name / "metrics.csv"))
 
 
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "unknown"
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 @dataclass
 class GridProgress:
     total: int
@@ -260,23 +251,20 @@ def grid_progress(spec: GridSpec, out: Path, study: Any) -> GridProgress:
     return GridProgress(cells, done, running, failed, frames, per_cell * cells)
 
 
-class ProgressReporter:
+class ProgressReporter(Progress):
     """Prints cells done / total and an estimate of the time left, from the steps done."""
 
     def __init__(self, spec: GridSpec, out: Path, url: str, stream: TextIO | None = None,
                  interval: float = 30.0) -> None:
         import optuna
 
-        self.spec, self.out, self.interval = spec, out, interval
-        self.stream = stream or sys.stderr
+        self.spec, self.out = spec, out
         self.study = optuna.load_study(study_name=spec.study_name, storage=make_storage(url, heartbeat=False))
         self.started = time.monotonic()
         self.start_frames: int | None = None
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.last_line = ""
+        super().__init__(self._status, total=len(spec.cells()), stream=stream, interval=interval)
 
-    def line(self) -> str:
+    def _status(self) -> tuple[int, str]:
         progress = grid_progress(self.spec, self.out, self.study)
         if self.start_frames is None:
             self.start_frames = progress.frames
@@ -286,32 +274,10 @@ class ProgressReporter:
         eta = left * elapsed / gained if gained > 0 else math.inf
         if left == 0:
             eta = 0.0
-        return (f"klip compare: {progress.done}/{progress.total} cells done, {progress.running} running, "
-                f"{progress.failed} failed; {progress.frames:,}/{progress.total_frames:,} steps; "
-                f"time left {format_duration(eta)}")
-
-    def report(self, force: bool = False) -> None:
-        try:
-            text = self.line()
-        except Exception as error:  # a busy SQLite file must not stop the grid
-            text = f"klip compare: progress unavailable ({type(error).__name__})"
-        if force or text != self.last_line:
-            print(text, file=self.stream, flush=True)
-            self.last_line = text
-
-    def _loop(self) -> None:
-        while not self.stop_event.wait(self.interval):
-            self.report()
-
-    def __enter__(self) -> ProgressReporter:
-        self.report(force=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        self.thread.join()
-        self.report(force=True)
+        return progress.done, (
+            f"klip compare: {progress.done}/{progress.total} cells done, {progress.running} running, "
+            f"{progress.failed} failed; {progress.frames:,}/{progress.total_frames:,} steps; "
+            f"time left {format_duration(eta)}")
 
 
 # -- the whole grid -----------------------------------------------------------------------------

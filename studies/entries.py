@@ -166,7 +166,7 @@ def _study_entry(spec: str, grid_dir: Path) -> Entry:
     import optuna
 
     from klip.shapes import make_shape, shape_from_dict
-    from klip.studies.run import ATTR_SHAPE
+    from klip.studies.attributes import ATTR_SHAPE
 
     name, sep, url = spec.removeprefix("study:").partition("@")
     shown = hide_passwords(spec)  # grid.json and messages: never a storage password

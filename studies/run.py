@@ -13,7 +13,6 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from tqdm.auto import tqdm
 
 from klip.compat import heartbeat_thread
 from klip.shapes import load_shapes_from_file
@@ -49,6 +48,7 @@ from klip.studies.objective import (
     count,
     live_states,
 )
+from klip.studies.progress import Progress
 from klip.studies.references import TaskReference, ensure_references
 from klip.studies.sampling import build_pruner, build_sampler, check_batch
 from klip.studies.settings import (
@@ -227,36 +227,26 @@ def summarise(study: optuna.Study) -> StudyOutcome:
     )
 
 
-class StudyProgress:
+class StudyProgress(Progress):
     """tqdm bar: trials done / requested, best value so far, the current trial's task and step."""
 
     def __init__(self, settings: StudySettings, study: optuna.Study) -> None:
         self.settings, self.study = settings, study
-        self.bar = tqdm(total=settings.trials, unit="trial", disable=not settings.progress,
-                        dynamic_ncols=True, desc=settings.study_name)
-        self.current = ""
-        self.refresh_counts()
+        super().__init__(self._status, total=settings.trials, desc=settings.study_name, bar=True,
+                         enabled=settings.progress, interval=2.0)
+        self.refresh()
+
+    def _status(self) -> tuple[int, str]:
+        outcome = summarise(self.study)
+        if self.settings.workers > 1:  # what each worker runs, as it recorded it
+            running = [t.user_attrs.get(ATTR_PROGRESS, "") for t in self.study.get_trials(
+                deepcopy=False, states=(TrialState.RUNNING,))]
+            self.current = " | ".join(text for text in running if text)
+        best = "-" if outcome.best_value is None else f"{outcome.best_value:.3f}"
+        return outcome.finished, f"best {best}"
 
     def refresh_counts(self) -> None:
-        outcome = summarise(self.study)
-        self.bar.n = min(outcome.finished, self.settings.trials)
-        self.best = outcome.best_value
-        running = [t.user_attrs.get(ATTR_PROGRESS, "") for t in self.study.get_trials(
-            deepcopy=False, states=(TrialState.RUNNING,))]
-        if self.settings.workers > 1:
-            self.current = " | ".join(text for text in running if text)
-        self.render()
-
-    def show(self, text: str) -> None:
-        self.current = text
-        self.render()
-
-    def render(self) -> None:
-        best = "-" if self.best is None else f"{self.best:.3f}"
-        self.bar.set_postfix_str(f"best {best} | {self.current}", refresh=True)
-
-    def close(self) -> None:
-        self.bar.close()
+        self.refresh()
 
 
 def check_study_dir(settings: StudySettings, study: optuna.Study | None) -> None:
