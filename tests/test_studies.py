@@ -298,6 +298,7 @@ def test_dashboard_without_a_database_refuses_in_one_line_and_creates_nothing(tm
                                                                               capsys, storage):
     monkeypatch.chdir(tmp_path)
     calls = []
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/local/bin/{name}")  # installed or not
     monkeypatch.setattr("subprocess.call", lambda *args, **kwargs: calls.append(args) or 0)
     assert main(["study", "dashboard", *(["--storage", storage] if storage else [])]) == 2
     error = capsys.readouterr().err.strip().splitlines()

@@ -142,6 +142,28 @@ def test_ctrl_c_is_one_line_exit_130_and_the_same_command_continues_the_interrup
     assert not (in_tmp / "runs" / "studies" / "stop" / "trial-00000").exists()
 
 
+# -- what a trial records ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_every_trial_attribute_fits_the_dashboard_and_names_no_path_of_the_machine(in_tmp):
+    """Before: `klip_curves` held every curve (9-18 kB at 1M steps; here 64 iterations already
+    pass 1,024 characters) and `klip_config.shape_file` an absolute path."""
+    flags = ["--rollout-steps", "64", "--minibatch-size", "32", "--epochs", "1", "--lr", "1e-3",
+             "--checkpoint-every", "1000"]
+    args = ["study", "run", "--shape", "sigmoid", "--tasks", TASK, "--steps-per-task", "4096", "--seeds", "0",
+            "--trials", "1", "--study-name", "long", "--pruner", "none", "--no-progress", *flags]
+    assert main(args) == 0
+    trial = optuna.load_study(study_name="long", storage="sqlite:///klip-studies.db").trials[0]
+    for key, value in trial.user_attrs.items():
+        text = json.dumps(value)
+        assert len(text) <= 1024, (key, len(text))
+        assert str(in_tmp) not in text, key
+    curves = json.loads((in_tmp / "runs" / "studies" / "long" / trial.user_attrs["klip_curves"]).read_text())
+    assert len(curves[f"{TASK}/s0"]) == 4096 // 64
+    assert sorted(trial.intermediate_values) == list(range(4096 // 64))  # the curve, per iteration
+
+
 # -- a full disk --------------------------------------------------------------------------------
 
 
