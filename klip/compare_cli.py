@@ -120,11 +120,15 @@ def _seeds(text: str) -> list[int]:
 def run_compare(args: argparse.Namespace) -> int:
     """Handler of `klip compare ...`; returns the exit code."""
     from klip.studies.compare import job_key, run_grid
+    from klip.studies.files import WriteError, describe_os_error
 
     if args.compare_command == "report":
         from klip.studies.compare_report import write_report
 
-        print(f"report written to {write_report(args.dir, n_resamples=args.resamples)}")
+        try:
+            print(f"report written to {write_report(args.dir, n_resamples=args.resamples)}")
+        except OSError as error:  # a full disk, a read-only directory: one line naming the path
+            raise WriteError(describe_os_error(error, args.dir)) from None
         return 0
     spec = _spec(args)
     if args.plan:
@@ -140,6 +144,8 @@ def run_compare(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("klip: interrupted; run the same command again to continue the grid", file=sys.stderr)
         return 130
+    except OSError as error:  # a full disk, a read-only directory: one line naming the path
+        raise WriteError(describe_os_error(error, args.out)) from None
     print(f"{outcome.done}/{outcome.total} cells done in {args.out}")
     if outcome.report is not None:
         print(f"report: {outcome.report}")

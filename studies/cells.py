@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from klip.studies.files import write_text_atomically
 from klip.studies.grid import Cell, GridSpec, differences, job_key, log_event
 
 CORRUPT_DIR = "corrupt"
@@ -185,7 +186,7 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
     except Exception as error:  # a damaged checkpoint or metrics file, in any way
         return CellState("corrupt", f"cannot hash the result ({type(error).__name__}: {error})")
     if write_record:
-        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        write_text_atomically(record_path, json.dumps(record, indent=2) + "\n")
     return CellState("done", record=record)
 
 

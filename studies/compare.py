@@ -60,6 +60,7 @@ from klip.studies.entries import (
     parse_entry,
     split_entries,
 )
+from klip.studies.files import WriteError, describe_os_error
 from klip.studies.grid import (
     EVENTS_FILE,
     GRID_FILE,
@@ -158,9 +159,14 @@ def run_worker(out: Path, url: str, *, trainer: CellTrainer = train_cells,
             trial.set_user_attr("klip_error", "interrupted")
             _log(f"{key}: interrupted; it continues from its checkpoint on the next run")
             raise KeyboardInterrupt from None
+        except OSError as error:  # a full disk or a read-only directory: every next cell would fail too
+            message = describe_os_error(error, spec.cell_dir(out, jobs[key][0]))
+            trial.set_user_attr("klip_error", message[:1000])
+            _log(f"{key}: FAILED ({message})")
+            raise WriteError(message) from None
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
-            trial.set_user_attr("klip_error", message[:2000])
+            trial.set_user_attr("klip_error", message[:1000])  # optuna-dashboard shows 1,024
             _log(f"{key}: FAILED ({message})")
             raise CellFailure(message) from error
         trial.set_user_attr("records", [

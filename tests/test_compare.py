@@ -592,6 +592,22 @@ def test_bad_command_lines_are_one_line_errors_with_exit_code_2(tmp_path, capsys
     assert code == 2 and len(error) == 1 and error[0].startswith("klip: error: ") and message in error[0]
 
 
+def test_a_full_disk_is_one_line_naming_the_cell_and_the_worker_stops(tmp_path, monkeypatch, capsys):
+    import errno
+
+    def full(runs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as torch.save says it: no path
+
+    monkeypatch.setattr(compare, "train_cells", full)
+    out = tmp_path / "g"
+    code = main(["compare", "--losses", "step", "--tasks", "Pendulum-v1", "--seeds", "0-1", "--steps", "512",
+                 "--set", "rollout_steps=256", "--out", str(out), "--no-report", "--progress-every", "600"])
+    error = [line for line in capsys.readouterr().err.strip().splitlines()
+             if not line.startswith("klip compare: ")]
+    cell = out / "runs" / "Pendulum-v1" / "step" / "s0"
+    assert code == 2 and error == [f"klip: error: cannot write {cell}: no space left on the device"]
+
+
 def test_bad_storage_url_is_refused_before_the_directory_is_made(tmp_path, capsys):
     out = tmp_path / "g"
     code = main(["compare", "--losses", "step", "--tasks", "Pendulum-v1", "--out", str(out),
