@@ -17,7 +17,8 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 # Study user attributes.
-ATTR_IDENTITY = "klip_identity"
+ATTR_IDENTITY = "klip_identity"  # what makes the study (its search space apart, below)
+ATTR_IDENTITY_SPACE = "klip_identity_search_space"
 ATTR_COMMAND = "klip_command"
 ATTR_VERSION = "klip_version"
 ATTR_RUN_OPTIONS = "klip_run_options"

@@ -22,6 +22,7 @@ from klip.studies.attributes import (
     ATTR_CONTINUES,
     ATTR_CURVES,
     ATTR_IDENTITY,
+    ATTR_IDENTITY_SPACE,
     ATTR_INSTANCES,
     ATTR_INSTANCES_SAVED,
     ATTR_INTERRUPTED,
@@ -77,7 +78,7 @@ def prepare_study(settings: StudySettings, worker: int = 0) -> optuna.Study:
         raise StorageError(f"cannot read storage {settings.storage.describe()}: "
                            f"{str(error).strip().splitlines()[0]}") from None
     if existing is not None:
-        recorded = existing.user_attrs.get(ATTR_IDENTITY)
+        recorded = recorded_identity(existing)
         if recorded is None and not settings.force:
             raise StudyError(f"study {settings.study_name!r} exists but was not made by klip study run; "
                              "choose another --study-name (or --force)")
@@ -89,12 +90,27 @@ def prepare_study(settings: StudySettings, worker: int = 0) -> optuna.Study:
         return existing
     study = optuna.create_study(study_name=settings.study_name, storage=storage, sampler=sampler,
                                 pruner=pruner, direction="maximize", load_if_exists=True)
-    study.set_user_attr(ATTR_IDENTITY, wanted)
+    record_identity(study, wanted)
     study.set_user_attr(ATTR_COMMAND, settings.command)
     study.set_user_attr(ATTR_VERSION, klip_version())
     study.set_user_attr(ATTR_RUN_OPTIONS, settings.run_options())
     study.set_user_attr(ATTR_INSTANCES, [instance.name for instance in settings.instances])
     return study
+
+
+def record_identity(study: optuna.Study, identity: dict[str, Any]) -> None:
+    """The identity in two attributes, each short enough for optuna-dashboard to show whole: the
+    search space (19 dimensions for `learned`) apart from the rest."""
+    study.set_user_attr(ATTR_IDENTITY, {k: v for k, v in identity.items() if k != "search_space"})
+    study.set_user_attr(ATTR_IDENTITY_SPACE, identity["search_space"])
+
+
+def recorded_identity(study: optuna.Study) -> dict[str, Any] | None:
+    """The identity a study recorded (in one attribute, by a klip before `record_identity`)."""
+    recorded = study.user_attrs.get(ATTR_IDENTITY)
+    if recorded is None or ATTR_IDENTITY_SPACE not in study.user_attrs:
+        return recorded
+    return {**recorded, "search_space": study.user_attrs[ATTR_IDENTITY_SPACE]}
 
 
 def record_references(study: optuna.Study, references: dict[str, TaskReference]) -> None:

@@ -164,6 +164,29 @@ def test_every_trial_attribute_fits_the_dashboard_and_names_no_path_of_the_machi
     assert sorted(trial.intermediate_values) == list(range(4096 // 64))  # the curve, per iteration
 
 
+def test_a_studys_own_attributes_fit_the_dashboard_and_a_study_made_before_still_matches(in_tmp):
+    """Before: a `learned` study's `klip_identity` (its 19-dimension search space) was 1,156 characters."""
+    from klip.studies.run import prepare_study
+    from klip.studies.settings import StudySettings
+    from klip.studies.space import resolve_space
+    from klip.studies.storage import parse_storage
+
+    space, fixed = resolve_space("learned")
+    settings = StudySettings(study_name="wide", shape="learned", tasks=["Hopper-v4", "Walker2d-v4", "Ant-v4"],
+                             steps_per_task=300_000, seeds=[0, 1], trials=1, space=space, fixed=fixed,
+                             train_options={"rollout_steps": 2048, "lr": 3e-4}, storage=parse_storage("w.db"),
+                             study_dir=in_tmp / "artefacts", command="klip study run " + "x" * 200)
+    study = prepare_study(settings)
+    assert {key: len(json.dumps(value)) for key, value in study.user_attrs.items()
+            if len(json.dumps(value)) > 1024} == {}
+    assert prepare_study(settings).study_name == "wide"  # the same settings: the same study
+    # A study made before kept its identity in one attribute; it is still the same study.
+    legacy = optuna.create_study(study_name="old", storage="sqlite:///w.db", direction="maximize")
+    legacy.set_user_attr("klip_identity", settings.identity())
+    settings.study_name = "old"
+    assert prepare_study(settings).user_attrs["klip_identity"] == settings.identity()
+
+
 # -- a full disk --------------------------------------------------------------------------------
 
 
