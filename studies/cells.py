@@ -25,10 +25,11 @@ from typing import Any
 
 import yaml
 
-from klip.studies.files import write_text_atomically
-from klip.studies.grid import Cell, GridSpec, differences, job_key, log_event
+from klip.studies.files import write_text_atomically, writing
+from klip.studies.grid import RUNS_DIR, Cell, GridSpec, differences, job_key, log_event
 
 CORRUPT_DIR = "corrupt"
+KEPT_DIR = "kept"  # what a job found in its way and moved aside
 CELL_FILE = "cell.json"
 # Where a `--seeds-together` job's population trains, inside runs/TASK/ENTRY/.
 POPULATION_DIR = "population"
@@ -270,14 +271,28 @@ def train_cells_together(runs: Sequence[CellRun]) -> None:
             held["base"] = with_options_added_later(held.get("base", {}))
             resume = held == yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))
         if root.exists() and not resume:
-            shutil.rmtree(root)  # another subset of seeds, or other settings: start again
+            keep_aside(root)  # another subset of seeds, or other settings: start again
         for run in group:
             if run.out.exists():
-                shutil.rmtree(run.out)  # a leftover of an earlier attempt; the population retrains it
+                keep_aside(run.out)  # a leftover of an earlier attempt; the population retrains it
         train_population(spec, root, resume=resume, progress=False)
         for run in group:
             shutil.move(str(root / f"s{run.cell.seed}"), run.out)
         shutil.rmtree(root)
+
+
+def keep_aside(path: Path) -> Path:
+    """Move a directory a job would start over in to `kept/` of the grid (runs/TASK/ENTRY/NAME
+    -> kept/TASK__ENTRY__NAME-STAMP): never delete what a run may have trained."""
+    grid = path.parents[3]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    target = grid / KEPT_DIR / f"{'__'.join(path.relative_to(grid / RUNS_DIR).parts)}-{stamp}"
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), target)
+    log_event(grid, {"event": "kept aside", "path": path.relative_to(grid).as_posix(),
+                     "moved_to": target.relative_to(grid).as_posix()})
+    return target
 
 
 def run_job(spec: GridSpec, out: Path, job: Sequence[Cell], trainer: CellTrainer,

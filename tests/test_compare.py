@@ -707,6 +707,24 @@ def test_seeds_together_trains_each_entry_and_task_as_one_population(tmp_path):
     assert "trained as populations" in report
 
 
+def test_a_population_job_keeps_aside_what_it_finds_in_its_way_instead_of_deleting_it(tmp_path):
+    """Before: a leftover cell directory (a half-trained single run, say) was rmtree'd."""
+    out = tmp_path / "g"
+    spec = tiny_spec(out, entries="step", seeds=2)
+    spec.seeds_together = True
+    prepare_grid(out, spec)
+    leftover = spec.cell_dir(out, spec.cells()[0])
+    leftover.mkdir(parents=True)
+    (leftover / "notes.txt").write_text("trained for a week")
+    runs = [compare.CellRun(cell, spec.config(cell), spec.cell_dir(out, cell), False)
+            for cell in spec.cells()]
+    compare.train_cells_together(runs)
+    kept = list((out / "kept").glob("Pendulum-v1__step__s0-*"))
+    assert len(kept) == 1 and (kept[0] / "notes.txt").read_text() == "trained for a week"
+    assert (leftover / "summary.json").is_file()  # the population's agent took the cell's place
+    assert "kept aside" in (out / "events.jsonl").read_text()
+
+
 def test_a_killed_population_job_continues_from_its_checkpoint(tmp_path):
     out = tmp_path / "g"
     spec = tiny_spec(out, entries="step", seeds=2, steps=1024)
