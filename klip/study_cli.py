@@ -180,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
         outcome = run_study(settings, log=lambda text: print(text, file=sys.stderr))
     except (StudyInterrupted, KeyboardInterrupt) as interrupt:
         trials = getattr(interrupt, "trials", [])
-        kept = (f"trial(s) {', '.join(map(str, trials))} keep their checkpoints and continue; "
+        kept = (f"trial(s) {', '.join(map(str, trials))} are queued to continue with their parameters; "
                 if trials else "")
         print(f"klip: interrupted; {kept}continue with {settings.command}", file=sys.stderr)
         return 130

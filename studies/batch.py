@@ -16,15 +16,25 @@ import optuna
 from optuna.trial import TrialState
 
 from klip.compat import heartbeat_thread
+from klip.studies import training
 from klip.studies.attributes import (
+    ATTR_CONTINUES,
     ATTR_CURVES,
     ATTR_INSTANCES_SAVED,
+    ATTR_INTERRUPTED,
     ATTR_PARTIAL,
     ATTR_PROGRESS,
     ATTR_RESULT,
     write_curves,
 )
-from klip.studies.objective import Objective, SurplusTrial, keep_aside, learning_curve, wilcoxon_prunes
+from klip.studies.objective import (
+    Objective,
+    StudyInterrupted,
+    SurplusTrial,
+    keep_aside,
+    learning_curve,
+    wilcoxon_prunes,
+)
 from klip.studies.settings import (
     StudyError,
 )
@@ -81,10 +91,20 @@ def run_batch(objective: Objective, study: optuna.Study, size: int) -> None:
                 batch.append(BatchTrial(trial, *objective.prepare(trial)))
             if batch:
                 _train_batch(objective, study, batch, told)
+        except (KeyboardInterrupt, training.RunInterrupted, StudyInterrupted):
+            # Ctrl-C: each trial not told yet is queued again with its parameters (a population
+            # starts its task again), marked interrupted, and the study says so in one line.
+            interrupted = [trial for trial in trials if trial.number not in told]
+            for trial in interrupted:
+                study.enqueue_trial(dict(trial.params), user_attrs={ATTR_CONTINUES: trial.number})
+                trial.set_user_attr(ATTR_INTERRUPTED, True)
+                study.tell(trial, state=TrialState.FAIL)
+            raise StudyInterrupted([trial.number for trial in interrupted]) from None
         except BaseException:
             for trial in trials:
                 if trial.number not in told:
-                    study.tell(trial, state=TrialState.FAIL)
+                    with contextlib.suppress(Exception):  # a failing tell must not hide the error
+                        study.tell(trial, state=TrialState.FAIL)
             raise
 
 

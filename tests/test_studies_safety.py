@@ -120,7 +120,7 @@ def test_ctrl_c_is_one_line_exit_130_and_the_same_command_continues_the_interrup
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr, stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("klip: interrupted; trial(s) 0 keep their checkpoints and continue; "
+    assert last.startswith("klip: interrupted; trial(s) 0 are queued to continue with their parameters; "
                            "continue with klip study run "), stderr
     trained_before = metrics.read_text().splitlines()[:3]  # with their wall-clock timings
     study = optuna.load_study(study_name="stop", storage="sqlite:///klip-studies.db")
@@ -140,6 +140,33 @@ def test_ctrl_c_is_one_line_exit_130_and_the_same_command_continues_the_interrup
     # Continued, not restarted: the run's first rows are the ones trained before the Ctrl-C.
     assert (resumed / "metrics.csv").read_text().splitlines()[:3] == trained_before
     assert not (in_tmp / "runs" / "studies" / "stop" / "trial-00000").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_batch_queues_its_trials_again_with_their_parameters(in_tmp):
+    """--batch 2 trains trials 0 and 1 as one population: both are queued again, not replaced."""
+    args = [*BASE, "--seeds", "0-1", "--trials", "2", "--study-name", "stopb", "--sampler", "random",
+            "--sampler-seed", "0", "--batch", "2"]
+    args[args.index("--steps-per-task") + 1] = str(4 * STEPS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(klip_command(*args), cwd=in_tmp, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    directory = in_tmp / "runs" / "studies" / "stopb"
+    deadline = time.monotonic() + 300
+    while not any(len(path.read_text().splitlines()) > 3 for path in directory.glob("**/metrics.csv")):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("klip: interrupted; trial(s) 0, 1 are queued"), stderr
+    result = run_klip(args, in_tmp)
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name="stopb", storage="sqlite:///klip-studies.db").trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.COMPLETE] * 2
+    for interrupted, continuation in zip(trials[:2], trials[2:], strict=True):
+        assert continuation.user_attrs[ATTR_CONTINUES] == interrupted.number
+        assert continuation.params == interrupted.params
 
 
 # -- what a trial records ------------------------------------------------------------------------
