@@ -91,7 +91,15 @@ def run_batch(objective: Objective, study: optuna.Study, size: int) -> None:
                 batch.append(BatchTrial(trial, *objective.prepare(trial)))
             if batch:
                 _train_batch(objective, study, batch, told)
-        except (KeyboardInterrupt, training.RunInterrupted, StudyInterrupted):
+        except (KeyboardInterrupt, training.RunInterrupted, StudyInterrupted, SystemExit) as error:
+            # Lightning turns a Ctrl-C inside a population's fit into SystemExit(1); any other
+            # SystemExit goes up as it came, its trials told FAIL.
+            if isinstance(error, SystemExit) and not isinstance(error.__context__, KeyboardInterrupt):
+                for trial in trials:
+                    if trial.number not in told:
+                        with contextlib.suppress(Exception):
+                            study.tell(trial, state=TrialState.FAIL)
+                raise
             # Ctrl-C: each trial not told yet is queued again with its parameters (a population
             # starts its task again), marked interrupted, and the study says so in one line.
             interrupted = [trial for trial in trials if trial.number not in told]
