@@ -24,9 +24,12 @@ class WriteError(RuntimeError):
 
 
 def describe_os_error(error: OSError, path: str | Path | None = None) -> str:
-    """`cannot write PATH: REASON`, the path from the error where it has one."""
+    """`cannot write PATH: REASON` (a full disk, a read-only or forbidden directory), else
+    `PATH: REASON`; the path from the error where it has one."""
     where = error.filename if error.filename is not None else path
     reason = _REASONS.get(error.errno or 0) or error.strerror or str(error) or type(error).__name__
+    if (error.errno or 0) not in _REASONS:
+        return f"{where}: {reason}" if where is not None else reason
     return f"cannot write {where}: {reason}" if where is not None else f"cannot write: {reason}"
 
 
