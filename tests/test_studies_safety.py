@@ -169,6 +169,34 @@ def test_ctrl_c_during_a_batch_queues_its_trials_again_with_their_parameters(in_
         assert continuation.params == interrupted.params
 
 
+@pytest.mark.slow
+def test_ctrl_c_with_two_workers_is_one_line_and_each_interrupted_trial_continues(in_tmp):
+    args = [*BASE, "--seeds", "0", "--trials", "2", "--study-name", "stopw", "--sampler", "random",
+            "--sampler-seed", "0", "--workers", "2"]
+    args[args.index("--steps-per-task") + 1] = str(8 * STEPS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(klip_command(*args), cwd=in_tmp, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    directory = in_tmp / "runs" / "studies" / "stopw"
+    deadline = time.monotonic() + 300
+    while len([path for path in directory.glob("trial-*/*/metrics.csv")
+               if len(path.read_text().splitlines()) > 3]) < 2:
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("klip: interrupted; trial(s) 0, 1 are queued"), stderr
+    result = run_klip(args, in_tmp)
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name="stopw", storage="sqlite:///klip-studies.db").trials
+    interrupted = {t.number: t for t in trials if t.user_attrs.get(ATTR_INTERRUPTED)}
+    continued = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(interrupted) == [0, 1] and len(continued) == 2
+    for trial in continued:
+        assert trial.params == interrupted[trial.user_attrs[ATTR_CONTINUES]].params
+
+
 # -- what a trial records ------------------------------------------------------------------------
 
 
