@@ -146,6 +146,16 @@ def run_compare(args: argparse.Namespace) -> int:
         return 130
     except OSError as error:  # a full disk, a read-only directory: one line naming the path
         raise WriteError(describe_os_error(error, args.out)) from None
+    except Exception as error:  # the storage's own errors (a full disk under SQLite): one line
+        import optuna
+        import sqlalchemy.exc
+
+        if not isinstance(error, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)):
+            raise
+        from klip.studies.storage import hide_passwords, storage_write_error
+
+        where = hide_passwords(args.storage) if args.storage else f"{args.out}/cells.sqlite3"
+        raise storage_write_error(error, where) from None
     print(f"{outcome.done}/{outcome.total} cells done in {args.out}")
     if outcome.report is not None:
         print(f"report: {outcome.report}")

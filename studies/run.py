@@ -58,7 +58,7 @@ from klip.studies.settings import (
     StudySettings,
     describe_differences,
 )
-from klip.studies.storage import StorageError, open_storage, quiet_optuna
+from klip.studies.storage import StorageError, open_storage, quiet_optuna, storage_write_error
 from klip.studies.workers import run_workers, set_up_worker
 
 # -- study creation ----------------------------------------------------------------
@@ -330,9 +330,7 @@ def told_in_one_line(settings: StudySettings) -> Iterator[None]:
     except OSError as error:
         raise WriteError(describe_os_error(error, settings.directory)) from None
     except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as error:
-        cause = error.__cause__ or error
-        first = (str(getattr(cause, "orig", None) or cause).strip().splitlines() or [type(cause).__name__])[0]
-        raise StorageError(f"cannot write to storage {settings.storage.describe()}: {first}") from None
+        raise storage_write_error(error, settings.storage.describe()) from None
 
 
 def interrupted_trials(study: optuna.Study) -> list[int]:

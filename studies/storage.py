@@ -160,6 +160,15 @@ def _serialise_sqlite(engine: Any) -> None:
     engine.dispose()  # connections opened before the listeners existed
 
 
+def storage_write_error(error: BaseException, described: str) -> StorageError:
+    """A storage that cannot be written (a full disk under SQLite, a lost server), in one line:
+    `cannot write to storage URL: the database's own first line`."""
+    cause = error.__cause__ or error
+    text = str(getattr(cause, "orig", None) or cause).strip()
+    first = text.splitlines()[0] if text else type(cause).__name__
+    return StorageError(f"cannot write to storage {described}: {first}")
+
+
 def quiet_optuna() -> None:
     """Optuna logs every trial at INFO; klip shows its own progress bar instead."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -177,4 +186,5 @@ __all__ = [
     "parse_storage",
     "quiet_optuna",
     "redact",
+    "storage_write_error",
 ]

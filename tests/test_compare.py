@@ -608,6 +608,26 @@ def test_a_full_disk_is_one_line_naming_the_cell_and_the_worker_stops(tmp_path, 
     assert code == 2 and error == [f"klip: error: cannot write {cell}: no space left on the device"]
 
 
+def test_a_storage_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    import sqlite3
+
+    def full(*args, **kwargs):
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as error:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") \
+                from error
+
+    monkeypatch.setattr(compare, "run_worker", full)
+    out = tmp_path / "g"
+    code = main(["compare", "--losses", "step", "--tasks", "Pendulum-v1", "--seeds", "0", "--steps", "512",
+                 "--set", "rollout_steps=256", "--out", str(out), "--no-report", "--progress-every", "600"])
+    error = [line for line in capsys.readouterr().err.strip().splitlines()
+             if not line.startswith("klip compare: ")]
+    assert code == 2 and error == [f"klip: error: cannot write to storage {out}/cells.sqlite3: "
+                                   "database or disk is full"]
+
+
 def test_bad_storage_url_is_refused_before_the_directory_is_made(tmp_path, capsys):
     out = tmp_path / "g"
     code = main(["compare", "--losses", "step", "--tasks", "Pendulum-v1", "--out", str(out),
