@@ -31,7 +31,7 @@ TRAIN_FLAGS = ["--rollout-steps", "512", "--minibatch-size", "64", "--epochs", "
 def run(workers: int, trials: int, steps: int, task: str, cache: Path) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="klip-bench-") as directory:
         command = [sys.executable, "-m", "klip", "study", "run", "--shape", "sigmoid", "--tasks", task,
-                   "--steps-per-task", str(steps), "--seeds", "1", "--trials", str(trials),
+                   "--steps-per-task", str(steps), "--seeds", "0", "--trials", str(trials),
                    "--study-name", "bench", "--pruner", "none", "--sampler", "random",
                    "--sampler-seed", "0", "--workers", str(workers), "--no-progress", *TRAIN_FLAGS]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "KLIP_REFERENCE_CACHE": str(cache)}
@@ -59,7 +59,7 @@ def main() -> None:
     cache = Path(tempfile.mkdtemp(prefix="klip-bench-refs-")) / "references.json"
     # References first (one run each), so both timings measure trials only.
     subprocess.run([sys.executable, "-m", "klip", "study", "reference", "--tasks", args.task, "--steps",
-                    str(args.steps), "--seeds", "1", *TRAIN_FLAGS], check=True, capture_output=True,
+                    str(args.steps), "--seeds", "0", *TRAIN_FLAGS], check=True, capture_output=True,
                    env={**os.environ, "KLIP_REFERENCE_CACHE": str(cache)})
     load_before = os.getloadavg()
     results = [run(workers, args.trials, args.steps, args.task, cache) for workers in (1, 2)]

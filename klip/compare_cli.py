@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from klip.seeds import SEEDS_HELP
+
 ENTRY_HELP = (
     "comma-separated entries: a loss (clip, kl_fixed, kl_adaptive; options as "
     "kl_adaptive:kl_target=0.01), a shape with parameters (step, sigmoid:tau=0.03), a shape "
@@ -24,9 +26,9 @@ def add_compare_commands(subparsers: Any) -> None:
     )
     compare.add_argument("--losses", "--entries", dest="entries", metavar="ENTRIES", help=ENTRY_HELP)
     compare.add_argument("--tasks", help="comma-separated tasks, e.g. Hopper-v4,Walker2d-v4")
-    compare.add_argument("--seeds", default="5",
-                         help="N for seeds 0..N-1 (default: 5), or seeds as a list or range "
-                              "(2-6, 0,3,5), e.g. fresh seeds to confirm a study's best")
+    compare.add_argument("--seeds", default="0-4",
+                         help=f"{SEEDS_HELP} (default: 0-4); e.g. fresh seeds 5-9 to confirm a "
+                              "study's best")
     compare.add_argument("--steps", type=int, default=1_000_000,
                          help="environment steps per run (default: 1000000)")
     compare.add_argument("--out", type=Path, help="grid directory")
@@ -61,24 +63,28 @@ def _split(text: str | None) -> list[str]:
 
 
 def _base_options(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
-
-    from klip.algos.config import load_config_file
-    from klip.studies.compare import CompareError
+    from klip.studies.entries import CompareError, parse_option_value
+    from klip.studies.training import load_config_file
 
     options = load_config_file(args.config) if args.config else {}
+    given: set[str] = set()
     for item in args.settings:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
             raise CompareError(f"--set {item!r} must look like OPTION=VALUE")
-        options[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+        if key in given:
+            raise CompareError(f"--set {key} is given twice")
+        given.add(key)
+        # One number syntax: what `klip train --OPTION VALUE` accepts (1e-3, 0.001, none).
+        options[key] = parse_option_value(key, raw, "--set")
     return options
 
 
 def _spec(args: argparse.Namespace) -> Any:
-    from klip.algos.config import TrainConfig
     from klip.shapes import load_shapes_from_file
-    from klip.studies.compare import CompareError, GridSpec, load_grid, parse_entries
+    from klip.studies.compare import CompareError, GridSpec, load_grid, parse_entries, split_entries
+    from klip.studies.training import TrainConfig
 
     if args.out is None:
         raise CompareError("--out DIR is required")
@@ -95,21 +101,16 @@ def _spec(args: argparse.Namespace) -> Any:
         raise CompareError(f"base options: {error}") from None
     if base.get("shape_plugin"):
         load_shapes_from_file(base["shape_plugin"])
-    entries = parse_entries(_split(args.entries), args.out)
+    entries = parse_entries(split_entries(args.entries), args.out)
     return GridSpec(entries, _split(args.tasks), seeds, args.steps, base,
-                    seeds_together=args.seeds_together).validate()
+                    seeds_together=args.seeds_together, root=args.out).validate()
 
 
 def _seeds(text: str) -> list[int]:
-    """`--seeds`: a count N (seeds 0..N-1) or a list/range of seeds as `klip train --seeds`."""
+    """`--seeds`: seeds named as a range or list (`klip.seeds`), as every klip command takes them."""
     from klip.seeds import SeedsError, parse_seeds
     from klip.studies.compare import CompareError
 
-    if text.strip().isdigit():
-        count = int(text)
-        if count < 1:
-            raise CompareError(f"--seeds must be at least 1, got {count}")
-        return list(range(count))
     try:
         return parse_seeds(text)
     except SeedsError as error:
@@ -119,11 +120,15 @@ def _seeds(text: str) -> list[int]:
 def run_compare(args: argparse.Namespace) -> int:
     """Handler of `klip compare ...`; returns the exit code."""
     from klip.studies.compare import job_key, run_grid
+    from klip.studies.files import WriteError, describe_os_error
 
     if args.compare_command == "report":
         from klip.studies.compare_report import write_report
 
-        print(f"report written to {write_report(args.dir, n_resamples=args.resamples)}")
+        try:
+            print(f"report written to {write_report(args.dir, n_resamples=args.resamples)}")
+        except OSError as error:  # a full disk, a read-only directory: one line naming the path
+            raise WriteError(describe_os_error(error, args.dir)) from None
         return 0
     spec = _spec(args)
     if args.plan:
@@ -139,6 +144,18 @@ def run_compare(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("klip: interrupted; run the same command again to continue the grid", file=sys.stderr)
         return 130
+    except OSError as error:  # a full disk, a read-only directory: one line naming the path
+        raise WriteError(describe_os_error(error, args.out)) from None
+    except Exception as error:  # the storage's own errors (a full disk under SQLite): one line
+        import optuna
+        import sqlalchemy.exc
+
+        if not isinstance(error, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)):
+            raise
+        from klip.studies.storage import hide_passwords, storage_write_error
+
+        where = hide_passwords(args.storage) if args.storage else f"{args.out}/cells.sqlite3"
+        raise storage_write_error(error, where) from None
     print(f"{outcome.done}/{outcome.total} cells done in {args.out}")
     if outcome.report is not None:
         print(f"report: {outcome.report}")

@@ -31,6 +31,7 @@ def _storage_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_study_commands(subparsers: Any) -> None:
     """Register `klip study run|reference|report|export|rerun|dashboard`."""
+    from klip.seeds import SEEDS_HELP
     from klip.studies.choices import DEFAULT_GRACE_PERIOD, DEFAULT_HEARTBEAT_INTERVAL, PRUNERS, SAMPLERS
 
     study = subparsers.add_parser("study", help="Optuna studies of a shape's parameters across tasks")
@@ -41,7 +42,7 @@ def add_study_commands(subparsers: Any) -> None:
     run.add_argument("--shape", required=True, help="registered shape whose parameters are searched")
     run.add_argument("--tasks", required=True, help="comma-separated tasks, e.g. Hopper-v4,HalfCheetah-v4")
     run.add_argument("--steps-per-task", type=int, required=True, help="training budget per (task, seed)")
-    run.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per task (default 1)")
+    run.add_argument("--seeds", default="0", help=f"the seeds of every task: {SEEDS_HELP} (default 0)")
     run.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
     run.add_argument("--search-space", type=Path, help="YAML: NAME: {low, high, log} overriding ranges")
     run.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
@@ -70,7 +71,7 @@ def add_study_commands(subparsers: Any) -> None:
     reference = commands.add_parser("reference", help="compute and cache the objective's reference scores")
     reference.add_argument("--tasks", required=True)
     reference.add_argument("--steps", type=int, required=True)
-    reference.add_argument("--seeds", type=int, default=1)
+    reference.add_argument("--seeds", default="0", help=f"{SEEDS_HELP} (default 0)")
     _train_option_arguments(reference)
 
     report = commands.add_parser("report", help="tables, importances, plots and the best shape")
@@ -102,7 +103,7 @@ def _positive(name: str, value: int) -> int:
 
 
 def _train_options(args: argparse.Namespace) -> dict[str, Any]:
-    from klip.algos.config import TrainConfig, load_config_file
+    from klip.studies.training import TrainConfig, load_config_file
 
     options: dict[str, Any] = {"eval_episodes": 0}  # the objective does not use the final evaluation
     if args.config:
@@ -117,7 +118,7 @@ def _train_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _tasks(text: str, options: dict[str, Any], steps: int) -> list[str]:
-    from klip.algos.config import TrainConfig
+    from klip.studies.training import TrainConfig
 
     tasks = [task.strip() for task in text.split(",") if task.strip()]
     if not tasks:
@@ -128,32 +129,39 @@ def _tasks(text: str, options: dict[str, Any], steps: int) -> list[str]:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from klip.shapes import get_shape_class, load_shapes_from_file, parse_param_assignments
-    from klip.studies.settings import StudySettings
-    from klip.studies.space import load_space_file, resolve_space
+    """The study's settings, checked before anything is written; what needs no torch first."""
+    from klip.seeds import parse_seeds
+    from klip.studies.space import load_space_file, parse_fix
     from klip.studies.storage import parse_storage
 
+    seeds = parse_seeds(args.seeds)
+    for name in ("steps_per_task", "trials", "workers", "grid_points"):
+        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    storage = parse_storage(args.storage, args.heartbeat_interval, args.grace_period)
+    fixes = parse_fix(args.fix)
+    overrides = load_space_file(args.search_space) if args.search_space else None
     options = _train_options(args)
+
+    from klip.shapes import get_shape_class, load_shapes_from_file  # torch, from here on
+    from klip.studies.settings import StudySettings
+    from klip.studies.space import resolve_space
+
     if options.get("shape_plugin"):
         load_shapes_from_file(options["shape_plugin"])
     get_shape_class(args.shape)
-    for name in ("steps_per_task", "seeds", "trials", "workers", "grid_points"):
-        _positive("--" + name.replace("_", "-"), getattr(args, name))
     tasks = _tasks(args.tasks, options, args.steps_per_task)
-    overrides = load_space_file(args.search_space) if args.search_space else None
-    space, fixed = resolve_space(args.shape, overrides, parse_param_assignments(args.fix),
+    space, fixed = resolve_space(args.shape, overrides, fixes,
                                  overrides_source=f"--search-space {args.search_space}")
-    storage = parse_storage(args.storage, args.heartbeat_interval, args.grace_period)
     settings = StudySettings(
         study_name=args.study_name, shape=args.shape, tasks=tasks, steps_per_task=args.steps_per_task,
-        seeds=args.seeds, trials=args.trials, train_options=options, space=space, fixed=fixed,
+        seeds=seeds, trials=args.trials, train_options=options, space=space, fixed=fixed,
         sampler=args.sampler, pruner=args.pruner, pruner_startup_trials=args.pruner_startup_trials,
         grid_points=args.grid_points, sampler_seed=args.sampler_seed, storage=storage,
         study_dir=args.study_dir, workers=args.workers, batch=args.batch, force=args.force,
         progress=not args.no_progress,
         command=shlex.join(["klip", *getattr(args, "argv", sys.argv[1:])]),
     )
-    from klip.studies.run import build_pruner, build_sampler, check_batch
+    from klip.studies.sampling import build_pruner, build_sampler, check_batch
 
     build_sampler(settings)  # a sampler that cannot handle the space fails before any writing
     build_pruner(settings)
@@ -162,10 +170,20 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from klip.studies.run import run_study
+    settings = _settings(args)  # input errors before the training engine is imported
 
-    settings = _settings(args)
-    outcome = run_study(settings, log=lambda text: print(text, file=sys.stderr))
+    from klip.preload import preload
+    from klip.studies.run import StudyInterrupted, run_study
+
+    preload()  # hours of training: one version of the code from start to end
+    try:
+        outcome = run_study(settings, log=lambda text: print(text, file=sys.stderr))
+    except (StudyInterrupted, KeyboardInterrupt) as interrupt:
+        trials = getattr(interrupt, "trials", [])
+        kept = (f"trial(s) {', '.join(map(str, trials))} are queued to continue with their parameters; "
+                if trials else "")
+        print(f"klip: interrupted; {kept}continue with {settings.command}", file=sys.stderr)
+        return 130
     best = "none" if outcome.best_value is None else f"{outcome.best_value:.4f}"
     print(f"study {settings.study_name}: {outcome.finished} finished trials, best value {best}")
     if outcome.best_params:
@@ -178,18 +196,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _reference(args: argparse.Namespace) -> int:
+    from klip.seeds import format_seeds, parse_seeds
     from klip.studies.references import ensure_references, reference_file
 
     options = _train_options(args)
     _positive("--steps", args.steps)
-    _positive("--seeds", args.seeds)
+    seeds = parse_seeds(args.seeds)
     tasks = _tasks(args.tasks, options, args.steps)
-    references = ensure_references(tasks, args.steps, range(args.seeds), options,
+    references = ensure_references(tasks, args.steps, seeds, options,
                                    command=shlex.join(["klip", *getattr(args, "argv", sys.argv[1:])]),
                                    log=lambda text: print(text, file=sys.stderr))
     for task, ref in references.items():
         print(f"{task}: random {ref.random_score:.1f}, step {ref.step_score:.1f} "
-              f"({args.steps} steps, {args.seeds} seeds)")
+              f"({args.steps} steps, seeds {format_seeds(seeds)})")
     print(f"cached in {reference_file()}")
     return 0
 
@@ -226,9 +245,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _rerun(args: argparse.Namespace) -> int:
     """`klip train --from-trial STUDY:NUMBER`, as a study command: the trial's exported config."""
-    from klip.algos.config import TrainConfig, load_config_file
-    from klip.algos.train import train
     from klip.studies.report import export_trial
+    from klip.studies.training import TrainConfig, load_config_file, train
 
     study = _load(args)
     base = Path("runs") / "studies" / args.study_name
@@ -252,6 +270,10 @@ def _dashboard(args: argparse.Namespace) -> int:
     from klip.studies.storage import parse_storage
 
     storage = parse_storage(args.storage)
+    missing = storage.missing_file()
+    if missing is not None:  # optuna-dashboard would create an empty database and fail on it
+        raise FileNotFoundError(f"no study database at {missing}; run klip study run first, or name "
+                                "the database with --storage")
     executable = shutil.which("optuna-dashboard")
     if executable is None:
         raise RuntimeError("optuna-dashboard is not installed: pip install optuna-dashboard, then "

@@ -1,8 +1,12 @@
-"""Reference scores of the objective: a random policy (0) and the `step` shape, PPO-Clip (1).
+"""Reference scores: a random policy (0) and the `step` shape, PPO-Clip (1).
 
-Both are measured by the project's own runs with the same metric (mean raw return
-of the episodes that end in the last 10% of the budget) and cached as data in the
-repository (`studies/references.json`) with the command that made them.
+Both are measured by the project's own runs with the same metric (mean raw return of the
+episodes that end in the last 10% of the budget; for a random policy, which does not learn, of
+all its episodes over the budget). A study's references are cached in the user's cache directory
+(`$XDG_CACHE_HOME/klip/references.json`, `~/.cache/klip/...`; `KLIP_REFERENCE_CACHE` names
+another file) with the command that made them, never in the installed package: the package's
+`references.json` (the committed studies' references) is only read. A comparison scores the
+random policy the same way and keeps the scores beside its grid (`random_scores.json`).
 """
 
 from __future__ import annotations
@@ -20,10 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from klip.algos.config import TrainConfig
+from klip.studies.files import write_text_atomically
+from klip.studies.training import TrainConfig
 
 REFERENCE_FILE_ENV = "KLIP_REFERENCE_CACHE"
-DEFAULT_REFERENCE_FILE = Path(__file__).resolve().parent / "references.json"
+# Read only: the references of the committed studies, shipped with the package.
+PACKAGED_REFERENCE_FILE = Path(__file__).resolve().parent / "references.json"
+CACHE_FILE_NAME = "references.json"
+RANDOM_FILE = "random_scores.json"
 REFERENCE_SHAPE = "step"
 # Options that do not change what a run learns, so they do not split the cache.
 NON_PROTOCOL_OPTIONS = ("task", "seed", "steps", "shape", "shape_params", "shape_file", "shape_plugin",
@@ -36,7 +44,11 @@ class ReferenceError(RuntimeError):
 
 
 def reference_file() -> Path:
-    return Path(os.environ.get(REFERENCE_FILE_ENV, DEFAULT_REFERENCE_FILE))
+    """Where reference scores are written: `KLIP_REFERENCE_CACHE`, else the user's cache directory."""
+    if os.environ.get(REFERENCE_FILE_ENV):
+        return Path(os.environ[REFERENCE_FILE_ENV])
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home) / "klip" / CACHE_FILE_NAME
 
 
 def protocol_hash(options: Mapping[str, Any]) -> str:
@@ -62,7 +74,13 @@ class TaskReference:
 
 
 def load_cache(path: Path | None = None) -> dict[str, Any]:
-    path = path or reference_file()
+    """The cached entries of `path` (default: the user's cache, over the packaged references)."""
+    if path is None:
+        return {**_read_cache(PACKAGED_REFERENCE_FILE), **_read_cache(reference_file())}
+    return _read_cache(path)
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
@@ -74,18 +92,21 @@ def load_cache(path: Path | None = None) -> dict[str, Any]:
 
 def _save_entry(key: str, entry: dict[str, Any], path: Path) -> None:
     """Add one entry; re-read first so concurrent workers do not drop each other's entries."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    references = load_cache(path)
+    references = _read_cache(path)
     references[key] = entry
     payload = {"format": 1, "note": "klip study reference scores: real runs; see the README",
                "references": dict(sorted(references.items()))}
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as file:
-        file.write(json.dumps(payload, indent=2) + "\n")
-    os.replace(file.name, path)
+    write_text_atomically(path, json.dumps(payload, indent=2) + "\n")
 
 
 def random_policy_score(task: str, steps: int, seed: int, min_episodes: int = 10) -> float:
-    """Expected episode return of uniformly random actions, over `steps` frames (>= `min_episodes`).
+    """Expected episode return of uniformly random actions, over `steps` frames (>= `min_episodes`)."""
+    return float(np.mean(random_policy_returns(task, steps, seed, min_episodes)))
+
+
+def random_policy_returns(task: str, steps: int, seed: int, min_episodes: int = 10) -> list[float]:
+    """The returns of uniformly random actions' episodes over `steps` frames (>= `min_episodes`):
+    the one way klip scores a random policy, for studies and comparisons alike.
 
     A random policy does not learn, so the mean over the last 10% of its budget and the
     mean over all of its episodes estimate the same number; the latter has less noise.
@@ -110,11 +131,32 @@ def random_policy_score(task: str, steps: int, seed: int, min_episodes: int = 10
             episode_return = 0.0
             env.reset()
     env.close()
-    return float(np.mean(returns))
+    return returns
+
+
+def random_scores(out: Path, tasks: Sequence[str], steps: int, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """A comparison's random-policy score per task (`random_policy_returns` over the grid's budget),
+    measured once and kept beside the grid in `random_scores.json`; scores already there stay."""
+    path = out / RANDOM_FILE
+    cached: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            cached = {}
+    missing = [task for task in tasks if task not in cached]
+    for task in missing:
+        returns = random_policy_returns(task, steps, seed)
+        cached[task] = {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
+                        "episodes": len(returns), "frames": steps, "seed": seed,
+                        "policy": "uniform random actions"}
+    if missing:
+        write_text_atomically(path, json.dumps(cached, indent=2) + "\n")
+    return cached
 
 
 def step_shape_score(options: Mapping[str, Any], task: str, steps: int, seed: int) -> float:
-    from klip.algos.train import train
+    from klip.studies.training import train
 
     config = TrainConfig.from_dict({
         **options, "task": task, "steps": steps, "seed": seed, "loss": "klip",
@@ -135,8 +177,11 @@ def ensure_references(
     path: Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, TaskReference]:
-    """Per-task references (means over `seeds`), computing and caching any that are missing."""
-    path = path or reference_file()
+    """Per-task references (means over `seeds`), computing and caching any that are missing.
+
+    Read from `path` (default: the user's cache over the packaged references); written to `path`
+    (default: the user's cache), never to the package."""
+    write_path = path or reference_file()
     protocol = protocol_hash(options)
     command = command or " ".join(["klip", *sys.argv[1:]])
     references: dict[str, TaskReference] = {}
@@ -147,7 +192,8 @@ def ensure_references(
             entry = load_cache(path).get(key)
             if entry is None:
                 if log:
-                    log(f"computing reference scores: {task}, {steps} steps, seed {seed} (cache {path})")
+                    log(f"computing reference scores: {task}, {steps} steps, seed {seed} "
+                        f"(cache {write_path})")
                 started = time.perf_counter()
                 entry = {
                     "task": task, "steps": steps, "seed": seed, "protocol_hash": protocol,
@@ -157,7 +203,7 @@ def ensure_references(
                     "seconds": round(time.perf_counter() - started, 1),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 }
-                _save_entry(key, entry, path)
+                _save_entry(key, entry, write_path)
             random_scores.append(float(entry["random_score"]))
             step_scores.append(float(entry["step_score"]))
         reference = TaskReference(task, float(np.mean(random_scores)), float(np.mean(step_scores)))
@@ -173,14 +219,17 @@ def ensure_references(
 
 
 __all__ = [
-    "DEFAULT_REFERENCE_FILE",
+    "PACKAGED_REFERENCE_FILE",
+    "RANDOM_FILE",
     "REFERENCE_FILE_ENV",
     "ReferenceError",
     "TaskReference",
     "ensure_references",
     "load_cache",
     "protocol_hash",
+    "random_policy_returns",
     "random_policy_score",
+    "random_scores",
     "reference_file",
     "reference_key",
     "step_shape_score",

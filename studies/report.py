@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -14,13 +15,13 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from klip.shapes import save_shape, shape_from_dict
+from klip.studies.attributes import ATTR_RUN_OPTIONS, trial_curves, trial_results
+from klip.studies.files import write_text_atomically, writing
 from klip.studies.run import (
     ATTR_CONFIG,
-    ATTR_CURVES,
     ATTR_IDENTITY,
     ATTR_INSTANCES_SAVED,
     ATTR_PARTIAL,
-    ATTR_RESULTS,
     ATTR_SHAPE,
     references_from_study,
     summarise,
@@ -45,7 +46,7 @@ def load_existing_study(name: str, storage: StorageSpec) -> optuna.Study:
 def per_task_scores(trial: FrozenTrial) -> dict[str, dict[str, float]]:
     """Mean raw and normalised score per task over the instances the trial evaluated."""
     by_task: dict[str, list[dict[str, Any]]] = {}
-    for result in trial.user_attrs.get(ATTR_RESULTS, {}).values():
+    for result in trial_results(trial).values():
         if result.get("complete", True):
             by_task.setdefault(result["task"], []).append(result)
     return {task: {"score": float(np.mean([r["score"] for r in rows])),
@@ -95,13 +96,14 @@ def _format(value: Any) -> str:
 def write_tables(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
     columns = list(rows[0]) if rows else ["number"]
     csv_path, md_path = out / "trials.csv", out / "trials.md"
-    with open(csv_path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomically(csv_path, table.getvalue())  # never a truncated table on a full disk
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_format(row[c]) for c in columns) + " |" for row in rows]
-    md_path.write_text("\n".join(lines) + "\n")
+    write_text_atomically(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
 
 
@@ -160,8 +162,9 @@ def _learning_curves(study: optuna.Study, trial: FrozenTrial, out: Path) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = trial.user_attrs.get(ATTR_CURVES, {})
-    results = trial.user_attrs.get(ATTR_RESULTS, {})
+    results = trial_results(trial)
+    study_dir = study.user_attrs.get(ATTR_RUN_OPTIONS, {}).get("study_dir")
+    curves = trial_curves(trial, None if study_dir is None else Path(study_dir))
     if not curves:
         return None
     tasks = sorted({results[name]["task"] for name in curves if name in results})
@@ -187,7 +190,13 @@ def _learning_curves(study: optuna.Study, trial: FrozenTrial, out: Path) -> Path
 
 
 def write_report(study: optuna.Study, out: Path) -> list[str]:
-    """Write the report files into `out`; return the lines to print."""
+    """Write the report files into `out`; return the lines to print. A full disk or a read-only
+    directory is one line naming the path."""
+    with writing(out):
+        return _write_report(study, out)
+
+
+def _write_report(study: optuna.Study, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     best = best_trial(study)
     outcome = summarise(study)
@@ -202,7 +211,7 @@ def write_report(study: optuna.Study, out: Path) -> list[str]:
     csv_path, md_path = write_tables(trial_rows(study), out)
     lines.append(f"trial table: {csv_path}, {md_path}")
     found = importances(study)
-    (out / "importances.json").write_text(json.dumps(found, indent=2) + "\n")
+    write_text_atomically(out / "importances.json", json.dumps(found, indent=2) + "\n")
     for evaluator, values in found.items():
         text = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in values.items())
         lines.append(f"importances ({evaluator}): {text}")
@@ -217,7 +226,7 @@ def write_report(study: optuna.Study, out: Path) -> list[str]:
                "best_params": best.params, "per_task": per_task_scores(best),
                "finished": outcome.finished, "pruned": outcome.pruned, "partial": outcome.partial,
                "instances_saved": outcome.instances_saved, "command": study.user_attrs.get("klip_command")}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return lines
 
 
@@ -240,7 +249,7 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None) -> t
     config.setdefault("task", tasks[0] if tasks else "Hopper-v4")
     config["seed"] = 0
     config_path = out / f"trial-{trial.number}-config.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    write_text_atomically(config_path, yaml.safe_dump(config, sort_keys=False))
     return shape_path, config_path, tasks
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ class StudySettings:
     shape: str
     tasks: list[str]
     steps_per_task: int
-    seeds: int
+    # The seeds of every task: a list (`--seeds 0-4`, `0,3,5`), or N for seeds 0..N-1.
+    seeds: int | list[int]
     trials: int
     train_options: dict[str, Any] = field(default_factory=dict)
     space: dict[str, Dimension] = field(default_factory=dict)
@@ -63,8 +65,12 @@ class StudySettings:
     command: str = ""
 
     @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @property
     def instances(self) -> list[Instance]:
-        pairs = [(task, seed) for task in self.tasks for seed in range(self.seeds)]
+        pairs = [(task, seed) for task in self.tasks for seed in self.seed_list]
         return [Instance(index, task, seed) for index, (task, seed) in enumerate(pairs)]
 
     @property
@@ -82,11 +88,13 @@ class StudySettings:
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same study: everything that changes the objective function."""
+        seeds = self.seed_list
         return {
             "shape": self.shape,
             "tasks": list(self.tasks),
             "steps_per_task": self.steps_per_task,
-            "seeds": self.seeds,
+            # Seeds 0..N-1 are recorded as the count N, as studies made before named seeds were.
+            "seeds": len(seeds) if seeds == list(range(len(seeds))) else seeds,
             "objective": OBJECTIVE,
             "train_options": dict(sorted(self.train_options.items())),
             "search_space": {name: dim.to_dict() for name, dim in sorted(self.space.items())},
@@ -96,7 +104,16 @@ class StudySettings:
     def run_options(self) -> dict[str, Any]:
         return {"trials": self.trials, "sampler": self.sampler, "pruner": self.resolved_pruner,
                 "workers": self.workers, "batch": self.batch, "sampler_seed": self.sampler_seed,
-                "storage": self.storage.describe(), "study_dir": str(self.directory)}
+                "storage": self.storage.describe(), "study_dir": portable_path(self.directory)}
+
+
+def portable_path(path: Path) -> str:
+    """`path` as recorded: relative to the working directory where it lies inside it, so that
+    a study records no absolute path of the machine it ran on (reports read it from there)."""
+    if path.is_absolute():
+        with contextlib.suppress(ValueError):
+            return path.relative_to(Path.cwd()).as_posix()
+    return path.as_posix()
 
 
 def describe_differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> str:

@@ -6,11 +6,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from klip.shapes import CoefficientShape, Param, get_shape_class
+if TYPE_CHECKING:  # klip.shapes imports torch: a search-space file or --fix is checked without it
+    from klip.shapes import CoefficientShape, Param
 
 
 class SearchSpaceError(ValueError):
@@ -42,6 +43,8 @@ def vector_parameters(shape_class: type[CoefficientShape]) -> list[str]:
 
 def declared_parameters(shape_class: type[CoefficientShape]) -> dict[str, Param]:
     """Every parameter a study may search or fix, with its valid range."""
+    from klip.shapes import Param
+
     declared = dict(shape_class.params)
     for name in vector_parameters(shape_class):
         declared[name] = Param(0.0, search=(0.0, 1.0), help="learned gate value at a knot")
@@ -97,6 +100,8 @@ def resolve_space(
     overrides_source: str = "search space",
 ) -> tuple[dict[str, Dimension], dict[str, float]]:
     """The searched dimensions and the pinned values of a study, validated against the shape."""
+    from klip.shapes import get_shape_class
+
     shape_class = get_shape_class(shape_name)
     declared = declared_parameters(shape_class)
     space = default_space(shape_class)
@@ -116,6 +121,12 @@ def resolve_space(
         space[name] = dimension
     pinned: dict[str, float] = {}
     for name, value in (fixed or {}).items():
+        if name in (overrides or {}):
+            dimension = space[name]
+            raise SearchSpaceError(
+                f"--fix {name}={value:g} contradicts {overrides_source}, which searches {name} in "
+                f"[{dimension.low:g}, {dimension.high:g}]; give {name} in one of them only"
+            )
         if name not in declared:
             raise SearchSpaceError(
                 f"--fix: shape {shape_name!r} has no parameter {name!r} "
@@ -132,8 +143,31 @@ def resolve_space(
     return space, pinned
 
 
+def parse_fix(assignments: list[str]) -> dict[str, float]:
+    """`--fix NAME=VALUE` items -> values (numbers as `klip train --shape-param` reads them:
+    Python's float, finite); a parameter fixed twice is refused, even to the same value."""
+    values: dict[str, float] = {}
+    for item in assignments:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise SearchSpaceError(f"--fix {item!r} must look like NAME=VALUE")
+        if name in values:
+            raise SearchSpaceError(f"--fix {name} is given more than once")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SearchSpaceError(f"--fix {name}={raw!r} is not a number") from None
+        if not math.isfinite(value):
+            raise SearchSpaceError(f"--fix {name}={raw!r} is not finite")
+        values[name] = value
+    return values
+
+
 def build_shape_from_values(shape_name: str, values: Mapping[str, float]) -> CoefficientShape:
     """The shape of one trial: declared params by name, the learned vector from its entries."""
+    from klip.shapes import get_shape_class
+
     shape_class = get_shape_class(shape_name)
     shape = shape_class(**{key: value for key, value in values.items() if key in shape_class.params})
     vector_names = vector_parameters(shape_class)
@@ -151,6 +185,8 @@ def default_point(shape_name: str, space: Mapping[str, Dimension]) -> dict[str, 
     CMA-ES starts its search distribution here, so a discovery starts from the shape's
     defaults (for `learned`: PPO-Clip's step gate) instead of the middle of the box.
     """
+    from klip.shapes import get_shape_class
+
     shape = get_shape_class(shape_name)()
     defaults: dict[str, float] = {name: float(getattr(shape, name)) for name in type(shape).params}
     vector_names = vector_parameters(type(shape))
@@ -182,6 +218,7 @@ __all__ = [
     "default_space",
     "grid_points",
     "load_space_file",
+    "parse_fix",
     "resolve_space",
     "vector_parameters",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,19 @@ class StorageSpec:
     def has_heartbeat(self) -> bool:
         return self.kind == "rdb"
 
+    def missing_file(self) -> Path | None:
+        """The SQLite or journal file this storage names, where it does not exist (else None)."""
+        if self.kind == "journal":
+            path = Path(self.url)
+        elif self.url.split("://", 1)[0].split("+", 1)[0].lower() == "sqlite":
+            name = self.url.split("://", 1)[1]
+            if not name.startswith("/") or name in ("/", "/:memory:"):
+                return None  # an in-memory database
+            path = Path(name[1:])
+        else:
+            return None
+        return None if path.is_file() else path
+
     def describe(self) -> str:
         return redact(self.url) if self.kind == "rdb" else f"journal file {self.url}"
 
@@ -49,6 +63,11 @@ def redact(url: str) -> str:
     credentials, _, host = rest.rpartition("@")
     user, has_password, _ = credentials.partition(":")
     return f"{scheme}://{user}{':***' if has_password else ''}@{host}"
+
+
+def hide_passwords(text: str) -> str:
+    """`text` (a URL, or a command or entry holding one) with every URL's password as `***`."""
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", text)
 
 
 def parse_storage(
@@ -86,8 +105,15 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return kwargs
 
 
-def open_storage(spec: StorageSpec, *, retry_stale: bool = True) -> optuna.storages.BaseStorage:
-    """Connect (creating tables if needed); raise StorageError with one line if that fails."""
+def open_storage(spec: StorageSpec, *, retry_stale: bool = True,
+                 heartbeat: bool = True) -> optuna.storages.BaseStorage:
+    """Connect (creating tables if needed); raise StorageError with one line if that fails.
+
+    The one opener of studies and comparisons: one heartbeat policy (`spec`'s interval and grace
+    period; a stale trial is retried up to MAX_RETRIES times) and, on SQLite, transactions that
+    take the write lock when they begin, so that two local workers never pop the same trial.
+    `heartbeat=False`: a reader (reports, progress) that runs no trial.
+    """
     import sqlalchemy.exc
 
     # Heartbeats are "experimental" in Optuna's words; klip relies on them on purpose.
@@ -100,17 +126,47 @@ def open_storage(spec: StorageSpec, *, retry_stale: bool = True) -> optuna.stora
         return optuna.storages.JournalStorage(backend)
     callback = (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
                 if retry_stale else None)
+    beats: dict[str, Any] = {"heartbeat_interval": spec.heartbeat_interval,
+                             "grace_period": spec.grace_period,
+                             "heartbeat_stale_trial_callback": callback} if heartbeat else {}
     try:
-        return optuna.storages.RDBStorage(
-            spec.url,
-            engine_kwargs=_engine_kwargs(spec.url),
-            heartbeat_interval=spec.heartbeat_interval,
-            grace_period=spec.grace_period,
-            heartbeat_stale_trial_callback=callback,
-        )
+        storage = optuna.storages.RDBStorage(spec.url, engine_kwargs=_engine_kwargs(spec.url), **beats)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise StorageError(f"cannot open storage {redact(spec.url)}: {first}") from None
+    if spec.url.split("://", 1)[0].split("+", 1)[0].lower() == "sqlite":
+        _serialise_sqlite(storage.engine)
+    return storage
+
+
+def _serialise_sqlite(engine: Any) -> None:
+    """Make every SQLite transaction take the write lock when it begins (BEGIN IMMEDIATE).
+
+    Optuna pops a WAITING trial by reading its state and then writing RUNNING; PostgreSQL and
+    MySQL lock the row (SELECT ... FOR UPDATE), but SQLite ignores that and Python's sqlite3
+    starts the transaction only at the write, so two local workers can pop the same trial.
+    This is SQLAlchemy's documented pysqlite recipe for real transactions.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(connection: Any, record: Any) -> None:
+        connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners existed
+
+
+def storage_write_error(error: BaseException, described: str) -> StorageError:
+    """A storage that cannot be written (a full disk under SQLite, a lost server), in one line:
+    `cannot write to storage URL: the database's own first line`."""
+    cause = error.__cause__ or error
+    text = str(getattr(cause, "orig", None) or cause).strip()
+    first = text.splitlines()[0] if text else type(cause).__name__
+    return StorageError(f"cannot write to storage {described}: {first}")
 
 
 def quiet_optuna() -> None:
@@ -125,8 +181,10 @@ __all__ = [
     "DEFAULT_STORAGE_FILE",
     "StorageError",
     "StorageSpec",
+    "hide_passwords",
     "open_storage",
     "parse_storage",
     "quiet_optuna",
     "redact",
+    "storage_write_error",
 ]

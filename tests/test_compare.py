@@ -127,7 +127,9 @@ def test_study_entry_takes_a_klip_study_trials_shape_with_its_state(tmp_path):
         params={"eps": 0.25}, value=1.0, user_attrs={ATTR_SHAPE: shape.to_dict()},
         distributions={"eps": optuna.distributions.FloatDistribution(0.05, 0.4)}))
     entry = parse_entry(f"study:learned@{url}", tmp_path)
-    trained = load_shape(entry.options["shape_file"])
+    # The grid's own copy, named relative to the grid directory: no absolute path is recorded.
+    assert entry.options["shape_file"] == "shapes/study-learned.json"
+    trained = load_shape(tmp_path / entry.options["shape_file"])
     assert type(trained).__name__ == "LearnedShape" and trained.eps == 0.25
     assert torch.equal(trained.get_vector(), vector)
 
@@ -147,6 +149,51 @@ def test_bad_entries_are_refused(tmp_path, spec, message):
         parse_entries(["step", "klip"], tmp_path)
 
 
+def test_set_reads_numbers_as_klip_train_does(tmp_path, capsys):
+    from klip.cli import build_parser
+    from klip.compare_cli import _spec
+
+    argv = ["compare", "--losses", "step,kl_adaptive:kl_target=1e-3", "--tasks", "Hopper-v4",
+            "--seeds", "0", "--set", "lr=1e-3", "--set", "value_clip=none", "--set", "anneal_lr=false",
+            "--out", str(tmp_path / "grid"), "--plan"]
+    assert main(argv) == 0
+    spec = _spec(build_parser().parse_args(argv))
+    assert spec.base == {"lr": 0.001, "value_clip": None, "anneal_lr": False}
+    assert spec.entries[1].options == {"loss": "kl_adaptive", "kl_target": 0.001}
+    capsys.readouterr()
+    assert main([*argv, "--set", "lr=3e-4"]) == 2
+    assert "--set lr is given twice" in capsys.readouterr().err
+    assert main([*argv, "--set", "lr_typo=3"]) == 2
+    assert "'lr_typo' is not a training option" in capsys.readouterr().err
+
+
+def test_equal_values_spelled_differently_are_one_entry(tmp_path):
+    short, long = (GridSpec(parse_entries([spec], tmp_path), ["Hopper-v4"], [0], 4096)
+                   for spec in ("sigmoid:tau=0.05", "sigmoid:tau=0.050"))
+    assert short.to_dict() == long.to_dict() and short.digest == long.digest
+    assert long.entries[0].spec == long.entries[0].label == "sigmoid:tau=0.05"
+    with pytest.raises(CompareError, match="same entry"):
+        parse_entries(["sigmoid:tau=0.050", "sigmoid:tau=5e-2"], tmp_path)
+    # Labels keep every digit a value has: two close values are two entries.
+    close = parse_entries(["sigmoid:tau=0.1234567", "sigmoid:tau=0.1234568"], tmp_path)
+    assert [e.label for e in close] == ["sigmoid:tau=0.1234567", "sigmoid:tau=0.1234568"]
+
+
+def test_an_entry_may_have_several_parameters(tmp_path, capsys):
+    from klip.studies.entries import split_entries
+
+    specs = split_entries("step,sigmoid:eps=0.25,tau=0.05,kl_fixed:kl_beta=0.5,kl_direction=new_old")
+    assert specs == ["step", "sigmoid:eps=0.25,tau=0.05", "kl_fixed:kl_beta=0.5,kl_direction=new_old"]
+    _, sigmoid, kl = parse_entries(specs, tmp_path)
+    assert sigmoid.options == {"loss": "klip", "shape": "sigmoid", "shape_params": {"eps": 0.25, "tau": 0.05}}
+    assert kl.options == {"loss": "kl_fixed", "kl_beta": 0.5, "kl_direction": "new_old"}
+    with pytest.raises(CompareError, match="tau given twice"):
+        parse_entry("sigmoid:tau=0.05,tau=0.06", tmp_path)
+    assert main(["compare", "--losses", "step,sigmoid:eps=0.25,tau=0.05", "--tasks", "Hopper-v4",
+                 "--seeds", "0", "--out", str(tmp_path / "g"), "--plan"]) == 0
+    assert "Hopper-v4/sigmoid_eps=0.25_tau=0.05/s0" in capsys.readouterr().out
+
+
 def test_cells_are_seed_major_with_step_right_after_clip(tmp_path):
     spec = GridSpec(parse_entries(["kl_fixed", "step", "clip"], tmp_path), ["Hopper-v4", "Ant-v4"],
                     [0, 1], 1_000_000)
@@ -159,7 +206,7 @@ def test_cells_are_seed_major_with_step_right_after_clip(tmp_path):
 def test_paper_command_plans_one_hundred_cells(tmp_path, capsys):
     out = tmp_path / "paper-table"
     code = main(["compare", "--losses", "clip,step,kl_fixed,kl_adaptive", "--tasks", PAPER_TASKS,
-                 "--seeds", "5", "--steps", "1000000", "--out", str(out), "--plan"])
+                 "--seeds", "0-4", "--steps", "1000000", "--out", str(out), "--plan"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and lines[0] == "100 cells in 100 jobs, in this order:"
     assert [line.strip() for line in lines[1:3]] == ["Hopper-v4/clip/s0", "Hopper-v4/step/s0"]
@@ -182,8 +229,9 @@ def test_the_reports_command_makes_the_same_grid_again(tmp_path, seeds_together)
     assert command.startswith("klip compare --losses ")
     again = _spec(build_parser().parse_args(shlex.split(command)[1:]))
     assert again.to_dict() == spec.to_dict() and again.digest == spec.digest
-    # A count of seeds from 0 is written as the count.
-    assert "--seeds 5 " in GridSpec(spec.entries, spec.tasks, list(range(5)), 4096).command(out)
+    # Seeds are written as a range where they are consecutive (never a bare count).
+    assert "--seeds 0-4 " in GridSpec(spec.entries, spec.tasks, list(range(5)), 4096).command(out)
+    assert "--seeds 3-3 " in GridSpec(spec.entries, spec.tasks, [3], 4096).command(out)
 
 
 def test_a_study_entry_keeps_no_storage_password_in_the_grid_or_its_command(tmp_path, monkeypatch):
@@ -204,16 +252,16 @@ def test_a_study_entry_keeps_no_storage_password_in_the_grid_or_its_command(tmp_
     assert "me:***@db.lab" in command and "secret" not in command
 
 
-@pytest.mark.parametrize(("seeds", "planned"), [("2", ["s0", "s1"]), ("2-4", ["s2", "s3", "s4"]),
-                                                ("7,3", ["s7", "s3"])])
-def test_seeds_are_a_count_or_a_list(tmp_path, capsys, seeds, planned):
+@pytest.mark.parametrize(("seeds", "planned"), [("0-1", ["s0", "s1"]), ("2-4", ["s2", "s3", "s4"]),
+                                                ("7,3", ["s7", "s3"]), ("0", ["s0"])])
+def test_seeds_are_a_range_or_a_list(tmp_path, capsys, seeds, planned):
     assert main(["compare", "--losses", "step", "--tasks", "Hopper-v4", "--seeds", seeds,
                  "--out", str(tmp_path / "grid"), "--plan"]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
     assert [line.strip().rsplit("/", 1)[1] for line in lines] == planned
 
 
-@pytest.mark.parametrize(("seeds", "message"), [("0", "--seeds must be at least 1, got 0"),
+@pytest.mark.parametrize(("seeds", "message"), [("2", "--seeds 2 is ambiguous: write --seeds 0-1"),
                                                 ("3-1", "range '3-1' is empty"),
                                                 ("1,x", "'x' is not a seed")])
 def test_bad_seeds_are_one_line_errors(tmp_path, capsys, seeds, message):
@@ -221,6 +269,16 @@ def test_bad_seeds_are_one_line_errors(tmp_path, capsys, seeds, message):
                  "--out", str(tmp_path / "grid"), "--plan"]) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and error.count("\n") == 0
+
+
+def test_a_grid_written_with_a_count_of_seeds_still_loads(tmp_path):
+    from klip.studies.compare import load_grid
+
+    spec = GridSpec(parse_entries(["step"], tmp_path), ["Hopper-v4"], [0, 1, 2], 4096)
+    data = spec.to_dict()
+    data["seeds"] = 3  # as an older klip compare wrote `--seeds 3`
+    (tmp_path / "grid.json").write_text(json.dumps(data))
+    assert load_grid(tmp_path).seeds == [0, 1, 2]
 
 
 # -- running the grid ----------------------------------------------------------------------------
@@ -250,7 +308,9 @@ def test_grid_trains_every_cell_once_and_states_clip_step_equality(finished_grid
                    "diagnostics"):
         assert (out / "figures" / f"{figure}.png").is_file()
     assert "4/4 cells done" in progress and "time left" in progress
-    assert json.loads((out / "random_scores.json").read_text())["Pendulum-v1"]["episodes"] == 20
+    # The random policy is scored as a study scores it: over the grid's budget, >= 10 episodes.
+    random_score = json.loads((out / "random_scores.json").read_text())["Pendulum-v1"]
+    assert random_score["episodes"] == 10 and random_score["frames"] == spec.steps
 
 
 def test_finished_grid_is_not_trained_again(finished_grid, tmp_path):
@@ -443,8 +503,11 @@ def test_two_processes_never_pop_the_same_trial_from_sqlite(tmp_path):
 
 @pytest.mark.slow
 def test_dead_workers_cell_goes_back_to_the_queue(tmp_path, monkeypatch):
-    monkeypatch.setattr(compare, "HEARTBEAT_INTERVAL", 1)
-    monkeypatch.setattr(compare, "GRACE_PERIOD", 2)
+    from klip.studies import choices
+
+    # One heartbeat policy for studies and comparisons (klip.studies.choices), shortened here.
+    monkeypatch.setattr(choices, "DEFAULT_HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(choices, "DEFAULT_GRACE_PERIOD", 2)
     out = tmp_path / "g"
     spec = tiny_spec(out, entries="step")
     prepare_grid(out, spec)
@@ -474,7 +537,7 @@ def test_directory_holding_another_grid_is_refused(finished_grid, tmp_path, caps
     with pytest.raises(CompareError, match=r"other settings \(differs in: steps\)"):
         prepare_grid(out, tiny_spec(out, seeds=2, steps=768))
     settings = [arg for k, v in BASE.items() for arg in ("--set", f"{k}={v}")]
-    code = main(["compare", "--losses", "clip,step", "--tasks", "Pendulum-v1", "--seeds", "3",
+    code = main(["compare", "--losses", "clip,step", "--tasks", "Pendulum-v1", "--seeds", "0-2",
                  "--steps", "512", "--out", str(out), *settings])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and error == [f"klip: error: {out} holds a grid with other settings "
@@ -519,13 +582,50 @@ def test_extend_refuses_what_would_change_or_drop_finished_cells(finished_grid, 
     (["--losses", "clip,bogus", "--tasks", "Pendulum-v1"], "unknown entry 'bogus'"),
     (["--losses", "clip", "--tasks", "Nope-v0"], "unknown task 'Nope-v0'"),
     (["--losses", "clip", "--tasks", "Pendulum-v1", "--set", "seed=3"], "the grid sets seed itself"),
-    (["--losses", "clip", "--tasks", "Pendulum-v1", "--set", "colour=3"], "unknown option(s) colour"),
+    (["--losses", "clip", "--tasks", "Pendulum-v1", "--set", "colour=3"],
+     "'colour' is not a training option"),
     (["--losses", "clip"], "--losses and --tasks are both required"),
 ])
 def test_bad_command_lines_are_one_line_errors_with_exit_code_2(tmp_path, capsys, argv, message):
     code = main(["compare", *argv, "--out", str(tmp_path / "g"), "--plan"])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and error[0].startswith("klip: error: ") and message in error[0]
+
+
+def test_a_full_disk_is_one_line_naming_the_cell_and_the_worker_stops(tmp_path, monkeypatch, capsys):
+    import errno
+
+    def full(runs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as torch.save says it: no path
+
+    monkeypatch.setattr(compare, "train_cells", full)
+    out = tmp_path / "g"
+    code = main(["compare", "--losses", "step", "--tasks", "Pendulum-v1", "--seeds", "0-1", "--steps", "512",
+                 "--set", "rollout_steps=256", "--out", str(out), "--no-report", "--progress-every", "600"])
+    error = [line for line in capsys.readouterr().err.strip().splitlines()
+             if not line.startswith("klip compare: ")]
+    cell = out / "runs" / "Pendulum-v1" / "step" / "s0"
+    assert code == 2 and error == [f"klip: error: cannot write {cell}: no space left on the device"]
+
+
+def test_a_storage_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    import sqlite3
+
+    def full(*args, **kwargs):
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as error:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") \
+                from error
+
+    monkeypatch.setattr(compare, "run_worker", full)
+    out = tmp_path / "g"
+    code = main(["compare", "--losses", "step", "--tasks", "Pendulum-v1", "--seeds", "0", "--steps", "512",
+                 "--set", "rollout_steps=256", "--out", str(out), "--no-report", "--progress-every", "600"])
+    error = [line for line in capsys.readouterr().err.strip().splitlines()
+             if not line.startswith("klip compare: ")]
+    assert code == 2 and error == [f"klip: error: cannot write to storage {out}/cells.sqlite3: "
+                                   "database or disk is full"]
 
 
 def test_bad_storage_url_is_refused_before_the_directory_is_made(tmp_path, capsys):
@@ -574,7 +674,7 @@ def test_ctrl_c_stops_the_grid_and_the_interrupted_cell_continues(tmp_path):
 
     out = tmp_path / "g"
     command = [sys.executable, "-m", "klip", "compare", "--losses", "step", "--tasks", "Pendulum-v1",
-               "--seeds", "2", "--steps", str(256 * 400), "--set", "rollout_steps=256",
+               "--seeds", "0-1", "--steps", str(256 * 400), "--set", "rollout_steps=256",
                "--set", "epochs=1", "--out", str(out), "--workers", "1", "--no-report"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
@@ -625,6 +725,24 @@ def test_seeds_together_trains_each_entry_and_task_as_one_population(tmp_path):
         "parameters_sha256"]
     report = write_report(out, n_resamples=200).read_text()
     assert "trained as populations" in report
+
+
+def test_a_population_job_keeps_aside_what_it_finds_in_its_way_instead_of_deleting_it(tmp_path):
+    """Before: a leftover cell directory (a half-trained single run, say) was rmtree'd."""
+    out = tmp_path / "g"
+    spec = tiny_spec(out, entries="step", seeds=2)
+    spec.seeds_together = True
+    prepare_grid(out, spec)
+    leftover = spec.cell_dir(out, spec.cells()[0])
+    leftover.mkdir(parents=True)
+    (leftover / "notes.txt").write_text("trained for a week")
+    runs = [compare.CellRun(cell, spec.config(cell), spec.cell_dir(out, cell), False)
+            for cell in spec.cells()]
+    compare.train_cells_together(runs)
+    kept = list((out / "kept").glob("Pendulum-v1__step__s0-*"))
+    assert len(kept) == 1 and (kept[0] / "notes.txt").read_text() == "trained for a week"
+    assert (leftover / "summary.json").is_file()  # the population's agent took the cell's place
+    assert "kept aside" in (out / "events.jsonl").read_text()
 
 
 def test_a_killed_population_job_continues_from_its_checkpoint(tmp_path):

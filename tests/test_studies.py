@@ -26,14 +26,13 @@ from studies_support import (
 )
 
 from klip.cli import main
+from klip.studies.attributes import trial_curves, trial_results
 from klip.studies.references import REFERENCE_FILE_ENV, TaskReference, load_cache, protocol_hash
 from klip.studies.run import (
     ATTR_CONFIG,
-    ATTR_CURVES,
     ATTR_IDENTITY,
     ATTR_INSTANCES_SAVED,
     ATTR_PARTIAL,
-    ATTR_RESULTS,
     prepare_study,
     run_study,
 )
@@ -93,7 +92,7 @@ def test_references_are_real_runs_cached_with_their_command(reference_cache):
 @pytest.mark.slow
 def test_cli_study_runs_records_settings_and_continues_on_rerun(in_tmp, capsys):
     args = ["study", "run", "--shape", "sigmoid", "--tasks", TASK, "--steps-per-task", str(STEPS),
-            "--seeds", "1", "--trials", "2", "--study-name", "tiny", "--no-progress", *TRAIN_FLAGS]
+            "--seeds", "0", "--trials", "2", "--study-name", "tiny", "--no-progress", *TRAIN_FLAGS]
     assert main(args) == 0
     study = optuna.load_study(study_name="tiny", storage="sqlite:///klip-studies.db")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
@@ -101,9 +100,20 @@ def test_cli_study_runs_records_settings_and_continues_on_rerun(in_tmp, capsys):
     assert study.user_attrs[ATTR_IDENTITY]["shape"] == "sigmoid"
     assert study.user_attrs["klip_command"].startswith("klip study run")
     assert set(complete[0].params) == {"eps", "tau"}
-    result = complete[0].user_attrs[ATTR_RESULTS][f"{TASK}/s0"]
+    result = trial_results(complete[0])[f"{TASK}/s0"]
     assert math.isfinite(result["normalised"]) and result["frames"] == STEPS
     assert complete[0].value == pytest.approx(result["normalised"])
+    for trial in complete:
+        # optuna-dashboard shows every attribute whole, and none names a path of this machine.
+        for key, value in trial.user_attrs.items():
+            text = json.dumps(value)
+            assert len(text) <= 1024, key
+            assert str(in_tmp) not in text, key
+        # The curve is in a file the trial names (relative to the study directory) ...
+        curves = trial_curves(trial, in_tmp / "runs" / "studies" / "tiny")
+        assert len(curves[f"{TASK}/s0"]) == STEPS // 512
+        # ... and is the trial's intermediate values too: one per PPO iteration.
+        assert sorted(trial.intermediate_values) == list(range(STEPS // 512))
     capsys.readouterr()
     # A re-run with a larger --trials continues the same study (with its progress bar on).
     rerun = [*args[:args.index("--trials") + 1], "3", *args[args.index("--trials") + 2:]]
@@ -131,12 +141,15 @@ def test_wilcoxon_prunes_the_bad_region_as_a_marked_partial_trial(in_tmp):
     bad = trials[2]
     assert bad.user_attrs[ATTR_PARTIAL] is True
     assert bad.user_attrs[ATTR_INSTANCES_SAVED] == 1  # pruned after 4 of 5 instances (p = 1/16)
-    assert len(bad.user_attrs[ATTR_RESULTS]) == 4
+    assert len(trial_results(bad)) == 4
     assert bad.value < min(t.value for t in trials[:2])
     assert outcome.partial >= 1 and outcome.instances_saved >= 1
-    # Each (task, seed) is reported under its stable id, whatever the shuffled order.
-    assert set(bad.intermediate_values) < set(range(SEEDS_FOR_WILCOXON))
-    assert set(trials[0].intermediate_values) == set(range(SEEDS_FOR_WILCOXON))
+    # Each (task, seed) is recorded under its stable id, whatever the shuffled order ...
+    assert {r["index"] for r in trial_results(bad).values()} < set(range(SEEDS_FOR_WILCOXON))
+    assert {r["index"] for r in trial_results(trials[0]).values()} == set(range(SEEDS_FOR_WILCOXON))
+    # ... and the intermediate values are the learning curve over training (iteration steps,
+    # 8 per instance), not the per-instance scores the pruner decided on.
+    assert max(trials[0].intermediate_values) == SEEDS_FOR_WILCOXON * 8 - 1
 
 
 @pytest.mark.slow
@@ -150,7 +163,7 @@ def test_median_prunes_the_bad_region_within_one_iteration(in_tmp):
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
     bad = trials[2]
     last_step = max(bad.intermediate_values)
-    frames = bad.user_attrs[ATTR_RESULTS][f"{TASK}/s0"]["frames"]
+    frames = trial_results(bad)[f"{TASK}/s0"]["frames"]
     # The decision came after iteration last_step (0-based); training stopped right there.
     assert frames == (last_step + 1) * 512 < STEPS
     assert outcome.pruned == 1 and bad.user_attrs[ATTR_INSTANCES_SAVED] > 0
@@ -161,7 +174,7 @@ def test_median_prunes_the_bad_region_within_one_iteration(in_tmp):
 def test_killed_study_resumes_and_its_dead_trial_is_retried(in_tmp, batch):
     # With --batch 2 trials 0 and 1 train as one population, then trial 2 alone is killed.
     args = ["study", "run", "--shape", "sigmoid", "--tasks", TASK, "--steps-per-task", str(STEPS),
-            "--seeds", "2", "--trials", "3", "--study-name", "killed", "--no-progress",
+            "--seeds", "0-1", "--trials", "3", "--study-name", "killed", "--no-progress",
             "--heartbeat-interval", "1", "--grace-period", "3", "--pruner", "none",
             "--batch", str(batch), *TRAIN_FLAGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -233,13 +246,13 @@ def test_report_and_export_of_a_finished_study(in_tmp, capsys):
     assert main(["train", "--config", str(config_path), "--out", str(in_tmp / "retrain"),
                  "--no-progress"]) == 0
     retrained = json.loads((in_tmp / "retrain" / "summary.json").read_text())["final_return_last10pct"]
-    original = study.best_trial.user_attrs[ATTR_RESULTS][f"{TASK}/s0"]["score"]
+    original = trial_results(study.best_trial)[f"{TASK}/s0"]["score"]
     assert retrained == pytest.approx(original)
     # The same from the storage alone, for another seed of the trial.
     assert main(["study", "rerun", "--study-name", "rep", "--storage", storage, "--seed", "1",
                  "--out", str(in_tmp / "rerun"), "--no-progress"]) == 0
     rerun = json.loads((in_tmp / "rerun" / "summary.json").read_text())["final_return_last10pct"]
-    assert rerun == pytest.approx(study.best_trial.user_attrs[ATTR_RESULTS][f"{TASK}/s1"]["score"])
+    assert rerun == pytest.approx(trial_results(study.best_trial)[f"{TASK}/s1"]["score"])
 
 
 BASE = ["study", "run", "--tasks", TASK, "--steps-per-task", str(STEPS), "--trials", "2",
@@ -260,9 +273,15 @@ BASE = ["study", "run", "--tasks", TASK, "--steps-per-task", str(STEPS), "--tria
     (["--shape", "sigmoid", "--batch", "2", "--pruner", "median"], "cannot prune on learning curves"),
     (["--shape", "sigmoid", "--batch", "2", "--compile"], "--batch: --compile is not supported"),
     (["--shape", "sigmoid", "--batch", "-1"], "--batch must be 0"),
+    (["--shape", "sigmoid", "--seeds", "2"], "--seeds 2 is ambiguous: write --seeds 0-1"),
+    (["--shape", "sigmoid", "--search-space", "narrow.yaml", "--fix", "tau=0.5"],
+     "--fix tau=0.5 contradicts --search-space narrow.yaml, which searches tau in [0.01, 0.1]"),
+    (["--shape", "sigmoid", "--fix", "tau=0.05", "--fix", "tau=0.06"], "--fix tau is given more than once"),
+    (["--shape", "sigmoid", "--fix", "tau=0.05", "--fix", "tau=0.050"], "--fix tau is given more than once"),
 ])
 def test_bad_input_is_one_error_line_exit_2_and_writes_nothing(in_tmp, capsys, extra, message):
     (in_tmp / "space.yaml").write_text("tau: {low: 0.5, high: 0.1}\n")
+    (in_tmp / "narrow.yaml").write_text("tau: [0.01, 0.1]\n")
     before = sorted(in_tmp.iterdir())
     started = time.monotonic()
     # --tasks given twice: argparse keeps the last.
@@ -272,6 +291,19 @@ def test_bad_input_is_one_error_line_exit_2_and_writes_nothing(in_tmp, capsys, e
     assert len(error) == 1 and error[0].startswith("klip: error: "), error
     assert message in error[0]
     assert sorted(in_tmp.iterdir()) == before
+
+
+@pytest.mark.parametrize("storage", [None, "elsewhere.db", "sqlite:///other/studies.db", "journal.log"])
+def test_dashboard_without_a_database_refuses_in_one_line_and_creates_nothing(tmp_path, monkeypatch,
+                                                                              capsys, storage):
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/local/bin/{name}")  # installed or not
+    monkeypatch.setattr("subprocess.call", lambda *args, **kwargs: calls.append(args) or 0)
+    assert main(["study", "dashboard", *(["--storage", storage] if storage else [])]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("klip: error: no study database at "), error
+    assert list(tmp_path.iterdir()) == [] and calls == []
 
 
 def test_study_name_reused_with_other_settings_is_refused_naming_the_difference(in_tmp, capsys):
@@ -331,11 +363,11 @@ def test_batch_trains_several_trials_as_one_population_each_with_its_own_paramet
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4 and outcome.finished == 4
     for trial in trials:
-        results = trial.user_attrs[ATTR_RESULTS]
+        results = trial_results(trial)
         assert sorted(results) == [f"{TASK}/s0", f"{TASK}/s1"]
         assert all(r["frames"] == STEPS and r["complete"] for r in results.values())
         assert trial.value == pytest.approx(sum(r["normalised"] for r in results.values()) / 2)
-        assert trial.user_attrs[ATTR_CURVES][f"{TASK}/s0"][-1][0] == STEPS
+        assert trial_curves(trial, settings.directory)[f"{TASK}/s0"][-1][0] == STEPS
         for seed in (0, 1):
             run = settings.directory / f"trial-{trial.number:05d}" / f"{TASK}-s{seed}"
             config = yaml.safe_load((run / "config.yaml").read_text())

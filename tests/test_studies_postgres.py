@@ -83,7 +83,7 @@ def in_tmp(tmp_path, monkeypatch, tmp_path_factory) -> Path:
 
 def study_args(database: str, name: str, trials: int, *extra: str) -> list[str]:
     return ["study", "run", "--shape", "sigmoid", "--tasks", TASK, "--steps-per-task", str(STEPS),
-            "--seeds", "2", "--trials", str(trials), "--study-name", name, "--storage", database,
+            "--seeds", "0-1", "--trials", str(trials), "--study-name", name, "--storage", database,
             "--pruner", "none", "--no-progress", *TRAIN_FLAGS, *extra]
 
 

@@ -112,6 +112,13 @@ def test_journal_storage_holds_a_study(tmp_path, monkeypatch):
     assert again.study_name == study.study_name
 
 
+def test_named_seeds_from_zero_keep_the_identity_of_a_study_made_with_a_count():
+    assert settings(seeds=[0, 1]).identity() == settings(seeds=2).identity()
+    assert settings(seeds=[0, 1]).identity()["seeds"] == 2
+    assert settings(seeds=[3, 5]).identity()["seeds"] == [3, 5]
+    assert [i.name for i in settings(seeds=[3, 5]).instances] == ["Hopper-v4/s3", "Hopper-v4/s5"]
+
+
 def test_differences_name_what_changed():
     old = settings().identity()
     new = settings(shape="step", seeds=2).identity()

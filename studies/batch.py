@@ -1,0 +1,183 @@
+"""`--batch K`: several trials of a study, all their seeds, trained at once as populations."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from klip.compat import heartbeat_thread
+from klip.studies import training
+from klip.studies.attributes import (
+    ATTR_CONTINUES,
+    ATTR_CURVES,
+    ATTR_INSTANCES_SAVED,
+    ATTR_INTERRUPTED,
+    ATTR_PARTIAL,
+    ATTR_PROGRESS,
+    ATTR_RESULT,
+    write_curves,
+)
+from klip.studies.objective import (
+    Objective,
+    StudyInterrupted,
+    SurplusTrial,
+    keep_aside,
+    learning_curve,
+    wilcoxon_prunes,
+)
+from klip.studies.settings import (
+    StudyError,
+)
+from klip.studies.storage import open_storage
+from klip.studies.training import TrainConfig
+
+# -- populations: several trials, all their seeds, trained at once -------------------------
+
+@dataclass
+class BatchTrial:
+    """One trial of a batch and what its finished instances gave so far."""
+
+    trial: optuna.Trial
+    directory: Path
+    base: dict[str, Any]
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    curves: dict[str, list[list[float]]] = field(default_factory=dict)
+    normalised: list[float] = field(default_factory=list)
+
+
+def run_batch(objective: Objective, study: optuna.Study, size: int) -> None:
+    """Ask `size` trials and train them task by task, each task's (trial, seed) agents as one
+    population.
+
+    Each trial's heartbeat starts as soon as it is asked (as `study.optimize` does for one
+    trial): a RUNNING trial that never sent one would never be found stale, so a worker dying
+    here would leave it open forever. A dead worker's trials are failed and retried trial by
+    trial; a failure inside the batch fails all its trials that were not told yet.
+    """
+    settings = objective.settings
+    storage = open_storage(settings.storage)
+    study_id = storage.get_study_id_from_name(settings.study_name)
+    trials: list[optuna.Trial] = []
+    told: set[int] = set()
+    with contextlib.ExitStack() as heartbeats:
+        try:
+            for _ in range(size):
+                with warnings.catch_warnings():
+                    # Optuna warns that heartbeats are meant for `optimize`; here each asked
+                    # trial gets its own heartbeat thread just below, as `optimize` would start.
+                    warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                    trial = study.ask()
+                trials.append(trial)
+                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+                heartbeats.enter_context(heartbeat_thread(trial_id, storage))
+            batch: list[BatchTrial] = []
+            for trial in trials:
+                try:
+                    objective.check_not_surplus(trial)
+                except SurplusTrial:
+                    study.tell(trial, state=TrialState.FAIL)
+                    told.add(trial.number)
+                    continue
+                batch.append(BatchTrial(trial, *objective.prepare(trial)))
+            if batch:
+                _train_batch(objective, study, batch, told)
+        except (KeyboardInterrupt, training.RunInterrupted, StudyInterrupted, SystemExit) as error:
+            # Lightning turns a Ctrl-C inside a population's fit into SystemExit(1); any other
+            # SystemExit goes up as it came, its trials told FAIL.
+            if isinstance(error, SystemExit) and not isinstance(error.__context__, KeyboardInterrupt):
+                for trial in trials:
+                    if trial.number not in told:
+                        with contextlib.suppress(Exception):
+                            study.tell(trial, state=TrialState.FAIL)
+                raise
+            # Ctrl-C: each trial not told yet is queued again with its parameters (a population
+            # starts its task again), marked interrupted, and the study says so in one line.
+            interrupted = [trial for trial in trials if trial.number not in told]
+            for trial in interrupted:
+                study.enqueue_trial(dict(trial.params), user_attrs={ATTR_CONTINUES: trial.number})
+                trial.set_user_attr(ATTR_INTERRUPTED, True)
+                study.tell(trial, state=TrialState.FAIL)
+            raise StudyInterrupted([trial.number for trial in interrupted]) from None
+        except BaseException:
+            for trial in trials:
+                if trial.number not in told:
+                    with contextlib.suppress(Exception):  # a failing tell must not hide the error
+                        study.tell(trial, state=TrialState.FAIL)
+            raise
+
+
+def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTrial],
+                 told: set[int]) -> None:
+    from klip.studies.training import train_population_agents
+
+    settings = objective.settings
+    tasks = list(settings.tasks)
+    if objective.pruner == "wilcoxon":
+        # Shuffled per batch (reproducibly), so no task is always evaluated first.
+        random.Random(batch[0].trial.number).shuffle(tasks)
+    alive = list(batch)
+    for position, task in enumerate(tasks):
+        instances = [instance for instance in settings.instances if instance.task == task]
+        agents = [(member, instance) for member in alive for instance in instances]
+        configs = [TrainConfig.from_dict({**member.base, "task": task, "seed": instance.seed}).validate()
+                   for member, instance in agents]
+        names = [f"trial{member.trial.number}-s{instance.seed}" for member, instance in agents]
+        staging = settings.directory / f"population-{alive[0].trial.number:05d}-{task}"
+        if staging.exists():  # left by a worker that died here; its trials were failed and retried
+            keep_aside(staging, settings.directory)
+        text = (f"trials {', '.join(str(m.trial.number) for m in alive)}: {task}, "
+                f"{len(agents)} agents as one population")
+        if objective.show is not None:
+            objective.show(text)
+        for member in alive:
+            member.trial.set_user_attr(ATTR_PROGRESS, text)
+        results = train_population_agents(configs, staging, names=names)
+        for (member, instance), result in zip(agents, results, strict=True):
+            target = member.directory / f"{task}-s{instance.seed}"
+            if target.exists():  # a run of the trial this one continues: a population starts afresh
+                keep_aside(target, settings.directory)
+            shutil.move(str(result.out), target)
+            normalised = objective.references[task].normalise(result.final_return)
+            frames = int(json.loads((target / "summary.json").read_text())["frames"])
+            member.results[instance.name] = {
+                "task": task, "seed": instance.seed, "index": instance.index, "score": result.final_return,
+                "normalised": normalised, "frames": frames, "complete": True}
+            member.curves[instance.name] = learning_curve(target / "metrics.csv")
+            member.normalised.append(normalised)
+        shutil.rmtree(staging)
+        last = position == len(tasks) - 1
+        for member in list(alive):
+            for instance in instances:
+                member.trial.set_user_attr(ATTR_RESULT + instance.name, member.results[instance.name])
+            member.trial.set_user_attr(ATTR_CURVES, write_curves(settings.directory, member.directory,
+                                                                 member.curves))
+            if objective.pruner != "wilcoxon":
+                continue
+            scores = {result["index"]: result["normalised"] for result in member.results.values()}
+            if not last and wilcoxon_prunes(study, scores):
+                member.trial.set_user_attr(ATTR_PARTIAL, True)
+                member.trial.set_user_attr(ATTR_INSTANCES_SAVED,
+                                           len(settings.instances) - len(member.normalised))
+                _finish(study, member, told)
+                alive.remove(member)
+    for member in alive:
+        _finish(study, member, told)
+
+
+def _finish(study: optuna.Study, member: BatchTrial, told: set[int]) -> None:
+    value = sum(member.normalised) / len(member.normalised)
+    if not math.isfinite(value):
+        raise StudyError(f"trial {member.trial.number}: objective is {value}")
+    member.trial.set_user_attr(ATTR_PROGRESS, "done")
+    study.tell(member.trial, value)
+    told.add(member.trial.number)

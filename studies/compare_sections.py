@@ -1,0 +1,243 @@
+"""Two sections of a grid's report: the policy diagnostics at the end of training (and as
+curves), and the paper-protocol baselines against the published KLip-PPO paper's numbers."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy import stats
+
+from klip.studies.compare_results import NEUTRAL_OPTIONS, GridResults, _mean_std, _table
+from klip.studies.entries import Entry
+from klip.studies.grid import Cell
+from klip.studies.training import read_metrics
+
+CURVE_POINTS = 50
+NOTES_FILE = "notes.md"
+PAPER_SOURCE = "the published KLip-PPO paper (arXiv 2606.23932)"
+PAPER_STEPS = 1_000_000
+PAPER_SEEDS = 5  # each published mean ± std is over 5 seeds
+# Final return, mean +- std over seeds, 1M steps, MuJoCo -v4 tasks.
+PAPER: dict[str, dict[str, tuple[float, float]]] = {
+    "clip": {"Ant-v4": (2193, 361), "HalfCheetah-v4": (1955, 312), "Hopper-v4": (2598, 278),
+             "Humanoid-v4": (660, 70), "Walker2d-v4": (3717, 425)},
+    "kl_fixed": {"Ant-v4": (16, 16), "HalfCheetah-v4": (2111, 1066), "Hopper-v4": (2616, 208),
+                 "Humanoid-v4": (342, 31), "Walker2d-v4": (3995, 402)},
+    "kl_adaptive": {"Ant-v4": (159, 86), "HalfCheetah-v4": (2207, 1117), "Hopper-v4": (2236, 365),
+                    "Humanoid-v4": (553, 22), "Walker2d-v4": (3639, 374)},
+}
+PAPER_NAMES = {"clip": "PPO-Clip", "kl_fixed": "fixed beta (1.0)",
+               "kl_adaptive": "adaptive beta (KL target 0.02)"}
+
+
+# Policy diagnostics worth setting side by side across entries (`docs/metrics.md`); each is
+# drawn for the entries whose runs log it.
+DIAGNOSTICS: tuple[tuple[str, str], ...] = (
+    ("train/entropy", "policy entropy"),
+    ("train/kl_approx", "approx. KL"),
+    ("train/clip_fraction", "fraction outside the band"),
+    ("train/beta", "beta (scalar KL)"),
+    ("train/explained_variance", "explained variance"),
+)
+FINAL_FRACTION = 0.1  # "end of training" means the last 10% of iterations, as the final return
+
+
+def diagnostic_runs(results: GridResults, task: str, entry: Entry, column: str
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(frames, values) of `column` for each finished seed of (task, entry) that logs it."""
+    runs = []
+    for seed in sorted(results.seeds_of(task, entry)):
+        metrics_csv = results.spec.cell_dir(results.out, Cell(entry, task, seed)) / "metrics.csv"
+        if not metrics_csv.is_file():
+            continue
+        metrics = _cached_metrics(metrics_csv)
+        if column not in metrics or "frames" not in metrics:
+            continue
+        keep = np.isfinite(metrics[column])
+        if keep.any():
+            runs.append((metrics["frames"][keep], metrics[column][keep]))
+    return runs
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_metrics(path: Path) -> dict[str, np.ndarray]:
+    """`read_metrics`, once per file: every diagnostic column reads the same runs."""
+    return read_metrics(path)
+
+
+def end_of_training(frames: np.ndarray, values: np.ndarray, steps: int) -> float:
+    """Mean of the values logged in the last `FINAL_FRACTION` of the run's steps."""
+    last = values[frames > (1 - FINAL_FRACTION) * steps]
+    return float(last.mean()) if last.size else float(values[-1])
+
+
+def plot_diagnostics(results: GridResults, columns: Sequence[tuple[str, str]], path: Path) -> Path:
+    """A row per task, a column per diagnostic: mean ± std over seeds against steps, per entry."""
+    spec = results.spec
+    grid = np.linspace(spec.steps / CURVE_POINTS, spec.steps, CURVE_POINTS)
+    figure, axes = plt.subplots(len(spec.tasks), len(columns), squeeze=False,
+                                figsize=(3.6 * len(columns), 2.6 * len(spec.tasks)))
+    for row, task in enumerate(spec.tasks):
+        for col, (column, label) in enumerate(columns):
+            axis = axes[row, col]
+            for index, entry in enumerate(spec.entries):
+                runs = diagnostic_runs(results, task, entry, column)
+                if not runs:
+                    continue
+                stacked = np.array([np.interp(grid, frames, values) for frames, values in runs])
+                mean, std = stacked.mean(axis=0), stacked.std(axis=0)
+                axis.plot(grid, mean, color=f"C{index}", label=f"{entry.label} (n={len(runs)})")
+                axis.fill_between(grid, mean - std, mean + std, color=f"C{index}", alpha=0.2)
+            if column == "train/beta" and axis.lines:
+                axis.set_yscale("log")
+            axis.set_title(f"{task}: {label}", fontsize=8)
+            axis.tick_params(labelsize=7)
+            if axis.lines:
+                axis.legend(fontsize=6)
+            if row == len(spec.tasks) - 1:
+                axis.set_xlabel("environment steps", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def _diagnostics(results: GridResults, figures: Path | None = None) -> list[str]:
+    """End-of-training diagnostics per task and entry, and their curves: what an investigation
+    of a surprising final return reads first (is the policy still broad? does it move?)."""
+    spec = results.spec
+    _cached_metrics.cache_clear()  # runs may have grown since an earlier report in this process
+    table: dict[tuple[str, str], dict[str, list[float]]] = {}
+    present: list[tuple[str, str]] = []
+    for column, label in DIAGNOSTICS:
+        for task in spec.tasks:
+            for entry in spec.entries:
+                for frames, values in diagnostic_runs(results, task, entry, column):
+                    table.setdefault((task, entry.label), {}).setdefault(column, []).append(
+                        end_of_training(frames, values, spec.steps))
+                    if (column, label) not in present:
+                        present.append((column, label))
+    if not present:
+        return []
+    rows = [[task, f"`{entry.label}`",
+             *[_mean_std(table.get((task, entry.label), {}).get(column, []), ".3g", ".2g")
+               for column, _ in present]]
+            for task in spec.tasks for entry in spec.entries if (task, entry.label) in table]
+    lines = ["## Training diagnostics", "",
+             f"Mean over the last {FINAL_FRACTION:.0%} of each run's iterations, then mean ± std over "
+             "seeds (— where an entry does not log the column; column meanings in klip's "
+             "`docs/metrics.md`):", ""]
+    lines += _table(["task", "entry", *[f"{label} (`{column}`)" for column, label in present]], rows)
+    if figures is not None:
+        plot_diagnostics(results, present, figures / "diagnostics.png")
+        lines += ["![training diagnostics per task](figures/diagnostics.png)", ""]
+    return lines
+
+
+def _paper_entry(entry: Entry) -> str | None:
+    for name in PAPER:
+        if entry.options == {"loss": name}:
+            return name
+    return None
+
+
+def _welch_p(values: Sequence[float], paper_mean: float, paper_std: float) -> str:
+    if len(values) < 2:
+        return "—"
+    result = stats.ttest_ind_from_stats(float(np.mean(values)), float(np.std(values, ddof=1)), len(values),
+                                        paper_mean, paper_std, PAPER_SEEDS, equal_var=False)
+    return f"{float(result.pvalue):.3f}"
+
+
+def plot_against_paper(results: GridResults, pairs: Sequence[tuple[Entry, str]], tasks: Sequence[str],
+                       path: Path) -> Path:
+    """Per task: each method's published mean ± std beside ours (every seed, and mean ± std)."""
+    figure, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.4), squeeze=False)
+    for axis, task in zip(axes.flat, tasks, strict=True):
+        for position, (entry, name) in enumerate(pairs):
+            paper_mean, paper_std = PAPER[name][task]
+            axis.errorbar(position - 0.15, paper_mean, yerr=paper_std, fmt="s", color="0.45",
+                          capsize=4, label="paper" if position == 0 else None)
+            values = list(results.seeds_of(task, entry).values())
+            if values:
+                axis.plot([position + 0.15] * len(values), values, ".", color="C0", alpha=0.6,
+                          label="ours, each seed" if position == 0 else None)
+                axis.errorbar(position + 0.15, float(np.mean(values)),
+                              yerr=float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                              fmt="o", color="C0", capsize=4,
+                              label="ours, mean ± std" if position == 0 else None)
+        axis.set_xticks(range(len(pairs)), [PAPER_NAMES[name].split(" (")[0] for _, name in pairs],
+                        rotation=20, fontsize=8)
+        axis.set_title(task, fontsize=10)
+        axis.set_ylabel("final return")
+    axes.flat[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _paper(results: GridResults, figures: Path | None = None) -> list[str]:
+    spec = results.spec
+    pairs = [(entry, name) for entry in spec.entries if (name := _paper_entry(entry)) is not None]
+    tasks = [task for task in spec.tasks if task in PAPER["clip"]]
+    if not pairs or not tasks:
+        return []
+    lines = [f"## Against {PAPER_SOURCE}", ""]
+    differences = sorted(set(spec.base) - NEUTRAL_OPTIONS)
+    if spec.steps != PAPER_STEPS or differences:
+        lines += [f"**This grid does not follow the paper's protocol** (steps {spec.steps:,}"
+                  + (f"; options {', '.join(differences)}" if differences else "")
+                  + "): the comparison below is not meaningful.", ""]
+    rows, outside = [], []
+    for entry, name in pairs:
+        for task in tasks:
+            paper_mean, paper_std = PAPER[name][task]
+            values = list(results.seeds_of(task, entry).values())
+            if not values:
+                rows.append([PAPER_NAMES[name], task, f"{paper_mean:.0f} ± {paper_std:.0f}", *["—"] * 4])
+                continue
+            ours = float(np.mean(values))
+            distance = (ours - paper_mean) / paper_std
+            within = abs(distance) <= 1
+            rows.append([PAPER_NAMES[name], task, f"{paper_mean:.0f} ± {paper_std:.0f}",
+                         _mean_std(values) + (f" ({len(values)}/{len(spec.seeds)})"
+                                              if len(values) < len(spec.seeds) else ""),
+                         f"{distance:+.2f}", "yes" if within else "**no**",
+                         _welch_p(values, paper_mean, paper_std)])
+            if not within:
+                outside.append((entry, name, task, values, distance))
+    lines += _table(["method", "task", "paper", "ours", "(ours − paper) / paper std",
+                     "within 1 paper std", "Welch p"], rows)
+    lines += [f"Welch p: two-sided Welch t-test of our seeds against the published mean ± std over "
+              f"{PAPER_SEEDS} seeds (`scipy.stats.ttest_ind_from_stats`); with 5 seeds a side, a "
+              "large p says little, a small one says the difference is more than seed noise.", ""]
+    if figures is not None and results.returns:
+        plot_against_paper(results, pairs, tasks, figures / "against_paper.png")
+        lines += ["![ours against the paper, per task](figures/against_paper.png)", ""]
+    if outside:
+        lines += ["Outside one paper standard deviation (per-seed final returns):", ""]
+        for entry, _name, task, _values, distance in outside:
+            seeds = results.seeds_of(task, entry)
+            lines.append(f"- {task}, `{entry.label}`: {distance:+.2f} paper stds; seeds "
+                         + ", ".join(f"{seed}: {value:.0f}" for seed, value in sorted(seeds.items())))
+        lines.append("")
+    notes = results.out / NOTES_FILE
+    lines += ["### Investigation", ""]
+    if notes.is_file():
+        lines += [notes.read_text().strip(), ""]
+    elif outside:
+        lines += [f"Not investigated yet: the explanation goes in `{NOTES_FILE}` in the grid "
+                  "directory, which this report includes here.", ""]
+    else:
+        lines += ["Every finished cell is within one paper standard deviation.", ""]
+    return lines
+
+
