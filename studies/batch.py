@@ -118,7 +118,7 @@ def run_batch(objective: Objective, study: optuna.Study, size: int) -> None:
 
 def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTrial],
                  told: set[int]) -> None:
-    from klip.studies.training import train_population_agents
+    from klip.studies.training import train_agents
 
     settings = objective.settings
     tasks = list(settings.tasks)
@@ -141,7 +141,7 @@ def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTri
             objective.show(text)
         for member in alive:
             member.trial.set_user_attr(ATTR_PROGRESS, text)
-        results = train_population_agents(configs, staging, names=names)
+        results = train_agents(configs, staging, names=names, progress=False)
         for (member, instance), result in zip(agents, results, strict=True):
             target = member.directory / f"{task}-s{instance.seed}"
             if target.exists():  # a run of the trial this one continues: a population starts afresh

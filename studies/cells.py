@@ -266,8 +266,8 @@ def train_cells_together(runs: Sequence[CellRun]) -> None:
         root = group[0].out.parent / POPULATION_DIR
         spec = PopulationSpec(group[0].config, [run.cell.seed for run in group], {})
         resume = False
-        if (root / POPULATION_FILE).is_file():
-            held = yaml.safe_load((root / POPULATION_FILE).read_text()) or {}
+        if (root / POPULATION_FILE).is_file() and (root / "checkpoints" / "last.ckpt").is_file():
+            held = (yaml.safe_load((root / POPULATION_FILE).read_text()) or {}).get("spec") or {}
             held["base"] = with_options_added_later(held.get("base", {}))
             resume = held == yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))
         if root.exists() and not resume:

@@ -20,22 +20,19 @@ _ENGINE: dict[str, str] = {
     "load_config_file": "klip.algos.config",
     "resolve_config": "klip.algos.resolve",
     "with_options_added_later": "klip.algos.resolve",
-    # single runs
+    "recorded_config_as_today": "klip.algos.rundir",
+    "POPULATION_FILE": "klip.algos.rundir",
+    # training: one run, or agents differing in seed and shape parameters as one population
     "train": "klip.algos.train",
+    "train_agents": "klip.algos.train",
     "RunInterrupted": "klip.algos.train",
-    "PARAMETERS_FILE": "klip.algos.train",
-    "final_return": "klip.algos.train",
-    "save_module_parameters": "klip.algos.train",
-    "recorded_config_as_today": "klip.algos.train",
-    "train_agents": "klip.algos.agents",
-    "AgentResult": "klip.algos.agents",
-    # populations
-    "check_population_configs": "klip.algos.population",
-    "POPULATION_FILE": "klip.algos.population_run",
-    "PopulationSpec": "klip.algos.population_run",
-    "train_population": "klip.algos.population_run",
-    "train_population_agents": "klip.algos.population_run",
+    "check_population_configs": "klip.algos.ppo",
+    "PopulationSpec": "klip.algos.agents",
+    "train_population": "klip.algos.agents",
     # a run's outputs
+    "PARAMETERS_FILE": "klip.algos.outputs",
+    "final_return": "klip.algos.outputs",
+    "save_module_parameters": "klip.algos.outputs",
     "load_run": "klip.algos.run",
     "read_columns": "klip.algos.run",
     "read_episode_returns": "klip.algos.run",
@@ -43,26 +40,15 @@ _ENGINE: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
-    from klip.algos.agents import AgentResult, train_agents
+    from klip.algos.agents import PopulationSpec, train_population
     from klip.algos.config import LOSSES, ConfigError, TrainConfig, load_config_file
+    from klip.algos.outputs import PARAMETERS_FILE, final_return, save_module_parameters
     from klip.algos.plots import read_metrics
-    from klip.algos.population import check_population_configs
-    from klip.algos.population_run import (
-        POPULATION_FILE,
-        PopulationSpec,
-        train_population,
-        train_population_agents,
-    )
+    from klip.algos.ppo import check_population_configs
     from klip.algos.resolve import resolve_config, with_options_added_later
     from klip.algos.run import load_run, read_columns, read_episode_returns
-    from klip.algos.train import (
-        PARAMETERS_FILE,
-        RunInterrupted,
-        final_return,
-        recorded_config_as_today,
-        save_module_parameters,
-        train,
-    )
+    from klip.algos.rundir import POPULATION_FILE, recorded_config_as_today
+    from klip.algos.train import RunInterrupted, train, train_agents
 
 
 def __getattr__(name: str) -> Any:
@@ -78,7 +64,6 @@ __all__ = [
     "LOSSES",
     "PARAMETERS_FILE",
     "POPULATION_FILE",
-    "AgentResult",
     "ConfigError",
     "PopulationSpec",
     "RunInterrupted",
@@ -96,6 +81,5 @@ __all__ = [
     "train",
     "train_agents",
     "train_population",
-    "train_population_agents",
     "with_options_added_later",
 ]

@@ -695,14 +695,17 @@ def test_ctrl_c_stops_the_grid_and_the_interrupted_cell_continues(tmp_path):
 
 def _population_returns(spec: GridSpec, root: Path, task: str, entry_spec: str, *,
                         kill_after_iterations: int | None = None) -> dict[int, float] | None:
-    """Train an (entry, task)'s seeds with `train_population` itself, as a reference."""
-    from klip.algos.population_run import PopulationSpec, train_population
+    """Train an (entry, task)'s seeds with `train_population` itself, as a reference (stopped
+    after `kill_after_iterations`, with its checkpoint there, when given: None then)."""
+    from klip.algos.agents import PopulationSpec, train_population
 
     entry = next(e for e in spec.entries if e.spec == entry_spec)
     config = spec.config(Cell(entry, task, spec.seeds[0]))
-    result = train_population(PopulationSpec(config, list(spec.seeds), {}), root, progress=False,
-                              kill_after_iterations=kill_after_iterations)
-    return None if result is None else {int(a.name[1:]): a.final_return for a in result.agents}
+    results = train_population(PopulationSpec(config, list(spec.seeds), {}), root, progress=False,
+                               stop_after_iterations=kill_after_iterations)
+    if kill_after_iterations is not None:
+        return None
+    return {int(result.name[1:]): result.final_return for result in results}
 
 
 def test_seeds_together_trains_each_entry_and_task_as_one_population(tmp_path):
@@ -768,7 +771,7 @@ def test_a_killed_population_job_continues_from_its_checkpoint(tmp_path):
 def test_seeds_together_refuses_options_a_population_cannot_share(tmp_path):
     spec = GridSpec(parse_entries(["step"], tmp_path), ["Pendulum-v1"], [0, 1], 512,
                     {**BASE, "compile": True}, seeds_together=True)
-    with pytest.raises(CompareError, match="--seeds-together, entry 'step': --compile is not supported"):
+    with pytest.raises(CompareError, match="--seeds-together, entry 'step': --compile trains one agent at a time"):
         spec.validate()
 
 
