@@ -51,8 +51,9 @@ class Run:
         holds no optimiser, rollout or reward-scaling state, so it serves evaluation, not resuming."""
         import torch
 
+        from klip.algos.outputs import PARAMETERS_FILE
         from klip.algos.ppo import PPOModule
-        from klip.algos.train import PARAMETERS_FILE, config_with_run_paths
+        from klip.algos.rundir import RunError, config_with_run_paths
         from klip.envs import set_normalization_state
 
         parameters = self.path / PARAMETERS_FILE
@@ -61,11 +62,22 @@ class Run:
                 f"{self.path} has no checkpoint ({self.checkpoint}) and no {PARAMETERS_FILE}")
         recorded = yaml.safe_load((self.path / "config.yaml").read_text())
         module = PPOModule([config_with_run_paths(self.path, recorded)])
+        module.loaded_from = self.checkpoint
         if self.checkpoint.is_file():
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-            module.load_state_dict(state["state_dict"])
-            module.on_load_checkpoint(state)
-            return module
+            try:
+                state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+                module.load_state_dict(state["state_dict"])
+                module.on_load_checkpoint(state)
+                return module
+            except Exception as error:  # torch.load raises many types on a damaged file
+                if not parameters.is_file():
+                    module.close()
+                    raise RunError(f"checkpoint {self.checkpoint} is unreadable ({type(error).__name__}) "
+                                   f"and {self.path} has no {PARAMETERS_FILE} to fall back to") from None
+                module.loaded_from = parameters
+                module.unreadable_checkpoint = f"{self.checkpoint} ({type(error).__name__})"
+        else:
+            module.loaded_from = parameters
         saved = torch.load(parameters, map_location="cpu", weights_only=True)
         if "normalization" not in saved:
             raise ValueError(f"{parameters} predates the observation statistics it now keeps; "
@@ -130,19 +142,30 @@ def read_columns(path: Path) -> dict[str, np.ndarray]:
 
 def train_run(
     config: TrainConfig | dict[str, Any] | None = None, /, *, out: str | Path,
-    shape: CoefficientShape | None = None, resume: bool = False, progress: bool = False,
+    shape: CoefficientShape | str | None = None, resume: bool = False, progress: bool = False,
     **options: Any,
 ) -> Run:
     """Train one run into `out` and read it back.
 
     `config` is a TrainConfig or a dict of options; keyword options override it. `shape` is a
+    shape name with parameters (`"sigmoid:tau=0.05"`, as `--shape` and `--shape-param`) or a
     ready CoefficientShape (it replaces `shape`/`shape_file`). Raises ConfigError, RunError,
     UserCodeError, TrainingDiverged or RunInterrupted, as `klip train` reports them.
     Process-wide effects: torch uses one thread, the global RNGs are seeded from the run's
     seed, Lightning's logger is set to WARNING, and Ctrl-C is handled during training only.
     """
     from klip.algos.train import train
+    from klip.shapes import CoefficientShape, parse_param_assignments
 
+    if isinstance(shape, str):  # "sigmoid" or "sigmoid:tau=0.05,eps=0.2", as --shape and --shape-param
+        name, _, assignments = shape.partition(":")
+        options["shape"] = name.strip()
+        if assignments.strip():
+            options["shape_params"] = parse_param_assignments(assignments.split(","))
+        shape = None
+    elif shape is not None and not isinstance(shape, CoefficientShape):
+        raise ConfigError(f"shape must be a shape name (e.g. 'sigmoid:tau=0.05') or a CoefficientShape, "
+                          f"got {type(shape).__name__}")
     if isinstance(config, TrainConfig):
         merged = {**config.to_dict(), **options}
     elif isinstance(config, dict) or config is None:
@@ -170,8 +193,12 @@ def evaluate_run(path: str | Path, episodes: int = 10, video: str | Path | None 
     video_writer = _open_video(Path(video)) if video is not None else None
     module = run.load_module()
     seed = run.config.seed + 10_000
+    unreadable = getattr(module, "unreadable_checkpoint", None)
     try:
         result = evaluate(module, episodes, seed)
+        result["loaded_from"] = str(module.loaded_from)
+        if unreadable is not None:
+            result["unreadable_checkpoint"] = unreadable
         if video_writer is not None:
             result["video"] = str(video)
             result["video_frames"] = _record_episode(module, seed, video_writer)
@@ -216,6 +243,11 @@ def _record_episode(module: Any, seed: int, writer: Any) -> int:
         try:
             writer.append_data(sub_env.render())
         except Exception as error:  # GL back ends fail in many ways
+            if isinstance(error, ImportError) or type(error).__name__ == "DependencyNotInstalled":
+                raise RenderError(f"rendering {module.config.task} needs a package that is not installed "
+                                  f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
+                                  "for the classic-control tasks: pip install 'gymnasium[classic-control]'"
+                                  ) from None
             backend = os.environ.get("MUJOCO_GL", "default")
             reason = str(error).splitlines()[0] if str(error) else ""
             raise RenderError(f"cannot render off-screen with MUJOCO_GL={backend} "

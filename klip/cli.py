@@ -89,6 +89,9 @@ def _eval(args: argparse.Namespace) -> int:
     from klip.algos.run import evaluate_run
 
     result = evaluate_run(args.run, args.episodes, args.video)
+    if "unreadable_checkpoint" in result:
+        print(f"klip: checkpoint {result['unreadable_checkpoint']} is unreadable; evaluated "
+              f"{result['loaded_from']} instead", file=sys.stderr)
     print(f"deterministic evaluation: {result['return_mean']:.1f} +- {result['return_std']:.1f} "
           f"over {result['episodes']} episodes")
     if "video" in result:
@@ -199,7 +202,8 @@ def _trains(args: argparse.Namespace) -> bool:
         return True
     if args.command == "compare":
         return args.compare_command is None and not getattr(args, "plan", False)
-    return args.command == "study" and args.study_command == "run"
+    # `study run` preloads itself once its input has passed its checks (errors within a second).
+    return False
 
 
 def _report(error: Exception, debug: bool) -> int:

@@ -771,7 +771,8 @@ def test_a_killed_population_job_continues_from_its_checkpoint(tmp_path):
 def test_seeds_together_refuses_options_a_population_cannot_share(tmp_path):
     spec = GridSpec(parse_entries(["step"], tmp_path), ["Pendulum-v1"], [0, 1], 512,
                     {**BASE, "compile": True}, seeds_together=True)
-    with pytest.raises(CompareError, match="--seeds-together, entry 'step': --compile trains one agent at a time"):
+    with pytest.raises(CompareError,
+                       match="--seeds-together, entry 'step': --compile trains one agent at a time"):
         spec.validate()
 
 
