@@ -555,3 +555,33 @@ def test_shapes_list_answers_without_torch_and_matches_the_registry():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert [line.split()[0] for line in result.stdout.splitlines()] == sorted(registered)
+
+
+def test_python_api_takes_a_shape_name_with_parameters_or_refuses_in_one_line(tmp_path):
+    import klip
+    from klip.algos.config import ConfigError
+
+    run = klip.train({"task": "Pendulum-v1", "rollout_steps": ROLLOUT, "epochs": 1, "eval_episodes": 0},
+                     steps=ROLLOUT, shape="sigmoid:tau=0.05", out=tmp_path / "named")
+    assert run.config.shape == "sigmoid" and run.config.shape_params == {"eps": 0.2, "tau": 0.05}
+    with pytest.raises(ConfigError, match="shape must be a shape name .* got int"):
+        klip.train({"task": "Pendulum-v1"}, shape=3, out=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_klip_eval_names_a_damaged_checkpoint_and_falls_back_to_the_parameters_file(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tiny(steps=ROLLOUT), out, progress=False)
+    assert main(["eval", str(out), "--episodes", "1"]) == 0
+    expected = capsys.readouterr().out
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    assert main(["eval", str(out), "--episodes", "1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == expected  # the parameters the checkpoint held
+    lines = error_lines(captured.err)
+    assert len(lines) == 1 and "last.ckpt (UnpicklingError) is unreadable; evaluated" in lines[0]
+    (out / "parameters.pt").unlink()
+    assert main(["eval", str(out), "--episodes", "1"]) == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert lines == [f"klip: error: checkpoint {out / 'checkpoints' / 'last.ckpt'} is unreadable "
+                     f"(UnpicklingError) and {out} has no parameters.pt to fall back to"]
