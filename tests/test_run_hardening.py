@@ -564,7 +564,7 @@ def test_python_api_takes_a_shape_name_with_parameters_or_refuses_in_one_line(tm
     run = klip.train({"task": "Pendulum-v1", "rollout_steps": ROLLOUT, "epochs": 1, "eval_episodes": 0},
                      steps=ROLLOUT, shape="sigmoid:tau=0.05", out=tmp_path / "named")
     assert run.config.shape == "sigmoid" and run.config.shape_params == {"eps": 0.2, "tau": 0.05}
-    with pytest.raises(ConfigError, match="shape must be a shape name .* got int"):
+    with pytest.raises(ConfigError, match=r"shape must be a shape name .* got int"):
         klip.train({"task": "Pendulum-v1"}, shape=3, out=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 
