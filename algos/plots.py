@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,8 +14,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from torch import Tensor
 
 from klip.shapes import CoefficientShape
+from klip.shapes.base import CONTEXT_VARIABLES
 
 
 def read_metrics(path: Path) -> dict[str, np.ndarray]:
@@ -58,6 +62,22 @@ def plot_learning_curve(
     return out
 
 
+# What a drawing of g(w, A) gives the shapes that read more than (w, A): the first epoch of the
+# inner loop; a per-sample KL estimated from the ratio itself, (w - 1) - log w; an action of
+# probability 1/2 (discrete) or at the rollout policy's mean (Gaussian).
+PLOT_CONTEXT = "epoch 0; kl = (w-1) - log w; p_old(a) = 1/2; a at the old mean"
+
+
+def drawn_gate(shape: CoefficientShape, ratio: Tensor, advantage: Tensor) -> Tensor:
+    """`shape.gate(ratio, advantage)` with the context a drawing gives it (`PLOT_CONTEXT`)."""
+    context = {"epoch_progress": 0.0, "kl": (ratio - 1) - ratio.log(),
+               "old_log_prob": torch.full_like(ratio, math.log(0.5)),
+               "old_action_z": torch.zeros(*ratio.shape, 1, dtype=ratio.dtype)}
+    wanted = {key: value for key, value in context.items() if key in shape.context}
+    with shape.using_context(check=False, **wanted) if wanted else contextlib.nullcontext(), torch.no_grad():
+        return shape.gate(ratio, advantage)
+
+
 def plot_shapes(shapes: Sequence[CoefficientShape], out: Path, ratio_max: float = 2.0) -> Path:
     """Gate and effective advantage `A*(1-g)` against the ratio, for A = +1 and A = -1."""
     ratio = torch.linspace(1e-3, ratio_max, 2001, dtype=torch.float64)
@@ -65,7 +85,7 @@ def plot_shapes(shapes: Sequence[CoefficientShape], out: Path, ratio_max: float 
     for column, sign in enumerate((1.0, -1.0)):
         advantage = torch.full_like(ratio, sign)
         for index, shape in enumerate(shapes):
-            gate = shape.gate(ratio, advantage).detach()
+            gate = drawn_gate(shape, ratio, advantage)
             style = {"label": f"{shape.display_name()}({shape.extra_repr()})",
                      "linestyle": ("-", "--", "-.", ":")[index % 4], "linewidth": 2.2 - 0.3 * (index % 4)}
             axes[0, column].plot(ratio, gate, **style)
@@ -120,14 +140,15 @@ def plot_gallery(shapes: Sequence[CoefficientShape], out: Path, columns: int = 4
         top = figure.add_subplot(cell[0])
         bottom = figure.add_subplot(cell[1], sharex=top)
         progresses = (0.0, 1.0) if "progress" in shape.context else (None,)
-        saved = {key: float(getattr(shape, key)) for key in shape.context}
+        # Persistent (per-iteration) context, restored after drawing at progress 0 and 1.
+        saved = {key: float(getattr(shape, key)) for key in shape.context
+                 if CONTEXT_VARIABLES[key].kind == "iteration"}
         for progress in progresses:
             if progress is not None:
                 shape.set_context(progress=progress)
             for sign in (1.0, -1.0):
                 advantage = torch.full_like(ratio, sign)
-                with torch.no_grad():
-                    gate = shape.gate(ratio, advantage)
+                gate = drawn_gate(shape, ratio, advantage)
                 style = {"color": colours[sign], "linestyle": "-" if sign > 0 else "--",
                          "alpha": 0.4 if progress == 1.0 else 1.0, "linewidth": 1.8}
                 top.plot(ratio, gate, **style)
@@ -144,7 +165,10 @@ def plot_gallery(shapes: Sequence[CoefficientShape], out: Path, columns: int = 4
         top.set_ylim(-1.2, 2.2)
         bottom.set_ylim(-2.2, 2.2)
         top.tick_params(labelbottom=False)
-        title = f"{shape.display_name()}({shape.extra_repr()})"
+        parameters = shape.extra_repr()
+        # A learned gate has dozens of coordinates: its name and their number fit a panel.
+        title = (f"{shape.display_name()}({parameters})" if len(parameters) <= 60
+                 else f"{shape.display_name()} ({len(shape.hparams)} parameters)")
         if len(progresses) > 1:
             title += "\nprogress 0 dark, 1 light"
         top.set_title(title, fontsize=9)
@@ -157,7 +181,8 @@ def plot_gallery(shapes: Sequence[CoefficientShape], out: Path, columns: int = 4
                Line2D([], [], color=colours[-1.0], linestyle="--", label="A = -1")]
     figure.legend(handles=handles, loc="upper right", bbox_to_anchor=(0.9, 0.945), ncol=2, fontsize=9)
     figure.suptitle("gate g (top) and effective advantage A(1-g) (bottom) of every registered shape; "
-                    "trust band shaded", fontsize=11, x=0.42, y=0.935)
+                    f"trust band shaded\nshapes that read more than (w, A) are drawn at {PLOT_CONTEXT}",
+                    fontsize=11, x=0.42, y=0.945)
     figure.savefig(out, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return out

@@ -402,8 +402,6 @@ def plane_shapes(names):
                                           for key in get_shape_class(name).context)]
 
 
-@pytest.mark.xfail(strict=True, reason="algos/plots.py does not yet pass epoch_progress, kl or "
-                                       "old_log_prob to the shapes it draws (engine side)")
 def test_gallery_draws_the_shapes_that_read_per_sample_context(tmp_path):
     from klip.cli import main
 
