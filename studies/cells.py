@@ -45,6 +45,9 @@ def parameters_sha256(checkpoint: Path) -> str:
     import torch
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    # A single run's checkpoint keys its agent's modules under `agents.0.` (parameters.pt and
+    # checkpoints of earlier klips do not): the hash is of the same names either way.
+    state = {key.removeprefix("agents.0."): value for key, value in state.items()}
     digest = hashlib.sha256()
     keys = sorted(key for key in state if key.startswith(("actor.", "critic.")))
     if not keys:
