@@ -363,6 +363,10 @@ class PPOModule(pl.LightningModule):
         return self._only().return_history
 
     @property
+    def recent_returns(self) -> deque[float]:
+        return self._only().recent_returns
+
+    @property
     def last_row(self) -> dict[str, float]:
         return self._only().last_row
 

@@ -242,7 +242,10 @@ def train_cells(runs: Sequence[CellRun]) -> None:
     from klip.studies.training import train
 
     for run in runs:
-        train(run.config, run.out, resume=run.resume, progress=False)
+        resume = run.resume and (run.out / "checkpoints" / "last.ckpt").is_file()
+        if run.resume and not resume and run.out.exists():
+            keep_aside(run.out)  # stopped before its first checkpoint: nothing to continue from
+        train(run.config, run.out, resume=resume, progress=False)
 
 
 def train_cells_together(runs: Sequence[CellRun]) -> None:

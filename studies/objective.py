@@ -226,8 +226,10 @@ class Objective:
             if done is not None:
                 score, frames = done
             else:
-                resume = (out / "config.yaml").is_file()
-                if out.exists() and not resume:  # not a run: nothing to continue
+                # A run continues from its checkpoint; one that stopped before its first has
+                # nothing to continue from, and starts again (kept aside, not deleted).
+                resume = (out / "config.yaml").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+                if out.exists() and not resume:
                     keep_aside(out, settings.directory)
                 callbacks = [curve, ProgressReporter(trial, instance, total, self.show)]
                 try:

@@ -271,7 +271,7 @@ BASE = ["study", "run", "--tasks", TASK, "--steps-per-task", str(STEPS), "--tria
     (["--shape", "sigmoid", "--search-space", "space.yaml"], "needs finite low < high"),
     (["--shape", "sigmoid", "--search-space", "missing.yaml"], "search-space file not found"),
     (["--shape", "sigmoid", "--batch", "2", "--pruner", "median"], "cannot prune on learning curves"),
-    (["--shape", "sigmoid", "--batch", "2", "--compile"], "--batch: --compile is not supported"),
+    (["--shape", "sigmoid", "--batch", "2", "--compile"], "--batch: --compile trains one agent at a time"),
     (["--shape", "sigmoid", "--batch", "-1"], "--batch must be 0"),
     (["--shape", "sigmoid", "--seeds", "2"], "--seeds 2 is ambiguous: write --seeds 0-1"),
     (["--shape", "sigmoid", "--search-space", "narrow.yaml", "--fix", "tau=0.5"],
