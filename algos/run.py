@@ -196,9 +196,9 @@ def evaluate_run(path: str | Path, episodes: int = 10, video: str | Path | None 
     unreadable = getattr(module, "unreadable_checkpoint", None)
     try:
         result = evaluate(module, episodes, seed)
-        result["loaded_from"] = str(module.loaded_from)
         if unreadable is not None:
             result["unreadable_checkpoint"] = unreadable
+            result["loaded_from"] = str(module.loaded_from)
         if video_writer is not None:
             result["video"] = str(video)
             result["video_frames"] = _record_episode(module, seed, video_writer)
