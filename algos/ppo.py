@@ -3,22 +3,23 @@
 A single run is a population of one; `klip train --seeds/--sweep`, a study's `--batch` and a
 grid's `--seeds-together` are populations of many. `training_step` reads top to bottom:
 collect one rollout of every agent (one vector env steps all their sub-envs), GAE per agent,
-then K epochs of shuffled minibatches, every agent's minibatch loss in one backward pass,
-gradient clipping per agent, one Adam step, and one metrics row per agent.
+then K epochs of shuffled minibatches (`update`): every agent's minibatch loss, one backward
+pass over their sum, a gradient clip per agent, one Adam step; then one metrics row per agent.
 
 **Every agent is bitwise its own single run.** Each agent owns the modules its single run
-builds (same seed order, same init), its own random stream (action noise, shuffles), its own
-loss module, and runs the single run's operations on its own tensors: nothing an agent
-computes reads another agent's numbers, and no kernel sees a batch whose size depends on N
-(a batched matrix product does not round per agent as the unbatched one does on every CPU
-BLAS: `tests/test_population.py` shows where). What is shared is exact by construction:
-the sum of independent losses hands each agent the gradient of its own loss, and
-`torch.optim.Adam(foreach=True)` updates each tensor on its own.
+builds (same seed order, same init), its own random stream (action noise, shuffles) and its
+own loss module, and its networks run on its own tensors: a batched matrix product does not
+round each agent's product as the agent's own does (`benchmarks/batched_exactness.py`). What
+is shared is exact by construction, and tested (`tests/test_population.py`): the loss
+arithmetic on `[agents, samples]` tensors (`batched.BatchedKLipLoss`), the sum of independent
+losses (each agent gets the gradient of its own), one Adam on a flat buffer of every agent's
+parameters (Adam is elementwise), the clip as `clip_grad_norm_` computes it.
 
-The losses: shapes run through `loss.KLipTensorLoss` (bitwise `KLipPPOLoss`, cheaper per
-minibatch); `--loss clip` through TorchRL's own `ClipPPOLoss` and the scalar-KL baselines
-through `loss.ScalarKLPPOLoss` (`update.ModuleLoss`). The `step` shape's gradients are
-bitwise `ClipPPOLoss`'s, so `--shape step` and `--loss clip` runs end with equal parameters.
+The losses: shapes run through `batched.BatchedKLipLoss` (every agent's `KLipTensorLoss` in
+one pass; `KLipTensorLoss` is bitwise `KLipPPOLoss`); `--loss clip` through TorchRL's own
+`ClipPPOLoss` and the scalar-KL baselines through `loss.ScalarKLPPOLoss`, agent by agent
+(`update.ModuleLoss`). The `step` shape's gradients are bitwise `ClipPPOLoss`'s, so
+`--shape step` and `--loss clip` runs end with equal parameters.
 """
 
 from __future__ import annotations
