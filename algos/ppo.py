@@ -428,9 +428,8 @@ class PPOModule(pl.LightningModule):
                 data[index] = rollouts[index].select(*self._update_keys(rollouts[index])).reshape(-1)
         advantaged = time.perf_counter()
 
-        snapshots = {index: {key: value.clone()
-                             for key, value in self.agents[index].loss_module.state_dict().items()}
-                     for index in data}
+        # Every agent's parameters before the update (one copy): a diverging agent keeps these.
+        last_good = self.flat_parameters.detach().clone()
         metrics = self.update(data, optimizer)
         scheduler.step()
         updated = time.perf_counter()
@@ -445,7 +444,8 @@ class PPOModule(pl.LightningModule):
             if problem is not None:
                 # Stopped and marked failed, holding its last good parameters; the others go on.
                 agent.failure = TrainingDiverged(self.current_epoch + 1, problem)
-                agent.loss_module.load_state_dict(snapshots[index])
+                with torch.no_grad():
+                    self.flat_parameters[self.agent_slices[index]] = last_good[self.agent_slices[index]]
                 # No more steps: with no momentum and no gradient, Adam leaves its slice as it is.
                 for moment in optimizer.optimizer.state[self.flat_parameters].values():
                     if moment.shape == self.flat_parameters.shape:

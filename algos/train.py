@@ -41,6 +41,7 @@ from klip.algos.outputs import (
     save_module_parameters,
     save_parameters,
     write_population_summary,
+    write_summary,
 )
 from klip.algos.ppo import PPOModule
 from klip.algos.resolve import resolve_config
@@ -267,7 +268,8 @@ def fit(trainer: pl.Trainer, module: PPOModule, start: RunStart, agents: list[Ag
         except UserCodeError as error:
             segment.failure = str(error)
             for index, agent in enumerate(agents):
-                _write_failed_summary(module, index, agent, segment)
+                write_summary(agent.out, module, index, status="failed", error=segment.failure,
+                              evaluation=None, wall_seconds=segment.wall_seconds)
             module.close()
             raise
         except _StopNow:
@@ -277,13 +279,6 @@ def fit(trainer: pl.Trainer, module: PPOModule, start: RunStart, agents: list[Ag
             raise RunInterrupted(root, frames // module.config.rollout_steps,
                                  during=module.current_epoch + 1) from None
     return segment.stop_requested
-
-
-def _write_failed_summary(module: PPOModule, index: int, agent: AgentPlan, segment: Segment) -> None:
-    from klip.algos.outputs import write_summary
-
-    write_summary(agent.out, module, index, status="failed", error=segment.failure, evaluation=None,
-                  wall_seconds=segment.wall_seconds)
 
 
 @contextmanager
