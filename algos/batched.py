@@ -39,6 +39,7 @@ from klip.algos.loss import (
     tensor_loss_unsupported,
 )
 from klip.algos.networks import gaussian_entropy, gaussian_log_prob, policy_head
+from klip.algos.written_out import WrittenOutMLPs
 from klip.shapes import CoefficientShape
 from klip.shapes.functional import klip_objective
 
@@ -122,10 +123,12 @@ class BatchedKLipLoss:
     `[agents, k]`. Use where `batchable` says so."""
 
     def __init__(self, loss_modules: Sequence[KLipPPOLoss], actors: Sequence[Any],
-                 critics: Sequence[Any]) -> None:
+                 critics: Sequence[Any], flat_parameters: Tensor) -> None:
         self.loss_modules = list(loss_modules)
         self.heads = [policy_head(actor) for actor in actors]
-        self.critics = list(critics)
+        # Each agent's policy mean and critic, on its own minibatch: the single run's operations.
+        self.networks = WrittenOutMLPs(flat_parameters, [[head.mean for head in self.heads],
+                                                         [critic.net for critic in critics]])
         first = self.loss_modules[0]
         self.normalize_advantage = bool(first.normalize_advantage)
         self.entropy_bonus = bool(first.entropy_bonus)
@@ -160,7 +163,7 @@ class BatchedKLipLoss:
             advantage = (advantage - advantage.mean((1, 2), keepdim=True)) / advantage.std(
                 (1, 2), keepdim=True).clamp_min(ADVANTAGE_STD_MIN)
         # The networks: each agent's own, on its own minibatch (see the module docstring).
-        loc = torch.stack([head.mean(obs) for head, obs in zip(self.heads, observations, strict=True)])
+        loc, value = self.networks(observations, observations)
         scale = torch.stack([head.log_std.exp() for head in self.heads]).unsqueeze(1).expand_as(loc)
         log_prob = gaussian_log_prob(action, loc, scale)
         log_weight = (log_prob - old_log_prob).unsqueeze(-1)
@@ -180,7 +183,6 @@ class BatchedKLipLoss:
             terms.append(per_agent_mean(-first.entropy_coeff * entropy))
             metrics += [per_agent_mean(entropy.detach()), terms[-1].detach()]
 
-        value = torch.stack([critic.net(obs) for critic, obs in zip(self.critics, observations, strict=True)])
         value_loss = torch.nn.functional.mse_loss(value_target, value, reduction="none")
         clip_fraction = None
         if self.clips_value:

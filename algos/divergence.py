@@ -31,15 +31,14 @@ class AgentsDiverged(TrainingDiverged):
 
 
 def first_non_finite(
-    minibatch_metrics: Sequence[Tensor], names: Sequence[str], parameters: Iterable[tuple[str, Tensor]]
+    minibatch_metrics: Tensor, names: Sequence[str], parameters: Iterable[tuple[str, Tensor]]
 ) -> str | None:
     """Name of the first non-finite quantity, in the order they were computed, or None.
 
-    `minibatch_metrics` holds one vector per minibatch (loss terms, then the gradient norm,
-    named by `names`); a non-finite gradient shows as a non-finite norm before it spreads.
+    `minibatch_metrics` is `[minibatch, metric]` (loss terms, then the gradient norm, named by
+    `names`); a non-finite gradient shows as a non-finite norm before it spreads.
     """
-    stacked = torch.stack(list(minibatch_metrics))
-    finite = torch.isfinite(stacked)
+    finite = torch.isfinite(minibatch_metrics)
     if not bool(finite.all()):
         minibatch, column = (~finite).nonzero()[0].tolist()
         return f"{names[column]} (minibatch {minibatch + 1} of the iteration)"

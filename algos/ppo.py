@@ -43,6 +43,7 @@ from klip import compat
 from klip.algos.batched import BatchedKLipLoss, batchable
 from klip.algos.config import ConfigError, TrainConfig
 from klip.algos.divergence import TrainingDiverged, first_non_finite
+from klip.algos.flat import FlatParameters
 from klip.algos.loss import KLipPPOLoss, ScalarKLPPOLoss
 from klip.algos.networks import make_actor, make_critic
 from klip.algos.resolve import resolve_config
@@ -54,8 +55,6 @@ from klip.shapes import CoefficientShape
 # Keys the update reads; selecting them once per rollout keeps minibatch slicing cheap.
 UPDATE_KEYS = ("observation", "action", "action_log_prob", "advantage", "value_target",
                "state_value", "loc", "scale")
-# Elements per 64 bytes of float32: where each parameter starts in the flat buffer.
-ALIGNMENT = 16
 # Options that may differ between the agents of one population; everything else is shared.
 PER_AGENT_OPTIONS = ("seed", "shape_params", "shape_file")
 
@@ -218,16 +217,6 @@ class _EvaluationTarget:
     frames: int
 
 
-@torch.no_grad()
-def clip_grad_norm(parameters: Sequence[Tensor], gradients: Tensor, max_norm: float) -> Tensor:
-    """`torch.nn.utils.clip_grad_norm_(parameters, max_norm)`, operation for operation, scaling
-    the agent's gradients through `gradients`, the flat tensor they are views of."""
-    norms = torch._foreach_norm([parameter.grad for parameter in parameters], 2.0)
-    total = torch.linalg.vector_norm(torch.stack(norms), 2.0)
-    gradients.mul_(torch.clamp(max_norm / (total + 1e-6), max=1.0))
-    return total
-
-
 def _minibatches(batched: BatchedKLipLoss | None, agents: Sequence[Agent], shuffled: Sequence[TensorDictBase],
                  size: int) -> Iterator[list[Any]]:
     """Minibatch k of every agent, in the form its loss takes."""
@@ -241,14 +230,14 @@ def _minibatches(batched: BatchedKLipLoss | None, agents: Sequence[Agent], shuff
 
 
 def _losses(batched: BatchedKLipLoss | None, agents: Sequence[Agent], minibatches: list[Any]
-            ) -> tuple[Tensor, Sequence[Tensor]]:
-    """The sum of every agent's minibatch loss, and each agent's metrics."""
+            ) -> tuple[Tensor, Tensor]:
+    """The sum of every agent's minibatch loss, and each agent's metrics `[agents, metric]`."""
     if batched is not None:
         totals, metrics = batched(minibatches)
         return totals.sum(), metrics
     outputs = [agent.minibatch_loss(minibatch) for agent, minibatch in zip(agents, minibatches, strict=True)]
     total = outputs[0][0] if len(outputs) == 1 else torch.stack([total for total, _ in outputs]).sum()
-    return total, [values for _, values in outputs]
+    return total, torch.stack([values for _, values in outputs])
 
 
 class PPOModule(pl.LightningModule):
@@ -277,57 +266,11 @@ class PPOModule(pl.LightningModule):
         # Linear annealing (start iteration, factor there, iteration where it reaches 0);
         # a resume that changes --steps re-plans from the current rate (see `plan_lr_to`).
         self.lr_plan: tuple[int, float, int] = (0, 1.0, cfg.iterations)
-        self._flatten_parameters()
-        if cfg.compile:
-            compat.configure_inductor()
-
-    def _flatten_parameters(self) -> None:
-        """Every agent's parameters and gradients become views of one flat tensor each, agent
-        after agent, so one Adam step and one clip per agent act on a few large tensors.
-
-        Adam is elementwise: on the flat tensor it computes each element as `foreach` Adam on
-        the agent's own tensors does (`tests/test_population.py`). Gradients accumulate into
-        their views; zeroing them in place instead of dropping them changes at most the sign
-        of a zero gradient, which neither Adam nor the norm can see.
-        """
-        parameters = [agent.trained_parameters() for agent in self.agents]
-        # Each tensor starts on a 64-byte boundary, as a tensor of its own does: a BLAS rounds
-        # a product of misaligned operands otherwise.
-        places, offset = [], 0
-        for group in parameters:
-            for parameter in group:
-                places.append(offset)
-                offset += -(-parameter.numel() // ALIGNMENT) * ALIGNMENT
-        flat = torch.zeros(offset)
-        gradients = torch.zeros_like(flat)
-        self.agent_slices: list[slice] = []
-        self._gradient_places: list[tuple[Tensor, int]] = []
-        position = 0
-        for group in parameters:
-            start = places[position]
-            for parameter in group:
-                place, size = places[position], parameter.numel()
-                flat[place : place + size] = parameter.detach().reshape(-1)
-                parameter.data = flat[place : place + size].view_as(parameter)
-                self._gradient_places.append((parameter, place))
-                position += 1
-            end = places[position] if position < len(places) else offset
-            self.agent_slices.append(slice(start, end))
         # Held by the optimiser, not registered: the agents' modules carry these values in
         # checkpoints (their parameters are views of it).
-        self.__dict__["flat_parameters"] = nn.Parameter(flat)
-        self.flat_parameters.grad = gradients
-        self._attach_gradients()
-
-    def _attach_gradients(self) -> None:
-        """Point every parameter's `.grad` at its view of the flat gradient (Lightning's
-        `zero_grad()` before training, or a user's, sets them to None). Nothing else may hold
-        the view: autograd accumulates into a gradient in place only when nothing else does."""
-        gradients = self.flat_parameters.grad
-        for parameter, offset in self._gradient_places:
-            expected = gradients.data_ptr() + offset * gradients.element_size()
-            if parameter.grad is None or parameter.grad.data_ptr() != expected:
-                parameter.grad = gradients[offset : offset + parameter.numel()].view_as(parameter)
+        self.__dict__["flat"] = FlatParameters([agent.trained_parameters() for agent in self.agents])
+        if cfg.compile:
+            compat.configure_inductor()
 
     # -- the agents ----------------------------------------------------------------------
     @property
@@ -377,7 +320,7 @@ class PPOModule(pl.LightningModule):
         # foreach gives bitwise the default (single-tensor) Adam's results, tensor by tensor;
         # fused is faster still but rounds differently, so it is opt-in like `compile`.
         implementation = {"fused": True} if cfg.fused_adam else {"foreach": True}
-        optimizer = torch.optim.Adam([self.flat_parameters], lr=cfg.lr, eps=cfg.adam_eps, **implementation)
+        optimizer = torch.optim.Adam([self.flat.tensor], lr=cfg.lr, eps=cfg.adam_eps, **implementation)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         return [optimizer], [scheduler]
 
@@ -429,7 +372,7 @@ class PPOModule(pl.LightningModule):
         advantaged = time.perf_counter()
 
         # Every agent's parameters before the update (one copy): a diverging agent keeps these.
-        last_good = self.flat_parameters.detach().clone()
+        last_good = self.flat.tensor.detach().clone()
         metrics = self.update(data, optimizer)
         scheduler.step()
         updated = time.perf_counter()
@@ -439,17 +382,18 @@ class PPOModule(pl.LightningModule):
             if index not in data:
                 continue
             summary = self._summarise(agent, metrics[index])
-            problem = first_non_finite(metrics[index], [*agent.minibatch_loss.metric_names, "grad_norm"],
+            problem = first_non_finite(metrics[index].t(), [*agent.minibatch_loss.metric_names, "grad_norm"],
                                        agent.loss_module.named_parameters())
             if problem is not None:
                 # Stopped and marked failed, holding its last good parameters; the others go on.
                 agent.failure = TrainingDiverged(self.current_epoch + 1, problem)
+                mine = self.flat.agent_slice(index)
                 with torch.no_grad():
-                    self.flat_parameters[self.agent_slices[index]] = last_good[self.agent_slices[index]]
+                    self.flat.tensor[mine] = last_good[mine]
                 # No more steps: with no momentum and no gradient, Adam leaves its slice as it is.
-                for moment in optimizer.optimizer.state[self.flat_parameters].values():
-                    if moment.shape == self.flat_parameters.shape:
-                        moment[self.agent_slices[index]].zero_()
+                for moment in optimizer.optimizer.state[self.flat.tensor].values():
+                    if moment.shape == self.flat.tensor.shape:
+                        moment[mine].zero_()
                 continue
             summary.update(self._batch_statistics(agent, data[index]))
             if getattr(agent.loss_module, "needs_rollout_kl", False):
@@ -464,7 +408,7 @@ class PPOModule(pl.LightningModule):
         if not any(agent.active for agent in self.agents):
             self.trainer.should_stop = True
 
-    def update(self, data: dict[int, TensorDictBase], optimizer: Any) -> dict[int, list[Tensor]]:
+    def update(self, data: dict[int, TensorDictBase], optimizer: Any) -> dict[int, Tensor]:
         """K epochs of shuffled minibatch steps; every agent steps on its own minibatch each time.
 
         Shapes' losses run as one `BatchedKLipLoss` over every agent where it is exact
@@ -474,14 +418,15 @@ class PPOModule(pl.LightningModule):
         cfg = self.config
         indices = list(data)
         agents = [self.agents[index] for index in indices]
-        slices = [self.agent_slices[index] for index in indices]
-        self._attach_gradients()
-        gradients = self.flat_parameters.grad
+        self.flat.attach_gradients()
+        gradients = self.flat.gradient
         modules = ([a.loss_module for a in agents], [a.actor for a in agents], [a.critic for a in agents])
         batched = None
         if not cfg.compile and batchable(*modules, cfg.minibatch_size, cfg.rollout_steps):
-            batched = BatchedKLipLoss(*modules)
-        metrics: list[list[Tensor]] = [[] for _ in agents]
+            batched = BatchedKLipLoss(*modules, self.flat.tensor)
+        # The clip runs over every agent (one with no gradient keeps none); report the active ones.
+        active = None if len(indices) == self.num_agents else torch.tensor(indices)
+        steps: list[Tensor] = []
         for epoch in range(cfg.epochs):
             shuffled = []
             for agent, index in zip(agents, indices, strict=True):
@@ -497,22 +442,23 @@ class PPOModule(pl.LightningModule):
                 gradients.zero_()
                 # d(sum_i L_i)/d theta_i = dL_i/d theta_i: each agent gets its own loss's gradient.
                 total.backward()
-                for position, values in enumerate(step_metrics):
-                    agent_gradients = gradients[slices[position]]
-                    grad_norm = clip_grad_norm(agents[position].trained_parameters(), agent_gradients,
-                                               cfg.max_grad_norm)
-                    metrics[position].append(torch.cat([values, grad_norm.reshape(1)]))
+                grad_norms = self.flat.clip_per_agent(cfg.max_grad_norm)
+                if active is not None:
+                    grad_norms = grad_norms[active]
+                steps.append(torch.cat([step_metrics, grad_norms.unsqueeze(1)], 1))
                 optimizer.step()
-        return dict(zip(indices, metrics, strict=True))
+        # [agents, metric, step]: each agent's metrics, each as one contiguous row (`_summarise`).
+        metrics = torch.stack(steps, 2).float()
+        return {index: metrics[position] for position, index in enumerate(indices)}
 
     def _update_keys(self, rollout: TensorDictBase) -> list[str]:
         return [key for key in UPDATE_KEYS if key in rollout]
 
-    def _summarise(self, agent: Agent, metrics: list[Tensor]) -> dict[str, float]:
-        # One stack and one mean per iteration: no per-minibatch .item(). Each metric is
-        # reduced as its own contiguous row: a mean over strided columns rounds differently
-        # with the number of columns, and `--loss clip` logs more columns than `step`.
-        means = torch.stack(metrics, 1).float().mean(1).tolist()
+    def _summarise(self, agent: Agent, metrics: Tensor) -> dict[str, float]:
+        # `metrics` is [metric, step]: one mean per iteration, no per-minibatch .item(). Each
+        # metric is reduced as its own contiguous row: a mean over strided columns rounds
+        # differently with the number of columns, and `--loss clip` logs more than `step`.
+        means = metrics.mean(1).tolist()
         return dict(zip([*agent.minibatch_loss.metric_names, "grad_norm"], means, strict=True))
 
     @torch.no_grad()

@@ -401,25 +401,3 @@ def test_one_adam_on_the_flat_buffer_is_bitwise_foreach_adam_on_each_agents_tens
             optimizer.param_groups[0]["lr"] = 3e-4 * (1 - step / 50)
     trained = torch.cat([tensor.detach().reshape(-1) for agent in separate for tensor in agent])
     assert torch.equal(trained, flat.detach())
-
-
-def test_the_engines_clipping_is_torchs_clip_grad_norm():
-    from klip.algos.ppo import clip_grad_norm
-
-    generator = torch.Generator().manual_seed(1)
-    for scale in (1e-3, 1.0, 1e3):
-        tensors = [torch.zeros(shape, requires_grad=True) for shape in SHAPES]
-        flat_grad = scale * torch.cat([torch.randn(shape, generator=generator).reshape(-1)
-                                       for shape in SHAPES])
-        offset = 0
-        for tensor in tensors:
-            tensor.grad = flat_grad[offset : offset + tensor.numel()].view_as(tensor)
-            offset += tensor.numel()
-        expected_grads = [tensor.grad.clone() for tensor in tensors]
-        reference = [torch.zeros(shape, requires_grad=True) for shape in SHAPES]
-        for tensor, grad in zip(reference, expected_grads, strict=True):
-            tensor.grad = grad
-        expected = torch.nn.utils.clip_grad_norm_(reference, 0.5)
-        assert torch.equal(clip_grad_norm(tensors, flat_grad, 0.5), expected)
-        for tensor, other in zip(tensors, reference, strict=True):
-            assert torch.equal(tensor.grad, other.grad)
