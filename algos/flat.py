@@ -19,7 +19,7 @@ What acts on the buffer computes, per agent, what the agent's own tensors would 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -89,4 +89,47 @@ class FlatParameters:
         return total
 
 
-__all__ = ["ALIGNMENT", "FlatParameters"]
+class FlatAdam(torch.optim.Adam):
+    """`torch.optim.Adam(foreach=True)` on the one flat buffer: the same `_foreach` calls with
+    the same scalars (`torch.optim.adam._multi_tensor_adam` without AMSGrad, weight decay or
+    maximisation), without the per-call grouping and checks, which cost more than the
+    arithmetic on a buffer this small. State, state dict and schedulers are Adam's own
+    (`tests/test_flat.py` holds it to `torch.optim.Adam` bit for bit)."""
+
+    def __init__(self, flat: Tensor, lr: float, eps: float) -> None:
+        super().__init__([flat], lr=lr, eps=eps, foreach=True)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        group = self.param_groups[0]
+        (parameter,) = group["params"]
+        if parameter.grad is None:
+            return loss
+        state = self.state[parameter]
+        if not state:  # as Adam._init_group
+            state["step"] = torch.tensor(0.0, dtype=torch.get_default_dtype())
+            state["exp_avg"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
+        beta1, beta2 = group["betas"]
+        lr, eps = group["lr"], group["eps"]
+        params, grads = [parameter], [parameter.grad]
+        exp_avgs, exp_avg_sqs, steps = [state["exp_avg"]], [state["exp_avg_sq"]], [state["step"]]
+        torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        step = state["step"].item()
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        denominator = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denominator, [bias_correction2**0.5])
+        torch._foreach_add_(denominator, eps)
+        torch._foreach_addcdiv_(params, exp_avgs, denominator, [(lr / bias_correction1) * -1])
+        return loss
+
+
+__all__ = ["ALIGNMENT", "FlatAdam", "FlatParameters"]

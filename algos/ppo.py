@@ -2,9 +2,11 @@
 
 A single run is a population of one; `klip train --seeds/--sweep`, a study's `--batch` and a
 grid's `--seeds-together` are populations of many. `training_step` reads top to bottom:
-collect one rollout of every agent (one vector env steps all their sub-envs), GAE per agent,
-then K epochs of shuffled minibatches (`update`): every agent's minibatch loss, one backward
-pass over their sum, a gradient clip per agent, one Adam step; then one metrics row per agent.
+collect one rollout of every agent (one vector env steps all their sub-envs), GAE (each
+agent's values, one recursion for all), then K epochs of shuffled minibatches (`update`):
+every agent's minibatch loss, one backward pass over their sum (each agent's networks written
+out in one autograd node), a gradient clip per agent, one Adam step; then one metrics row per
+agent.
 
 **Every agent is bitwise its own single run.** Each agent owns the modules its single run
 builds (same seed order, same init), its own random stream (action noise, shuffles) and its
@@ -40,10 +42,11 @@ from torchrl.objectives import ClipPPOLoss, LossModule
 from torchrl.objectives.value import GAE
 
 from klip import compat
+from klip.algos.advantage import estimate_advantages, make_gae
 from klip.algos.batched import BatchedKLipLoss, batchable
 from klip.algos.config import ConfigError, TrainConfig
 from klip.algos.divergence import TrainingDiverged, first_non_finite
-from klip.algos.flat import FlatParameters
+from klip.algos.flat import FlatAdam, FlatParameters
 from klip.algos.loss import KLipPPOLoss, ScalarKLPPOLoss
 from klip.algos.networks import make_actor, make_critic
 from klip.algos.resolve import resolve_config
@@ -170,8 +173,7 @@ class Agent(nn.Module):
         self.critic = make_critic(observation_dim, config.hidden)
         self.loss_module = build_loss(config, self.actor, self.critic, shape)
         # Not submodules: the loss module holds the actor and critic already.
-        self.__dict__["advantage_module"] = GAE(gamma=config.gamma, lmbda=config.gae_lambda,
-                                                value_network=self.critic, average_gae=False)
+        self.__dict__["advantage_module"] = make_gae(config.gamma, config.gae_lambda, self.critic)
         self.__dict__["minibatch_loss"] = make_minibatch_loss(self.loss_module, self.actor, self.critic,
                                                               compile=config.compile)
         self.recent_returns: deque[float] = deque(maxlen=20)
@@ -259,6 +261,8 @@ class PPOModule(pl.LightningModule):
         self.agents = nn.ModuleList([Agent(config, shape) for config, shape in resolved])
         self.config = cfg = self.agents[0].config
         self.automatic_optimization = False
+        # Not a submodule (checkpoints hold no state of it): the agents' shared GAE recursion.
+        self.__dict__["recursion"] = make_gae(cfg.gamma, cfg.gae_lambda, None)
         self.rollouts = make_rollouts(cfg.collector, [agent.env for agent in self.agents],
                                       [agent.actor for agent in self.agents], cfg.frames_per_env)
         self.frames = 0
@@ -317,10 +321,13 @@ class PPOModule(pl.LightningModule):
     # -- optimisation set-up ---------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         cfg = self.config
-        # foreach gives bitwise the default (single-tensor) Adam's results, tensor by tensor;
-        # fused is faster still but rounds differently, so it is opt-in like `compile`.
-        implementation = {"fused": True} if cfg.fused_adam else {"foreach": True}
-        optimizer = torch.optim.Adam([self.flat.tensor], lr=cfg.lr, eps=cfg.adam_eps, **implementation)
+        # FlatAdam is `foreach` Adam, which gives bitwise the default (single-tensor) Adam's
+        # results, tensor by tensor; fused is faster still but rounds differently, so it is
+        # opt-in like `compile`.
+        if cfg.fused_adam:
+            optimizer = torch.optim.Adam([self.flat.tensor], lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        else:
+            optimizer = FlatAdam(self.flat.tensor, lr=cfg.lr, eps=cfg.adam_eps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         return [optimizer], [scheduler]
 
@@ -363,12 +370,15 @@ class PPOModule(pl.LightningModule):
         rollouts = self.rollouts.collect([agent.generator for agent in self.agents])
         collected = time.perf_counter()
 
-        data = {}
-        for index, agent in enumerate(self.agents):
-            if agent.active:
-                with torch.no_grad():
-                    agent.advantage_module(rollouts[index])
-                data[index] = rollouts[index].select(*self._update_keys(rollouts[index])).reshape(-1)
+        # GAE: each agent's values from its own module, one recursion over every active agent.
+        indices = [index for index, agent in enumerate(self.agents) if agent.active]
+        if indices:
+            estimated = estimate_advantages([self.agents[i].advantage_module for i in indices],
+                                            [rollouts[i] for i in indices], self.recursion)
+            for position, index in enumerate(indices):
+                rollouts[index] = estimated[position]
+        data = {index: rollouts[index].select(*self._update_keys(rollouts[index])).reshape(-1)
+                for index in indices}
         advantaged = time.perf_counter()
 
         # Every agent's parameters before the update (one copy): a diverging agent keeps these.

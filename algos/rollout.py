@@ -172,10 +172,12 @@ class FastRollouts:
     @torch.no_grad()
     def collect(self, generators: Sequence[torch.Generator]) -> list[TensorDictBase]:
         agents, steps, num_envs = len(self.envs), self.frames_per_env, self.num_envs
-        linear, tanh = torch.nn.functional.linear, torch.tanh
         layers, scales, scale_arrays, noises = [], [], [], []
         for head, generator in zip(self.heads, generators, strict=True):
-            layers.append([(m.weight, m.bias) for m in head.mean if isinstance(m, torch.nn.Linear)])
+            # `F.linear` on a matrix is `addmm(bias, input, weight.t())`: called directly, and
+            # `tanh` in place on its fresh result, the same numbers for less dispatch.
+            layers.append([(m.bias.detach(), m.weight.detach().t()) for m in head.mean
+                           if isinstance(m, torch.nn.Linear)])
             scale = head.log_std.exp().expand(num_envs, head.log_std.shape[0])
             scales.append(scale)
             scale_arrays.append(scale.numpy())
@@ -183,14 +185,15 @@ class FastRollouts:
         records = [StepRecords() for _ in range(agents)]
         observations = self.observations
         self.shared.start_rollout()
+        addmm = torch.addmm
         for t in range(steps):
             actions, locs = [], []
             for agent in range(agents):
                 hidden = observations[agent]
-                *hidden_layers, (out_weight, out_bias) = layers[agent]
-                for weight, bias in hidden_layers:
-                    hidden = tanh(linear(hidden, weight, bias))
-                loc = linear(hidden, out_weight, out_bias)
+                *hidden_layers, (out_bias, out_weight_t) = layers[agent]
+                for bias, weight_t in hidden_layers:
+                    hidden = addmm(bias, hidden, weight_t).tanh_()
+                loc = addmm(out_bias, hidden, out_weight_t)
                 locs.append(loc)
                 # IndependentNormal(loc, scale).rsample(): loc + noise * scale, the same float32
                 # multiply and add, in numpy (cheaper per call than torch on 3 numbers).

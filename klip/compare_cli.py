@@ -41,8 +41,7 @@ def add_compare_commands(subparsers: Any) -> None:
                          "machine that runs this command (default: a SQLite file in the grid directory)")
     compare.add_argument("--seeds-together", action="store_true",
                          help="train each (entry, task)'s seeds as one population in one process "
-                              "(faster; `clip` then runs as the `step` shape, so the clip/step "
-                              "bitwise check needs single runs, the default)")
+                              "(faster; every agent is bitwise its own single run)")
     compare.add_argument("--extend", action="store_true",
                          help="grow --out's grid by the entries, tasks and seeds given (steps and "
                               "options unchanged); its finished cells are kept")

@@ -201,10 +201,9 @@ def _bitwise(results: GridResults) -> list[str]:
     together = [state for state in results.states.values()
                 if state.record is not None and state.record.get("population_size", 1) > 1]
     if together:
-        lines += [f"{len(together)} runs of this grid were trained as populations (`--seeds-together`). "
-                  "There `clip` is the `step` shape by construction (the population loss has no TorchRL "
-                  "`ClipPPOLoss`), so for those runs equality checks that the population code is "
-                  "deterministic, not the PPO-Clip equivalence; single runs check that.", ""]
+        lines += [f"{len(together)} runs of this grid were trained as populations (`--seeds-together`); "
+                  "every agent of a population is bitwise its own single run, and `clip` runs TorchRL's "
+                  "`ClipPPOLoss` there too, so the check above holds for them as for single runs.", ""]
     if only:
         lines += ["Compared: every column both runs log. Logged by only one of the two (the ratio "
                   "statistics of TorchRL's loss, the shape's diagnostics): "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from klip.algos.flat import ALIGNMENT, FlatParameters
+from klip.algos.flat import ALIGNMENT, FlatAdam, FlatParameters
 
 # An agent's tensors on Hopper (log-std, policy MLP, value MLP) and on Humanoid (wider inputs).
 HOPPER = [(3,), (64, 11), (64,), (64, 64), (64,), (3, 64), (3,), (64, 11), (64,), (64, 64), (64,), (1, 64),
@@ -63,3 +65,23 @@ def test_agents_of_different_sizes_are_refused():
     generator = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="same sizes"):
         FlatParameters([agents(HOPPER, 1, generator)[0], agents(HUMANOID, 1, generator)[0]])
+
+
+def test_flat_adam_is_torchs_foreach_adam_bit_for_bit_across_a_schedule_and_a_reload():
+    generator = torch.Generator().manual_seed(3)
+    start = torch.randn(1000, generator=generator)
+    ours_tensor, theirs_tensor = nn.Parameter(start.clone()), nn.Parameter(start.clone())
+    ours = FlatAdam(ours_tensor, lr=3e-4, eps=1e-5)
+    theirs = torch.optim.Adam([theirs_tensor], lr=3e-4, eps=1e-5, foreach=True)
+    for step in range(60):
+        grad = torch.randn(1000, generator=generator) * 10.0 ** (step % 11 - 7)
+        grad[::97] = 0.0
+        ours_tensor.grad, theirs_tensor.grad = grad.clone(), grad.clone()
+        ours.step()
+        theirs.step()
+        for optimizer in (ours, theirs):
+            optimizer.param_groups[0]["lr"] = 3e-4 * (1 - step / 80)
+        if step == 30:  # a checkpoint's round trip changes nothing
+            ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
+        assert torch.equal(ours_tensor, theirs_tensor)
+    assert ours.state_dict()["state"][0].keys() == theirs.state_dict()["state"][0].keys()
