@@ -84,6 +84,17 @@ def rollout_noise(steps: int, shape: tuple[int, ...], generator: torch.Generator
     return torch.stack([torch.empty(shape).normal_(generator=generator) for _ in range(steps)])
 
 
+def agent_rows(observations: np.ndarray, agents: int) -> list[torch.Tensor]:
+    """Each agent's rows of the shared env's observations, as the tensor its policy reads.
+
+    A row block that does not start on a 64-byte boundary is copied to one that does, as a
+    single run's fresh observations do: MKL rounds a product of a misaligned operand
+    differently (`benchmarks/batched_exactness.py`), so a view would change the agent's actions.
+    """
+    rows = torch.from_numpy(observations).view(agents, -1, observations.shape[-1]).unbind(0)
+    return [row if row.data_ptr() % 64 == 0 else row.clone() for row in rows]
+
+
 class StepRecords:
     """What a rollout keeps per step, stacked into TorchRL's rollout layout at the end."""
 
@@ -206,7 +217,7 @@ class FastRollouts:
             done = terminated | truncated
             if done.any():
                 next_obs = np.where(done[:, None], self.shared.reset_done(done), next_obs)
-            observations = list(torch.from_numpy(next_obs).view(agents, num_envs, -1).unbind(0))
+            observations = agent_rows(next_obs, agents)
         self.observations = observations
         return [record.to_tensordict(scale) for record, scale in zip(records, scales, strict=True)]
 
