@@ -147,7 +147,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
-        from klip.envs import KNOWN_TASKS  # imports TorchRL: not needed by `klip --help`
+        from klip.envs.names import KNOWN_TASKS  # no torch: an unknown task is refused at once
 
         if self.task not in KNOWN_TASKS:
             raise ConfigError(f"unknown task {self.task!r}; known tasks: {', '.join(KNOWN_TASKS)}")

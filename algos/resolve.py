@@ -8,17 +8,14 @@ that says which option wins, so a recorded option is always an honoured one.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from klip.algos.config import ConfigError, TrainConfig
-from klip.shapes import (
-    CoefficientShape,
-    ShapePluginError,
-    get_shape_class,
-    load_shape,
-    load_shapes_from_file,
-)
+
+if TYPE_CHECKING:  # klip.shapes' classes import torch: `check_before_torch` needs none of them
+    from klip.shapes import CoefficientShape, Param
 
 DEFAULT_SHAPE = "step"
 DEFAULT_CLIP_EPS = 0.2
@@ -36,6 +33,8 @@ def resolve_config(
     `shape` is a ready shape object (Python API); it replaces --shape/--shape-file.
     Resolving a resolved config gives it back unchanged.
     """
+    from klip.shapes import ShapePluginError, load_shape, load_shapes_from_file
+
     config = dataclasses.replace(config).validate()  # validate() copies shape_params
     _refuse_options_of_other_losses(config, shape)
     if config.loss != "klip":
@@ -62,16 +61,41 @@ def resolve_config(
                                            f"--shape-file {config.shape_file}")
     else:
         built = _build_named_shape(config)
-    # Every task klip trains today has continuous actions (a Gaussian policy).
-    if "continuous" not in type(built).action_spaces:
-        raise ConfigError(f"shape {built.display_name()!r} is defined for "
-                          f"{' and '.join(type(built).action_spaces)} actions only; {config.task} has "
-                          "continuous actions")
+    _check_action_spaces(built.display_name(), type(built).action_spaces, config.task)
     resolved = dataclasses.replace(
         config, shape=built.display_name(), shape_params=dict(built.hparams),
         clip_eps=built.hparams.get("eps"),
     )
     return resolved, built
+
+
+def check_before_torch(config: TrainConfig) -> None:
+    """Raise the error `resolve_config(config)` would raise first, where that needs no torch;
+    return quietly where it cannot tell (a shape file or plug-in, a shape the built-ins'
+    declarations do not decide: `klip.shapes.catalog`), leaving those to `resolve_config`.
+
+    `klip train` calls it before importing the engine, so that a bad option or shape name is
+    refused within a second, in the same words and with the same exit code.
+    """
+    from klip.shapes.catalog import shape_declaration
+
+    config = dataclasses.replace(config).validate()
+    _refuse_options_of_other_losses(config, None)
+    if config.loss != "klip" or config.shape_plugin or config.shape_file:
+        return
+    name = config.shape or DEFAULT_SHAPE
+    declared = shape_declaration(name)  # an unknown name: get_shape_class's error
+    from klip.shapes.params import check_param_values
+
+    check_param_values(name, declared.params, _named_shape_values(config, declared.params))
+    _check_action_spaces(name, declared.action_spaces, config.task)
+
+
+def _check_action_spaces(shape: str, action_spaces: tuple[str, ...], task: str) -> None:
+    # Every task klip trains today has continuous actions (a Gaussian policy).
+    if "continuous" not in action_spaces:
+        raise ConfigError(f"shape {shape!r} is defined for {' and '.join(action_spaces)} actions "
+                          f"only; {task} has continuous actions")
 
 
 def _refuse_options_of_other_losses(config: TrainConfig, shape: CoefficientShape | None) -> None:
@@ -96,16 +120,25 @@ def _refuse_options_of_other_losses(config: TrainConfig, shape: CoefficientShape
 
 
 def _build_named_shape(config: TrainConfig) -> CoefficientShape:
+    from klip.shapes import get_shape_class
+
+    shape_class = get_shape_class(config.shape or DEFAULT_SHAPE)
+    return shape_class(**_named_shape_values(config, shape_class.params))
+
+
+def _named_shape_values(config: TrainConfig, declared: Mapping[str, Param]) -> dict[str, float]:
+    """The parameter values of the named shape (`declared` are its parameters): the given ones,
+    and --clip-eps as its eps."""
     name = config.shape or DEFAULT_SHAPE
     params = dict(config.shape_params)
     if config.clip_eps is not None:
-        if "eps" not in get_shape_class(name).params:
+        if "eps" not in declared:
             raise ConfigError(f"clip_eps sets a shape's eps, and shape {name!r} has no eps; "
                               "drop --clip-eps")
         if params.setdefault("eps", config.clip_eps) != config.clip_eps:
             raise ConfigError(f"clip_eps {config.clip_eps:g} and shape parameter eps={params['eps']:g} "
                               "disagree; --clip-eps sets the shape's eps, give only one")
-    return get_shape_class(name)(**params)
+    return params
 
 
 def _check_against_given_shape(config: TrainConfig, shape: CoefficientShape, source: str) -> CoefficientShape:
@@ -180,5 +213,5 @@ def absolute_to(base: Path, path: str | None) -> str | None:
     return str(path if Path(path).is_absolute() else base / path)
 
 
-__all__ = ["absolute_to", "resolve_config", "run_name", "upgrade_recorded_options",
+__all__ = ["absolute_to", "check_before_torch", "resolve_config", "run_name", "upgrade_recorded_options",
            "with_options_added_later"]

@@ -14,6 +14,7 @@ from torchrl.envs import EnvBase, TransformedEnv
 
 from klip import compat
 from klip.envs.envpool_backend import EnvPoolVectorEnv, check_env_backend
+from klip.envs.names import KNOWN_TASKS
 from klip.envs.torchrl_env import VecGymWrapper
 from klip.envs.wrappers import (
     ClipAction,
@@ -34,15 +35,6 @@ __all__ = [
     "observation_and_action_dims",
     "set_normalization_state",
 ]
-
-KNOWN_TASKS: tuple[str, ...] = (
-    *(
-        f"{name}-{version}"
-        for name in ("HalfCheetah", "Hopper", "Walker2d", "Ant", "Humanoid")
-        for version in ("v4", "v5")
-    ),
-    "Pendulum-v1",
-)
 
 OBS_CLIP = 10.0
 REWARD_CLIP = 10.0

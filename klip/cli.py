@@ -121,6 +121,10 @@ def _shapes(args: argparse.Namespace) -> int:
         for name, summary in shape_summaries().items():
             print(f"{name:14s} {summary}")
         return 0
+    if args.shapes_command == "show" and not plugins:
+        from klip.shapes.catalog import shape_declaration
+
+        shape_declaration(args.name)  # an unknown name is refused before torch is imported
     from klip.shapes import available_shapes, get_shape_class, load_shapes_from_file
 
     for plugin in plugins:
@@ -167,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_request.code or 0)
     debug = args.debug or "--debug" in argv
     try:
+        if args.command == "train":
+            from klip.train_cli import check_before_torch
+
+            check_before_torch(args)  # input errors within a second, before the engine's imports
         if _trains(args):
             from klip.preload import preload
 
@@ -196,22 +204,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _trains(args: argparse.Namespace) -> bool:
-    """Whether the command may train for hours: `train`, `compare` (not `--plan`, not
-    `report`) and `study run`."""
-    if args.command == "train":
-        return True
-    if args.command == "compare":
-        return args.compare_command is None and not getattr(args, "plan", False)
-    # `study run` preloads itself once its input has passed its checks (errors within a second).
-    return False
+    """Whether `klip` should preload before the command: `train`. (`compare`, not `--plan` nor
+    `report`, and `study run` also train for hours; they preload themselves.)"""
+    # `compare` and `study run` preload once their input has passed its checks (errors within a
+    # second); `train` checks its input before (`klip.train_cli.check_before_torch`).
+    return bool(args.command == "train")
 
 
 def _report(error: Exception, debug: bool) -> int:
     """One `klip: error:` line (the traceback too under --debug) and the exit code."""
-    from klip.algos.divergence import TrainingDiverged
-    from klip.algos.train import RunInterrupted
-
-    if isinstance(error, RunInterrupted):
+    # Their modules import torch; an error raised before they were imported is neither.
+    train, divergence = sys.modules.get("klip.algos.train"), sys.modules.get("klip.algos.divergence")
+    if train is not None and isinstance(error, train.RunInterrupted):
         print(f"klip: {error}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not isinstance(error, (ValueError, KeyError, OSError, RuntimeError, FloatingPointError)):
@@ -222,7 +226,8 @@ def _report(error: Exception, debug: bool) -> int:
     # One line even when the message (a user's exception, a library's) has several.
     message = " | ".join(line.strip() for line in message.splitlines() if line.strip())
     print(f"klip: error: {message}", file=sys.stderr)
-    return EXIT_DIVERGED if isinstance(error, TrainingDiverged) else EXIT_BAD_INPUT
+    diverged = divergence is not None and isinstance(error, divergence.TrainingDiverged)
+    return EXIT_DIVERGED if diverged else EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -81,7 +81,6 @@ def _base_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _spec(args: argparse.Namespace) -> Any:
-    from klip.shapes import load_shapes_from_file
     from klip.studies.compare import CompareError, GridSpec, load_grid, parse_entries, split_entries
     from klip.studies.training import TrainConfig
 
@@ -99,6 +98,8 @@ def _spec(args: argparse.Namespace) -> Any:
     except (TypeError, ValueError) as error:
         raise CompareError(f"base options: {error}") from None
     if base.get("shape_plugin"):
+        from klip.shapes import load_shapes_from_file  # torch
+
         load_shapes_from_file(base["shape_plugin"])
     entries = parse_entries(split_entries(args.entries), args.out)
     return GridSpec(entries, _split(args.tasks), seeds, args.steps, base,
@@ -129,13 +130,16 @@ def run_compare(args: argparse.Namespace) -> int:
         except OSError as error:  # a full disk, a read-only directory: one line naming the path
             raise WriteError(describe_os_error(error, args.dir)) from None
         return 0
-    spec = _spec(args)
+    spec = _spec(args)  # input errors before the training engine is imported
     if args.plan:
         jobs = spec.jobs()
         print(f"{len(spec.cells())} cells in {len(jobs)} jobs, in this order:")
         for job in jobs:
             print(f"  {job_key(job)}")
         return 0
+    from klip.preload import preload
+
+    preload()  # hours of training: one version of the code from start to end
     try:
         outcome = run_grid(spec, args.out, storage=args.storage, workers=args.workers,
                            write_report=not args.no_report, progress_interval=args.progress_every,

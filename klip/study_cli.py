@@ -142,14 +142,17 @@ def _settings(args: argparse.Namespace) -> Any:
     overrides = load_space_file(args.search_space) if args.search_space else None
     options = _train_options(args)
 
-    from klip.shapes import get_shape_class, load_shapes_from_file  # torch, from here on
-    from klip.studies.settings import StudySettings
-    from klip.studies.space import resolve_space
+    from klip.shapes.catalog import shape_declaration
 
     if options.get("shape_plugin"):
+        from klip.shapes import load_shapes_from_file  # torch
+
         load_shapes_from_file(options["shape_plugin"])
-    get_shape_class(args.shape)
+    shape_declaration(args.shape)  # a built-in shape's name is checked without torch
     tasks = _tasks(args.tasks, options, args.steps_per_task)
+
+    from klip.studies.settings import StudySettings
+    from klip.studies.space import resolve_space  # torch, from here on
     space, fixed = resolve_space(args.shape, overrides, fixes,
                                  overrides_source=f"--search-space {args.search_space}")
     settings = StudySettings(

@@ -95,6 +95,18 @@ def population_spec(args: argparse.Namespace) -> Any:
     return PopulationSpec(dataclasses.replace(base, seed=seeds[0]), seeds, sweep)
 
 
+def check_before_torch(args: argparse.Namespace) -> None:
+    """Raise the input error `run_train(args)` would raise first, where that needs no torch
+    (options, task, a built-in shape's name and parameters); `klip` calls it before importing
+    the engine. Populations and `--resume` are left to `run_train`."""
+    from klip.algos.config import TrainConfig
+    from klip.algos.resolve import check_before_torch as check_config
+
+    if args.resume or is_population_request(args):
+        return
+    check_config(TrainConfig.from_dict(_options(args, {})))
+
+
 def run_train(args: argparse.Namespace) -> int:
     """`klip train`: a single run, or a population; one table of outcomes either way."""
     from klip.algos.agents import train_population
@@ -138,4 +150,4 @@ def _print_population(results: list[Any], out: Path) -> None:
     print(f"outputs in {out}/ (population_summary.csv, population_curves.png, one directory per agent)")
 
 
-__all__ = ["is_population_request", "parse_sweep", "population_spec", "run_train"]
+__all__ = ["check_before_torch", "is_population_request", "parse_sweep", "population_spec", "run_train"]

@@ -1,4 +1,5 @@
-"""Write the generated docs (docs/options.md, docs/metrics.md) from their one source in code.
+"""Write the generated docs (docs/options.md, docs/metrics.md) and the built-in shapes'
+declarations (shapes/declared.py, read without torch) from their one source in code.
 
     .venv/bin/python scripts/generate_docs.py          # rewrite them
     .venv/bin/python scripts/generate_docs.py --check  # exit 1 if a committed file is stale
@@ -10,14 +11,17 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 
 
 def generated() -> dict[Path, Callable[[], str]]:
     from klip.algos.columns import metrics_markdown
     from klip.algos.config import options_markdown
+    from klip.shapes.catalog import declarations_source
 
-    return {DOCS / "options.md": options_markdown, DOCS / "metrics.md": metrics_markdown}
+    return {DOCS / "options.md": options_markdown, DOCS / "metrics.md": metrics_markdown,
+            ROOT / "shapes" / "declared.py": declarations_source}
 
 
 def main(argv: list[str]) -> int:

@@ -12,7 +12,6 @@ if TYPE_CHECKING:
     from klip.shapes.base import (
         CONTEXT_VARIABLES,
         CoefficientShape,
-        Param,
         exact_kill_region,
         signed_distance_past_boundary,
     )
@@ -24,28 +23,32 @@ if TYPE_CHECKING:
         SigmoidShape,
         StepShape,
     )
+    from klip.shapes.catalog import UnknownShapeError
     from klip.shapes.drift import DriftShape
+    from klip.shapes.params import Param, parse_param_assignments
     from klip.shapes.published import ClipHigherShape, RollbackShape, TruncateShape, dpo, spo
     from klip.shapes.registry import (
         ENTRY_POINT_GROUP,
         ShapePluginError,
-        UnknownShapeError,
         available_shapes,
         get_shape_class,
         load_shape,
         load_shapes_from_file,
         make_shape,
-        parse_param_assignments,
         register_drift,
         register_shape,
         save_shape,
         shape_from_dict,
     )
 
-# Imported on first use, so that `klip shapes list` and `klip --help` need no torch.
+# Imported on first use, so that `klip shapes list` and `klip --help` need no torch
+# (nor `Param`, `parse_param_assignments` and `UnknownShapeError`: they are defined without it).
 _LAZY = {
-    **dict.fromkeys(["CONTEXT_VARIABLES", "CoefficientShape", "Param", "exact_kill_region",
+    **dict.fromkeys(["CONTEXT_VARIABLES", "CoefficientShape", "exact_kill_region",
                      "signed_distance_past_boundary"], "klip.shapes.base"),
+    "Param": "klip.shapes.params",
+    "parse_param_assignments": "klip.shapes.params",
+    "UnknownShapeError": "klip.shapes.catalog",
     **dict.fromkeys(["AnnealedClipShape", "LearnedShape", "LinearRampShape", "NoGateShape",
                      "SigmoidShape", "StepShape"], "klip.shapes.builtin"),
     "DriftShape": "klip.shapes.drift",

@@ -81,36 +81,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from klip.shapes.params import Param, check_param_values
+
 if TYPE_CHECKING:
     import optuna
 
 SHAPE_FILE_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class Param:
-    """A declared hyper-parameter of a shape: default, valid range, Optuna search range."""
-
-    default: float
-    low: float = -math.inf
-    high: float = math.inf
-    low_inclusive: bool = True
-    high_inclusive: bool = True
-    search: tuple[float, float] | None = None
-    log: bool = False
-    help: str = ""
-
-    def describe_range(self) -> str:
-        left = "[" if self.low_inclusive and math.isfinite(self.low) else "("
-        right = "]" if self.high_inclusive and math.isfinite(self.high) else ")"
-        return f"{left}{self.low:g}, {self.high:g}{right}"
-
-    def contains(self, value: float) -> bool:
-        if math.isnan(value):
-            return False
-        above = value >= self.low if self.low_inclusive else value > self.low
-        below = value <= self.high if self.high_inclusive else value < self.high
-        return above and below
 
 
 CONTEXT_KINDS = ("iteration", "update", "sample")
@@ -205,29 +181,8 @@ class CoefficientShape(nn.Module):
 
     def __init__(self, **values: float) -> None:
         super().__init__()
-        unknown = sorted(set(values) - set(self.params))
-        if unknown:
-            known = ", ".join(self.params) or "none"
-            raise ValueError(
-                f"shape {self.display_name()!r}: unknown parameter(s) {', '.join(unknown)}; "
-                f"its parameters are: {known}"
-            )
-        self.hparams: dict[str, float] = {}
-        for key, spec in self.params.items():
-            value = values.get(key, spec.default)
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"shape {self.display_name()!r}: parameter {key!r} must be a number, "
-                    f"got {value!r}"
-                ) from None
-            if not spec.contains(value):
-                raise ValueError(
-                    f"shape {self.display_name()!r}: parameter {key!r} = {value:g} is outside "
-                    f"its allowed range {spec.describe_range()}"
-                )
-            self.hparams[key] = value
+        self.hparams: dict[str, float] = check_param_values(self.display_name(), self.params, values)
+        for key, value in self.hparams.items():
             setattr(self, key, value)
         # Names of the per-update and per-sample variables set since the last clear.
         self._context_set: set[str] = set()

@@ -17,8 +17,10 @@ import torch
 
 from klip.shapes import builtin, published
 from klip.shapes.base import SHAPE_FILE_FORMAT, CoefficientShape, Param
-from klip.shapes.catalog import ENTRY_POINT_GROUP
+from klip.shapes.catalog import ENTRY_POINT_GROUP, unknown_shape_error
+from klip.shapes.catalog import UnknownShapeError as UnknownShapeError  # defined without torch
 from klip.shapes.drift import Drift, DriftShape, drift_shape
+from klip.shapes.params import parse_param_assignments as parse_param_assignments  # as UnknownShapeError
 
 _REGISTRY: dict[str, type[CoefficientShape]] = {}
 _entry_points_loaded = False
@@ -31,13 +33,6 @@ ShapeClass = TypeVar("ShapeClass", bound=type[CoefficientShape])
 
 class ShapePluginError(ValueError):
     """A user's shape plugin failed to import; the message names the file and the exception."""
-
-
-class UnknownShapeError(KeyError, ValueError):
-    """Raised for a shape name nobody registered; the message lists the known names."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 def register_shape(name: str, *, override: bool = False) -> Callable[[ShapeClass], ShapeClass]:
@@ -129,11 +124,7 @@ def get_shape_class(name: str) -> type[CoefficientShape]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise UnknownShapeError(
-            f"unknown shape {name!r}; registered shapes: {known} "
-            f"(a shape from your own file needs --shape-plugin FILE.py)"
-        ) from None
+        raise unknown_shape_error(name, sorted(_REGISTRY)) from None
 
 
 def make_shape(name: str, **params: float) -> CoefficientShape:
@@ -245,20 +236,3 @@ def load_shape(path: str | Path) -> CoefficientShape:
         return shape_from_dict(data)
     except ValueError as error:
         raise ValueError(f"shape file {path}: {error}") from None
-
-
-def parse_param_assignments(assignments: list[str]) -> dict[str, float]:
-    """`["tau=0.05", "eps=0.2"]` -> `{"tau": 0.05, "eps": 0.2}` with a clear error otherwise."""
-    params: dict[str, float] = {}
-    for item in assignments:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"shape parameter {item!r} must look like NAME=VALUE")
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"shape parameter {key!r}: {raw!r} is not a number") from None
-        if not math.isfinite(value):
-            raise ValueError(f"shape parameter {key!r}: {raw!r} is not finite")
-        params[key.strip()] = value
-    return params

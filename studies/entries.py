@@ -193,13 +193,16 @@ def _study_entry(spec: str, grid_dir: Path) -> Entry:
 
 def parse_entry(spec: str, grid_dir: Path) -> Entry:
     """One entry from its command-line form."""
-    from klip.shapes import available_shapes, load_shape, make_shape, parse_param_assignments
+    from klip.shapes import parse_param_assignments
+    from klip.shapes.catalog import check_shape, known_shapes  # no torch for the built-in shapes
     from klip.studies.training import LOSSES
 
     spec = spec.strip()
     if spec.startswith("study:"):
         return _study_entry(spec, grid_dir)
     if spec.endswith(".json"):
+        from klip.shapes import load_shape  # torch
+
         try:
             shape = load_shape(spec)
         except (OSError, ValueError, KeyError) as error:
@@ -214,21 +217,21 @@ def parse_entry(spec: str, grid_dir: Path) -> Entry:
         label = f"{name}:{_format_params(overrides)}" if overrides else name
         return Entry(label, label, {"loss": name, **overrides})
     shape_name = "step" if name == "klip" else name
-    if shape_name in available_shapes():
+    if shape_name in known_shapes():
         keys = [item.partition("=")[0].strip() for item in assignments]
         repeated = sorted({key for key in keys if keys.count(key) > 1})
         if repeated:
             raise CompareError(f"entry {spec!r}: {', '.join(repeated)} given twice")
         try:
             params = parse_param_assignments(assignments)
-            make_shape(shape_name, **params)
+            check_shape(shape_name, params)
         except (ValueError, TypeError, KeyError) as error:
             raise CompareError(f"entry {spec!r}: {error}") from None
         label = f"{shape_name}:{_format_params(params)}" if params else shape_name
         return Entry(label, label, {"loss": "klip", "shape": shape_name, "shape_params": params})
     raise CompareError(
         f"unknown entry {spec!r}; an entry is a loss ({', '.join(x for x in LOSSES if x != 'klip')}), "
-        f"a shape ({', '.join(available_shapes())}) with optional :NAME=VALUE,..., "
+        f"a shape ({', '.join(known_shapes())}) with optional :NAME=VALUE,..., "
         "a shape .json file, or study:NAME@STORAGE_URL"
     )
 
