@@ -183,7 +183,7 @@ class FastRollouts:
     @torch.no_grad()
     def collect(self, generators: Sequence[torch.Generator]) -> list[TensorDictBase]:
         agents, steps, num_envs = len(self.envs), self.frames_per_env, self.num_envs
-        layers, scales, scale_arrays, noises = [], [], [], []
+        layers, scales, noises = [], [], []
         for head, generator in zip(self.heads, generators, strict=True):
             # `F.linear` on a matrix is `addmm(bias, input, weight.t())`: called directly, and
             # `tanh` in place on its fresh result, the same numbers for less dispatch.
@@ -191,35 +191,39 @@ class FastRollouts:
                            if isinstance(m, torch.nn.Linear)])
             scale = head.log_std.exp().expand(num_envs, head.log_std.shape[0])
             scales.append(scale)
-            scale_arrays.append(scale.numpy())
             noises.append(rollout_noise(steps, tuple(scale.shape), generator).numpy())
-        records = [StepRecords() for _ in range(agents)]
+        # The shared env's rows are agent-major: agent i's sub-envs are rows i*E .. i*E+E-1.
+        noise = np.concatenate(noises, axis=1)
+        flat_scales = torch.cat(scales)
+        scale_array = flat_scales.numpy()
+        records = StepRecords()
         observations = self.observations
+        observation = torch.cat(observations)
         self.shared.start_rollout()
         addmm = torch.addmm
         for t in range(steps):
-            actions, locs = [], []
+            locs = []
             for agent in range(agents):
                 hidden = observations[agent]
                 *hidden_layers, (out_bias, out_weight_t) = layers[agent]
                 for bias, weight_t in hidden_layers:
                     hidden = addmm(bias, hidden, weight_t).tanh_()
-                loc = addmm(out_bias, hidden, out_weight_t)
-                locs.append(loc)
-                # IndependentNormal(loc, scale).rsample(): loc + noise * scale, the same float32
-                # multiply and add, in numpy (cheaper per call than torch on 3 numbers).
-                actions.append(loc.numpy() + noises[agent][t] * scale_arrays[agent])
-            next_obs, reward, terminated, truncated, _ = self.shared.step(np.concatenate(actions))
-            for agent in range(agents):
-                rows = slice(agent * num_envs, (agent + 1) * num_envs)
-                records[agent].append(observations[agent], locs[agent], actions[agent], next_obs[rows],
-                                      reward[rows], terminated[rows], truncated[rows])
+                locs.append(addmm(out_bias, hidden, out_weight_t))
+            loc = locs[0] if agents == 1 else torch.cat(locs)
+            # IndependentNormal(loc, scale).rsample(): loc + noise * scale, the same float32
+            # multiply and add elementwise, in numpy (cheaper per call than torch on a few numbers).
+            action = loc.numpy() + noise[t] * scale_array
+            next_obs, reward, terminated, truncated, _ = self.shared.step(action)
+            records.append(observation, loc, action, next_obs, reward, terminated, truncated)
             done = terminated | truncated
             if done.any():
                 next_obs = np.where(done[:, None], self.shared.reset_done(done), next_obs)
+            observation = torch.from_numpy(next_obs)
             observations = agent_rows(next_obs, agents)
         self.observations = observations
-        return [record.to_tensordict(scale) for record, scale in zip(records, scales, strict=True)]
+        rollout = records.to_tensordict(flat_scales).reshape(agents, num_envs, steps)
+        # Each agent's rollout in tensors of its own (aligned, as its single run's are).
+        return [agent_rollout.clone() for agent_rollout in rollout.unbind(0)]
 
     def drain_episodes(self, agent: int) -> list[tuple[float, int, int]]:
         return self.shared.drain_episodes(agent)
