@@ -42,6 +42,9 @@ def add_compare_commands(subparsers: Any) -> None:
     compare.add_argument("--seeds-together", action="store_true",
                          help="train each (entry, task)'s seeds as one population in one process "
                               "(faster; every agent is bitwise its own single run)")
+    compare.add_argument("--reuse", action="append", type=Path, default=[], metavar="DIR",
+                         help="another grid whose finished cells with the same settings (entry, task, "
+                              "seed, steps, options) are linked here instead of trained; repeatable")
     compare.add_argument("--extend", action="store_true",
                          help="grow --out's grid by the entries, tasks and seeds given (steps and "
                               "options unchanged); its finished cells are kept")
@@ -143,7 +146,7 @@ def run_compare(args: argparse.Namespace) -> int:
     try:
         outcome = run_grid(spec, args.out, storage=args.storage, workers=args.workers,
                            write_report=not args.no_report, progress_interval=args.progress_every,
-                           extend=args.extend)
+                           extend=args.extend, reuse=args.reuse)
     except KeyboardInterrupt:
         print("klip: interrupted; run the same command again to continue the grid", file=sys.stderr)
         return 130

@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -78,6 +79,7 @@ from klip.studies.references import (
     RANDOM_FILE,
     random_scores,
 )
+from klip.studies.reuse import link_reused_cells
 from klip.studies.workers import run_workers, set_up_worker
 
 DRY_ATTR = "klip_compare"
@@ -300,12 +302,14 @@ def run_grid(
     spec: GridSpec, out: Path, *, storage: str | None = None, workers: int = 1,
     trainer: CellTrainer | None = None, write_report: bool = True,
     progress_interval: float = 30.0, stream: TextIO | None = None, extend: bool = False,
+    reuse: Sequence[Path] = (),
 ) -> GridOutcome:
     """Run (or continue, or join, or with `extend` grow) a grid; write its report when this
     machine runs dry.
 
     `trainer` defaults to single runs one after another, or to one population per (entry,
-    task) for a grid made with `seeds_together`.
+    task) for a grid made with `seeds_together`. `reuse`: other grids whose finished cells of
+    the same settings are linked instead of trained (`klip.studies.reuse`).
     """
     from optuna.trial import TrialState
 
@@ -324,6 +328,10 @@ def run_grid(
     url = storage or default_storage(out)
     lock = grid_lock(out) if local else contextlib.nullcontext()
     with lock:
+        if reuse:
+            linked = link_reused_cells(spec, out, [Path(source) for source in reuse])
+            if linked:
+                _log(f"{linked} cells linked from {', '.join(str(source) for source in reuse)}")
         open_study(spec, out, url, local=local)
         random_scores(out, spec.tasks, spec.steps)
         with ProgressReporter(spec, out, url, stream, interval=progress_interval):

@@ -564,6 +564,34 @@ def test_extend_grows_a_grid_by_seeds_and_entries_and_trains_only_the_new_cells(
     assert run_grid(grown, copy, trainer=Spy(), stream=io.StringIO(), write_report=False).done == 9
 
 
+def test_reuse_links_another_grids_finished_cells_and_trains_only_the_rest(finished_grid, tmp_path):
+    source, spec, *_ = finished_grid
+    before = {path: path.stat().st_mtime_ns for path in source.rglob("*") if path.is_file()}
+    out = tmp_path / "zoo"
+    zoo = tiny_spec(out, entries="step,sigmoid", seeds=2)
+    spy = Spy()
+    outcome = run_grid(zoo, out, trainer=spy, stream=io.StringIO(), reuse=[source])
+    assert [run.cell.key for run in spy.runs] == [c.key for c in zoo.cells() if c.entry.label == "sigmoid"]
+    assert (outcome.done, outcome.total, outcome.failed) == (4, 4, [])
+    for cell in zoo.cells():
+        linked = zoo.cell_dir(out, cell)
+        assert linked.is_symlink() == (cell.entry.label == "step")
+    step = next(cell for cell in zoo.cells() if cell.entry.label == "step")
+    assert (zoo.cell_dir(out, step) / "summary.json").read_bytes() == (
+        spec.cell_dir(source, step) / "summary.json").read_bytes()
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert sum(event["event"] == "reused" for event in events) == 2
+    # Nothing of the other grid was written.
+    assert {path: path.stat().st_mtime_ns for path in source.rglob("*") if path.is_file()} == before
+
+
+def test_reuse_refuses_a_grid_of_other_settings(finished_grid, tmp_path):
+    source, *_ = finished_grid
+    with pytest.raises(CompareError, match="differs in: steps"):
+        run_grid(tiny_spec(tmp_path / "g", entries="step", steps=768), tmp_path / "g", trainer=Spy(),
+                 stream=io.StringIO(), reuse=[source])
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(steps=768), "steps differs"),
     (dict(seeds=1), "seed 1 is left out"),
