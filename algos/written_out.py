@@ -57,46 +57,27 @@ def linear_layers(mlp: nn.Sequential, flat: Tensor, gradient: Tensor) -> list[Wr
     return [WrittenOutLayer(linear, flat, gradient) for linear in linears]
 
 
-def mlps_forward(group: Sequence[Sequence[WrittenOutLayer]], inputs: Sequence[Tensor]
-                 ) -> tuple[Tensor, list[Tensor]]:
-    """Every agent's MLP on its own input: the outputs stacked `[agents, batch, out]`, and each
-    layer's hidden activations stacked the same way (what the backward needs).
-
-    Each agent's layer is its own `addmm`, written into its row of a stacked buffer; `tanh`
-    is elementwise, so one call over the stack computes each agent's own values."""
-    hidden: list[Tensor] = []
-    rows = list(inputs)
-    batch = rows[0].shape[0]
-    for index in range(len(group[0])):
-        stacked = rows[0].new_empty(len(group), batch, group[0][index].bias.numel())
-        for layers, row, out in zip(group, rows, stacked.unbind(0), strict=True):
-            layer = layers[index]
-            torch.addmm(layer.bias, row, layer.weight_t, out=out)
-        if index == len(group[0]) - 1:
-            return stacked, hidden
-        stacked.tanh_()
-        hidden.append(stacked)
-        rows = list(stacked.unbind(0))
-    raise AssertionError("unreachable")
+def mlp_forward(layers: Sequence[WrittenOutLayer], inputs: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """The MLP's output and each layer's input (what the backward needs)."""
+    saved, hidden = [], inputs
+    last = len(layers) - 1
+    for index, layer in enumerate(layers):
+        saved.append(hidden)
+        hidden = torch.addmm(layer.bias, hidden, layer.weight_t)
+        if index < last:
+            hidden.tanh_()  # in place on the fresh product: the same values as `tanh`
+    return hidden, saved
 
 
-def mlps_backward(group: Sequence[Sequence[WrittenOutLayer]], inputs: Sequence[Tensor],
-                  hidden: Sequence[Tensor], grad_output: Tensor) -> None:
-    """Write each agent's weight and bias gradients into their places in the flat gradient."""
-    grads = grad_output.unbind(0)
-    for index in range(len(group[0]) - 1, -1, -1):
-        layer_inputs = hidden[index - 1].unbind(0) if index else inputs
-        for layers, grad, layer_input in zip(group, grads, layer_inputs, strict=True):
-            layer = layers[index]
-            torch.mm(grad.t(), layer_input, out=layer.weight_grad)
-            torch.sum(grad, 0, keepdim=True, out=layer.bias_grad)
-        if not index:
-            return  # the observations need no gradient
-        stacked = hidden[index - 1]
-        grad_hidden = torch.empty_like(stacked)
-        for layers, grad, out in zip(group, grads, grad_hidden.unbind(0), strict=True):
-            torch.mm(grad, layers[index].weight, out=out)
-        grads = torch.ops.aten.tanh_backward(grad_hidden, stacked).unbind(0)
+def mlp_backward(layers: Sequence[WrittenOutLayer], saved: Sequence[Tensor], grad_output: Tensor) -> None:
+    """Write each layer's weight and bias gradient into its place in the flat gradient."""
+    grad = grad_output
+    for index in range(len(layers) - 1, -1, -1):
+        layer, layer_input = layers[index], saved[index]
+        torch.mm(grad.t(), layer_input, out=layer.weight_grad)
+        torch.sum(grad, 0, keepdim=True, out=layer.bias_grad)
+        if index:  # the observations need no gradient
+            grad = torch.ops.aten.tanh_backward(grad.mm(layer.weight), layer_input)
 
 
 class _WrittenOut(torch.autograd.Function):
@@ -105,16 +86,17 @@ class _WrittenOut(torch.autograd.Function):
                 ) -> tuple[Tensor, ...]:
         outputs, saved = [], []
         for group, group_inputs in zip(mlps.networks, inputs, strict=True):
-            output, hidden = mlps_forward(group, group_inputs)
-            outputs.append(output)
-            saved.append((group_inputs, hidden))
+            results = [mlp_forward(layers, x) for layers, x in zip(group, group_inputs, strict=True)]
+            outputs.append(torch.stack([output for output, _ in results]))
+            saved.append([layer_inputs for _, layer_inputs in results])
         ctx.mlps, ctx.saved = mlps, saved
         return tuple(outputs)
 
     @staticmethod
     def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, None, None]:
-        for group, (inputs, hidden), grad in zip(ctx.mlps.networks, ctx.saved, grad_outputs, strict=True):
-            mlps_backward(group, inputs, hidden, grad)
+        for group, saved, grad in zip(ctx.mlps.networks, ctx.saved, grad_outputs, strict=True):
+            for layers, layer_inputs, agent_grad in zip(group, saved, grad.unbind(0), strict=True):
+                mlp_backward(layers, layer_inputs, agent_grad)
         gradient = ctx.mlps.gradient
         ctx.mlps = ctx.saved = None
         return gradient, None, None
@@ -138,4 +120,4 @@ class WrittenOutMLPs:
         return _WrittenOut.apply(self.flat, self, inputs)
 
 
-__all__ = ["WrittenOutLayer", "WrittenOutMLPs", "linear_layers", "mlps_backward", "mlps_forward"]
+__all__ = ["WrittenOutLayer", "WrittenOutMLPs", "linear_layers", "mlp_backward", "mlp_forward"]
