@@ -78,7 +78,8 @@ def sample_context(names: tuple[str, ...], *, action: Tensor, old_log_prob: Tens
             values["kl"] = categorical_kl(old_logits, logits.detach()).unsqueeze(-1)
         else:
             assert old_loc is not None and old_scale is not None and loc is not None and scale is not None
-            values["kl"] = diagonal_gaussian_kl(old_loc, old_scale, loc.detach(), scale.detach()).unsqueeze(-1)
+            kl = diagonal_gaussian_kl(old_loc, old_scale, loc.detach(), scale.detach())
+            values["kl"] = kl.unsqueeze(-1)
     if "old_log_prob" in names:
         values["old_log_prob"] = old_log_prob.unsqueeze(-1)
     if "old_action_z" in names:
