@@ -211,3 +211,10 @@ def test_lunar_lander_without_box2d_is_refused_naming_the_extra(tmp_path, capsys
     assert line == ("klip: error: task LunarLander-v3 needs gymnasium's box2d extra, which is not "
                     "installed: pip install 'klip[box2d]'")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_discrete_task_is_refused_on_envpool(tmp_path, capsys):
+    line = refusal(capsys, ["--task", "CartPole-v1", "--env-backend", "envpool",
+                            "--out", str(tmp_path / "r")])
+    assert line == ("klip: error: env_backend envpool runs continuous tasks only; "
+                    "CartPole-v1 has discrete actions")

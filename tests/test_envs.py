@@ -18,9 +18,9 @@ from klip.envs import (
     drain_episode_stats,
     get_normalization_state,
     gym_vector_env,
+    is_discrete,
     make_env,
     make_eval_env,
-    is_discrete,
     observation_and_action_dims,
     set_normalization_state,
 )
