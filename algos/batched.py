@@ -54,6 +54,7 @@ def batchable(loss_modules: Sequence[Any], actors: Sequence[Any], critics: Seque
     """Whether `BatchedKLipLoss` computes exactly what each agent's `KLipTensorLoss` computes."""
     if minibatch_size % SAMPLE_MULTIPLE or rollout_steps % minibatch_size:
         return False
+    # Includes categorical actors: discrete tasks run each agent's TorchRL module (exact first).
     if any(tensor_loss_unsupported(loss, actor, critic) is not None
            for loss, actor, critic in zip(loss_modules, actors, critics, strict=True)):
         return False

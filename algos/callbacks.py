@@ -106,7 +106,8 @@ class EvaluationTarget(Protocol):
 
 @torch.no_grad()
 def evaluate(target: EvaluationTarget, episodes: int, seed: int) -> dict[str, Any]:
-    """Deterministic (mean action) returns over `episodes`, normalisation frozen."""
+    """Deterministic returns over `episodes` (a Gaussian's mean action, a categorical's mode:
+    the actor's `deterministic_sample`), normalisation frozen."""
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
     cfg = target.config

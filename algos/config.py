@@ -147,10 +147,15 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
-        from klip.envs.names import KNOWN_TASKS  # no torch: an unknown task is refused at once
+        # No torch: an unknown task, or one whose extra is missing, is refused at once.
+        from klip.envs.names import KNOWN_TASKS, check_task_installed
 
         if self.task not in KNOWN_TASKS:
             raise ConfigError(f"unknown task {self.task!r}; known tasks: {', '.join(KNOWN_TASKS)}")
+        try:
+            check_task_installed(self.task)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.kl_measure is not None and self.kl_measure not in KL_MEASURES:

@@ -28,9 +28,11 @@ from torchrl.objectives import ClipPPOLoss, LossModule, PPOLoss
 from klip import compat
 from klip.algos.networks import (
     ValueHead,
+    categorical_kl,
     diagonal_gaussian_kl,
     gaussian_entropy,
     gaussian_log_prob,
+    has_categorical_policy,
     policy_head,
 )
 from klip.shapes import CoefficientShape, get_shape_class
@@ -60,17 +62,29 @@ def sample_context_names(shape: CoefficientShape) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def sample_context(names: tuple[str, ...], *, action: Tensor, old_log_prob: Tensor, old_loc: Tensor,
-                   old_scale: Tensor, loc: Tensor, scale: Tensor) -> dict[str, Tensor]:
+def sample_context(names: tuple[str, ...], *, action: Tensor, old_log_prob: Tensor,
+                   old_loc: Tensor | None = None, old_scale: Tensor | None = None,
+                   loc: Tensor | None = None, scale: Tensor | None = None,
+                   old_logits: Tensor | None = None, logits: Tensor | None = None) -> dict[str, Tensor]:
     """The per-sample context `names` asks for, detached, shaped like the `[B, 1]` ratios
-    (`old_action_z` `[B, d]`): the per-state KL(rollout policy || current policy) of the diagonal
-    Gaussians (torch's closed form), the rollout log-probability, the standardised action."""
+    (`old_action_z` `[B, d]`): the per-state KL(rollout policy || current policy) in closed form
+    (torch's: of the diagonal Gaussians `loc`/`scale`, or of the categoricals `logits`), the
+    rollout log-probability, the standardised action (Gaussian only)."""
     values: dict[str, Tensor] = {}
+    categorical = old_logits is not None
     if "kl" in names:
-        values["kl"] = diagonal_gaussian_kl(old_loc, old_scale, loc.detach(), scale.detach()).unsqueeze(-1)
+        if categorical:
+            assert logits is not None
+            values["kl"] = categorical_kl(old_logits, logits.detach()).unsqueeze(-1)
+        else:
+            assert old_loc is not None and old_scale is not None and loc is not None and scale is not None
+            kl = diagonal_gaussian_kl(old_loc, old_scale, loc.detach(), scale.detach())
+            values["kl"] = kl.unsqueeze(-1)
     if "old_log_prob" in names:
         values["old_log_prob"] = old_log_prob.unsqueeze(-1)
     if "old_action_z" in names:
+        if categorical or old_loc is None or old_scale is None:
+            raise ValueError("context 'old_action_z' (a standardised action) needs a Gaussian policy")
         values["old_action_z"] = (action - old_loc) / old_scale
     return values
 
@@ -411,8 +425,11 @@ class KLipPPOLoss(_PPOFamilyLoss):
         if self._band_names:
             self._follow_band()
         names = sample_context_names(self.shape)
-        # Read before the actor writes the current policy's loc and scale into the tensordict.
-        rollout = {key: tensordict.get(key) for key in ("loc", "scale")} if names else {}
+        # The rollout policy's parameters: a categorical's logits, else a Gaussian's loc and scale.
+        categorical = has_categorical_policy(self.actor_network)
+        wanted = ("logits",) if categorical else ("loc", "scale")
+        # Read before the actor writes the current policy's parameters into the tensordict.
+        rollout = {key: tensordict.get(key, None) for key in wanted} if names else {}
         tensordict, advantage, log_weight, log_is_weight, dist, kl_approx = (
             self._advantage_and_log_weight(tensordict)
         )
@@ -420,11 +437,16 @@ class KLipPPOLoss(_PPOFamilyLoss):
         if names:
             if any(value is None for value in rollout.values()):
                 raise KeyError(f"shape {self.shape.display_name()!r} reads {', '.join(names)}: the data "
-                               "needs the rollout policy's 'loc' and 'scale'")
-            context = sample_context(
-                names, action=tensordict.get(self.tensor_keys.action),
-                old_log_prob=tensordict.get(self.tensor_keys.sample_log_prob), old_loc=rollout["loc"],
-                old_scale=rollout["scale"], loc=dist.mean, scale=dist.stddev)
+                               f"needs the rollout policy's {' and '.join(map(repr, wanted))}")
+            action = tensordict.get(self.tensor_keys.action)
+            old_log_prob = tensordict.get(self.tensor_keys.sample_log_prob)
+            if categorical:
+                context = sample_context(names, action=action, old_log_prob=old_log_prob,
+                                         old_logits=rollout["logits"], logits=dist.logits)
+            else:
+                context = sample_context(names, action=action, old_log_prob=old_log_prob,
+                                         old_loc=rollout["loc"], old_scale=rollout["scale"],
+                                         loc=dist.mean, scale=dist.stddev)
         # The gate acts on the proximal ratio; the surrogate is weighted by the
         # behaviour ratio. They coincide unless `delay_actor` or a ratio cap is used.
         log_behav_weight = log_weight if log_is_weight is None else log_weight + log_is_weight
@@ -505,6 +527,10 @@ def tensor_loss_unsupported(loss_module: LossModule, actor: Any, critic: Any) ->
     """Why `KLipTensorLoss` cannot stand in for `loss_module` (None when it can)."""
     if type(loss_module) is not KLipPPOLoss:
         return f"{type(loss_module).__name__} is not KLipPPOLoss"
+    if has_categorical_policy(actor):
+        # Exact first, fast later: the tensor losses write out the Gaussian's log-prob, entropy
+        # and KL; a categorical policy runs through the TorchRL module (`update.ModuleLoss`).
+        return "the actor is categorical (the tensor loss is written for a Gaussian policy)"
     try:
         policy_head(actor)
     except TypeError as error:

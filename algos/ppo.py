@@ -17,6 +17,9 @@ arithmetic on `[agents, samples]` tensors (`batched.BatchedKLipLoss`), the sum o
 losses (each agent gets the gradient of its own), one Adam on a flat buffer of every agent's
 parameters (Adam is elementwise), the clip as `clip_grad_norm_` computes it.
 
+Discrete tasks (a categorical policy, `networks.make_actor(discrete=True)`) run every loss
+through the TorchRL modules (`update.ModuleLoss`): the tensor losses are Gaussian-specific.
+
 The losses: shapes run through `batched.BatchedKLipLoss` (every agent's `KLipTensorLoss` in
 one pass; `KLipTensorLoss` is bitwise `KLipPPOLoss`); `--loss clip` through TorchRL's own
 `ClipPPOLoss` and the scalar-KL baselines through `loss.ScalarKLPPOLoss`, agent by agent
@@ -48,16 +51,17 @@ from klip.algos.config import ConfigError, TrainConfig
 from klip.algos.divergence import TrainingDiverged, first_non_finite
 from klip.algos.flat import FlatAdam, FlatParameters
 from klip.algos.loss import KLipPPOLoss, ScalarKLPPOLoss
-from klip.algos.networks import make_actor, make_critic
+from klip.algos.networks import categorical_entropy, make_actor, make_critic
 from klip.algos.resolve import resolve_config
 from klip.algos.rollout import make_rollouts
 from klip.algos.update import MinibatchLoss, make_minibatch_loss
-from klip.envs import make_env, observation_and_action_dims
+from klip.envs import is_discrete, make_env, observation_and_action_dims
 from klip.shapes import CoefficientShape
 
 # Keys the update reads; selecting them once per rollout keeps minibatch slicing cheap.
+# `loc`/`scale` are a Gaussian rollout policy's parameters, `logits` a categorical's.
 UPDATE_KEYS = ("observation", "action", "action_log_prob", "advantage", "value_target",
-               "state_value", "loc", "scale")
+               "state_value", "loc", "scale", "logits")
 # Options that may differ between the agents of one population; everything else is shared.
 PER_AGENT_OPTIONS = ("seed", "shape_params", "shape_file")
 
@@ -169,7 +173,7 @@ class Agent(nn.Module):
         self.__dict__["env"] = make_env(config.task, num_envs=config.num_envs, seed=config.seed,
                                         gamma=config.gamma, backend=config.env_backend)
         observation_dim, action_dim = observation_and_action_dims(self.env)
-        self.actor = make_actor(observation_dim, action_dim, config.hidden)
+        self.actor = make_actor(observation_dim, action_dim, config.hidden, discrete=is_discrete(self.env))
         self.critic = make_critic(observation_dim, config.hidden)
         self.loss_module = build_loss(config, self.actor, self.critic, shape)
         # Not submodules: the loss module holds the actor and critic already.
@@ -475,11 +479,16 @@ class PPOModule(pl.LightningModule):
     def _batch_statistics(self, agent: Agent, data: TensorDictBase) -> dict[str, float]:
         """Per-iteration statistics computed once over the whole rollout, not per minibatch."""
         target, value = data["value_target"], data["state_value"]
+        if "logits" in data.keys():  # noqa: SIM118 (a TensorDict iterates its batch)
+            # Categorical: the rollout policy's mean entropy over the rollout's states.
+            entropy = float(categorical_entropy(data["logits"]).mean())
+        else:
+            # Diagonal Gaussian with a state-independent std: the entropy is the same everywhere.
+            entropy = float(torch.log(data["scale"][0]).sum() + 0.5 * data["scale"].shape[-1]
+                            * (1 + math.log(2 * math.pi)))
         statistics = {
             "explained_variance": float(1 - (target - value).var() / target.var().clamp_min(1e-8)),
-            # Diagonal Gaussian with a state-independent std: the entropy is the same everywhere.
-            "entropy": float(torch.log(data["scale"][0]).sum() + 0.5 * data["scale"].shape[-1]
-                             * (1 + math.log(2 * math.pi))),
+            "entropy": entropy,
         }
         pop_diagnostics = getattr(agent.loss_module, "pop_diagnostics", None)
         if pop_diagnostics is not None:

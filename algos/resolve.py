@@ -92,10 +92,13 @@ def check_before_torch(config: TrainConfig) -> None:
 
 
 def _check_action_spaces(shape: str, action_spaces: tuple[str, ...], task: str) -> None:
-    # Every task klip trains today has continuous actions (a Gaussian policy).
-    if "continuous" not in action_spaces:
+    """Refuse a shape defined only for the other kind of policy (Gaussian or categorical)."""
+    from klip.envs.names import action_space_of  # no torch
+
+    kind = action_space_of(task)
+    if kind not in action_spaces:
         raise ConfigError(f"shape {shape!r} is defined for {' and '.join(action_spaces)} actions "
-                          f"only; {task} has continuous actions")
+                          f"only; {task} has {kind} actions")
 
 
 def _refuse_options_of_other_losses(config: TrainConfig, shape: CoefficientShape | None) -> None:

@@ -12,7 +12,8 @@
   for the same seed both return the same rollouts, bit for bit.
 
 Each agent's rollout is a TensorDict of shape `[num_envs, frames_per_env]` with the keys TorchRL's
-collector writes (`observation`, `action`, `action_log_prob`, `loc`, `scale`, and
+collector writes (`observation`, `action`, `action_log_prob`, `loc` and `scale` of a Gaussian
+policy or `logits` of a categorical one, and
 `next/{observation, reward, done, terminated, truncated}`), and both save and restore
 their place mid-episode, so a resumed run continues bit for bit.
 """
@@ -30,7 +31,14 @@ from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, ExplorationType
 
 from klip import compat
-from klip.algos.networks import gaussian_log_prob, policy_head
+from klip.algos.networks import (
+    categorical_head,
+    categorical_log_prob,
+    categorical_sample,
+    gaussian_log_prob,
+    has_categorical_policy,
+    policy_head,
+)
 from klip.envs import drain_episodes, get_env_state, gym_vector_env, is_envpool_env, set_env_state
 from klip.envs.population import SharedPopulationEnv
 
@@ -125,11 +133,19 @@ class StepRecords:
         self.terminations.append(terminated)
         self.truncations.append(truncated)
 
-    def to_tensordict(self, scale: torch.Tensor) -> TensorDictBase:
-        """The `[num_envs, steps]` TensorDict the `Collector` returns; log-probs in one call."""
+    def to_tensordict(self, scale: torch.Tensor | None) -> TensorDictBase:
+        """The `[num_envs, steps]` TensorDict the `Collector` returns; log-probs in one call.
+
+        `scale` is a Gaussian policy's; None for a categorical policy, whose `locs` are logits.
+        """
         loc = torch.stack(self.locs, 1)
         action = torch.from_numpy(np.stack(self.actions, 1))
-        scales = scale.unsqueeze(1).expand_as(loc)
+        if scale is None:
+            policy = {"action_log_prob": categorical_log_prob(action, loc), "logits": loc}
+        else:
+            scales = scale.unsqueeze(1).expand_as(loc)
+            policy = {"action_log_prob": gaussian_log_prob(action, loc, scales), "loc": loc,
+                      "scale": scales.clone()}
         terminated = torch.from_numpy(np.stack(self.terminations, 1)).unsqueeze(-1)
         truncated = torch.from_numpy(np.stack(self.truncations, 1)).unsqueeze(-1)
         reward = np.stack(self.rewards, 1).astype(np.float32)
@@ -138,9 +154,7 @@ class StepRecords:
             {
                 "observation": torch.stack(self.observations, 1),
                 "action": action,
-                "action_log_prob": gaussian_log_prob(action, loc, scales),
-                "loc": loc,
-                "scale": scales.clone(),
+                **policy,
                 "done": not_done,
                 "terminated": not_done.clone(),
                 "truncated": not_done.clone(),
@@ -166,7 +180,10 @@ class FastRollouts:
 
     def __init__(self, envs: Sequence[EnvBase], actors: Sequence[Any], frames_per_env: int) -> None:
         self.envs = list(envs)
-        self.heads = [policy_head(actor) for actor in actors]
+        # A categorical policy's actions are drawn per agent, as its `Categorical.sample()` does.
+        self.categorical = has_categorical_policy(actors[0])
+        self.heads: list[Any] = [categorical_head(actor) if self.categorical else policy_head(actor)
+                                 for actor in actors]
         self.frames_per_env = frames_per_env
         self.num_envs = gym_vector_env(self.envs[0]).num_envs
         if is_envpool_env(self.envs[0]):
@@ -182,6 +199,8 @@ class FastRollouts:
 
     @torch.no_grad()
     def collect(self, generators: Sequence[torch.Generator]) -> list[TensorDictBase]:
+        if self.categorical:
+            return self._collect_categorical(generators)
         agents, steps, num_envs = len(self.envs), self.frames_per_env, self.num_envs
         layers, scales, noises = [], [], []
         for head, generator in zip(self.heads, generators, strict=True):
@@ -223,6 +242,42 @@ class FastRollouts:
         self.observations = observations
         rollout = records.to_tensordict(flat_scales).reshape(agents, num_envs, steps)
         # Each agent's rollout in tensors of its own (aligned, as its single run's are).
+        return [agent_rollout.clone() for agent_rollout in rollout.unbind(0)]
+
+    def _collect_categorical(self, generators: Sequence[torch.Generator]) -> list[TensorDictBase]:
+        """`collect` for categorical policies: per step, each agent's logits from its own MLP and
+        its action from its own stream, with `Categorical.sample()`'s operations (`multinomial`
+        draws a number of uniforms that depends on the probabilities, so unlike the Gaussian
+        noise they cannot be drawn ahead for the whole rollout). Exact first, fast later."""
+        agents, steps, num_envs = len(self.envs), self.frames_per_env, self.num_envs
+        layers = [[(m.bias.detach(), m.weight.detach().t()) for m in head.logits
+                   if isinstance(m, torch.nn.Linear)] for head in self.heads]
+        records = StepRecords()
+        observations = self.observations
+        observation = torch.cat(observations)
+        self.shared.start_rollout()
+        addmm = torch.addmm
+        for _ in range(steps):
+            all_logits, actions = [], []
+            for agent in range(agents):
+                hidden = observations[agent]
+                *hidden_layers, (out_bias, out_weight_t) = layers[agent]
+                for bias, weight_t in hidden_layers:
+                    hidden = addmm(bias, hidden, weight_t).tanh_()
+                logits = addmm(out_bias, hidden, out_weight_t)
+                all_logits.append(logits)
+                actions.append(categorical_sample(logits, generators[agent]))
+            logits = all_logits[0] if agents == 1 else torch.cat(all_logits)
+            action = (actions[0] if agents == 1 else torch.cat(actions)).numpy()
+            next_obs, reward, terminated, truncated, _ = self.shared.step(action)
+            records.append(observation, logits, action, next_obs, reward, terminated, truncated)
+            done = terminated | truncated
+            if done.any():
+                next_obs = np.where(done[:, None], self.shared.reset_done(done), next_obs)
+            observation = torch.from_numpy(next_obs)
+            observations = agent_rows(next_obs, agents)
+        self.observations = observations
+        rollout = records.to_tensordict(None).reshape(agents, num_envs, steps)
         return [agent_rollout.clone() for agent_rollout in rollout.unbind(0)]
 
     def drain_episodes(self, agent: int) -> list[tuple[float, int, int]]:

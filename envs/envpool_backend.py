@@ -48,6 +48,11 @@ def check_env_backend(backend: str, task: str) -> None:
         raise ValueError(f"unknown env_backend {backend!r}; choose one of {', '.join(ENV_BACKENDS)}")
     if backend == "gymnasium":
         return
+    from klip.envs.names import action_space_of
+
+    if action_space_of(task) == "discrete":
+        # Untested under klip's stack (and the bitwise collector tests): gymnasium only, for now.
+        raise ValueError(f"env_backend envpool runs continuous tasks only; {task} has discrete actions")
     tasks = _envpool_tasks()
     if tasks is None:
         raise ValueError("env_backend envpool needs the envpool package: pip install 'klip[envpool]'")

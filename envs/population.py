@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from gymnasium.vector import VectorEnv, VectorWrapper
+from gymnasium.wrappers.vector import TransformObservation
 from torchrl.envs import EnvBase
 
 from klip.envs.envpool_backend import EnvPoolVectorEnv
@@ -195,8 +196,12 @@ class SharedPopulationEnv:
         self.per_group = bases[0].num_envs
         observation_normalizers = [find_wrapper(env, ObservationNormalizer) for env in self.agent_envs]
         return_scalers = [find_wrapper(env, ReturnScaler) for env in self.agent_envs]
-        if any(w is None for w in observation_normalizers + return_scalers):
-            raise ValueError("SharedPopulationEnv needs training envs from make_env(normalize=True)")
+        # Normalised (continuous tasks) or raw (discrete tasks), the same for every agent.
+        wrapped = [w is not None for w in observation_normalizers + return_scalers]
+        if any(wrapped) and not all(wrapped):
+            raise ValueError("SharedPopulationEnv needs training envs from make_env that all "
+                             "normalise, or none")
+        self.normalizes = all(wrapped)
         first_obs, first_ret = observation_normalizers[0], return_scalers[0]
         venv: VectorEnv
         # EnvPool: one new pool for every agent's sub-envs (one call per step is where its speed
@@ -212,11 +217,18 @@ class SharedPopulationEnv:
             sub_envs = [sub_env for base in bases for sub_env in base.envs]
             venv = LeanSyncVectorEnv([(lambda sub_env=sub_env: sub_env) for sub_env in sub_envs])
         self.recorder = venv = GroupedEpisodeRecorder(venv, self.groups)
-        venv = ClipAction(venv)
-        self.observation_normalizer = venv = GroupedObservationNormalizer(
-            venv, self.groups, clip=first_obs.clip, epsilon=first_obs.epsilon)
-        self.return_scaler = venv = GroupedReturnScaler(
-            venv, self.groups, gamma=first_ret.gamma, clip=first_ret.clip, epsilon=first_ret.epsilon)
+        if find_wrapper(self.agent_envs[0], ClipAction) is not None:  # Box actions
+            venv = ClipAction(venv)
+        if self.normalizes:
+            self.observation_normalizer = venv = GroupedObservationNormalizer(
+                venv, self.groups, clip=first_obs.clip, epsilon=first_obs.epsilon)
+            self.return_scaler = venv = GroupedReturnScaler(
+                venv, self.groups, gamma=first_ret.gamma, clip=first_ret.clip, epsilon=first_ret.epsilon)
+        else:
+            # The agents' own stacks only cast to float32 (`make_env(normalize=False)`).
+            venv = TransformObservation(venv, lambda o: o.astype(np.float32),
+                                        single_observation_space=gym_vector_env(
+                                            self.agent_envs[0]).single_observation_space)
         self.vector_env = venv
         self.sync_from_agent_envs()
 
@@ -245,7 +257,8 @@ class SharedPopulationEnv:
         self.recorder.steps_since_drain = 0
 
     # -- statistics <-> the agents' own wrappers (checkpoints, evaluation) ----------------
-    def _agent_wrappers(self, agent: int) -> tuple[EpisodeRecorder, ObservationNormalizer, ReturnScaler]:
+    def _agent_wrappers(self, agent: int
+                        ) -> tuple[EpisodeRecorder, ObservationNormalizer | None, ReturnScaler | None]:
         env = self.agent_envs[agent]
         return (find_wrapper(env, EpisodeRecorder), find_wrapper(env, ObservationNormalizer),
                 find_wrapper(env, ReturnScaler))
@@ -258,6 +271,8 @@ class SharedPopulationEnv:
             recorder.episode_returns = self.recorder.episode_returns[rows].copy()
             recorder.episode_lengths = self.recorder.episode_lengths[rows].copy()
             recorder.finished = list(self.recorder.finished_by_group[agent])
+            if observation_normalizer is None or return_scaler is None:
+                continue
             observation_normalizer.obs_rms = self.observation_normalizer.obs_rms.get(agent)
             return_scaler.return_rms = self.return_scaler.return_rms.get(agent)
             return_scaler.returns = self.return_scaler.returns[rows].copy()
@@ -270,6 +285,8 @@ class SharedPopulationEnv:
             self.recorder.episode_returns[rows] = recorder.episode_returns
             self.recorder.episode_lengths[rows] = recorder.episode_lengths
             self.recorder.finished_by_group[agent] = list(recorder.finished)
+            if observation_normalizer is None or return_scaler is None:
+                continue
             self.observation_normalizer.obs_rms.set(agent, observation_normalizer.obs_rms)
             self.return_scaler.return_rms.set(agent, return_scaler.return_rms)
             self.return_scaler.returns[rows] = return_scaler.returns

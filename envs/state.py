@@ -74,6 +74,10 @@ def _simulator_state(base: gym.Env) -> dict[str, Any]:
         from gymnasium.envs.mujoco import MujocoEnv
     except ImportError:  # mujoco is optional for classic-control tasks
         MujocoEnv = ()
+    if _is_box2d(base):
+        # A Box2D world's bodies and contacts are C++ objects with no state API; the snapshot
+        # says so, and `set_env_state` refuses it rather than restore a different episode.
+        return {"box2d": True}
     if isinstance(base, MujocoEnv):
         spec = mujoco.mjtState.mjSTATE_INTEGRATION
         state = np.empty(mujoco.mj_stateSize(base.model, spec), dtype=np.float64)
@@ -83,6 +87,10 @@ def _simulator_state(base: gym.Env) -> dict[str, Any]:
         return {"mujoco": state, "mujoco_derived": derived}
     return {"attributes": {key: copy.deepcopy(value) for key, value in vars(base).items()
                            if isinstance(value, _PLAIN)}}
+
+
+def _is_box2d(base: gym.Env) -> bool:
+    return type(base).__module__.startswith("gymnasium.envs.box2d")
 
 
 def _restore_simulator(base: gym.Env, state: dict[str, Any]) -> None:
@@ -134,6 +142,9 @@ def set_env_state(env: EnvBase, state: dict[str, Any]) -> None:
     if sub_envs is None or state["sub_envs"] is None:
         raise ValueError("an EnvPool env's simulators cannot be saved or restored; "
                          "runs on --env-backend envpool do not resume")
+    if any("box2d" in sub_state["simulator"] for sub_state in state["sub_envs"]):
+        raise ValueError("a Box2D env's simulator (LunarLander) cannot be saved or restored; "
+                         "runs on Box2D tasks do not resume")
     if len(sub_envs) != len(state["sub_envs"]):
         raise ValueError(
             f"env state holds {len(state['sub_envs'])} sub-envs, env has {len(sub_envs)}"

@@ -14,7 +14,7 @@ from torchrl.envs import EnvBase, TransformedEnv
 
 from klip import compat
 from klip.envs.envpool_backend import EnvPoolVectorEnv, check_env_backend
-from klip.envs.names import KNOWN_TASKS
+from klip.envs.names import KNOWN_TASKS, action_space_of, check_task_installed
 from klip.envs.torchrl_env import VecGymWrapper
 from klip.envs.wrappers import (
     ClipAction,
@@ -29,9 +29,11 @@ __all__ = [
     "drain_episode_stats",
     "get_normalization_state",
     "gym_vector_env",
+    "is_discrete",
     "is_envpool_env",
     "make_env",
     "make_eval_env",
+    "normalizes_by_default",
     "observation_and_action_dims",
     "set_normalization_state",
 ]
@@ -43,6 +45,17 @@ REWARD_CLIP = 10.0
 def _check_task(task: str) -> None:
     if task not in KNOWN_TASKS:
         raise ValueError(f"Unknown task {task!r}; known tasks: {', '.join(KNOWN_TASKS)}")
+    check_task_installed(task)
+
+
+def normalizes_by_default(task: str) -> bool:
+    """Whether `make_env` normalises `task`'s observations and scales its rewards by default.
+
+    Continuous (MuJoCo) tasks: yes, the CleanRL / SB3 MuJoCo protocol. Discrete tasks: no;
+    CleanRL's `ppo.py` and SB3 (rl-zoo's CartPole and LunarLander settings) train them on raw
+    observations and rewards (docs/training.md).
+    """
+    return action_space_of(task) == "continuous"
 
 
 def _sub_env_fn(task: str) -> Callable[[], gym.Env]:
@@ -62,8 +75,8 @@ def _build_vector_env(
     reward_norm: bool,
     gamma: float,
     backend: str = "gymnasium",
-) -> tuple[VectorEnv, np.ndarray, np.ndarray]:
-    """Build the gymnasium stack; returns it with the single-env action bounds."""
+) -> tuple[VectorEnv, np.ndarray | None, np.ndarray | None]:
+    """Build the gymnasium stack; returns it with the single-env action bounds (None: discrete)."""
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     check_env_backend(backend, task)
@@ -75,11 +88,14 @@ def _build_vector_env(
     # Raw episode statistics are recorded before any reward/observation processing.
     venv = EpisodeRecorder(venv)
     space = venv.single_action_space
-    if not isinstance(space, gym.spaces.Box):
-        raise TypeError(f"{task}: only Box action spaces are supported, got {space}")
-    # Clip at the env; the advertised space is unbounded so that TorchRL never projects
-    # the policy's action, whose log-prob is what PPO stores.
-    venv = clip_action = ClipAction(venv)
+    low = high = None
+    if isinstance(space, gym.spaces.Box):
+        # Clip at the env; the advertised space is unbounded so that TorchRL never projects
+        # the policy's action, whose log-prob is what PPO stores.
+        venv = clip_action = ClipAction(venv)
+        low, high = clip_action.low, clip_action.high
+    elif not isinstance(space, gym.spaces.Discrete) or space.start != 0:
+        raise TypeError(f"{task}: only Box and Discrete (from 0) action spaces are supported, got {space}")
     obs_shape = venv.single_observation_space.shape
     if obs_norm:
         venv = ObservationNormalizer(venv, clip=OBS_CLIP, update=obs_update)
@@ -92,11 +108,11 @@ def _build_vector_env(
         )
     if reward_norm:
         venv = ReturnScaler(venv, gamma=gamma, clip=REWARD_CLIP)
-    return venv, clip_action.low, clip_action.high
+    return venv, low, high
 
 
 def make_env(
-    task: str, *, num_envs: int = 1, seed: int = 0, gamma: float = 0.99, normalize: bool = True,
+    task: str, *, num_envs: int = 1, seed: int = 0, gamma: float = 0.99, normalize: bool | None = None,
     backend: str = "gymnasium",
 ) -> EnvBase:
     """Training env with ``batch_size == [num_envs]``; sub-env ``i`` is seeded ``seed + i``.
@@ -107,8 +123,12 @@ def make_env(
     With ``normalize``: actions clipped at the env, observations normalised by shared running
     statistics and clipped to +-10, rewards scaled by the running std of the discounted return
     (``gamma``) and clipped to +-10. Actions are always clipped; observations are float32.
+    ``normalize=None`` is the task's protocol (`normalizes_by_default`: continuous tasks only).
+    A discrete task's actions are integer indices (TorchRL's ``Categorical`` spec).
     """
     _check_task(task)
+    if normalize is None:
+        normalize = normalizes_by_default(task)
     venv, low, high = _build_vector_env(
         task, num_envs, obs_norm=normalize, obs_update=True, reward_norm=normalize, gamma=gamma,
         backend=backend,
@@ -171,10 +191,16 @@ def drain_episodes(env: EnvBase) -> list[tuple[float, int, int]]:
 
 
 def observation_and_action_dims(env: EnvBase) -> tuple[int, int]:
-    """Flat observation and action sizes."""
+    """Flat observation size, and the action size (a discrete task's: its number of actions)."""
     obs_shape = env.observation_spec["observation"].shape
-    action_shape = env.action_spec.shape
-    return int(obs_shape[-1]), int(action_shape[-1])
+    if is_discrete(env):
+        return int(obs_shape[-1]), int(env.action_spec.space.n)
+    return int(obs_shape[-1]), int(env.action_spec.shape[-1])
+
+
+def is_discrete(env: EnvBase) -> bool:
+    """Whether the env's actions are integer indices (a `Discrete` space)."""
+    return isinstance(gym_vector_env(env).single_action_space, gym.spaces.Discrete)
 
 
 def get_normalization_state(env: EnvBase) -> dict[str, Any]:

@@ -14,7 +14,7 @@ __all__ = ["VecGymWrapper"]
 
 
 class VecGymWrapper(GymWrapper):
-    """``GymWrapper`` over a ``SyncVectorEnv(autoreset_mode=DISABLED)`` with Box spaces.
+    """``GymWrapper`` over a ``SyncVectorEnv(autoreset_mode=DISABLED)`` with Box observations.
 
     ``GymLikeEnv._step`` spends more time than a MuJoCo step on generic spec encoding, done
     reshaping and validation; our stack always returns float32 observations, float rewards and
@@ -26,20 +26,24 @@ class VecGymWrapper(GymWrapper):
         self,
         env: VectorEnv,
         *,
-        action_low: np.ndarray,
-        action_high: np.ndarray,
+        action_low: np.ndarray | None,
+        action_high: np.ndarray | None,
         device: torch.device | str | None = None,
         **kwargs: object,
     ) -> None:
+        """`action_low`/`action_high`: a Box task's bounds; None for a Discrete task, whose
+        actions are integer indices (`categorical_action_encoding`), not one-hot vectors."""
         # TorchRL reads ``autoreset_mode`` off the outermost gymnasium object (to pass partial
         # resets as ``options["reset_mask"]``), but vector wrappers do not forward attributes.
         env.autoreset_mode = env.unwrapped.autoreset_mode
         if env.autoreset_mode is not AutoresetMode.DISABLED:
             raise ValueError("VecGymWrapper requires AutoresetMode.DISABLED")
         # ``kwargs`` carries flags injected by GymWrapper's metaclass.
-        super().__init__(env, device=device, **kwargs)
-        self._action_low = torch.as_tensor(action_low, dtype=torch.float32)
-        self._action_range = torch.as_tensor(action_high, dtype=torch.float32) - self._action_low
+        self._discrete = action_low is None
+        super().__init__(env, device=device, categorical_action_encoding=self._discrete, **kwargs)
+        if not self._discrete:
+            self._action_low = torch.as_tensor(action_low, dtype=torch.float32)
+            self._action_range = torch.as_tensor(action_high, dtype=torch.float32) - self._action_low
 
     def _replace_reset(self, reset: torch.Tensor | None, kwargs: dict) -> dict:
         # The stock version calls ``reset.view`` unconditionally, so ``env.reset(td)`` with a
@@ -75,6 +79,8 @@ class VecGymWrapper(GymWrapper):
         The action spec is unbounded (clipping happens inside the env), and the stock
         ``Composite.rand`` goes through ``TensorDict.from_dict``, which is slow per step.
         """
+        if self._discrete:  # the spec is bounded: the stock draw is within it
+            return super().rand_action(tensordict)
         shape = (*self.batch_size, *self._action_low.shape)
         action = self._action_low + self._action_range * torch.rand(shape)
         if tensordict is None:

@@ -30,5 +30,5 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && command -v apt-
   fi
 fi
 pip_install "$TORCH_PIN"
-pip_install -e ".[test,bench,postgres,envpool,docs]"
-.venv/bin/python -c "import torch, torchrl, pytorch_lightning, optuna, gymnasium, mujoco, envpool, mkdocs, mkdocstrings_handlers.python, material"
+pip_install -e ".[test,bench,postgres,envpool,docs,box2d]"
+.venv/bin/python -c "import torch, torchrl, pytorch_lightning, optuna, gymnasium, mujoco, envpool, mkdocs, mkdocstrings_handlers.python, material, Box2D"

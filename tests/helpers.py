@@ -5,8 +5,11 @@ Test modules import from here (never from one another); `conftest.py` keeps only
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -228,3 +231,50 @@ def single_run_state(checkpoint: dict) -> dict[str, Tensor]:
     prefix = "agents.0."
     state = checkpoint["state_dict"]
     return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+# What may differ between an agent and its single run: clocks, memory, the population's size.
+VARYING_SUMMARY_KEYS = {"wall_seconds", "peak_rss_mib", "population_size"}
+
+
+def metric_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as file:
+        return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in csv.DictReader(file)]
+
+
+def assert_same_run(agent_dir: Path, single_dir: Path) -> None:
+    """Every file an agent writes equals its single run's (timings aside)."""
+    def files(directory: Path) -> set[str]:
+        # The lock is the run directory's (a population's is its root's).
+        return {path.name for path in directory.iterdir() if path.is_file() and path.name != ".klip.lock"}
+
+    names = files(single_dir)
+    assert names == files(agent_dir)
+    for name in names:
+        a, b = agent_dir / name, single_dir / name
+        if name == "metrics.csv":
+            assert metric_rows(a) == metric_rows(b)
+        elif name == "summary.json":
+            summary_a, summary_b = json.loads(a.read_text()), json.loads(b.read_text())
+            summary_a["evaluation"].pop("seconds")
+            summary_b["evaluation"].pop("seconds")
+            assert {k: v for k, v in summary_a.items() if k not in VARYING_SUMMARY_KEYS} == {
+                k: v for k, v in summary_b.items() if k not in VARYING_SUMMARY_KEYS}
+        elif name == "eval.json":
+            eval_a, eval_b = json.loads(a.read_text()), json.loads(b.read_text())
+            assert {k: v for k, v in eval_a.items() if k != "seconds"} == {
+                k: v for k, v in eval_b.items() if k != "seconds"}
+        elif name == "parameters.pt":
+            state_a = torch.load(a, weights_only=True)
+            state_b = torch.load(b, weights_only=True)
+            assert state_a["state_dict"].keys() == state_b["state_dict"].keys()
+            for key, value in state_b["state_dict"].items():
+                assert torch.equal(state_a["state_dict"][key], value), key
+            assert state_a["normalization"].keys() == state_b["normalization"].keys()
+            for key, value in state_b["normalization"].items():
+                ours = torch.as_tensor(state_a["normalization"][key])
+                assert torch.equal(ours, torch.as_tensor(value)), key
+        elif name.endswith(".png"):
+            continue
+        else:
+            assert a.read_bytes() == b.read_bytes(), name

@@ -18,6 +18,7 @@ from klip.envs import (
     drain_episode_stats,
     get_normalization_state,
     gym_vector_env,
+    is_discrete,
     make_env,
     make_eval_env,
     observation_and_action_dims,
@@ -55,11 +56,21 @@ def play(env: EnvBase, actions: torch.Tensor) -> TensorDictBase:
 
 def test_unknown_task_lists_known_tasks() -> None:
     with pytest.raises(ValueError) as info:
-        make_env("CartPole-v1")
+        make_env("MountainCar-v0")
     for task in KNOWN_TASKS:
         assert task in str(info.value)
-    assert len(KNOWN_TASKS) == 11
-    assert {"Hopper-v4", "Hopper-v5", "Humanoid-v5", PENDULUM} <= set(KNOWN_TASKS)
+    assert len(KNOWN_TASKS) == 13
+    assert {"Hopper-v4", "Hopper-v5", "Humanoid-v5", PENDULUM, "CartPole-v1", "LunarLander-v3"} <= set(
+        KNOWN_TASKS)
+
+
+@pytest.mark.parametrize("task,dims", [("CartPole-v1", (4, 2)), ("LunarLander-v3", (8, 4))])
+def test_discrete_tasks_take_integer_actions(task, dims) -> None:
+    env = make_env(task, num_envs=2, seed=0)
+    assert is_discrete(env) and observation_and_action_dims(env) == dims
+    assert env.action_spec.dtype == torch.int64 and env.action_spec.shape == torch.Size([2])
+    assert env.rand_action()["action"].shape == (2,)
+    assert not is_discrete(make_env(PENDULUM))
 
 
 @pytest.mark.parametrize("num_envs", [1, 3])
