@@ -21,7 +21,7 @@ their place mid-episode, so a resumed run continues bit for bit.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -101,6 +101,20 @@ def agent_rows(observations: np.ndarray, agents: int) -> list[torch.Tensor]:
     """
     rows = torch.from_numpy(observations).view(agents, -1, observations.shape[-1]).unbind(0)
     return [row if row.data_ptr() % 64 == 0 else row.clone() for row in rows]
+
+
+# (step, each agent's policy output, all agents' outputs stacked) -> the shared env's actions.
+ActionChooser = Callable[[int, list[torch.Tensor], torch.Tensor], np.ndarray]
+
+
+def policy_output(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], observations: torch.Tensor
+                  ) -> torch.Tensor:
+    """A Linear-Tanh-...-Linear MLP given as (bias, weight.t()) pairs, on one agent's rows."""
+    hidden = observations
+    *hidden_layers, (out_bias, out_weight_t) = layers
+    for bias, weight_t in hidden_layers:
+        hidden = torch.addmm(bias, hidden, weight_t).tanh_()
+    return torch.addmm(out_bias, hidden, out_weight_t)
 
 
 class StepRecords:
@@ -199,86 +213,66 @@ class FastRollouts:
 
     @torch.no_grad()
     def collect(self, generators: Sequence[torch.Generator]) -> list[TensorDictBase]:
-        if self.categorical:
-            return self._collect_categorical(generators)
-        agents, steps, num_envs = len(self.envs), self.frames_per_env, self.num_envs
-        layers, scales, noises = [], [], []
+        agents, steps = len(self.envs), self.frames_per_env
+        # `F.linear` on a matrix is `addmm(bias, input, weight.t())`: called directly, and
+        # `tanh` in place on its fresh result, the same numbers for less dispatch.
+        layers = [[(m.bias.detach(), m.weight.detach().t()) for m in self._mlp(head)
+                   if isinstance(m, torch.nn.Linear)] for head in self.heads]
+        choose, scale = (self._categorical_actions(generators) if self.categorical
+                         else self._gaussian_actions(generators))
+        records = StepRecords()
+        observations = self.observations
+        observation = torch.cat(observations)
+        self.shared.start_rollout()
+        for t in range(steps):
+            # Each agent's policy output from its own MLP on its own rows (its single run's operations).
+            outputs = [policy_output(mine, rows) for mine, rows in zip(layers, observations, strict=True)]
+            output = outputs[0] if agents == 1 else torch.cat(outputs)
+            action = choose(t, outputs, output)
+            next_obs, reward, terminated, truncated, _ = self.shared.step(action)
+            records.append(observation, output, action, next_obs, reward, terminated, truncated)
+            done = terminated | truncated
+            if done.any():
+                next_obs = np.where(done[:, None], self.shared.reset_done(done), next_obs)
+            observation = torch.from_numpy(next_obs)
+            observations = agent_rows(next_obs, agents)
+        self.observations = observations
+        rollout = records.to_tensordict(scale).reshape(agents, self.num_envs, steps)
+        # Each agent's rollout in tensors of its own (aligned, as its single run's are).
+        return [agent_rollout.clone() for agent_rollout in rollout.unbind(0)]
+
+    def _mlp(self, head: Any) -> torch.nn.Sequential:
+        return head.logits if self.categorical else head.mean
+
+    def _gaussian_actions(self, generators: Sequence[torch.Generator]) -> tuple[ActionChooser, torch.Tensor]:
+        """`IndependentNormal(loc, scale).rsample()`: loc + noise * scale, the same float32 multiply
+        and add elementwise, in numpy (cheaper per call than torch on a few numbers), with every
+        step's noise drawn ahead from each agent's stream as the collector would draw it."""
+        scales, noises = [], []
         for head, generator in zip(self.heads, generators, strict=True):
-            # `F.linear` on a matrix is `addmm(bias, input, weight.t())`: called directly, and
-            # `tanh` in place on its fresh result, the same numbers for less dispatch.
-            layers.append([(m.bias.detach(), m.weight.detach().t()) for m in head.mean
-                           if isinstance(m, torch.nn.Linear)])
-            scale = head.log_std.exp().expand(num_envs, head.log_std.shape[0])
+            scale = head.log_std.exp().expand(self.num_envs, head.log_std.shape[0])
             scales.append(scale)
-            noises.append(rollout_noise(steps, tuple(scale.shape), generator).numpy())
+            noises.append(rollout_noise(self.frames_per_env, tuple(scale.shape), generator).numpy())
         # The shared env's rows are agent-major: agent i's sub-envs are rows i*E .. i*E+E-1.
         noise = np.concatenate(noises, axis=1)
         flat_scales = torch.cat(scales)
         scale_array = flat_scales.numpy()
-        records = StepRecords()
-        observations = self.observations
-        observation = torch.cat(observations)
-        self.shared.start_rollout()
-        addmm = torch.addmm
-        for t in range(steps):
-            locs = []
-            for agent in range(agents):
-                hidden = observations[agent]
-                *hidden_layers, (out_bias, out_weight_t) = layers[agent]
-                for bias, weight_t in hidden_layers:
-                    hidden = addmm(bias, hidden, weight_t).tanh_()
-                locs.append(addmm(out_bias, hidden, out_weight_t))
-            loc = locs[0] if agents == 1 else torch.cat(locs)
-            # IndependentNormal(loc, scale).rsample(): loc + noise * scale, the same float32
-            # multiply and add elementwise, in numpy (cheaper per call than torch on a few numbers).
-            action = loc.numpy() + noise[t] * scale_array
-            next_obs, reward, terminated, truncated, _ = self.shared.step(action)
-            records.append(observation, loc, action, next_obs, reward, terminated, truncated)
-            done = terminated | truncated
-            if done.any():
-                next_obs = np.where(done[:, None], self.shared.reset_done(done), next_obs)
-            observation = torch.from_numpy(next_obs)
-            observations = agent_rows(next_obs, agents)
-        self.observations = observations
-        rollout = records.to_tensordict(flat_scales).reshape(agents, num_envs, steps)
-        # Each agent's rollout in tensors of its own (aligned, as its single run's are).
-        return [agent_rollout.clone() for agent_rollout in rollout.unbind(0)]
 
-    def _collect_categorical(self, generators: Sequence[torch.Generator]) -> list[TensorDictBase]:
-        """`collect` for categorical policies: per step, each agent's logits from its own MLP and
-        its action from its own stream, with `Categorical.sample()`'s operations (`multinomial`
-        draws a number of uniforms that depends on the probabilities, so unlike the Gaussian
-        noise they cannot be drawn ahead for the whole rollout). Exact first, fast later."""
-        agents, steps, num_envs = len(self.envs), self.frames_per_env, self.num_envs
-        layers = [[(m.bias.detach(), m.weight.detach().t()) for m in head.logits
-                   if isinstance(m, torch.nn.Linear)] for head in self.heads]
-        records = StepRecords()
-        observations = self.observations
-        observation = torch.cat(observations)
-        self.shared.start_rollout()
-        addmm = torch.addmm
-        for _ in range(steps):
-            all_logits, actions = [], []
-            for agent in range(agents):
-                hidden = observations[agent]
-                *hidden_layers, (out_bias, out_weight_t) = layers[agent]
-                for bias, weight_t in hidden_layers:
-                    hidden = addmm(bias, hidden, weight_t).tanh_()
-                logits = addmm(out_bias, hidden, out_weight_t)
-                all_logits.append(logits)
-                actions.append(categorical_sample(logits, generators[agent]))
-            logits = all_logits[0] if agents == 1 else torch.cat(all_logits)
-            action = (actions[0] if agents == 1 else torch.cat(actions)).numpy()
-            next_obs, reward, terminated, truncated, _ = self.shared.step(action)
-            records.append(observation, logits, action, next_obs, reward, terminated, truncated)
-            done = terminated | truncated
-            if done.any():
-                next_obs = np.where(done[:, None], self.shared.reset_done(done), next_obs)
-            observation = torch.from_numpy(next_obs)
-            observations = agent_rows(next_obs, agents)
-        self.observations = observations
-        rollout = records.to_tensordict(None).reshape(agents, num_envs, steps)
-        return [agent_rollout.clone() for agent_rollout in rollout.unbind(0)]
+        def choose(t: int, outputs: list[torch.Tensor], loc: torch.Tensor) -> np.ndarray:
+            return loc.numpy() + noise[t] * scale_array
+
+        return choose, flat_scales
+
+    def _categorical_actions(self, generators: Sequence[torch.Generator]) -> tuple[ActionChooser, None]:
+        """`Categorical.sample()`'s operations per agent and step, from the agent's own stream:
+        `multinomial` draws a number of uniforms that depends on the probabilities, so unlike
+        the Gaussian noise they cannot be drawn ahead for the whole rollout."""
+        def choose(t: int, outputs: list[torch.Tensor], logits: torch.Tensor) -> np.ndarray:
+            actions = [categorical_sample(agent_logits, generator)
+                       for agent_logits, generator in zip(outputs, generators, strict=True)]
+            return (actions[0] if len(actions) == 1 else torch.cat(actions)).numpy()
+
+        return choose, None
 
     def drain_episodes(self, agent: int) -> list[tuple[float, int, int]]:
         return self.shared.drain_episodes(agent)

@@ -14,7 +14,7 @@ from torchrl.envs import EnvBase, TransformedEnv
 
 from klip import compat
 from klip.envs.envpool_backend import EnvPoolVectorEnv, check_env_backend
-from klip.envs.names import KNOWN_TASKS, action_space_of, check_task_installed
+from klip.envs.names import KNOWN_TASKS, check_task_installed
 from klip.envs.torchrl_env import VecGymWrapper
 from klip.envs.wrappers import (
     ClipAction,
@@ -51,11 +51,11 @@ def _check_task(task: str) -> None:
 def normalizes_by_default(task: str) -> bool:
     """Whether `make_env` normalises `task`'s observations and scales its rewards by default.
 
-    Continuous (MuJoCo) tasks: yes, the CleanRL / SB3 MuJoCo protocol. Discrete tasks: no;
-    CleanRL's `ppo.py` and SB3 (rl-zoo's CartPole and LunarLander settings) train them on raw
-    observations and rewards (docs/training.md).
+    Every task: the paper's protocol states observation and reward normalisation as part of the
+    configuration shared by all its tasks, CartPole-v1 and LunarLander-v3 included (CleanRL's
+    discrete `ppo.py` and rl-zoo's settings for those two use neither; docs/training.md).
     """
-    return action_space_of(task) == "continuous"
+    return True
 
 
 def _sub_env_fn(task: str) -> Callable[[], gym.Env]:
@@ -123,7 +123,7 @@ def make_env(
     With ``normalize``: actions clipped at the env, observations normalised by shared running
     statistics and clipped to +-10, rewards scaled by the running std of the discounted return
     (``gamma``) and clipped to +-10. Actions are always clipped; observations are float32.
-    ``normalize=None`` is the task's protocol (`normalizes_by_default`: continuous tasks only).
+    ``normalize=None`` is the task's protocol (`normalizes_by_default`).
     A discrete task's actions are integer indices (TorchRL's ``Categorical`` spec).
     """
     _check_task(task)

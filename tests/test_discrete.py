@@ -181,11 +181,12 @@ def test_every_cartpole_agent_is_bitwise_its_own_single_run(tmp_path, options):
         assert_same_run(result.out, single.out)
 
 
-def test_a_discrete_task_trains_on_raw_observations_and_rewards():
+def test_a_discrete_task_normalises_as_the_papers_shared_configuration_says():
     env = make_env("CartPole-v1", seed=0)
-    assert find_wrapper(env, ObservationNormalizer) is None and find_wrapper(env, ReturnScaler) is None
+    assert find_wrapper(env, ObservationNormalizer) is not None
+    assert find_wrapper(env, ReturnScaler) is not None
     rollout = env.rollout(5)
-    assert (rollout["next", "reward"] == 1).all()  # CartPole's own reward, unscaled
+    assert not (rollout["next", "reward"] == 1).all()  # CartPole's reward of 1, scaled
 
 
 def refusal(capsys, arguments: list[str]) -> str:

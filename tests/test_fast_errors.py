@@ -131,7 +131,7 @@ def test_check_shape_refuses_exactly_what_make_shape_refuses() -> None:
     assert _outcome(lambda: check_shape("nosuch", {})) == _outcome(lambda: make_shape("nosuch"))
 
 
-def test_the_registry_answers_once_it_is_imported() -> None:
+def test_the_registry_answers_once_it_is_imported(clean_registry: object) -> None:
     # This process imported the registry (make_shape above): a user's shapes count.
     from klip.shapes import CoefficientShape, Param, register_shape
 
