@@ -216,7 +216,9 @@ def test_every_trial_attribute_fits_the_dashboard_and_names_no_path_of_the_machi
     assert (too_long, with_paths) == ({}, [])
     curves = json.loads((in_tmp / "runs" / "studies" / "long" / trial.user_attrs["klip_curves"]).read_text())
     assert len(curves[f"{TASK}/s0"]) == 4096 // 64
-    assert sorted(trial.intermediate_values) == list(range(4096 // 64))  # the curve, per iteration
+    # Without a pruner the storage gets the curve at most once a second and at the last iteration.
+    steps = sorted(trial.intermediate_values)
+    assert steps[-1] == 4096 // 64 - 1 and set(steps) <= set(range(4096 // 64))
 
 
 def test_a_studys_own_attributes_fit_the_dashboard_and_a_study_made_before_still_matches(in_tmp):
