@@ -38,7 +38,15 @@ from klip.algos.loss import (
     sample_context_names,
     tensor_loss_unsupported,
 )
-from klip.algos.networks import gaussian_entropy, gaussian_log_prob, policy_head
+from klip.algos.networks import (
+    categorical_entropy,
+    categorical_head,
+    categorical_log_prob,
+    gaussian_entropy,
+    gaussian_log_prob,
+    has_categorical_policy,
+    policy_head,
+)
 from klip.algos.written_out import WrittenOutMLPs
 from klip.shapes import CoefficientShape
 from klip.shapes.functional import klip_objective
@@ -54,8 +62,7 @@ def batchable(loss_modules: Sequence[Any], actors: Sequence[Any], critics: Seque
     """Whether `BatchedKLipLoss` computes exactly what each agent's `KLipTensorLoss` computes."""
     if minibatch_size % SAMPLE_MULTIPLE or rollout_steps % minibatch_size:
         return False
-    # Includes categorical actors: discrete tasks run each agent's TorchRL module (exact first).
-    if any(tensor_loss_unsupported(loss, actor, critic) is not None
+    if any(tensor_loss_unsupported(loss, actor, critic, categorical=True) is not None
            for loss, actor, critic in zip(loss_modules, actors, critics, strict=True)):
         return False
     first = loss_modules[0]
@@ -126,10 +133,13 @@ class BatchedKLipLoss:
     def __init__(self, loss_modules: Sequence[KLipPPOLoss], actors: Sequence[Any],
                  critics: Sequence[Any], flat_parameters: Tensor) -> None:
         self.loss_modules = list(loss_modules)
-        self.heads = [policy_head(actor) for actor in actors]
-        # Each agent's policy mean and critic, on its own minibatch: the single run's operations.
-        self.networks = WrittenOutMLPs(flat_parameters, [[head.mean for head in self.heads],
-                                                         [critic.net for critic in critics]])
+        # A Gaussian policy's MLP gives the mean (its scale is a free log-std), a categorical's the logits.
+        self.categorical = has_categorical_policy(actors[0])
+        self.heads: list[Any] = [categorical_head(actor) if self.categorical else policy_head(actor)
+                                 for actor in actors]
+        policies = [head.logits if self.categorical else head.mean for head in self.heads]
+        # Each agent's policy and critic MLPs, on its own minibatch: the single run's operations.
+        self.networks = WrittenOutMLPs(flat_parameters, [policies, [critic.net for critic in critics]])
         first = self.loss_modules[0]
         self.normalize_advantage = bool(first.normalize_advantage)
         self.entropy_bonus = bool(first.entropy_bonus)
@@ -144,8 +154,9 @@ class BatchedKLipLoss:
             names.append("value_clip_fraction")
         self.metric_names = names
         keys = first.tensor_keys
+        rollout_policy = ["logits"] if self.categorical else ["loc", "scale"]
         self.in_keys = [self.heads[0].in_keys[0], keys.action, keys.sample_log_prob, keys.advantage,
-                        keys.value_target, keys.value, "loc", "scale"]
+                        keys.value_target, keys.value, *rollout_policy]
 
     def minibatches(self, data: Sequence[Any], size: int) -> Iterator[list[tuple[Tensor, ...]]]:
         """Minibatch k of every agent's shuffled data: per agent, its columns' slices."""
@@ -164,23 +175,29 @@ class BatchedKLipLoss:
             advantage = (advantage - advantage.mean((1, 2), keepdim=True)) / advantage.std(
                 (1, 2), keepdim=True).clamp_min(ADVANTAGE_STD_MIN)
         # The networks: each agent's own, on its own minibatch (see the module docstring).
-        loc, value = self.networks(observations, observations)
-        scale = torch.stack([head.log_std.exp() for head in self.heads]).unsqueeze(1).expand_as(loc)
-        log_prob = gaussian_log_prob(action, loc, scale)
+        output, value = self.networks(observations, observations)
+        if self.categorical:
+            log_prob = categorical_log_prob(action, output)
+        else:
+            scale = torch.stack([head.log_std.exp() for head in self.heads]).unsqueeze(1).expand_as(output)
+            log_prob = gaussian_log_prob(action, output, scale)
         log_weight = (log_prob - old_log_prob).unsqueeze(-1)
         kl_approx = (old_log_prob - log_prob).unsqueeze(-1)
         context: dict[str, Tensor] = {}
         if self.gate.context:
-            old_loc, old_scale = (torch.stack([minibatch[index] for minibatch in minibatches])
-                                  for index in (6, 7))
-            context = sample_context(self.gate.context, action=action, old_log_prob=old_log_prob,
-                                     old_loc=old_loc, old_scale=old_scale, loc=loc, scale=scale)
+            # The rollout policy's parameters: a categorical's logits, a Gaussian's loc and scale.
+            old = [torch.stack([minibatch[index] for minibatch in minibatches])
+                   for index in range(6, len(minibatches[0]))]
+            policy = ({"old_logits": old[0], "logits": output} if self.categorical
+                      else {"old_loc": old[0], "old_scale": old[1], "loc": output, "scale": scale})
+            context = sample_context(self.gate.context, action=action, old_log_prob=old_log_prob, **policy)
         objective, gate = klip_objective(_BoundGate(self.gate, context), log_weight, advantage,
                                          form=self.form)
         terms = [per_agent_mean(-objective)]
         metrics = [terms[0].detach(), per_agent_mean(kl_approx.detach())]
         if self.entropy_bonus:
-            entropy = gaussian_entropy(scale).unsqueeze(-1)
+            entropy = categorical_entropy(output) if self.categorical else gaussian_entropy(scale)
+            entropy = entropy.unsqueeze(-1)
             terms.append(per_agent_mean(-first.entropy_coeff * entropy))
             metrics += [per_agent_mean(entropy.detach()), terms[-1].detach()]
 

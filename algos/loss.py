@@ -28,6 +28,7 @@ from torchrl.objectives import ClipPPOLoss, LossModule, PPOLoss
 from klip import compat
 from klip.algos.networks import (
     ValueHead,
+    categorical_head,
     categorical_kl,
     diagonal_gaussian_kl,
     gaussian_entropy,
@@ -523,18 +524,25 @@ class KLipPPOLoss(_PPOFamilyLoss):
         self.shape.set_context(**context)
 
 
-def tensor_loss_unsupported(loss_module: LossModule, actor: Any, critic: Any) -> str | None:
-    """Why `KLipTensorLoss` cannot stand in for `loss_module` (None when it can)."""
+def tensor_loss_unsupported(loss_module: LossModule, actor: Any, critic: Any, *,
+                            categorical: bool = False) -> str | None:
+    """Why `KLipTensorLoss` (with `categorical`: `batched.BatchedKLipLoss`, which also writes out
+    a categorical policy) cannot stand in for `loss_module` (None when it can)."""
     if type(loss_module) is not KLipPPOLoss:
         return f"{type(loss_module).__name__} is not KLipPPOLoss"
     if has_categorical_policy(actor):
-        # Exact first, fast later: the tensor losses write out the Gaussian's log-prob, entropy
-        # and KL; a categorical policy runs through the TorchRL module (`update.ModuleLoss`).
-        return "the actor is categorical (the tensor loss is written for a Gaussian policy)"
-    try:
-        policy_head(actor)
-    except TypeError as error:
-        return str(error)
+        if not categorical:
+            # `KLipTensorLoss` writes out the Gaussian's log-prob, entropy and KL only.
+            return "the actor is categorical (the tensor loss is written for a Gaussian policy)"
+        try:
+            categorical_head(actor)
+        except TypeError as error:
+            return str(error)
+    else:
+        try:
+            policy_head(actor)
+        except TypeError as error:
+            return str(error)
     if not isinstance(critic, ValueHead):
         return "the critic is not a klip.algos.networks.ValueHead"
     checks = {

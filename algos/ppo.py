@@ -17,8 +17,8 @@ arithmetic on `[agents, samples]` tensors (`batched.BatchedKLipLoss`), the sum o
 losses (each agent gets the gradient of its own), one Adam on a flat buffer of every agent's
 parameters (Adam is elementwise), the clip as `clip_grad_norm_` computes it.
 
-Discrete tasks (a categorical policy, `networks.make_actor(discrete=True)`) run every loss
-through the TorchRL modules (`update.ModuleLoss`): the tensor losses are Gaussian-specific.
+Discrete tasks (a categorical policy, `networks.make_actor(discrete=True)`) take the same paths:
+`BatchedKLipLoss` writes out the categorical's log-probability, entropy and KL as well.
 
 The losses: shapes run through `batched.BatchedKLipLoss` (every agent's `KLipTensorLoss` in
 one pass; `KLipTensorLoss` is bitwise `KLipPPOLoss`); `--loss clip` through TorchRL's own
@@ -396,7 +396,7 @@ class PPOModule(pl.LightningModule):
             if index not in data:
                 continue
             summary = self._summarise(agent, metrics[index])
-            problem = first_non_finite(metrics[index].t(), [*agent.minibatch_loss.metric_names, "grad_norm"],
+            problem = first_non_finite(metrics[index].t(), self.metric_names,
                                        agent.loss_module.named_parameters())
             if problem is not None:
                 # Stopped and marked failed, holding its last good parameters; the others go on.
@@ -461,6 +461,8 @@ class PPOModule(pl.LightningModule):
                     grad_norms = grad_norms[active]
                 steps.append(torch.cat([step_metrics, grad_norms.unsqueeze(1)], 1))
                 optimizer.step()
+        # The names of the metrics' columns, from the loss that computed them.
+        self.metric_names = [*(batched or agents[0].minibatch_loss).metric_names, "grad_norm"]
         # [agents, metric, step]: each agent's metrics, each as one contiguous row (`_summarise`).
         metrics = torch.stack(steps, 2).float()
         return {index: metrics[position] for position, index in enumerate(indices)}
@@ -473,7 +475,7 @@ class PPOModule(pl.LightningModule):
         # metric is reduced as its own contiguous row: a mean over strided columns rounds
         # differently with the number of columns, and `--loss clip` logs more than `step`.
         means = metrics.mean(1).tolist()
-        return dict(zip([*agent.minibatch_loss.metric_names, "grad_norm"], means, strict=True))
+        return dict(zip(self.metric_names, means, strict=True))
 
     @torch.no_grad()
     def _batch_statistics(self, agent: Agent, data: TensorDictBase) -> dict[str, float]:
