@@ -271,6 +271,7 @@ class PPOModule(pl.LightningModule):
                                       [agent.actor for agent in self.agents], cfg.frames_per_env)
         self.frames = 0
         self.iteration_lr = cfg.lr  # the rate the running iteration uses (its `lr` column)
+        self.metric_names: list[str] = []  # the update's metric columns, set by `update`
         # Linear annealing (start iteration, factor there, iteration where it reaches 0);
         # a resume that changes --steps re-plans from the current rate (see `plan_lr_to`).
         self.lr_plan: tuple[int, float, int] = (0, 1.0, cfg.iterations)
