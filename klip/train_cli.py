@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ POPULATION_FILE = "population.yaml"
 def parse_sweep(items: list[str]) -> dict[str, list[float]]:
     """`["tau=0.01,0.03", "eps=0.1,0.2"]` -> `{"tau": [0.01, 0.03], "eps": [0.1, 0.2]}`."""
     from klip.algos.agents import PopulationError
+    from klip.shapes.params import finite_number
 
     sweep: dict[str, list[float]] = {}
     for item in items:
@@ -31,12 +31,9 @@ def parse_sweep(items: list[str]) -> dict[str, list[float]]:
         values: list[float] = []
         for raw in raw_values.split(","):
             try:
-                value = float(raw)
-            except ValueError:
-                raise PopulationError(f"--sweep {item!r}: {raw.strip()!r} is not a number") from None
-            if not math.isfinite(value):
-                raise PopulationError(f"--sweep {item!r}: {raw.strip()!r} is not finite")
-            values.append(value)
+                values.append(finite_number(raw))
+            except ValueError as reason:
+                raise PopulationError(f"--sweep {item!r}: {raw.strip()!r} {reason}") from None
         if len(set(values)) != len(values):
             raise PopulationError(f"--sweep {item!r} repeats a value (duplicate agents)")
         sweep[name] = values

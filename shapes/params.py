@@ -68,6 +68,18 @@ def check_param_values(shape_name: str, params: Mapping[str, Param],
     return checked
 
 
+def finite_number(raw: str) -> float:
+    """A number as every klip command line reads one (Python's `float`, finite); a ValueError
+    saying "is not a number" or "is not finite" otherwise, for the caller to name the option."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError("is not finite")
+    return value
+
+
 def parse_param_assignments(assignments: list[str]) -> dict[str, float]:
     """`["tau=0.05", "eps=0.2"]` -> `{"tau": 0.05, "eps": 0.2}` with a clear error otherwise."""
     params: dict[str, float] = {}
@@ -76,13 +88,10 @@ def parse_param_assignments(assignments: list[str]) -> dict[str, float]:
         if not sep or not key.strip():
             raise ValueError(f"shape parameter {item!r} must look like NAME=VALUE")
         try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"shape parameter {key!r}: {raw!r} is not a number") from None
-        if not math.isfinite(value):
-            raise ValueError(f"shape parameter {key!r}: {raw!r} is not finite")
-        params[key.strip()] = value
+            params[key.strip()] = finite_number(raw)
+        except ValueError as reason:
+            raise ValueError(f"shape parameter {key!r}: {raw!r} {reason}") from None
     return params
 
 
-__all__ = ["Param", "check_param_values", "parse_param_assignments"]
+__all__ = ["Param", "check_param_values", "finite_number", "parse_param_assignments"]

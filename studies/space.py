@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from klip.shapes.params import finite_number
+
 if TYPE_CHECKING:  # klip.shapes imports torch: a search-space file or --fix is checked without it
     from klip.shapes import CoefficientShape, Param
 
@@ -155,12 +157,9 @@ def parse_fix(assignments: list[str]) -> dict[str, float]:
         if name in values:
             raise SearchSpaceError(f"--fix {name} is given more than once")
         try:
-            value = float(raw)
-        except ValueError:
-            raise SearchSpaceError(f"--fix {name}={raw!r} is not a number") from None
-        if not math.isfinite(value):
-            raise SearchSpaceError(f"--fix {name}={raw!r} is not finite")
-        values[name] = value
+            values[name] = finite_number(raw)
+        except ValueError as reason:
+            raise SearchSpaceError(f"--fix {name}={raw!r} {reason}") from None
     return values
 
 
