@@ -8,6 +8,10 @@ compares, per agent, `torch.baddbmm` over N stacked agents with (a) `F.linear` o
 alone (what a single run computes) and (b) `torch.baddbmm` over a population of another size,
 forward and backward. Any "no" in the table is why the engine evaluates each agent's networks
 with the single run's own operations instead of batched products (`klip.algos.ppo`).
+
+The last column asks the question a different engine would rest on: is agent i of a batch of
+8 bitwise agent i computed alone as a batch of one (`torch.baddbmm` with a batch of 1)? Where it
+is, single runs that computed their layers that way could be batched exactly.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ def alone(weight: torch.Tensor, bias: torch.Tensor, inputs: torch.Tensor, grad: 
 
 def main() -> None:
     generator = torch.Generator().manual_seed(0)
-    print(f"{'in -> out':>10s} {'batch':>6s}  8 agents bitwise F.linear alone?   8 agents bitwise 3 agents?")
+    print(f"{'in -> out':>10s} {'batch':>6s}  8 agents bitwise F.linear alone?   8 agents bitwise 3 agents?"
+          "   8 agents bitwise a batch of one?")
     for fan_in, fan_out in SHAPES:
         for batch in BATCHES:
             weight = torch.randn(8, fan_out, fan_in, generator=generator)
@@ -50,8 +55,12 @@ def main() -> None:
                            for e, s in zip(eight, singles[agent], strict=True))
             vs_three = all(torch.equal(e[agent], t[agent]) for agent in range(3)
                            for e, t in zip(eight, three, strict=True))
+            ones = [batched(weight[a : a + 1], bias[a : a + 1], inputs[a : a + 1], grad[a : a + 1])
+                    for a in range(8)]
+            vs_one = all(torch.equal(e[agent], o[0]) for agent in range(8)
+                         for e, o in zip(eight, ones[agent], strict=True))
             print(f"{fan_in:>4d} -> {fan_out:<3d} {batch:>6d}  {'yes' if vs_alone else 'no':>30s}   "
-                  f"{'yes' if vs_three else 'no':>24s}")
+                  f"{'yes' if vs_three else 'no':>24s}   {'yes' if vs_one else 'no':>30s}")
 
 
 if __name__ == "__main__":
