@@ -365,10 +365,10 @@ class PPOModule(pl.LightningModule):
         started = time.perf_counter()
         frames_before = self.frames
         self.iteration_lr = float(optimizer.optimizer.param_groups[0]["lr"])
-        active = [agent for agent in self.agents if agent.active]
-        for agent in active:
+        indices = [index for index, agent in enumerate(self.agents) if agent.active]
+        for index in indices:
             # Conditioned shapes read the fraction of training done, on the LR annealing's clock.
-            set_context = getattr(agent.loss_module, "set_context", None)
+            set_context = getattr(self.agents[index].loss_module, "set_context", None)
             if set_context is not None:
                 set_context(progress=self.current_epoch / cfg.iterations)
 
@@ -376,7 +376,6 @@ class PPOModule(pl.LightningModule):
         collected = time.perf_counter()
 
         # GAE: each agent's values from its own module, one recursion over every active agent.
-        indices = [index for index, agent in enumerate(self.agents) if agent.active]
         if indices:
             estimated = estimate_advantages([self.agents[i].advantage_module for i in indices],
                                             [rollouts[i] for i in indices], self.recursion)
