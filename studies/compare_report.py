@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from klip.studies.compare_sections import (
 from klip.studies.files import write_text_atomically
 from klip.studies.grid import EVENTS_FILE, Cell
 from klip.studies.references import random_scores
+from klip.studies.reuse import reused_grids
 from klip.studies.statistics import (
     Estimate,
     aggregate,
@@ -51,6 +54,8 @@ REPORT_FILE = "report.md"
 
 
 def _settings(results: GridResults, randoms: dict[str, dict[str, Any]]) -> list[str]:
+    reused = {os.path.normpath(results.out / grid): count
+              for grid, count in reused_grids(results.out).items()}
     spec = results.spec
     lines = ["## Settings", "",
              f"- steps per run: {spec.steps:,}; seeds: {', '.join(map(str, spec.seeds))}; "
@@ -61,7 +66,11 @@ def _settings(results: GridResults, randoms: dict[str, dict[str, Any]]) -> list[
              " ± is the standard deviation over seeds (ddof = 1)", "",
              f"The command that makes this grid (`klip compare --out {results.out}` alone continues it; "
              "`--workers N` or `--storage URL` spread it):", "",
-             "```bash", spec.command(results.out), "```", ""]
+             "```bash", spec.command(results.out)
+             + "".join(f" --reuse {shlex.quote(grid)}" for grid in reused), "```", ""]
+    if reused:
+        lines += ["Cells linked from other grids, not trained here (`--reuse`; `events.jsonl` names each): "
+                  + ", ".join(f"{count} from `{grid}`" for grid, count in reused.items()) + ".", ""]
     lines += _table(["entry", "training options"],
                     [[f"`{e.label}`", ", ".join(f"`{k}={v}`" for k, v in e.options.items())
                       + (f" (from {e.source})" if e.source else "")] for e in spec.entries])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from klip.studies.cells import check_cell
 from klip.studies.entries import CompareError
-from klip.studies.grid import Cell, GridSpec, differences, load_grid, log_event
+from klip.studies.grid import EVENTS_FILE, RUNS_DIR, Cell, GridSpec, differences, load_grid, log_event
 
 
 def link_reused_cells(spec: GridSpec, out: Path, sources: list[Path]) -> int:
@@ -38,7 +38,8 @@ def link_reused_cells(spec: GridSpec, out: Path, sources: list[Path]) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             relative = os.path.relpath(held.cell_dir(source, source_cell).resolve(), target.parent.resolve())
             target.symlink_to(relative, target_is_directory=True)
-            log_event(out, {"event": "reused", "cell": cell.key, "from": relative})
+            grid = os.path.relpath(source.resolve(), out.resolve())
+            log_event(out, {"event": "reused", "cell": cell.key, "from": relative, "grid": grid})
             linked += 1
     return linked
 
@@ -61,4 +62,25 @@ def _options_key(options: dict[str, object]) -> str:
     return json.dumps(options, sort_keys=True, default=str)
 
 
-__all__ = ["link_reused_cells"]
+def reused_grids(out: Path) -> dict[str, int]:
+    """The grids `out` linked cells from (relative to `out`), with how many cells each."""
+    events = out / EVENTS_FILE
+    if not events.is_file():
+        return {}
+    counts: dict[str, int] = {}
+    for line in events.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event.get("event") != "reused":
+            continue
+        grid = event.get("grid")
+        if grid is None:  # logged before events named the grid: its cell's link says where
+            cell = Path(os.path.normpath(out / RUNS_DIR / Path(event["cell"]).parent / event["from"]))
+            grid = os.path.relpath(cell.parents[3], out)
+        counts[grid] = counts.get(grid, 0) + 1
+    return counts
+
+
+__all__ = ["link_reused_cells", "reused_grids"]

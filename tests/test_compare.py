@@ -581,6 +581,8 @@ def test_reuse_links_another_grids_finished_cells_and_trains_only_the_rest(finis
         spec.cell_dir(source, step) / "summary.json").read_bytes()
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert sum(event["event"] == "reused" for event in events) == 2
+    report = (out / "report.md").read_text()
+    assert f"--reuse {source}" in report and f"2 from `{source}`" in report
     # Nothing of the other grid was written.
     assert {path: path.stat().st_mtime_ns for path in source.rglob("*") if path.is_file()} == before
 
@@ -828,3 +830,14 @@ def test_diagnostics_table_reads_the_last_tenth_of_each_run_and_marks_unlogged_c
     assert "| Hopper-v4 | `kl_fixed` | 7 | — | 1 |" in text
     assert "explained variance" not in text  # no run logs it: no column
     assert (figures / "diagnostics.png").stat().st_size > 10_000
+
+
+def test_reused_grids_reads_events_logged_before_they_named_the_grid(tmp_path):
+    from klip.studies.reuse import reused_grids
+
+    out = tmp_path / "zoo"
+    out.mkdir()
+    event = {"event": "reused", "cell": "Hopper-v4/step/s0",
+             "from": "../../../../paper/runs/Hopper-v4/step/s0"}
+    (out / "events.jsonl").write_text(json.dumps(event) + "\n")
+    assert reused_grids(out) == {"../paper": 1}
