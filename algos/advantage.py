@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 from tensordict import TensorDictBase
-from torchrl.objectives.utils import hold_out_net
 from torchrl.objectives.value import GAE
+
+from klip import compat
 
 
 def make_gae(gamma: float, lmbda: float, value_network: Any | None) -> GAE:
@@ -33,10 +34,7 @@ def estimate_advantages(modules: Sequence[GAE], rollouts: Sequence[TensorDictBas
     """Every agent's rollout, stacked `[agents, ...]`, with its values, advantages and value
     targets: what `modules[i](rollouts[i])` writes, agent by agent."""
     for module, rollout in zip(modules, rollouts, strict=True):
-        with hold_out_net(module.value_network):
-            module._call_value_nets(data=rollout, params=None, next_params=None, single_call=module.shifted,
-                                    value_key=module.tensor_keys.value, detach_next=True,
-                                    vmap_randomness=module.vmap_randomness)
+        compat.gae_write_values(module, rollout)
     return recursion(torch.stack(list(rollouts)))
 
 

@@ -94,6 +94,12 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
                "the appending writer checks for an existing metrics.csv through Lightning's fs"),
     PrivateAPI("pytorch_lightning.loggers.CSVLogger", "_experiment", LIGHTNING,
                "MetricsCSVLogger installs the appending writer in place of Lightning's"),
+    # TorchRL's GAE evaluates the value network in a private method; the engine calls it per
+    # agent and then runs one recursion over every agent (`klip.algos.advantage`).
+    PrivateAPI("torchrl.objectives.value.GAE", "_call_value_nets", TORCHRL,
+               "each agent's values must be the ones its own GAE module computes",
+               ("data", "params", "next_params", "single_call", "value_key", "detach_next",
+                "vmap_randomness")),
     # gymnasium's TimeLimit keeps its step count privately; exact resume mid-episode needs it.
     PrivateAPI("gymnasium.wrappers.TimeLimit", "_elapsed_steps", GYMNASIUM,
                "a snapshot of an env mid-episode must restore the time-limit counter"),
@@ -111,6 +117,17 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
 def collector_carrier(collector: Any) -> Any:
     """The TensorDict TorchRL's `Collector` carries between rollouts (current observation)."""
     return collector._carrier
+
+
+def gae_write_values(module: Any, data: Any) -> None:
+    """Write `module`'s (a TorchRL `GAE` with a value network) values of `data`'s observations and
+    next observations into `data`, as its forward does before the advantage recursion."""
+    from torchrl.objectives.utils import hold_out_net
+
+    with hold_out_net(module.value_network):
+        module._call_value_nets(data=data, params=None, next_params=None, single_call=module.shifted,
+                                value_key=module.tensor_keys.value, detach_next=True,
+                                vmap_randomness=module.vmap_randomness)
 
 
 def gym_wrapper_env(wrapper: Any) -> Any:

@@ -248,6 +248,23 @@ def test_heartbeat_thread_records_a_trials_heartbeat_while_it_runs(tmp_path):
         time.sleep(0.25)
 
 
+@covers("gae_write_values")
+def test_gae_write_values_writes_what_the_gae_module_writes():
+    from klip.algos.advantage import make_gae
+    from klip.algos.networks import make_critic
+
+    torch.manual_seed(0)
+    module = make_gae(0.99, 0.95, make_critic(OBS_DIM))
+    data = TensorDict({"observation": torch.randn(1, 6, OBS_DIM),
+                       "next": {"observation": torch.randn(1, 6, OBS_DIM), "reward": torch.randn(1, 6, 1),
+                                "done": torch.zeros(1, 6, 1, dtype=torch.bool),
+                                "terminated": torch.zeros(1, 6, 1, dtype=torch.bool)}}, [1, 6])
+    expected = module(data.clone())
+    compat.gae_write_values(module, data)
+    assert torch.equal(data["state_value"], expected["state_value"])
+    assert torch.equal(data["next", "state_value"], expected["next", "state_value"])
+
+
 def test_every_accessor_has_a_test():
     accessors = {name for name, value in vars(compat).items()
                  if inspect.isfunction(value) and value.__module__ == compat.__name__}
