@@ -24,6 +24,16 @@ KNOWN_TASKS: tuple[str, ...] = (
 TASK_EXTRAS: dict[str, tuple[str, str]] = {"LunarLander-v3": ("box2d", "Box2D")}
 
 
+# Tasks whose simulator cannot be saved and restored mid-episode (Box2D's world is not
+# picklable): their runs do not resume from a checkpoint; an interrupted one starts again.
+UNRESUMABLE_TASKS: tuple[str, ...] = ("LunarLander-v3",)
+
+
+def resumable(task: str, env_backend: str = "gymnasium") -> bool:
+    """Whether a run of `task` on `env_backend` can continue from its checkpoint bit for bit."""
+    return env_backend != "envpool" and task not in UNRESUMABLE_TASKS
+
+
 def action_space_of(task: str) -> str:
     """`"discrete"` or `"continuous"`: the policy a task's actions need."""
     return "discrete" if task in DISCRETE_TASKS else "continuous"
@@ -45,5 +55,5 @@ def check_task_installed(task: str) -> None:
                          f"pip install 'klip[{extra}]'")
 
 
-__all__ = ["DISCRETE_TASKS", "KNOWN_TASKS", "TASK_EXTRAS", "action_space_of", "check_task_installed",
-           "missing_extra"]
+__all__ = ["DISCRETE_TASKS", "KNOWN_TASKS", "TASK_EXTRAS", "UNRESUMABLE_TASKS", "action_space_of",
+           "check_task_installed", "missing_extra", "resumable"]

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from klip.envs.names import resumable
 from klip.studies.files import write_text_atomically, writing
 from klip.studies.grid import RUNS_DIR, Cell, GridSpec, differences, job_key, log_event
 
@@ -242,9 +243,11 @@ def train_cells(runs: Sequence[CellRun]) -> None:
     from klip.studies.training import train
 
     for run in runs:
-        resume = run.resume and (run.out / "checkpoints" / "last.ckpt").is_file()
+        resume = (run.resume and (run.out / "checkpoints" / "last.ckpt").is_file()
+                  and resumable(run.config.task, run.config.env_backend))
         if run.resume and not resume and run.out.exists():
-            keep_aside(run.out)  # stopped before its first checkpoint: nothing to continue from
+            # Stopped before its first checkpoint, or on a simulator that cannot be restored.
+            keep_aside(run.out)
         train(run.config, run.out, resume=resume, progress=False)
 
 
@@ -272,7 +275,8 @@ def train_cells_together(runs: Sequence[CellRun]) -> None:
         root = group[0].out.parent / POPULATION_DIR
         spec = PopulationSpec(group[0].config, [run.cell.seed for run in group], {})
         resume = False
-        if (root / POPULATION_FILE).is_file() and (root / "checkpoints" / "last.ckpt").is_file():
+        if (resumable(spec.base.task, spec.base.env_backend) and (root / POPULATION_FILE).is_file()
+                and (root / "checkpoints" / "last.ckpt").is_file()):
             held = (yaml.safe_load((root / POPULATION_FILE).read_text()) or {}).get("spec") or {}
             held["base"] = with_options_added_later(held.get("base", {}))
             resume = held == yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))
