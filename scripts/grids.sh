@@ -1,37 +1,108 @@
 #!/usr/bin/env bash
-# The long result grids, started (or continued: each resumes where it stopped) in the background.
-# Each is a `klip compare` grid; run this again in a later session until every grid says done.
+# The long result jobs (comparison grids and the discovery study), run in the background in
+# "lanes": each lane takes the next job in JOBS order that is neither done nor held by another
+# lane, so at most KLIP_GRID_LANES jobs run at once and the next starts when one ends. Every job
+# resumes where it stopped: run this again in each later session until --status says all done.
 #
-#   bash scripts/grids.sh            # start every grid not running yet; logs in ${KLIP_GRID_LOGS:-/tmp}
-#   bash scripts/grids.sh --status   # one progress line per grid
+#   bash scripts/grids.sh            # start the lanes; logs in ${KLIP_GRID_LOGS:-/tmp}
+#   bash scripts/grids.sh --status   # one line per job
+#   bash scripts/grids.sh --stop     # stop every lane (each job continues on the next start)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KLIP=.venv/bin/klip
 LOGS=${KLIP_GRID_LOGS:-/tmp}
+LANES=${KLIP_GRID_LANES:-3}
+JOBS=(paper-table zoo discovery epochs)
 
 ZOO_ENTRIES="step,sigmoid,linear_ramp,annealed_clip,clip_higher,rollback,spo,dpo,truncate,tr_ppo,tr_ppo_rb,\
 trgppo_gaussian,none,study:sigmoid-2task@sqlite:///results/studies/sigmoid-2task/study.db,\
 study:learned-3task@sqlite:///results/discovery/learned-3task/study.db"
+DISCOVERY=results/discovery/increments-3task
+DISCOVERED="step,study:increments-3task@sqlite:///$DISCOVERY/study.db"
 
-declare -A GRIDS=(
-  # The paper's table, grown by its two extra checks (CartPole-v1, LunarLander-v3).
-  [paper-table]="--losses clip,step,kl_fixed,kl_adaptive --tasks Hopper-v4,HalfCheetah-v4,Walker2d-v4,Ant-v4,Humanoid-v4,CartPole-v1,LunarLander-v3 --seeds 0-4 --steps 1000000 --extend --out results/paper-table"
-  # Every built-in and published shape against step; step's cells are the paper table's.
-  [zoo]="--losses $ZOO_ENTRIES --tasks Hopper-v4,Walker2d-v4,HalfCheetah-v4,Ant-v4,Humanoid-v4 --seeds 0-4 --steps 1000000 --seeds-together --reuse results/paper-table --out results/zoo"
-)
+job_paper_table() {  # the paper's table, grown by its two extra checks
+  $KLIP compare --losses clip,step,kl_fixed,kl_adaptive --tasks \
+    Hopper-v4,HalfCheetah-v4,Walker2d-v4,Ant-v4,Humanoid-v4,CartPole-v1,LunarLander-v3 \
+    --seeds 0-4 --steps 1000000 --extend --out results/paper-table --progress-every 300
+}
 
-for name in "${!GRIDS[@]}"; do
-  out="results/$name"
-  if [[ "${1:-}" == "--status" ]]; then
-    line=$(grep -a "cells done" "$LOGS/grid-$name.log" 2>/dev/null | tail -1 || true)
-    echo "$name: ${line:-no log in $LOGS}"
-    continue
-  fi
-  if pgrep -f -- "--out $out( |$)" > /dev/null; then
-    echo "$name: already running"
-    continue
-  fi
-  # shellcheck disable=SC2086  # the arguments are split on purpose
-  setsid nohup $KLIP compare ${GRIDS[$name]} --progress-every 300 > "$LOGS/grid-$name.log" 2>&1 < /dev/null &
-  echo "$name: started (log $LOGS/grid-$name.log)"
-done
+job_zoo() {  # every built-in and published shape against step; step's cells are the paper table's
+  $KLIP compare --losses "$ZOO_ENTRIES" --tasks Hopper-v4,Walker2d-v4,HalfCheetah-v4,Ant-v4,Humanoid-v4 \
+    --seeds 0-4 --steps 1000000 --seeds-together --reuse results/paper-table --out results/zoo \
+    --progress-every 300
+}
+
+job_discovery() {  # CMA-ES over learned_increments on three tasks, tuning seeds 100-101; then tested
+  $KLIP study run --shape learned_increments --fix eps=0.2 --sampler cmaes --sampler-seed 0 \
+    --tasks Hopper-v4,HalfCheetah-v4,Walker2d-v4 --steps-per-task 300000 --seeds 100,101 \
+    --trials 130 --batch 13 --pruner none --no-progress --study-name increments-3task \
+    --storage "sqlite:///$DISCOVERY/study.db" --study-dir "$DISCOVERY" || return
+  $KLIP study report --study-name increments-3task --storage "sqlite:///$DISCOVERY/study.db" \
+    --out "$DISCOVERY/report" || return
+  # Held out: Ant-v4 and Humanoid-v4, 10 seeds never tuned on (step's seeds 0-4 are the paper table's).
+  $KLIP compare --losses "$DISCOVERED" --tasks Ant-v4,Humanoid-v4 --seeds 0-9 --steps 1000000 \
+    --seeds-together --reuse results/paper-table --out "$DISCOVERY/heldout" --progress-every 300 || return
+  # The discovery tasks on fresh seeds.
+  $KLIP compare --losses "$DISCOVERED" --tasks Hopper-v4,HalfCheetah-v4,Walker2d-v4 --seeds 0-4 \
+    --steps 1000000 --seeds-together --reuse results/paper-table --reuse results/zoo \
+    --out "$DISCOVERY/fresh" --progress-every 300
+}
+
+job_epochs() {  # the epochs axis: 20 and 40 inner epochs (10 epochs: the zoo's cells)
+  for epochs in 20 40; do
+    $KLIP compare --losses step,sigmoid,rollback,spo --tasks Hopper-v4,Walker2d-v4,HalfCheetah-v4 \
+      --seeds 0-4 --steps 1000000 --set "epochs=$epochs" --seeds-together \
+      --out "results/epochs/e$epochs" --progress-every 300 || return
+  done
+}
+
+lane() {
+  for job in "${JOBS[@]}"; do
+    [[ -e "$LOGS/grid-$job.done" ]] && continue
+    exec {lock}>"$LOGS/grid-$job.lock"
+    if flock -n "$lock"; then
+      echo "$(date -u +%FT%TZ) lane $1 starts" >> "$LOGS/grid-$job.log"
+      if "job_${job//-/_}" >> "$LOGS/grid-$job.log" 2>&1; then
+        touch "$LOGS/grid-$job.done"
+      else
+        echo "$(date -u +%FT%TZ) lane $1: $job stopped with an error; see above" >> "$LOGS/grid-$job.log"
+      fi
+    fi
+    exec {lock}>&-
+  done
+}
+
+case "${1:-}" in
+  --status)
+    for job in "${JOBS[@]}"; do
+      if [[ -e "$LOGS/grid-$job.done" ]]; then state="done"
+      elif ! flock -n "$LOGS/grid-$job.lock" true 2>/dev/null; then state="running"
+      else state="waiting"; fi
+      line=$(grep -a "cells done\|trials\b" "$LOGS/grid-$job.log" 2>/dev/null | tail -1 || true)
+      echo "$job: $state${line:+; $line}"
+    done ;;
+  --stop)
+    [[ -e "$LOGS/grid-lanes.pgids" ]] && while read -r pgid; do
+      kill -INT -- "-$pgid" 2>/dev/null || true
+    done < "$LOGS/grid-lanes.pgids"
+    rm -f "$LOGS/grid-lanes.pgids" ;;
+  --lane)
+    lane "$2" ;;
+  "")
+    if [[ -e "$LOGS/grid-lanes.pgids" ]]; then
+      while read -r pgid; do
+        if kill -0 -- "-$pgid" 2>/dev/null; then
+          echo "lanes already running (bash scripts/grids.sh --status)"; exit 0
+        fi
+      done < "$LOGS/grid-lanes.pgids"
+    fi
+    : > "$LOGS/grid-lanes.pgids"
+    for index in $(seq "$LANES"); do
+      setsid nohup bash "$0" --lane "$index" > /dev/null 2>&1 < /dev/null &
+      echo $! >> "$LOGS/grid-lanes.pgids"
+      sleep 2  # lanes take jobs in order
+    done
+    echo "$LANES lanes started; bash scripts/grids.sh --status" ;;
+  *)
+    echo "usage: bash scripts/grids.sh [--status | --stop]" >&2; exit 2 ;;
+esac

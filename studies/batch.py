@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from klip.compat import heartbeat_thread
+from klip.envs.names import resumable
 from klip.studies import training
 from klip.studies.attributes import (
     ATTR_CONTINUES,
@@ -31,6 +32,8 @@ from klip.studies.objective import (
     Objective,
     StudyInterrupted,
     SurplusTrial,
+    finished_run,
+    first_trial,
     keep_aside,
     learning_curve,
     wilcoxon_prunes,
@@ -118,43 +121,33 @@ def run_batch(objective: Objective, study: optuna.Study, size: int) -> None:
 
 def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTrial],
                  told: set[int]) -> None:
-    from klip.studies.training import train_agents
 
     settings = objective.settings
     tasks = list(settings.tasks)
     if objective.pruner == "wilcoxon":
         # Shuffled per batch (reproducibly), so no task is always evaluated first.
-        random.Random(batch[0].trial.number).shuffle(tasks)
+        random.Random(first_trial(study, batch[0].trial.number)).shuffle(tasks)
     alive = list(batch)
     for position, task in enumerate(tasks):
         instances = [instance for instance in settings.instances if instance.task == task]
         agents = [(member, instance) for member in alive for instance in instances]
         configs = [TrainConfig.from_dict({**member.base, "task": task, "seed": instance.seed}).validate()
                    for member, instance in agents]
-        names = [f"trial{member.trial.number}-s{instance.seed}" for member, instance in agents]
-        staging = settings.directory / f"population-{alive[0].trial.number:05d}-{task}"
-        if staging.exists():  # left by a worker that died here; its trials were failed and retried
-            keep_aside(staging, settings.directory)
-        text = (f"trials {', '.join(str(m.trial.number) for m in alive)}: {task}, "
-                f"{len(agents)} agents as one population")
-        if objective.show is not None:
-            objective.show(text)
-        for member in alive:
-            member.trial.set_user_attr(ATTR_PROGRESS, text)
-        results = train_agents(configs, staging, names=names, progress=False)
-        for (member, instance), result in zip(agents, results, strict=True):
-            target = member.directory / f"{task}-s{instance.seed}"
-            if target.exists():  # a run of the trial this one continues: a population starts afresh
-                keep_aside(target, settings.directory)
-            shutil.move(str(result.out), target)
-            normalised = objective.references[task].normalise(result.final_return)
-            frames = int(json.loads((target / "summary.json").read_text())["frames"])
+        targets = [member.directory / f"{task}-s{instance.seed}" for member, instance in agents]
+        total = configs[0].iterations * configs[0].rollout_steps
+        finished = [finished_run(target, total) for target in targets]
+        if all(done is not None for done in finished):
+            # A batch that continues an interrupted one: this task's population had finished.
+            outcomes = [done for done in finished if done is not None]
+        else:
+            outcomes = _train_population(objective, study, alive, task, agents, configs, targets)
+        for (member, instance), target, (score, frames) in zip(agents, targets, outcomes, strict=True):
+            normalised = objective.references[task].normalise(score)
             member.results[instance.name] = {
-                "task": task, "seed": instance.seed, "index": instance.index, "score": result.final_return,
+                "task": task, "seed": instance.seed, "index": instance.index, "score": score,
                 "normalised": normalised, "frames": frames, "complete": True}
             member.curves[instance.name] = learning_curve(target / "metrics.csv")
             member.normalised.append(normalised)
-        shutil.rmtree(staging)
         last = position == len(tasks) - 1
         for member in list(alive):
             for instance in instances:
@@ -172,6 +165,51 @@ def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTri
                 alive.remove(member)
     for member in alive:
         _finish(study, member, told)
+
+
+def _train_population(objective: Objective, study: optuna.Study, alive: list[BatchTrial], task: str,
+                      agents: list[tuple[BatchTrial, Any]], configs: list[TrainConfig],
+                      targets: list[Path]) -> list[tuple[float, int]]:
+    """Train one task's (trial, seed) agents as one population; move each run to its trial.
+
+    The population and its agents are named after the trials that started these runs (a
+    batch that continues an interrupted one has new trial numbers), so a batch stopped by
+    Ctrl-C or a dead worker continues the population from its checkpoint, bit for bit.
+    """
+    from klip.studies.training import POPULATION_FILE, RunError, train_agents
+
+    settings = objective.settings
+    first = {member.trial.number: first_trial(study, member.trial.number) for member in alive}
+    names = [f"trial{first[member.trial.number]}-s{instance.seed}" for member, instance in agents]
+    staging = settings.directory / f"population-{first[alive[0].trial.number]:05d}-{task}"
+    text = (f"trials {', '.join(str(m.trial.number) for m in alive)}: {task}, "
+            f"{len(agents)} agents as one population")
+    resume = (resumable(task, configs[0].env_backend) and (staging / POPULATION_FILE).is_file()
+              and (staging / "checkpoints" / "last.ckpt").is_file())
+    if resume:
+        text += " (continued from its checkpoint)"
+    elif staging.exists():  # left by a worker that died before its first checkpoint
+        keep_aside(staging, settings.directory)
+    if objective.show is not None:
+        objective.show(text)
+    for member in alive:
+        member.trial.set_user_attr(ATTR_PROGRESS, text)
+    try:
+        results = train_agents(configs, staging, names=names, progress=False, resume=resume)
+    except RunError:
+        if not resume:
+            raise
+        keep_aside(staging, settings.directory)  # a population of other agents or settings
+        results = train_agents(configs, staging, names=names, progress=False)
+    outcomes = []
+    for result, target in zip(results, targets, strict=True):
+        if target.exists():  # a run of the trial this one continues: a population starts afresh
+            keep_aside(target, settings.directory)
+        shutil.move(str(result.out), target)
+        frames = int(json.loads((target / "summary.json").read_text())["frames"])
+        outcomes.append((result.final_return, frames))
+    shutil.rmtree(staging)
+    return outcomes
 
 
 def _finish(study: optuna.Study, member: BatchTrial, told: set[int]) -> None:

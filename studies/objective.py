@@ -174,12 +174,10 @@ class Objective:
     def continues(self, trial: optuna.Trial) -> int | None:
         """The trial whose runs this one finishes: one Ctrl-C stopped, or one whose worker died
         (the heartbeat's retry names it in the system attribute `failed_trial`)."""
-        source = trial.user_attrs.get(ATTR_CONTINUES)
-        if source is None:
-            frozen = next((t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number),
-                          None)
-            source = None if frozen is None else frozen.system_attrs.get("failed_trial")
-        return None if source is None else int(source)
+        if trial.user_attrs.get(ATTR_CONTINUES) is not None:
+            return int(trial.user_attrs[ATTR_CONTINUES])
+        frozen = next((t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number), None)
+        return None if frozen is None else continued_trial(frozen)
 
     def prepare(self, trial: optuna.Trial) -> tuple[Path, dict[str, Any]]:
         """Suggest the trial's parameters; write its shape; return its directory and base config.
@@ -277,6 +275,22 @@ class Objective:
         if not math.isfinite(value):
             raise StudyError(f"trial {trial.number}: objective is {value}")
         return value
+
+
+def continued_trial(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The number of the trial whose runs `trial` finishes (see `Objective.continues`), or None."""
+    source = trial.user_attrs.get(ATTR_CONTINUES, trial.system_attrs.get("failed_trial"))
+    return None if source is None else int(source)
+
+
+def first_trial(study: optuna.Study, number: int) -> int:
+    """The trial that started the runs trial `number` holds: the end of its chain of continuations."""
+    trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+    seen = {number}
+    while number in trials and (source := continued_trial(trials[number])) is not None and source not in seen:
+        number = source
+        seen.add(number)
+    return number
 
 
 def finished_run(out: Path, total_frames: int) -> tuple[float, int] | None:

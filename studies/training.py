@@ -26,6 +26,7 @@ _ENGINE: dict[str, str] = {
     "train": "klip.algos.train",
     "train_agents": "klip.algos.train",
     "RunInterrupted": "klip.algos.train",
+    "RunError": "klip.algos.train",
     "check_population_configs": "klip.algos.ppo",
     "PopulationSpec": "klip.algos.agents",
     "train_population": "klip.algos.agents",
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from klip.algos.resolve import resolve_config, with_options_added_later
     from klip.algos.run import load_run, read_columns, read_episode_returns
     from klip.algos.rundir import POPULATION_FILE, recorded_config_as_today
-    from klip.algos.train import RunInterrupted, train, train_agents
+    from klip.algos.train import RunError, RunInterrupted, train, train_agents
 
 
 def __getattr__(name: str) -> Any:
@@ -66,6 +67,7 @@ __all__ = [
     "POPULATION_FILE",
     "ConfigError",
     "PopulationSpec",
+    "RunError",
     "RunInterrupted",
     "TrainConfig",
     "check_population_configs",

@@ -160,6 +160,9 @@ def test_ctrl_c_during_a_batch_queues_its_trials_again_with_their_parameters(in_
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1].startswith("klip: interrupted; trial(s) 0, 1 are queued"), stderr
+    population = directory / f"population-00000-{TASK}"
+    trained_before = {name: (population / name / "metrics.csv").read_text().splitlines()[:3]
+                      for name in ("trial0-s0", "trial1-s1")}  # with their wall-clock timings
     result = run_klip(args, in_tmp)
     assert result.returncode == 0, result.stderr
     trials = optuna.load_study(study_name="stopb", storage="sqlite:///klip-studies.db").trials
@@ -167,6 +170,12 @@ def test_ctrl_c_during_a_batch_queues_its_trials_again_with_their_parameters(in_
     for interrupted, continuation in zip(trials[:2], trials[2:], strict=True):
         assert continuation.user_attrs[ATTR_CONTINUES] == interrupted.number
         assert continuation.params == interrupted.params
+    # The population continued from its checkpoint (before: it started again).
+    for name, trial in (("trial0-s0", 2), ("trial1-s1", 3)):
+        resumed = directory / f"trial-{trial:05d}" / f"{TASK}-s{name[-1]}"
+        assert json.loads((resumed / "summary.json").read_text())["frames"] == 4 * STEPS
+        assert (resumed / "metrics.csv").read_text().splitlines()[:3] == trained_before[name]
+    assert not population.exists() and not (directory / "kept").exists()
 
 
 @pytest.mark.slow
