@@ -33,6 +33,7 @@ job_zoo() {  # every built-in and published shape against step; step's cells are
 }
 
 job_discovery() {  # CMA-ES over learned_increments on three tasks, tuning seeds 100-101; then tested
+  mkdir -p "$DISCOVERY"
   $KLIP study run --shape learned_increments --fix eps=0.2 --sampler cmaes --sampler-seed 0 \
     --tasks Hopper-v4,HalfCheetah-v4,Walker2d-v4 --steps-per-task 300000 --seeds 100,101 \
     --trials 130 --batch 13 --pruner none --no-progress --study-name increments-3task \

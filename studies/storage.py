@@ -105,6 +105,20 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return kwargs
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:  # a malformed URL is RDBStorage's to report
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
 def open_storage(spec: StorageSpec, *, retry_stale: bool = True,
                  heartbeat: bool = True) -> optuna.storages.BaseStorage:
     """Connect (creating tables if needed); raise StorageError with one line if that fails.
@@ -129,6 +143,10 @@ def open_storage(spec: StorageSpec, *, retry_stale: bool = True,
     beats: dict[str, Any] = {"heartbeat_interval": spec.heartbeat_interval,
                              "grace_period": spec.grace_period,
                              "heartbeat_stale_trial_callback": callback} if heartbeat else {}
+    sqlite_file = _sqlite_file(spec.url)
+    if sqlite_file is not None and not sqlite_file.parent.is_dir():
+        raise StorageError(f"cannot open storage {redact(spec.url)}: directory {sqlite_file.parent} "
+                           "does not exist")
     try:
         storage = optuna.storages.RDBStorage(spec.url, engine_kwargs=_engine_kwargs(spec.url), **beats)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:

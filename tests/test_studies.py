@@ -262,6 +262,8 @@ BASE = ["study", "run", "--tasks", TASK, "--steps-per-task", str(STEPS), "--tria
 @pytest.mark.parametrize(("extra", "message"), [
     (["--shape", "sigmoid", "--storage", "redis://localhost/0"], "unknown storage scheme 'redis'"),
     (["--shape", "sigmoid", "--storage", "postgresql://postgres@127.0.0.1:1/none"], "cannot open storage"),
+    (["--shape", "sigmoid", "--storage", "sqlite:///no/such/dir/study.db"],
+     "cannot open storage sqlite:///no/such/dir/study.db: directory no/such/dir does not exist"),
     (["--shape", "nope"], "unknown shape 'nope'"),
     (["--shape", "sigmoid", "--tasks", "Nope-v0"], "unknown task 'Nope-v0'"),
     (["--shape", "sigmoid", "--fix", "nope=1"], "has no parameter 'nope'"),
