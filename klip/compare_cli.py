@@ -58,6 +58,16 @@ def add_compare_commands(subparsers: Any) -> None:
     report.add_argument("dir", type=Path, help="grid directory")
     report.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     report.add_argument("--debug", action="store_true", help="show tracebacks")
+    axis = commands.add_parser(
+        "axis", help="grids that differ in one option (e.g. epochs) side by side: OUT/report.md",
+        description="Read grids that differ in exactly one training option (say one left at the "
+                    "default epochs and others made with --set epochs=20, 40) as one axis: returns per "
+                    "task, and per setting each entry's IQM, P(entry > step) and P(entry > itself at "
+                    "the first setting), with stratified bootstrap 95%% CIs.")
+    axis.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="grid directories (two or more)")
+    axis.add_argument("--out", type=Path, required=True, help="where report.md and axis.png go")
+    axis.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    axis.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def _split(text: str | None) -> list[str]:
@@ -132,6 +142,14 @@ def run_compare(args: argparse.Namespace) -> int:
             print(f"report written to {write_report(args.dir, n_resamples=args.resamples)}")
         except OSError as error:  # a full disk, a read-only directory: one line naming the path
             raise WriteError(describe_os_error(error, args.dir)) from None
+        return 0
+    if args.compare_command == "axis":
+        from klip.studies.compare_axis import write_axis_report
+
+        try:
+            print(f"report written to {write_axis_report(args.dirs, args.out, n_resamples=args.resamples)}")
+        except OSError as error:
+            raise WriteError(describe_os_error(error, args.out)) from None
         return 0
     spec = _spec(args)  # input errors before the training engine is imported
     if args.plan:

@@ -1,0 +1,81 @@
+"""`klip compare axis`: grids that differ in one option, read side by side."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from klip.cli import main
+from klip.studies.compare import GridSpec, parse_entries, run_grid
+from klip.studies.compare_axis import read_axis, write_axis_report
+from klip.studies.compare_results import collect
+from klip.studies.entries import CompareError
+from klip.studies.statistics import normalise, probability_of_improvement
+
+BASE = {"rollout_steps": 256, "minibatch_size": 64, "eval_episodes": 0, "checkpoint_every": 1}
+RANDOM = -5000.0  # far below any Pendulum return, so every task is normalised
+
+
+def grid(out, epochs: int | None, steps: int = 512):
+    base = dict(BASE) if epochs is None else {**BASE, "epochs": epochs}
+    spec = GridSpec(parse_entries(["step", "sigmoid"], out), ["Pendulum-v1"], [0, 1], steps, base).validate()
+    run_grid(spec, out, stream=io.StringIO(), write_report=False)
+    (out / "random_scores.json").write_text(json.dumps({"Pendulum-v1": {"return_mean": RANDOM}}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def grids(tmp_path_factory):
+    root = tmp_path_factory.mktemp("axis")
+    return grid(root / "e2", 2), grid(root / "default", None)
+
+
+def test_the_axis_is_the_one_option_the_grids_differ_in_sorted_by_value(grids):
+    two, default = grids
+    axis = read_axis([two, default])
+    assert axis.option == "epochs" and axis.values == [2, 10]  # 10: TrainConfig's default
+    assert [g.out for g in axis.grids] == [two, default]
+    assert axis.entries == ["step", "sigmoid"] and axis.tasks == ["Pendulum-v1"]
+
+
+def test_report_numbers_are_the_statistics_of_the_runs(grids, tmp_path):
+    two, default = grids
+    report = write_axis_report([default, two], tmp_path / "out", n_resamples=200).read_text()
+    assert report.startswith("# Along epochs: 2, 10")
+    returns = {(g, label): np.array(list(collect(g).returns["Pendulum-v1"][label].values()))
+               for g in (two, default) for label in ("step", "sigmoid")}
+    reference = returns[(two, "step")].mean()
+    scores = {key: {"Pendulum-v1": normalise(value, RANDOM, reference)} for key, value in returns.items()}
+    # step at the first setting is the reference: its IQM (the mean of two runs) is 1.
+    assert "| `step` | 1.00 [" in report
+    degradation = probability_of_improvement(scores[(default, "step")], scores[(two, "step")],
+                                             n_resamples=200)
+    assert f"| `step` | {degradation.format()} |" in report
+    against_step = probability_of_improvement(scores[(default, "sigmoid")], scores[(default, "step")],
+                                              n_resamples=200)
+    assert against_step.format() in report
+    assert (tmp_path / "out" / "axis.png").stat().st_size > 0
+
+
+def test_grids_that_differ_in_more_or_less_than_one_option_are_refused(grids, tmp_path):
+    two, _ = grids
+    with pytest.raises(CompareError, match="at least two grid directories"):
+        read_axis([two])
+    with pytest.raises(CompareError, match="differ in exactly one option; they differ in nothing"):
+        read_axis([two, two])
+    budget = grid(tmp_path / "short", 2, steps=256)
+    with pytest.raises(CompareError, match="different budgets"):
+        read_axis([two, budget])
+
+
+def test_cli_writes_the_report_and_refuses_in_one_line(grids, tmp_path, capsys):
+    two, default = grids
+    assert main(["compare", "axis", str(two), str(default), "--out", str(tmp_path / "r"),
+                 "--resamples", "100"]) == 0
+    assert (tmp_path / "r" / "report.md").is_file()
+    assert main(["compare", "axis", str(two), "--out", str(tmp_path / "r2")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == ["klip: error: give at least two grid directories"]
