@@ -3,9 +3,11 @@
 Per task: final return (mean raw return of the episodes that ended in the last 10% of
 training) as mean +- std over seeds per entry, and learning curves with mean +- std bands.
 Across tasks, when `step` is an entry: normalised scores (random policy = 0, the grid's own
-`step` runs = 1 per task) aggregated as IQM and mean with stratified bootstrap 95% CIs, the
-probability of improvement of each entry over `step`, and performance profiles
-(`klip.studies.statistics`, SciPy underneath). Also: `clip` against `step` run by run
+`step` runs = 1 per task) aggregated as IQM, mean and optimality gap with stratified
+bootstrap 95% CIs, the probability of improvement of each entry over `step`, and performance
+profiles (`klip.studies.statistics`, SciPy underneath); each entry's difference from `step`
+task by task, and a reading of all of it generated from the intervals
+(`klip.studies.compare_reading`). Also: `clip` against `step` run by run
 (bitwise equal parameters, identical metric columns), the paper-protocol baselines
 against the published KLip-PPO paper's numbers, and the policy diagnostics (entropy, KL, clip
 fraction, beta, explained variance) at the end of training and as curves, for investigating a
@@ -30,6 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from klip.studies.cells import read_episodes
+from klip.studies.compare_reading import difference_table, reading, task_differences
 from klip.studies.compare_results import GridResults, _mean_std, _table, collect
 from klip.studies.compare_sections import (
     CURVE_POINTS,
@@ -257,7 +260,8 @@ def tasks_step_learned(step_returns: dict[str, list[float]], random_returns: dic
     return kept, left_out
 
 
-def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resamples: int) -> list[str]:
+def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resamples: int,
+                differences: dict[str, dict[str, Estimate]]) -> list[str]:
     spec = results.spec
     lines = ["## Across tasks", ""]
     step = next((e for e in spec.entries if e.is_step), None)
@@ -275,11 +279,12 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
                   "their sign); see their raw returns above.", ""]
     if not tasks:
         return [*lines, "No task has finished `step` runs that beat the random policy: no "
-                "normalised scores.", ""]
+                "normalised scores.", "", *reading(differences, {}, {}, step.label)]
     lines += [f"Normalised score per run: (return − random) / (mean `step` return − random), per task "
               f"({', '.join(tasks)}). Point estimates with stratified bootstrap 95% CIs "
               f"({n_resamples} resamples; `scipy.stats.bootstrap`, each task its own sample). "
-              "IQM: mean of the middle 50% of all runs.", ""]
+              "IQM: mean of the middle 50% of all runs. Optimality gap: mean shortfall below "
+              "`step`'s level, mean(max(0, 1 − score)); lower is better.", ""]
     normalised: dict[str, dict[str, np.ndarray]] = {}
     for entry in spec.entries:
         scores = {task: np.asarray(normalise(list(results.seeds_of(task, entry).values()),
@@ -293,6 +298,7 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
     for label, scores in normalised.items():
         iqm_estimate = aggregate(scores, "iqm", n_resamples=n_resamples)
         mean_estimate = aggregate(scores, "mean", n_resamples=n_resamples)
+        gap_estimate = aggregate(scores, "optimality_gap", n_resamples=n_resamples)
         estimates["IQM"][label], estimates["mean"][label] = iqm_estimate, mean_estimate
         coverage = f"{len(scores)}/{len(tasks)} tasks, {sum(s.size for s in scores.values())} runs"
         if label == step.label:
@@ -301,8 +307,10 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
             poi = probability_of_improvement(scores, normalised[step.label], n_resamples=n_resamples)
             improvements["P(entry > step)"][label] = poi
             improvement = poi.format()
-        rows.append([f"`{label}`", iqm_estimate.format(), mean_estimate.format(), improvement, coverage])
-    lines += _table(["entry", "IQM [95% CI]", "mean [95% CI]", "P(entry > step) [95% CI]", "runs"], rows)
+        rows.append([f"`{label}`", iqm_estimate.format(), mean_estimate.format(), gap_estimate.format(),
+                     improvement, coverage])
+    lines += _table(["entry", "IQM [95% CI]", "mean [95% CI]", "optimality gap [95% CI]",
+                     "P(entry > step) [95% CI]", "runs"], rows)
     figures = results.out / "figures"
     _interval_plot(estimates, figures / "aggregates.png", 1.0, "normalised score")
     lines += ["![IQM and mean of normalised scores](figures/aggregates.png)", ""]
@@ -325,7 +333,7 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
     lines += ["Performance profiles (fraction of runs above each normalised score; each task weighs "
               "the same; 95% CI bands):", "",
               "![performance profiles](figures/performance_profiles.png)", ""]
-    return lines
+    return [*lines, *reading(differences, improvements["P(entry > step)"], estimates["IQM"], step.label)]
 
 
 def _runs(results: GridResults) -> list[str]:
@@ -352,12 +360,15 @@ def write_report(out: str | Path, *, n_resamples: int = 2000) -> Path:
     lines += _settings(results, randoms)
     lines += _completeness(results)
     lines += _per_task(results)
+    step = next((e for e in spec.entries if e.is_step), None)
+    differences = task_differences(results, step, n_resamples) if step is not None else {}
+    lines += difference_table(results, differences)
     if results.returns:
         plot_learning_curves(results, out / "figures" / "learning_curves.png")
         lines += ["Learning curves (episode return against steps; mean ± std over seeds):", "",
                   "![learning curves](figures/learning_curves.png)", ""]
     lines += _bitwise(results)
-    lines += _aggregates(results, randoms, n_resamples)
+    lines += _aggregates(results, randoms, n_resamples, differences)
     lines += _paper(results, out / "figures")
     lines += _diagnostics(results, out / "figures")
     lines += _runs(results)

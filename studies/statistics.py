@@ -1,8 +1,9 @@
 """Aggregate statistics of a comparison, the way Agarwal et al. (2021) ask for them.
 
-"Deep RL at the Edge of the Statistical Precipice": interquartile mean (IQM) and mean of
-normalised scores with stratified bootstrap confidence intervals, the probability of
-improvement of one entry over another, and performance profiles.
+"Deep RL at the Edge of the Statistical Precipice": interquartile mean (IQM), mean and
+optimality gap of normalised scores with stratified bootstrap confidence intervals, the
+probability of improvement of one entry over another, and performance profiles; and, per
+task, the difference of two entries' mean returns with its bootstrap interval.
 
 Every estimate and interval comes from SciPy: `scipy.stats.trim_mean` (IQM),
 `scipy.stats.mannwhitneyu` (probability of improvement: U / (n m)) and
@@ -92,10 +93,15 @@ def aggregate(
     scores: Mapping[str, Sequence[float] | np.ndarray], statistic: str = "iqm", *,
     confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES, seed: int = 0,
 ) -> Estimate:
-    """IQM or mean of all runs of all tasks, with a stratified bootstrap CI."""
-    functions = {"iqm": lambda x, axis=-1: iqm(x, axis=axis), "mean": np.mean}
+    """IQM, mean or optimality gap of all runs of all tasks, with a stratified bootstrap CI.
+
+    The optimality gap is the mean shortfall below a normalised score of 1 (`step`'s level in
+    a comparison): mean(max(0, 1 - score)); lower is better, 0 when every run reaches 1.
+    """
+    functions = {"iqm": lambda x, axis=-1: iqm(x, axis=axis), "mean": np.mean,
+                 "optimality_gap": lambda x, axis=-1: np.mean(np.maximum(1.0 - x, 0.0), axis=axis)}
     if statistic not in functions:
-        raise ValueError(f"unknown statistic {statistic!r}; choose iqm or mean")
+        raise ValueError(f"unknown statistic {statistic!r}; choose {', '.join(functions)}")
     samples = _samples(scores)
     function = _pooled(functions[statistic])
     point = float(function(*samples))
@@ -129,6 +135,22 @@ def probability_of_improvement(
         samples.extend(_samples({task: x[task]}) + _samples({task: y[task]}))
     point = float(_improvement(*samples))
     low, high = _bootstrap(samples, _improvement, point, confidence, n_resamples, seed)
+    return Estimate(point, float(low), float(high))
+
+
+def difference_of_means(
+    x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *,
+    confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES, seed: int = 0,
+) -> Estimate:
+    """mean(x) - mean(y) of two sets of runs on one task, with a percentile bootstrap CI that
+    resamples each set independently (no CI with fewer than two runs in either)."""
+    samples = _samples({"x": x, "y": y})
+
+    def difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.mean(a, axis=axis) - np.mean(b, axis=axis)
+
+    point = float(difference(*samples))
+    low, high = _bootstrap(samples, difference, point, confidence, n_resamples, seed)
     return Estimate(point, float(low), float(high))
 
 
@@ -177,6 +199,7 @@ __all__ = [
     "Estimate",
     "Profile",
     "aggregate",
+    "difference_of_means",
     "iqm",
     "normalise",
     "performance_profile",

@@ -10,6 +10,7 @@ from scipy import stats
 
 from klip.studies.statistics import (
     aggregate,
+    difference_of_means,
     iqm,
     normalise,
     performance_profile,
@@ -29,6 +30,25 @@ def test_aggregate_pools_all_tasks_runs():
     scores = {"a": [1, 2, 3, 4], "b": [5, 6, 7, 8]}
     assert aggregate(scores, "iqm").point == pytest.approx(4.5)
     assert aggregate(scores, "mean").point == pytest.approx(4.5)
+
+
+def test_optimality_gap_is_the_mean_shortfall_below_one():
+    # Shortfalls 0.5, 0, 0 and 1.0, 0.25, 0 (scores above 1 count 0): mean 1.75 / 6.
+    scores = {"a": [0.5, 1.0, 3.0], "b": [0.0, 0.75, 1.5]}
+    assert aggregate(scores, "optimality_gap").point == pytest.approx(1.75 / 6)
+    assert aggregate({"a": [1.0, 2.0], "b": [1.5, 1.0]}, "optimality_gap").point == 0.0
+
+
+def test_difference_of_means_and_its_interval():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(10.0, 1.0, 20), rng.normal(0.0, 1.0, 20)
+    estimate = difference_of_means(x, y, n_resamples=1000)
+    assert estimate.point == pytest.approx(x.mean() - y.mean())
+    assert 8.0 < estimate.low < estimate.point < estimate.high < 12.0
+    # Same distribution: the interval covers 0; one run on either side: no interval.
+    same = difference_of_means(rng.normal(0, 1, 20), rng.normal(0, 1, 20), n_resamples=1000)
+    assert same.contains(0.0)
+    assert math.isnan(difference_of_means([1.0], [1.0, 2.0]).low)
 
 
 def test_bootstrap_is_stratified_by_task():
