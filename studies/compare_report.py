@@ -74,6 +74,7 @@ def _settings(results: GridResults, randoms: dict[str, dict[str, Any]]) -> list[
     if reused:
         lines += ["Cells linked from other grids, not trained here (`--reuse`; `events.jsonl` names each): "
                   + ", ".join(f"{count} from `{grid}`" for grid, count in reused.items()) + ".", ""]
+    lines += _cost(results)
     lines += _table(["entry", "training options"],
                     [[f"`{e.label}`", ", ".join(f"`{k}={v}`" for k, v in e.options.items())
                       + (f" (from {e.source})" if e.source else "")] for e in spec.entries])
@@ -82,6 +83,25 @@ def _settings(results: GridResults, randoms: dict[str, dict[str, Any]]) -> list[
                     [[task, f"{randoms[task]['return_mean']:.1f}", str(randoms[task]["episodes"])]
                      for task in spec.tasks])
     return lines
+
+
+def _cost(results: GridResults) -> list[str]:
+    """What the finished cells trained here cost: process-hours (one torch thread each)."""
+    seconds, cells = 0.0, 0
+    for cell in results.spec.cells():
+        state = results.states[cell.key]
+        if state.record is None or results.spec.cell_dir(results.out, cell).is_symlink():
+            continue  # not done, or reused from another grid (its cost is that grid's)
+        wall = state.record.get("wall_seconds")
+        if wall is not None:
+            # A population's agents share its process: each cell is its share of the time.
+            seconds += float(wall) / int(state.record.get("population_size") or 1)
+            cells += 1
+    if not cells:
+        return []
+    return [f"Training cost of the {cells} finished cells trained here: {seconds / 3600:,.1f} process-hours "
+            "(wall-clock time of one-thread training processes, a population's split among its agents; "
+            "above the CPU time when the machine ran more processes than cores).", ""]
 
 
 def _completeness(results: GridResults) -> list[str]:

@@ -758,6 +758,10 @@ def test_seeds_together_trains_each_entry_and_task_as_one_population(tmp_path):
         "parameters_sha256"]
     report = write_report(out, n_resamples=200).read_text()
     assert "trained as populations" in report
+    # Its cost: each cell's share of its population's wall time.
+    records = [check_cell(spec, out, cell).record for cell in spec.cells()]
+    hours = sum(record["wall_seconds"] / record["population_size"] for record in records) / 3600
+    assert f"Training cost of the 4 finished cells trained here: {hours:,.1f} process-hours" in report
 
 
 def test_a_population_job_keeps_aside_what_it_finds_in_its_way_instead_of_deleting_it(tmp_path):
