@@ -356,3 +356,24 @@ def test_input_errors_that_need_no_shape_come_before_torch_is_imported(tmp_path,
     printed = result.stdout.strip().splitlines()
     assert message in printed[0] and printed[-1] == "False", result
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_first_trial_follows_ctrl_c_continuations_and_heartbeat_retries():
+    """A batch names its population after the trial that started the runs, found through any
+    chain of Ctrl-C continuations (`klip_continues`) and dead-worker retries (`failed_trial`)."""
+    from klip.studies.attributes import ATTR_CONTINUES
+    from klip.studies.objective import first_trial
+
+    study = optuna.create_study()
+    started = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study.tell(started, state=TrialState.FAIL)
+    study.enqueue_trial(started.params, user_attrs={ATTR_CONTINUES: started.number})  # Ctrl-C
+    continued = study.ask()
+    # Its worker dies: the heartbeat's callback (klip's storages use it) enqueues a retry naming it.
+    study.tell(continued, state=TrialState.FAIL)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, study.trials[continued.number])
+    retry = study.ask()
+    assert retry.number == 2 and study.trials[2].system_attrs["failed_trial"] == 1
+    assert first_trial(study, 2) == first_trial(study, 1) == first_trial(study, 0) == 0
+    assert first_trial(study, 99) == 99  # not a trial of the study: itself
