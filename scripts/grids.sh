@@ -7,6 +7,7 @@
 #   bash scripts/grids.sh            # start the lanes; logs in ${KLIP_GRID_LOGS:-/tmp}
 #   bash scripts/grids.sh --status   # one line per job
 #   bash scripts/grids.sh --stop     # stop every lane (each job continues on the next start)
+#   bash scripts/grids.sh --pause    # freeze every lane (SIGSTOP), e.g. for a benchmark; --unpause
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KLIP=.venv/bin/klip
@@ -58,6 +59,7 @@ job_epochs() {  # the epochs axis: 20 and 40 inner epochs (10 epochs: the zoo's 
 }
 
 lane() {
+  echo $$ >> "$LOGS/grid-lanes.pgids"  # this lane's process group (setsid made it the leader)
   for job in "${JOBS[@]}"; do
     [[ -e "$LOGS/grid-$job.done" ]] && continue
     exec {lock}>"$LOGS/grid-$job.lock"
@@ -87,6 +89,11 @@ case "${1:-}" in
       kill -INT -- "-$pgid" 2>/dev/null || true
     done < "$LOGS/grid-lanes.pgids"
     rm -f "$LOGS/grid-lanes.pgids" ;;
+  --pause|--unpause)
+    signal=STOP; [[ "$1" == --unpause ]] && signal=CONT
+    [[ -e "$LOGS/grid-lanes.pgids" ]] && while read -r pgid; do
+      kill "-$signal" -- "-$pgid" 2>/dev/null || true
+    done < "$LOGS/grid-lanes.pgids" ;;
   --lane)
     lane "$2" ;;
   "")
@@ -99,11 +106,12 @@ case "${1:-}" in
     fi
     : > "$LOGS/grid-lanes.pgids"
     for index in $(seq "$LANES"); do
-      setsid nohup bash "$0" --lane "$index" > /dev/null 2>&1 < /dev/null &
-      echo $! >> "$LOGS/grid-lanes.pgids"
+      # Not `&`: a job started in the background ignores SIGINT, so Ctrl-C (--stop) could not
+      # make klip checkpoint and stop. `setsid -f` forks into a new session instead.
+      setsid -f nohup bash "$0" --lane "$index" > /dev/null 2>&1 < /dev/null
       sleep 2  # lanes take jobs in order
     done
     echo "$LANES lanes started; bash scripts/grids.sh --status" ;;
   *)
-    echo "usage: bash scripts/grids.sh [--status | --stop]" >&2; exit 2 ;;
+    echo "usage: bash scripts/grids.sh [--status | --stop | --pause | --unpause]" >&2; exit 2 ;;
 esac
