@@ -81,7 +81,12 @@ case "${1:-}" in
       if [[ -e "$LOGS/grid-$job.done" ]]; then state="done"
       elif ! flock -n "$LOGS/grid-$job.lock" true 2>/dev/null; then state="running"
       else state="waiting"; fi
-      line=$(grep -a "cells done\|trials\b" "$LOGS/grid-$job.log" 2>/dev/null | tail -1 || true)
+      line=$(grep -a "cells done" "$LOGS/grid-$job.log" 2>/dev/null | tail -1 || true)
+      if [[ "$job" == discovery && -e "$DISCOVERY/study.db" ]]; then
+        line="$(.venv/bin/python -c "import sqlite3, sys
+rows = sqlite3.connect(sys.argv[1]).execute('select state, count(*) from trials group by state')
+print(', '.join(f'{n} {s.lower()}' for s, n in rows))" "$DISCOVERY/study.db") trials (target: 130 complete)"
+      fi
       echo "$job: $state${line:+; $line}"
     done ;;
   --stop)
