@@ -85,10 +85,11 @@ def reading(differences: Mapping[str, Mapping[str, Estimate]], improvements: Map
         for label, estimate in improvements.items():
             sides[_side(estimate, 0.5)].append(_named(label, estimate))
         if sides["above"]:
-            lines.append(f"- Across tasks, P(entry > `step`) is above 0.5 for {_listed(sides['above'])}.")
+            lines.append(f"- Across tasks (each entry over the tasks it has runs on), P(entry > `step`) is "
+                         f"above 0.5 for {_listed(sides['above'])}.")
         elif sides["below"] or sides["within"]:
-            lines.append("- Across tasks, no entry beats `step`: no P(entry > `step`) interval lies "
-                         "above 0.5.")
+            lines.append("- Across tasks (each entry over the tasks it has runs on), no entry beats "
+                         "`step`: no P(entry > `step`) interval lies above 0.5.")
         if sides["below"]:
             lines.append(f"- Below 0.5 (worse than `step`): {_listed(sides['below'])}.")
         if sides["within"]:
@@ -102,7 +103,8 @@ def reading(differences: Mapping[str, Mapping[str, Estimate]], improvements: Map
         against = ""
         if step_iqm is not None and best != step_label:
             against = f", against {_named(step_label, step_iqm)}"
-        lines.append(f"- Highest IQM of normalised scores: {_named(best, iqms[best])}{against}.")
+        lines.append(f"- Highest IQM of normalised scores (among entries with runs on every task): "
+                     f"{_named(best, iqms[best])}{against}.")
     for task, by_label in differences.items():
         above = [_named(label, estimate, 0) for label, estimate in by_label.items()
                  if _side(estimate, 0.0) == "above"]

@@ -54,6 +54,7 @@ from klip.studies.statistics import (
 )
 
 REPORT_FILE = "report.md"
+MISSING_LISTED = 20  # more missing cells than this are counted per task, not listed
 
 
 def _settings(results: GridResults, randoms: dict[str, dict[str, Any]]) -> list[str]:
@@ -109,10 +110,15 @@ def _completeness(results: GridResults) -> list[str]:
     cells = spec.cells()
     done = sum(1 for cell in cells if states[cell.key].status == "done")
     lines = ["## Completeness", "", f"{done} of {len(cells)} cells done."]
-    missing = [cell.key for cell in cells if states[cell.key].status in ("missing", "partial")]
-    if missing:
+    missing = [cell for cell in cells if states[cell.key].status in ("missing", "partial")]
+    if len(missing) > MISSING_LISTED:
+        # A long list says less than the counts: per task, then the entries not yet started.
+        by_task = {task: sum(cell.task == task for cell in missing) for task in spec.tasks}
+        lines += ["", f"Missing cells ({len(missing)}; marked — or counted n/{len(spec.seeds)} below), per "
+                  "task: " + ", ".join(f"{task} {count}" for task, count in by_task.items() if count) + "."]
+    elif missing:
         lines += ["", f"Missing cells ({len(missing)}; marked — or counted n/{len(spec.seeds)} below): "
-                  + ", ".join(f"`{key}`" for key in missing)]
+                  + ", ".join(f"`{cell.key}`" for cell in missing)]
     if results.no_episode:
         lines += ["", f"Cells done but with no episode ended in training ({len(results.no_episode)}; "
                   "final return undefined, left out): "
@@ -353,7 +359,11 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
     lines += ["Performance profiles (fraction of runs above each normalised score; each task weighs "
               "the same; 95% CI bands):", "",
               "![performance profiles](figures/performance_profiles.png)", ""]
-    return [*lines, *reading(differences, improvements["P(entry > step)"], estimates["IQM"], step.label)]
+    # The highest IQM is named among entries with runs on every normalised task only: an IQM over
+    # fewer tasks is another quantity.
+    complete = {label: estimate for label, estimate in estimates["IQM"].items()
+                if len(normalised[label]) == len(tasks)}
+    return [*lines, *reading(differences, improvements["P(entry > step)"], complete, step.label)]
 
 
 def _runs(results: GridResults) -> list[str]:

@@ -870,3 +870,16 @@ def test_a_partial_cell_on_a_simulator_that_cannot_be_restored_trains_again(tmp_
     train(spec.config(cell), whole, progress=False)
     assert check_cell(spec, out, cell).record["parameters_sha256"] == parameters_sha256(
         whole / "checkpoints" / "last.ckpt")
+
+
+def test_a_long_list_of_missing_cells_is_counted_per_task(tmp_path):
+    out = tmp_path / "g"
+    spec = tiny_spec(out, entries="step", seeds=compare_report.MISSING_LISTED + 1)
+    prepare_grid(out, spec)
+    text = "\n".join(compare_report._completeness(collect(out)))
+    assert "Missing cells (21; marked — or counted n/21 below), per task: Pendulum-v1 21." in text
+    assert "`Pendulum-v1/step/s0`" not in text
+    few = tiny_spec(tmp_path / "few", entries="step", seeds=2)
+    prepare_grid(tmp_path / "few", few)
+    assert "`Pendulum-v1/step/s0`, `Pendulum-v1/step/s1`" in "\n".join(
+        compare_report._completeness(collect(tmp_path / "few")))

@@ -42,14 +42,15 @@ def test_across_tasks_sides_of_one_half_and_single_runs():
                     "noise": Estimate(0.55, 0.3, 0.8), "lonely": Estimate(0.7, NAN, NAN)}
     text = "\n".join(reading({}, improvements, {"step": Estimate(1.0, 0.9, 1.1),
                                                 "up": Estimate(1.2, 1.0, 1.4)}, "step"))
-    assert "P(entry > `step`) is above 0.5 for `up` (0.80 [0.60, 0.95])." in text
+    assert "P(entry > `step`) is above 0.5 for `up` (0.80 [0.60, 0.95])." in text.replace("\n", " ")
     assert "Below 0.5 (worse than `step`): `down`" in text
     assert "Not distinguishable from `step`: `noise`" in text
     assert "No interval yet (a task with a single run): `lonely` (0.70, no CI)." in text
-    assert "Highest IQM of normalised scores: `up` (1.20 [1.00, 1.40]), against `step`" in text
+    assert ("Highest IQM of normalised scores (among entries with runs on every task): `up` (1.20 "
+            "[1.00, 1.40]), against `step`") in text
     # Nothing above 0.5: said plainly; a bitwise twin tied with step is not "highest".
     text = "\n".join(reading({}, {"twin": Estimate(0.5, 0.3, 0.7)},
                              {"step": Estimate(1.0, 0.9, 1.1), "twin": Estimate(1.0, 0.9, 1.1)}, "step"))
-    assert "no entry beats `step`" in text and "Highest IQM of normalised scores: `step`" in text
+    assert "no entry beats `step`" in text and "every task): `step`" in text
     undetermined = {"T": {"x": Estimate(1.0, NAN, NAN)}}
     assert "- T: no intervals yet" in "\n".join(reading(undetermined, {}, {}, "step"))

@@ -18,8 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 # The sections a newcomer reads, in this order (issue 30: the front door).
-SECTIONS = ["The two commands", "What klip is", "Train", "Write a shape", "Check it", "A study", "A comparison",
-            "From Python", "Where to go next"]
+SECTIONS = ["The two commands", "What klip is", "Train", "Write a shape", "Check it", "A study",
+            "A comparison", "From Python", "Where to go next"]
 
 
 def python_block(title_line: str, text: str | None = None) -> str:
