@@ -56,6 +56,8 @@ job_epochs() {  # the epochs axis: 20 and 40 inner epochs (10 epochs: the zoo's 
       --seeds 0-4 --steps 1000000 --set "epochs=$epochs" --seeds-together \
       --out "results/epochs/e$epochs" --progress-every 300 || return
   done
+  # The 10-epoch column is the zoo's (its runs so far, if it is still running).
+  $KLIP compare axis results/zoo results/epochs/e20 results/epochs/e40 --out results/epochs/axis
 }
 
 lane() {
