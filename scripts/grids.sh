@@ -77,48 +77,53 @@ lane() {
   done
 }
 
-case "${1:-}" in
-  --status)
-    for job in "${JOBS[@]}"; do
-      if [[ -e "$LOGS/grid-$job.done" ]]; then state="done"
-      elif ! flock -n "$LOGS/grid-$job.lock" true 2>/dev/null; then state="running"
-      else state="waiting"; fi
-      line=$(grep -a "cells done" "$LOGS/grid-$job.log" 2>/dev/null | tail -1 || true)
-      if [[ "$job" == discovery && -e "$DISCOVERY/study.db" ]]; then
-        line="$(.venv/bin/python -c "import sqlite3, sys
-rows = sqlite3.connect(sys.argv[1]).execute('select state, count(*) from trials group by state')
-print(', '.join(f'{n} {s.lower()}' for s, n in rows))" "$DISCOVERY/study.db") trials (target: 130 complete)"
-      fi
-      echo "$job: $state${line:+; $line}"
-    done ;;
-  --stop)
-    [[ -e "$LOGS/grid-lanes.pgids" ]] && while read -r pgid; do
-      kill -INT -- "-$pgid" 2>/dev/null || true
-    done < "$LOGS/grid-lanes.pgids"
-    rm -f "$LOGS/grid-lanes.pgids" ;;
-  --pause|--unpause)
-    signal=STOP; [[ "$1" == --unpause ]] && signal=CONT
-    [[ -e "$LOGS/grid-lanes.pgids" ]] && while read -r pgid; do
-      kill "-$signal" -- "-$pgid" 2>/dev/null || true
-    done < "$LOGS/grid-lanes.pgids" ;;
-  --lane)
-    lane "$2" ;;
-  "")
-    if [[ -e "$LOGS/grid-lanes.pgids" ]]; then
-      while read -r pgid; do
-        if kill -0 -- "-$pgid" 2>/dev/null; then
-          echo "lanes already running (bash scripts/grids.sh --status)"; exit 0
+# All of the command in one function, called on the file's last line with `exit`: bash reads a
+# running script as it goes, so a lane (which runs for hours) must never read past this line
+# from a file that was edited meanwhile.
+main() {
+  case "${1:-}" in
+    --status)
+      for job in "${JOBS[@]}"; do
+        if [[ -e "$LOGS/grid-$job.done" ]]; then state="done"
+        elif ! flock -n "$LOGS/grid-$job.lock" true 2>/dev/null; then state="running"
+        else state="waiting"; fi
+        line=$(grep -a "cells done" "$LOGS/grid-$job.log" 2>/dev/null | tail -1 || true)
+        if [[ "$job" == discovery && -e "$DISCOVERY/study.db" ]]; then
+          line="$(.venv/bin/python -c "import sqlite3, sys; print(', '.join(f'{n} {s.lower()}' for s, n in sqlite3.connect(sys.argv[1]).execute('select state, count(*) from trials group by state')))" "$DISCOVERY/study.db") trials (target: 130 complete)"
         fi
+        echo "$job: $state${line:+; $line}"
+      done ;;
+    --stop)
+      [[ -e "$LOGS/grid-lanes.pgids" ]] && while read -r pgid; do
+        kill -INT -- "-$pgid" 2>/dev/null || true
       done < "$LOGS/grid-lanes.pgids"
-    fi
-    : > "$LOGS/grid-lanes.pgids"
-    for index in $(seq "$LANES"); do
-      # Not `&`: a job started in the background ignores SIGINT, so Ctrl-C (--stop) could not
-      # make klip checkpoint and stop. `setsid -f` forks into a new session instead.
-      setsid -f nohup bash "$0" --lane "$index" > /dev/null 2>&1 < /dev/null
-      sleep 2  # lanes take jobs in order
-    done
-    echo "$LANES lanes started; bash scripts/grids.sh --status" ;;
-  *)
-    echo "usage: bash scripts/grids.sh [--status | --stop | --pause | --unpause]" >&2; exit 2 ;;
-esac
+      rm -f "$LOGS/grid-lanes.pgids" ;;
+    --pause|--unpause)
+      signal=STOP; [[ "$1" == --unpause ]] && signal=CONT
+      [[ -e "$LOGS/grid-lanes.pgids" ]] && while read -r pgid; do
+        kill "-$signal" -- "-$pgid" 2>/dev/null || true
+      done < "$LOGS/grid-lanes.pgids" ;;
+    --lane)
+      lane "$2" ;;
+    "")
+      if [[ -e "$LOGS/grid-lanes.pgids" ]]; then
+        while read -r pgid; do
+          if kill -0 -- "-$pgid" 2>/dev/null; then
+            echo "lanes already running (bash scripts/grids.sh --status)"; exit 0
+          fi
+        done < "$LOGS/grid-lanes.pgids"
+      fi
+      : > "$LOGS/grid-lanes.pgids"
+      for index in $(seq "$LANES"); do
+        # Not `&`: a job started in the background ignores SIGINT, so Ctrl-C (--stop) could not
+        # make klip checkpoint and stop. `setsid -f` forks into a new session instead.
+        setsid -f nohup bash "$0" --lane "$index" > /dev/null 2>&1 < /dev/null
+        sleep 2  # lanes take jobs in order
+      done
+      echo "$LANES lanes started; bash scripts/grids.sh --status" ;;
+    *)
+      echo "usage: bash scripts/grids.sh [--status | --stop | --pause | --unpause]" >&2; exit 2 ;;
+  esac
+}
+
+main "$@"; exit $?
