@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from klip.studies.compare_reading import formatted, interval_side, named_estimate
 from klip.studies.compare_results import NEUTRAL_OPTIONS, GridResults, _mean_std, _table, collect
 from klip.studies.entries import CompareError
 from klip.studies.files import write_text_atomically
@@ -127,6 +128,34 @@ def _plot(axis: Axis, iqms: dict[str, list[Estimate | None]], path: Path) -> Pat
     return path
 
 
+def axis_reading(axis: Axis, vs_step: dict[str, list[Estimate | None]],
+                 vs_first: dict[str, list[Estimate | None]]) -> list[str]:
+    """Bullet points generated from the intervals: each entry along the axis, then against `step`."""
+    first = f"{axis.option} = {axis.values[0]}"
+    lines = ["## Reading", "", "Generated from the intervals above: a change or a difference is named only "
+             "where its 95% interval excludes 0.5.", ""]
+    words = {"below": "degrades", "above": "improves", "within": "no change detected",
+             "undetermined": "no interval yet"}
+    for label in axis.entries:
+        changes = [f"at {value}: {words[interval_side(estimate, 0.5)]}, P = {formatted(estimate)}"
+                   for value, estimate in zip(axis.values[1:], vs_first[label][1:], strict=True)
+                   if estimate is not None]
+        if changes:
+            lines.append(f"- `{label}` against itself at {first}: " + "; ".join(changes) + ".")
+    for index, value in enumerate(axis.values):
+        estimates = {label: estimate for label in axis.entries
+                     if (estimate := vs_step[label][index]) is not None}
+        if not estimates:
+            continue
+        sides = {label: interval_side(estimate, 0.5) for label, estimate in estimates.items()}
+        above = [named_estimate(label, estimates[label]) for label, side in sides.items() if side == "above"]
+        below = [f"`{label}`" for label, side in sides.items() if side == "below"]
+        text = f"- At {axis.option} = {value}: " + (f"above `step`: {', '.join(above)}" if above
+                                                    else "nothing beats `step`")
+        lines.append(text + (f"; below: {', '.join(below)}." if below else "."))
+    return [*lines, ""]
+
+
 def write_axis_report(directories: Sequence[Path], out: Path, *, n_resamples: int = 2000) -> Path:
     """Write `out/report.md` and `out/axis.png`; return the report's path."""
     axis = read_axis(directories)
@@ -165,33 +194,36 @@ def write_axis_report(directories: Sequence[Path], out: Path, *, n_resamples: in
               "does not beat the random policy is left out. Stratified bootstrap 95% CIs "
               f"({n_resamples} resamples); an entry needs finished runs on every task.", ""]
     iqms: dict[str, list[Estimate | None]] = {}
-    rows_iqm, rows_step, rows_first = [], [], []
+    vs_step: dict[str, list[Estimate | None]] = {}
+    vs_first: dict[str, list[Estimate | None]] = {}
     for label in axis.entries:
-        iqms[label] = [aggregate(scores[(label, i)], "iqm", n_resamples=n_resamples)
-                       if (label, i) in scores else None for i in range(len(axis.values))]
-        rows_iqm.append([f"`{label}`", *(e.format() if e else "—" for e in iqms[label])])
-        against_step, against_first = [], []
+        iqms[label], vs_step[label], vs_first[label] = [], [], []
         for index in range(len(axis.values)):
-            own, step = scores.get((label, index)), scores.get(("step", index))
-            against_step.append("—" if own is None or step is None or label == "step" else
-                                probability_of_improvement(own, step, n_resamples=n_resamples).format())
-            first = scores.get((label, 0))
-            against_first.append("—" if own is None or first is None or index == 0 else
-                                 probability_of_improvement(own, first, n_resamples=n_resamples).format())
-        if label != "step":
-            rows_step.append([f"`{label}`", *against_step])
-        rows_first.append([f"`{label}`", *against_first[1:]])
-    lines += ["IQM of normalised scores [95% CI]:", "", *_table(["entry", *heading], rows_iqm)]
+            own, step, first = scores.get((label, index)), scores.get(("step", index)), scores.get((label, 0))
+            iqms[label].append(None if own is None else aggregate(own, "iqm", n_resamples=n_resamples))
+            vs_step[label].append(None if own is None or step is None or label == "step" else
+                                  probability_of_improvement(own, step, n_resamples=n_resamples))
+            vs_first[label].append(None if own is None or first is None or index == 0 else
+                                   probability_of_improvement(own, first, n_resamples=n_resamples))
+
+    def row(label: str, estimates: list[Estimate | None]) -> list[str]:
+        return [f"`{label}`", *(estimate.format() if estimate else "—" for estimate in estimates)]
+
+    lines += ["IQM of normalised scores [95% CI]:", "",
+              *_table(["entry", *heading], [row(label, iqms[label]) for label in axis.entries])]
     lines += [f"![IQM along {axis.option}](axis.png)", ""]
     _plot(axis, iqms, out / "axis.png")
-    if rows_step:
+    if len(axis.entries) > 1:
         lines += ["P(entry > `step` at the same setting) [95% CI] (0.5: no difference):", "",
-                  *_table(["entry", *heading], rows_step)]
+                  *_table(["entry", *heading], [row(label, vs_step[label]) for label in axis.entries
+                                                if label != "step"])]
     lines += [f"P(entry at this setting > the same entry at {axis.option} = {axis.values[0]}) [95% CI] "
-              "(below 0.5: it degrades):", "", *_table(["entry", *heading[1:]], rows_first)]
+              "(below 0.5: it degrades):", "",
+              *_table(["entry", *heading[1:]], [row(label, vs_first[label][1:]) for label in axis.entries])]
+    lines += axis_reading(axis, vs_step, vs_first)
     path = out / "report.md"
     write_text_atomically(path, "\n".join(lines).rstrip() + "\n")
     return path
 
 
-__all__ = ["Axis", "read_axis", "write_axis_report"]
+__all__ = ["Axis", "axis_reading", "read_axis", "write_axis_report"]

@@ -30,7 +30,7 @@ def task_differences(results: GridResults, step: Entry, n_resamples: int) -> dic
     return differences
 
 
-def _side(estimate: Estimate, null: float) -> str:
+def interval_side(estimate: Estimate, null: float) -> str:
     """"above", "below", "within" or "undetermined" (no interval): the interval against `null`."""
     if math.isnan(estimate.low):
         return "undetermined"
@@ -56,7 +56,7 @@ def difference_table(results: GridResults, differences: Mapping[str, Mapping[str
                 row.append("—")
                 continue
             text = estimate.format(1)
-            row.append(f"**{text}**" if _side(estimate, 0.0) in ("above", "below") else text)
+            row.append(f"**{text}**" if interval_side(estimate, 0.0) in ("above", "below") else text)
         rows.append(row)
     return ["## Against `step`, task by task", "",
             "Mean final return minus `step`'s on the same task, with a percentile bootstrap 95% CI "
@@ -68,8 +68,13 @@ def _listed(items: list[str]) -> str:
     return ", ".join(items)
 
 
-def _named(label: str, estimate: Estimate, digits: int = 2) -> str:
-    return f"`{label}` ({estimate.format(digits).replace(' (no CI)', ', no CI')})"
+def formatted(estimate: Estimate, digits: int = 2) -> str:
+    """`0.62 [0.41, 0.80]`, or `0.62, no CI` without an interval."""
+    return estimate.format(digits).replace(" (no CI)", ", no CI")
+
+
+def named_estimate(label: str, estimate: Estimate, digits: int = 2) -> str:
+    return f"`{label}` ({formatted(estimate, digits)})"
 
 
 def reading(differences: Mapping[str, Mapping[str, Estimate]], improvements: Mapping[str, Estimate],
@@ -83,7 +88,7 @@ def reading(differences: Mapping[str, Mapping[str, Estimate]], improvements: Map
     if improvements:
         sides: dict[str, list[str]] = {"above": [], "below": [], "within": [], "undetermined": []}
         for label, estimate in improvements.items():
-            sides[_side(estimate, 0.5)].append(_named(label, estimate))
+            sides[interval_side(estimate, 0.5)].append(named_estimate(label, estimate))
         if sides["above"]:
             lines.append(f"- Across tasks (each entry over the tasks it has runs on), P(entry > `step`) is "
                          f"above 0.5 for {_listed(sides['above'])}.")
@@ -102,14 +107,15 @@ def reading(differences: Mapping[str, Mapping[str, Estimate]], improvements: Map
         step_iqm = iqms.get(step_label)
         against = ""
         if step_iqm is not None and best != step_label:
-            against = f", against {_named(step_label, step_iqm)}"
+            against = f", against {named_estimate(step_label, step_iqm)}"
         lines.append(f"- Highest IQM of normalised scores (among entries with runs on every task): "
-                     f"{_named(best, iqms[best])}{against}.")
+                     f"{named_estimate(best, iqms[best])}{against}.")
     for task, by_label in differences.items():
-        above = [_named(label, estimate, 0) for label, estimate in by_label.items()
-                 if _side(estimate, 0.0) == "above"]
-        below = [f"`{label}`" for label, estimate in by_label.items() if _side(estimate, 0.0) == "below"]
-        if all(_side(estimate, 0.0) == "undetermined" for estimate in by_label.values()):
+        above = [named_estimate(label, estimate, 0) for label, estimate in by_label.items()
+                 if interval_side(estimate, 0.0) == "above"]
+        below = [f"`{label}`" for label, estimate in by_label.items()
+                 if interval_side(estimate, 0.0) == "below"]
+        if all(interval_side(estimate, 0.0) == "undetermined" for estimate in by_label.values()):
             lines.append(f"- {task}: no intervals yet (a single run of `step` or of every entry).")
             continue
         text = f"- {task}: " + (f"above `step`: {_listed(above)}" if above else "nothing beats `step`")
@@ -119,4 +125,4 @@ def reading(differences: Mapping[str, Mapping[str, Estimate]], improvements: Map
     return [*lines, ""]
 
 
-__all__ = ["difference_table", "reading", "task_differences"]
+__all__ = ["difference_table", "formatted", "interval_side", "named_estimate", "reading", "task_differences"]

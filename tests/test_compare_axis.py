@@ -79,3 +79,17 @@ def test_cli_writes_the_report_and_refuses_in_one_line(grids, tmp_path, capsys):
     assert main(["compare", "axis", str(two), "--out", str(tmp_path / "r2")]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert error == ["klip: error: give at least two grid directories"]
+
+
+def test_the_reading_names_a_change_only_where_its_interval_excludes_one_half():
+    from klip.studies.compare_axis import Axis, axis_reading
+    from klip.studies.statistics import Estimate
+
+    axis = Axis("epochs", [10, 40], [], ["step", "sig"], ["Hopper-v4"])
+    vs_first = {"step": [None, Estimate(0.2, 0.05, 0.4)], "sig": [None, Estimate(0.45, 0.2, 0.7)]}
+    vs_step = {"step": [None, None], "sig": [Estimate(0.5, 0.3, 0.7), Estimate(0.8, 0.6, 0.95)]}
+    text = "\n".join(axis_reading(axis, vs_step, vs_first))
+    assert "- `step` against itself at epochs = 10: at 40: degrades, P = 0.20 [0.05, 0.40]." in text
+    assert "- `sig` against itself at epochs = 10: at 40: no change detected, P = 0.45 [0.20, 0.70]." in text
+    assert "- At epochs = 10: nothing beats `step`." in text
+    assert "- At epochs = 40: above `step`: `sig` (0.80 [0.60, 0.95])." in text
