@@ -1,0 +1,122 @@
+"""Write results/README.md, klip's findings about the shape of the coefficient, from the reports.
+
+    .venv/bin/python scripts/findings.py            # (re)write results/README.md
+    .venv/bin/python scripts/findings.py --check    # exit 1 if results/README.md is not current
+
+Nothing in the page is typed by hand: each section quotes the "Reading" its report generated
+from the intervals (`klip compare report`, `klip compare axis`), names the report's
+completeness, and gives the command that reproduces it; a job not run yet says so. The
+discovered gate's held-out number is the report's own IQM row. Negative results are collected
+from the readings ("nothing beats `step`", "degrades").
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = "results/README.md"
+DISCOVERY = "results/discovery/increments-3task"
+STUDY_ENTRY = "study-increments-3task"
+STUDY_TRIALS = 130
+NEGATIVE = ("nothing beats `step`", "no entry beats `step`", "degrades")
+
+SECTIONS = [
+    ("By task: every published shape against `step` (the zoo)", "results/zoo/report.md",
+     "results/zoo/README.md"),
+    ("By number of epochs: 10, 20 and 40 inner epochs", "results/epochs/axis/report.md",
+     "results/epochs/README.md"),
+    ("A discovered gate on held-out tasks (Ant-v4, Humanoid-v4, 10 seeds)", f"{DISCOVERY}/heldout/report.md",
+     f"{DISCOVERY}/README.md"),
+    ("The discovered gate on the discovery tasks, fresh seeds", f"{DISCOVERY}/fresh/report.md",
+     f"{DISCOVERY}/README.md"),
+]
+
+
+def section(text: str, heading: str) -> list[str]:
+    """The lines of `## heading` up to the next `## ` heading (empty when absent)."""
+    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
+    return match.group(1).strip().splitlines() if match else []
+
+
+def completeness(text: str) -> str:
+    match = re.search(r"^(\d+ of \d+ cells done\.)", text, flags=re.M)
+    return match.group(1) if match else "completeness not stated"
+
+
+def study_status(root: Path) -> str:
+    database = root / DISCOVERY / "study.db"
+    if not database.is_file():
+        return "the study has not started."
+    with sqlite3.connect(database) as connection:
+        states = dict(connection.execute("select state, count(*) from trials group by state").fetchall())
+        best = connection.execute(
+            "select t.number, v.value from trials t join trial_values v on v.trial_id = t.trial_id "
+            "where t.state = 'COMPLETE' order by v.value desc limit 1").fetchone()
+    done = states.get("COMPLETE", 0)
+    text = f"the study holds {done} of its {STUDY_TRIALS} trials"
+    if best is not None:
+        text += (f"; best so far: trial {best[0]}, objective {best[1]:.2f} (normalised, `step` = 1 at "
+                 "300k steps on the tuning seeds; the best of many noisy trials is biased upwards)")
+    return text + "."
+
+
+def heldout_iqm(text: str) -> str | None:
+    """The discovered gate's IQM row of the held-out report's table, as written there."""
+    match = re.search(rf"^\| `{re.escape(STUDY_ENTRY)}` \| ([^|]+) \|", text, flags=re.M)
+    return match.group(1).strip() if match else None
+
+
+def page(root: Path) -> str:
+    lines = ["# What klip has found about the shape of the coefficient", "",
+             "Written by `scripts/findings.py` from the reports it links (nothing here is typed by hand): "
+             "each section quotes the reading its report generated from 95% intervals, and says how "
+             "complete the report's grid is. A claim is made only where an interval supports it; the "
+             "intervals are per comparison, not corrected for the many comparisons made.", ""]
+    negatives: list[str] = []
+    for heading, report, readme in SECTIONS:
+        how = f"How it is made: [`{readme}`]({Path(readme).relative_to('results')})."
+        lines += [f"## {heading}", "", how, ""]
+        path = root / report
+        if heading.startswith("A discovered gate"):
+            lines += [f"Discovery: {study_status(root)}", ""]
+        if not path.is_file():
+            lines += ["Not run yet.", ""]
+            continue
+        text = path.read_text()
+        link = Path(report).relative_to("results")
+        lines += [f"[The report]({link}): {completeness(text)}", ""]
+        if heading.startswith("A discovered gate"):
+            iqm = heldout_iqm(text)
+            if iqm is not None:
+                lines += [f"IQM of the discovered gate's normalised scores over the held-out tasks only "
+                          f"(`step` = 1): {iqm}.", ""]
+        reading = [line for line in section(text, "Reading") if line.startswith("- ")]
+        lines += reading or ["(The report has no reading yet.)"]
+        lines.append("")
+        negatives += [f"{heading.split(':')[0]}: {line[2:]}" for line in reading
+                      if any(words in line for words in NEGATIVE)]
+    lines += ["## Negative results", ""]
+    lines += [f"- {line}" for line in negatives] or ["None stated yet."]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(arguments: list[str]) -> int:
+    target = ROOT / PAGE
+    text = page(ROOT)
+    if "--check" in arguments:
+        current = target.read_text() if target.is_file() else ""
+        if current != text:
+            print(f"{PAGE} is not current: run .venv/bin/python scripts/findings.py", file=sys.stderr)
+            return 1
+        return 0
+    target.write_text(text)
+    print(f"written {PAGE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
