@@ -27,6 +27,7 @@ from klip.algos.callbacks import EVALUATIONS_FILE, truncate_metrics
 from klip.algos.config import RESUMABLE_OPTIONS, TrainConfig
 from klip.algos.resolve import resolve_config, upgrade_recorded_options, with_options_added_later
 from klip.algos.run_lock import LOCK_FILE, RunLock, RunLocked
+from klip.envs.names import resumable
 from klip.shapes import CoefficientShape
 
 CONFIG_FILE = "config.yaml"
@@ -223,6 +224,14 @@ def _check_same_run(agent: AgentPlan) -> None:
                        "choose another --out")
 
 
+def can_resume(out: Path, config: TrainConfig) -> bool:
+    """Whether `out` holds a run or population that `config` can continue bit for bit: its record,
+    a checkpoint, and simulators whose state can be restored (not Box2D's, not EnvPool's)."""
+    recorded = (out / CONFIG_FILE).is_file() or (out / POPULATION_FILE).is_file()
+    return (recorded and (out / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
+            and resumable(config.task, config.env_backend))
+
+
 def refuse_envpool_resume(config: TrainConfig, out: Path) -> None:
     """EnvPool cannot restore its simulators, so a checkpoint of an EnvPool run cannot continue."""
     if config.env_backend == "envpool":
@@ -368,7 +377,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 __all__ = [
     "CHECKPOINT_DIR", "CONFIG_FILE", "LAST_CHECKPOINT", "PLUGIN_COPY", "POPULATION_FILE", "SHAPE_COPY",
-    "AgentPlan", "AtomicCheckpointIO", "RunError", "RunLocked", "RunStart", "check_run_directory",
-    "config_with_run_paths", "forget_run", "plan_agents", "read_checkpoint_state",
+    "AgentPlan", "AtomicCheckpointIO", "RunError", "RunLocked", "RunStart", "can_resume",
+    "check_run_directory", "config_with_run_paths", "forget_run", "plan_agents", "read_checkpoint_state",
     "recorded_config_as_today", "take_run_directory", "write_atomically", "write_run_config",
 ]

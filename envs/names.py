@@ -26,7 +26,8 @@ TASK_EXTRAS: dict[str, tuple[str, str]] = {"LunarLander-v3": ("box2d", "Box2D")}
 
 # Tasks whose simulator cannot be saved and restored mid-episode (Box2D's world is not
 # picklable): their runs do not resume from a checkpoint; an interrupted one starts again.
-UNRESUMABLE_TASKS: tuple[str, ...] = ("LunarLander-v3",)
+UNRESUMABLE_TASKS: tuple[str, ...] = tuple(
+    task for task, (extra, _) in TASK_EXTRAS.items() if extra == "box2d")
 
 
 def resumable(task: str, env_backend: str = "gymnasium") -> bool:

@@ -25,7 +25,6 @@ from typing import Any
 
 import yaml
 
-from klip.envs.names import resumable
 from klip.studies.files import write_text_atomically, writing
 from klip.studies.grid import RUNS_DIR, Cell, GridSpec, differences, job_key, log_event
 
@@ -240,11 +239,10 @@ def train_cells(runs: Sequence[CellRun]) -> None:
 
     The one seam for another way to train a job (e.g. its seeds as one population).
     """
-    from klip.studies.training import train
+    from klip.studies.training import can_resume, train
 
     for run in runs:
-        resume = (run.resume and (run.out / "checkpoints" / "last.ckpt").is_file()
-                  and resumable(run.config.task, run.config.env_backend))
+        resume = run.resume and can_resume(run.out, run.config)
         if run.resume and not resume and run.out.exists():
             # Stopped before its first checkpoint, or on a simulator that cannot be restored.
             keep_aside(run.out)
@@ -261,6 +259,7 @@ def train_cells_together(runs: Sequence[CellRun]) -> None:
     from klip.studies.training import (
         POPULATION_FILE,
         PopulationSpec,
+        can_resume,
         train_population,
         with_options_added_later,
     )
@@ -275,8 +274,7 @@ def train_cells_together(runs: Sequence[CellRun]) -> None:
         root = group[0].out.parent / POPULATION_DIR
         spec = PopulationSpec(group[0].config, [run.cell.seed for run in group], {})
         resume = False
-        if (resumable(spec.base.task, spec.base.env_backend) and (root / POPULATION_FILE).is_file()
-                and (root / "checkpoints" / "last.ckpt").is_file()):
+        if can_resume(root, spec.base):
             held = (yaml.safe_load((root / POPULATION_FILE).read_text()) or {}).get("spec") or {}
             held["base"] = with_options_added_later(held.get("base", {}))
             resume = held == yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))

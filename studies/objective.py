@@ -237,9 +237,9 @@ class Objective:
             if done is not None:
                 score, frames = done
             else:
-                # A run continues from its checkpoint; one that stopped before its first has
-                # nothing to continue from, and starts again (kept aside, not deleted).
-                resume = (out / "config.yaml").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+                # A run continues from its checkpoint; one that stopped before its first, or on a
+                # simulator that cannot be restored, starts again (kept aside, not deleted).
+                resume = training.can_resume(out, config)
                 if out.exists() and not resume:
                     keep_aside(out, settings.directory)
                 callbacks = [curve, ProgressReporter(trial, instance, total, self.show)]

@@ -22,6 +22,7 @@ _ENGINE: dict[str, str] = {
     "with_options_added_later": "klip.algos.resolve",
     "recorded_config_as_today": "klip.algos.rundir",
     "POPULATION_FILE": "klip.algos.rundir",
+    "can_resume": "klip.algos.rundir",
     # training: one run, or agents differing in seed and shape parameters as one population
     "train": "klip.algos.train",
     "train_agents": "klip.algos.train",
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from klip.algos.ppo import check_population_configs
     from klip.algos.resolve import resolve_config, with_options_added_later
     from klip.algos.run import load_run, read_columns, read_episode_returns
-    from klip.algos.rundir import POPULATION_FILE, recorded_config_as_today
+    from klip.algos.rundir import POPULATION_FILE, can_resume, recorded_config_as_today
     from klip.algos.train import RunError, RunInterrupted, train, train_agents
 
 
@@ -70,6 +71,7 @@ __all__ = [
     "RunError",
     "RunInterrupted",
     "TrainConfig",
+    "can_resume",
     "check_population_configs",
     "final_return",
     "load_config_file",

@@ -851,7 +851,7 @@ def test_reused_grids_reads_events_logged_before_they_named_the_grid(tmp_path):
 def test_a_partial_cell_on_a_simulator_that_cannot_be_restored_trains_again(tmp_path, monkeypatch):
     """Before: a grid's interrupted LunarLander-v3 cell failed at every restart (Box2D's world
     cannot be restored), so the grid never finished. Now it is kept aside and trained again."""
-    import klip.studies.cells as cells
+    import klip.algos.rundir as rundir
     from klip.envs.names import resumable
 
     assert not resumable("LunarLander-v3") and not resumable("Hopper-v4", "envpool")
@@ -862,7 +862,7 @@ def test_a_partial_cell_on_a_simulator_that_cannot_be_restored_trains_again(tmp_
     prepare_grid(out, spec)
     train(spec.config(cell), spec.cell_dir(out, cell), progress=False, stop_after_iterations=1)
     assert check_cell(spec, out, cell).status == "partial"
-    monkeypatch.setattr(cells, "resumable", lambda task, backend="gymnasium": task != "Pendulum-v1")
+    monkeypatch.setattr(rundir, "resumable", lambda task, backend="gymnasium": task != "Pendulum-v1")
     compare.train_cells([compare.CellRun(cell, spec.config(cell), spec.cell_dir(out, cell), True)])
     assert check_cell(spec, out, cell).status == "done"
     assert len(list((out / "kept").glob("Pendulum-v1__step__s0-*"))) == 1
