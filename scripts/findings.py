@@ -22,6 +22,7 @@ PAGE = "results/README.md"
 DISCOVERY = "results/discovery/increments-3task"
 STUDY_ENTRY = "study-increments-3task"
 STUDY_TRIALS = 130
+HELD_OUT = f"{DISCOVERY}/heldout/report.md"
 NEGATIVE = ("nothing beats `step`", "no entry beats `step`", "degrades")
 
 SECTIONS = [
@@ -29,7 +30,7 @@ SECTIONS = [
      "results/zoo/README.md"),
     ("By number of epochs: 10, 20 and 40 inner epochs", "results/epochs/axis/report.md",
      "results/epochs/README.md"),
-    ("A discovered gate on held-out tasks (Ant-v4, Humanoid-v4, 10 seeds)", f"{DISCOVERY}/heldout/report.md",
+    ("A discovered gate on held-out tasks (Ant-v4, Humanoid-v4, 10 seeds)", HELD_OUT,
      f"{DISCOVERY}/README.md"),
     ("The discovered gate on the discovery tasks, fresh seeds", f"{DISCOVERY}/fresh/report.md",
      f"{DISCOVERY}/README.md"),
@@ -78,10 +79,11 @@ def page(root: Path) -> str:
              "intervals are per comparison, not corrected for the many comparisons made.", ""]
     negatives: list[str] = []
     for heading, report, readme in SECTIONS:
+        held_out = report == HELD_OUT
         how = f"How it is made: [`{readme}`]({Path(readme).relative_to('results')})."
         lines += [f"## {heading}", "", how, ""]
         path = root / report
-        if heading.startswith("A discovered gate"):
+        if held_out:
             lines += [f"Discovery: {study_status(root)}", ""]
         if not path.is_file():
             lines += ["Not run yet.", ""]
@@ -89,7 +91,7 @@ def page(root: Path) -> str:
         text = path.read_text()
         link = Path(report).relative_to("results")
         lines += [f"[The report]({link}): {completeness(text)}", ""]
-        if heading.startswith("A discovered gate"):
+        if held_out:
             iqm = heldout_iqm(text)
             if iqm is not None:
                 lines += [f"IQM of the discovered gate's normalised scores over the held-out tasks only "

@@ -16,7 +16,6 @@ import optuna
 from optuna.trial import TrialState
 
 from klip.compat import heartbeat_thread
-from klip.envs.names import resumable
 from klip.studies import training
 from klip.studies.attributes import (
     ATTR_CONTINUES,
@@ -53,6 +52,9 @@ class BatchTrial:
     trial: optuna.Trial
     directory: Path
     base: dict[str, Any]
+    # The trial that started the runs this one holds (itself, unless it continues another):
+    # the population and its agents are named after it, so a continued batch finds them.
+    origin: int
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     curves: dict[str, list[list[float]]] = field(default_factory=dict)
     normalised: list[float] = field(default_factory=list)
@@ -91,7 +93,8 @@ def run_batch(objective: Objective, study: optuna.Study, size: int) -> None:
                     study.tell(trial, state=TrialState.FAIL)
                     told.add(trial.number)
                     continue
-                batch.append(BatchTrial(trial, *objective.prepare(trial)))
+                batch.append(BatchTrial(trial, *objective.prepare(trial),
+                                        origin=first_trial(study, trial.number)))
             if batch:
                 _train_batch(objective, study, batch, told)
         except (KeyboardInterrupt, training.RunInterrupted, StudyInterrupted, SystemExit) as error:
@@ -126,7 +129,7 @@ def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTri
     tasks = list(settings.tasks)
     if objective.pruner == "wilcoxon":
         # Shuffled per batch (reproducibly), so no task is always evaluated first.
-        random.Random(first_trial(study, batch[0].trial.number)).shuffle(tasks)
+        random.Random(batch[0].origin).shuffle(tasks)
     alive = list(batch)
     for position, task in enumerate(tasks):
         instances = [instance for instance in settings.instances if instance.task == task]
@@ -140,7 +143,7 @@ def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTri
             # A batch that continues an interrupted one: this task's population had finished.
             outcomes = [done for done in finished if done is not None]
         else:
-            outcomes = _train_population(objective, study, alive, task, agents, configs, targets)
+            outcomes = _train_population(objective, alive, task, agents, configs, targets)
         for (member, instance), target, (score, frames) in zip(agents, targets, outcomes, strict=True):
             normalised = objective.references[task].normalise(score)
             member.results[instance.name] = {
@@ -167,7 +170,7 @@ def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTri
         _finish(study, member, told)
 
 
-def _train_population(objective: Objective, study: optuna.Study, alive: list[BatchTrial], task: str,
+def _train_population(objective: Objective, alive: list[BatchTrial], task: str,
                       agents: list[tuple[BatchTrial, Any]], configs: list[TrainConfig],
                       targets: list[Path]) -> list[tuple[float, int]]:
     """Train one task's (trial, seed) agents as one population; move each run to its trial.
@@ -176,16 +179,14 @@ def _train_population(objective: Objective, study: optuna.Study, alive: list[Bat
     batch that continues an interrupted one has new trial numbers), so a batch stopped by
     Ctrl-C or a dead worker continues the population from its checkpoint, bit for bit.
     """
-    from klip.studies.training import POPULATION_FILE, RunError, train_agents
+    from klip.studies.training import RunError, can_resume, train_agents
 
     settings = objective.settings
-    first = {member.trial.number: first_trial(study, member.trial.number) for member in alive}
-    names = [f"trial{first[member.trial.number]}-s{instance.seed}" for member, instance in agents]
-    staging = settings.directory / f"population-{first[alive[0].trial.number]:05d}-{task}"
+    names = [f"trial{member.origin}-s{instance.seed}" for member, instance in agents]
+    staging = settings.directory / f"population-{alive[0].origin:05d}-{task}"
     text = (f"trials {', '.join(str(m.trial.number) for m in alive)}: {task}, "
             f"{len(agents)} agents as one population")
-    resume = (resumable(task, configs[0].env_backend) and (staging / POPULATION_FILE).is_file()
-              and (staging / "checkpoints" / "last.ckpt").is_file())
+    resume = can_resume(staging, configs[0])
     if resume:
         text += " (continued from its checkpoint)"
     elif staging.exists():  # left by a worker that died before its first checkpoint
