@@ -247,8 +247,6 @@ def quiet_lightning() -> None:
     # Lightning's start-up banners and tips say nothing about this run.
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    # The paper's protocol uses the -v4 tasks on purpose.
-    warnings.filterwarnings("ignore", message=".*is out of date. You should consider upgrading.*")
     # A resumed run writes into its own checkpoint directory on purpose.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     # No logger is given to the Trainer: each agent has its own (AgentLoggers).

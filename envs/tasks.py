@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +30,7 @@ __all__ = [
     "KNOWN_TASKS",
     "drain_episode_stats",
     "get_normalization_state",
+    "gym_env",
     "gym_vector_env",
     "is_discrete",
     "is_envpool_env",
@@ -58,12 +61,39 @@ def normalizes_by_default(task: str) -> bool:
     return True
 
 
-def _sub_env_fn(task: str) -> Callable[[], gym.Env]:
-    def thunk() -> gym.Env:
-        # The passive env checker only validates gymnasium's own envs, at one wrapper per step.
-        return gym.make(task, disable_env_checker=True)
+def gym_env(task: str) -> gym.Env:
+    """One gymnasium env of `task`, unwrapped by klip: the one place klip makes them."""
+    # The paper's protocol uses the -v4 tasks on purpose.
+    warnings.filterwarnings("ignore", message=".*is out of date. You should consider upgrading.*")
+    _route_mujoco_warnings()
+    # The passive env checker only validates gymnasium's own envs, at one wrapper per step.
+    return gym.make(task, disable_env_checker=True)
 
-    return thunk
+
+# Written by the -v4 models on every load; it says nothing about a run.
+_V4_MODEL_WARNING = "compiler attribute 'settotalmass' is deprecated"
+
+
+def _route_mujoco_warnings() -> None:
+    # MuJoCo's own handler appends to MUJOCO_LOG.TXT in the working directory, outside
+    # every run's folder; a handler the user installed is left alone.
+    try:
+        import mujoco
+    except ImportError:
+        return
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_mujoco_warning)
+
+
+def _mujoco_warning(message: str) -> None:
+    # Called from MuJoCo's C code, so it must not raise: logging, not `warnings` (which a
+    # filter can turn into an exception).
+    if _V4_MODEL_WARNING not in message:
+        logging.getLogger(__name__).warning("MuJoCo: %s", message)
+
+
+def _sub_env_fn(task: str) -> Callable[[], gym.Env]:
+    return lambda: gym_env(task)
 
 
 def _build_vector_env(

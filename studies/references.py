@@ -111,13 +111,9 @@ def random_policy_returns(task: str, steps: int, seed: int, min_episodes: int = 
     A random policy does not learn, so the mean over the last 10% of its budget and the
     mean over all of its episodes estimate the same number; the latter has less noise.
     """
-    import warnings
+    from klip.envs import gym_env
 
-    import gymnasium as gym
-
-    # The paper's protocol uses the -v4 tasks on purpose.
-    warnings.filterwarnings("ignore", message=".*is out of date. You should consider upgrading.*")
-    env = gym.make(task, disable_env_checker=True)
+    env = gym_env(task)
     env.action_space.seed(seed)
     env.reset(seed=seed)
     returns: list[float] = []

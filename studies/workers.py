@@ -13,7 +13,6 @@ import contextlib
 import multiprocessing
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,8 +38,6 @@ def set_up_worker() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     preload()  # this worker runs the code as it was when it started, however long it runs
     torch.set_num_threads(1)
-    # The paper's protocol uses the -v4 tasks on purpose (as klip train says too).
-    warnings.filterwarnings("ignore", message=".*is out of date. You should consider upgrading.*")
 
 
 def run_workers(target: Callable[..., Any], arguments: Sequence[tuple[Any, ...]],

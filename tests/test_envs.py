@@ -498,3 +498,21 @@ def test_clip_action_advertises_an_unbounded_space_and_unfinished_steps_are_refu
     message = rf"^sub-envs {re.escape(str(finished))} finished and were not reset$"
     with pytest.raises(RuntimeError, match=message):
         env.step(np.zeros((2, 3), np.float32))
+
+
+def test_mujoco_warnings_write_nothing_in_the_working_directory(tmp_path, monkeypatch, caplog) -> None:
+    # The -v4 models warn on every load; MuJoCo's own handler would append that to
+    # MUJOCO_LOG.TXT wherever the user happens to run klip.
+    import logging
+
+    from klip.envs import gym_env
+    from klip.envs.tasks import _mujoco_warning
+
+    monkeypatch.chdir(tmp_path)
+    env = gym_env("HalfCheetah-v4")
+    env.reset(seed=0)
+    env.close()
+    assert list(tmp_path.iterdir()) == []
+    with caplog.at_level(logging.WARNING):
+        _mujoco_warning("Nan, Inf or huge value in QACC at DOF 0")
+    assert "MuJoCo: Nan, Inf or huge value in QACC at DOF 0" in caplog.text
