@@ -112,21 +112,10 @@ class GroupedEpisodeRecorder(EpisodeRecorder):
         self.per_group = env.num_envs // groups
         self.finished_by_group: list[list[tuple[float, int, int]]] = [[] for _ in range(groups)]
 
-    def step(self, actions: np.ndarray) -> StepReturn:
-        obs, reward, terminated, truncated, info = self.env.step(actions)
-        self.episode_returns += reward
-        self.episode_lengths += 1
-        self.steps_since_drain += 1
-        done = terminated | truncated
-        if done.any():
-            # The end frame counts the agent's own frames, as its single run's recorder does.
-            end_frame = self.steps_since_drain * self.per_group
-            for i in np.flatnonzero(done):
-                self.finished_by_group[i // self.per_group].append(
-                    (float(self.episode_returns[i]), int(self.episode_lengths[i]), end_frame))
-            self.episode_returns[done] = 0.0
-            self.episode_lengths[done] = 0
-        return obs, reward, terminated, truncated, info
+    def _record(self, env_index: int, episode_return: float, length: int) -> None:
+        # The end frame counts the agent's own frames, as its single run's recorder does.
+        end_frame = self.steps_since_drain * self.per_group
+        self.finished_by_group[env_index // self.per_group].append((episode_return, length, end_frame))
 
     def drain_group(self, group: int) -> list[tuple[float, int, int]]:
         """`(return, length, end_frame)` of the group's episodes (frames since `steps_since_drain` was 0)."""

@@ -146,11 +146,14 @@ class EpisodeRecorder(VectorWrapper):
         done = terminated | truncated
         if done.any():
             for i in np.flatnonzero(done):
-                self.finished.append((float(self.episode_returns[i]), int(self.episode_lengths[i])))
-                self.finished_at_step.append(self.steps_since_drain)
+                self._record(int(i), float(self.episode_returns[i]), int(self.episode_lengths[i]))
             self.episode_returns[done] = 0.0
             self.episode_lengths[done] = 0
         return obs, reward, terminated, truncated, info
+
+    def _record(self, env_index: int, episode_return: float, length: int) -> None:
+        self.finished.append((episode_return, length))
+        self.finished_at_step.append(self.steps_since_drain)
 
     def drain(self) -> list[tuple[float, int]]:
         """Return and forget the episodes finished since the last call."""

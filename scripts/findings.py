@@ -58,7 +58,9 @@ def study_status(root: Path) -> str:
             "select t.number, v.value from trials t join trial_values v on v.trial_id = t.trial_id "
             "where t.state = 'COMPLETE' order by v.value desc limit 1").fetchone()
     done = states.get("COMPLETE", 0)
-    text = f"the study holds {done} of its {STUDY_TRIALS} trials"
+    text = f"{done} of its {STUDY_TRIALS} trials complete"
+    if states.get("RUNNING"):
+        text += f", {states['RUNNING']} running"
     if best is not None:
         text += (f"; best so far: trial {best[0]}, objective {best[1]:.2f} (normalised, `step` = 1 at "
                  "300k steps on the tuning seeds; the best of many noisy trials is biased upwards)")
