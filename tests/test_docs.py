@@ -251,3 +251,25 @@ def test_shape_tables_list_every_built_in_shape() -> None:
         assert table is not None, f"{page.name} has no shape table"
         rows = set(re.findall(r"^\| `(\w+)` \|", table.group(0), flags=re.M))
         assert rows == set(available_shapes()), (page.name, rows ^ set(available_shapes()))
+
+
+def test_dotted_names_in_prose_exist() -> None:
+    """A `klip.module.name` written in a page names something that imports: a renamed or moved
+    function fails here, not in a reader's traceback."""
+    import importlib
+
+    missing = []
+    for page in [*PAGES, ROOT / "tests" / "README.md"]:
+        for dotted in sorted(set(re.findall(r"`(klip(?:\.\w+)+)`", page.read_text()))):
+            parts = dotted.split(".")
+            for split in range(len(parts), 0, -1):
+                try:
+                    target: object = importlib.import_module(".".join(parts[:split]))
+                except ImportError:
+                    continue
+                for attribute in parts[split:]:
+                    target = getattr(target, attribute, None)
+                break
+            if target is None:
+                missing.append(f"{page.relative_to(ROOT)}: {dotted}")
+    assert not missing, missing
