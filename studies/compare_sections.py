@@ -43,6 +43,7 @@ DIAGNOSTICS: tuple[tuple[str, str], ...] = (
     ("train/entropy", "policy entropy"),
     ("train/kl_approx", "approx. KL"),
     ("train/clip_fraction", "fraction outside the band"),
+    ("train/gate_mean", "mean gate"),
     ("train/beta", "beta (scalar KL)"),
     ("train/explained_variance", "explained variance"),
 )
