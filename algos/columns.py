@@ -27,8 +27,10 @@ METRICS_COLUMNS: dict[str, str] = {
     "train/explained_variance": "1 - Var(target - value) / Var(target) over the rollout",
     "train/value_clip_fraction": "fraction of samples whose value prediction was clipped",
     "train/kl_approx": "approximate KL(old || new) estimated from the log-ratio",
-    "train/clip_fraction": "fraction of samples whose ratio lies outside [1-eps, 1+eps]",
-    "train/fraction_in": "--loss klip: fraction of samples inside the trust region band",
+    "train/clip_fraction": ("fraction of samples whose ratio lies outside [1-eps, 1+eps], eps the "
+                            "shape's `eps`; 0.2 for a shape without one, whatever its own band "
+                            "(clip_higher's, annealed_clip's)"),
+    "train/fraction_in": "--loss klip: fraction of samples inside [1-eps, 1+eps] (eps as for clip_fraction)",
     "train/fraction_kill": "--loss klip: fraction past the band on the side their advantage pushes to",
     "train/fraction_pass": "--loss klip: fraction past the band on the other side",
     "train/fraction_changed": "--loss klip: fraction of samples whose gate is not 0",
