@@ -78,6 +78,17 @@ def drawn_gate(shape: CoefficientShape, ratio: Tensor, advantage: Tensor) -> Ten
         return shape.gate(ratio, advantage)
 
 
+# Longer parameter lists (a learned gate's vector) would push the legend off the figure.
+LABEL_PARAMETERS_MAX = 60
+
+
+def _label(shape: CoefficientShape) -> str:
+    parameters = shape.extra_repr()
+    if len(parameters) > LABEL_PARAMETERS_MAX:
+        parameters = f"{len(shape.hparams)} parameters"
+    return f"{shape.display_name()}({parameters})"
+
+
 def plot_shapes(shapes: Sequence[CoefficientShape], out: Path, ratio_max: float = 2.0) -> Path:
     """Gate and effective advantage `A*(1-g)` against the ratio, for A = +1 and A = -1."""
     ratio = torch.linspace(1e-3, ratio_max, 2001, dtype=torch.float64)
@@ -86,7 +97,7 @@ def plot_shapes(shapes: Sequence[CoefficientShape], out: Path, ratio_max: float 
         advantage = torch.full_like(ratio, sign)
         for index, shape in enumerate(shapes):
             gate = drawn_gate(shape, ratio, advantage)
-            style = {"label": f"{shape.display_name()}({shape.extra_repr()})",
+            style = {"label": _label(shape),
                      "linestyle": ("-", "--", "-.", ":")[index % 4], "linewidth": 2.2 - 0.3 * (index % 4)}
             axes[0, column].plot(ratio, gate, **style)
             axes[1, column].plot(ratio, advantage * (1 - gate), **style)

@@ -25,15 +25,19 @@ STUDY_TRIALS = 130
 HELD_OUT = f"{DISCOVERY}/heldout/report.md"
 NEGATIVE = ("nothing beats `step`", "no entry beats `step`", "degrades")
 
+BEST_GATE = f"{DISCOVERY}/report/best_gate.png"  # `klip study report`'s drawing of the best trial's gate
+AGGREGATES = "figures/aggregates.png"  # a comparison report's IQM and mean figure, beside its report
+
+# (heading, report, how it is made, the report's figure shown here)
 SECTIONS = [
     ("By task: every published shape against `step` (the zoo)", "results/zoo/report.md",
-     "results/zoo/README.md"),
+     "results/zoo/README.md", AGGREGATES),
     ("By number of epochs: 10, 20 and 40 inner epochs", "results/epochs/axis/report.md",
-     "results/epochs/README.md"),
+     "results/epochs/README.md", "axis.png"),
     ("A discovered gate on held-out tasks (Ant-v4, Humanoid-v4, 10 seeds)", HELD_OUT,
-     f"{DISCOVERY}/README.md"),
+     f"{DISCOVERY}/README.md", AGGREGATES),
     ("The discovered gate on the discovery tasks, fresh seeds", f"{DISCOVERY}/fresh/report.md",
-     f"{DISCOVERY}/README.md"),
+     f"{DISCOVERY}/README.md", AGGREGATES),
 ]
 
 
@@ -80,13 +84,16 @@ def page(root: Path) -> str:
              "complete the report's grid is. A claim is made only where an interval supports it; the "
              "intervals are per comparison, not corrected for the many comparisons made.", ""]
     negatives: list[str] = []
-    for heading, report, readme in SECTIONS:
+    for heading, report, readme, figure in SECTIONS:
         held_out = report == HELD_OUT
         how = f"How it is made: [`{readme}`]({Path(readme).relative_to('results')})."
         lines += [f"## {heading}", "", how, ""]
         path = root / report
         if held_out:
             lines += [f"Discovery: {study_status(root)}", ""]
+            if (root / BEST_GATE).is_file():
+                drawing = Path(BEST_GATE).relative_to("results")
+                lines += [f"![the discovered gate beside PPO-Clip's]({drawing})", ""]
         if not path.is_file():
             lines += ["Not run yet.", ""]
             continue
@@ -101,6 +108,8 @@ def page(root: Path) -> str:
         reading = [line for line in section(text, "Reading") if line.startswith("- ")]
         lines += reading or ["(The report has no reading yet.)"]
         lines.append("")
+        if (path.parent / figure).is_file():
+            lines += [f"![{heading}]({(link.parent / figure).as_posix()})", ""]
         negatives += [f"{heading.split(':')[0]}: {line[2:]}" for line in reading
                       if any(words in line for words in NEGATIVE)]
     lines += ["## Negative results", ""]

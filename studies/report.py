@@ -14,7 +14,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from klip.shapes import save_shape, shape_from_dict
+from klip.shapes import CoefficientShape, get_shape_class, save_shape, shape_from_dict
 from klip.studies.attributes import ATTR_RUN_OPTIONS, trial_curves, trial_results
 from klip.studies.files import write_text_atomically, writing
 from klip.studies.run import (
@@ -189,6 +189,12 @@ def _learning_curves(study: optuna.Study, trial: FrozenTrial, out: Path) -> Path
     return path
 
 
+def _best_gate(shape: CoefficientShape, out: Path) -> Path:
+    from klip.algos.plots import plot_shapes
+
+    return plot_shapes([shape, get_shape_class("step")()], out / "best_gate.png")
+
+
 def write_report(study: optuna.Study, out: Path) -> list[str]:
     """Write the report files into `out`; return the lines to print. A full disk or a read-only
     directory is one line naming the path."""
@@ -220,8 +226,11 @@ def _write_report(study: optuna.Study, out: Path) -> list[str]:
     curves = _learning_curves(study, best, out)
     if curves is not None:
         lines.append(f"learning curves of the best trial: {curves}")
-    shape_path = save_shape(shape_from_dict(best.user_attrs[ATTR_SHAPE]), out / "best_shape.json")
+    shape = shape_from_dict(best.user_attrs[ATTR_SHAPE])
+    shape_path = save_shape(shape, out / "best_shape.json")
     lines.append(f"best shape: {shape_path} (klip train --shape-file {shape_path})")
+    gate_path = _best_gate(shape, out)
+    lines.append(f"the best gate beside PPO-Clip's: {gate_path}")
     summary = {"study": study.study_name, "best_trial": best.number, "best_value": best.value,
                "best_params": best.params, "per_task": per_task_scores(best),
                "finished": outcome.finished, "pruned": outcome.pruned, "partial": outcome.partial,

@@ -39,3 +39,23 @@ def test_the_page_quotes_each_reading_and_collects_the_negative_results(tmp_path
     assert "spo" not in negatives
     held_out = text.split("## A discovered gate")[1].split("## ")[0]
     assert "the study has not started." in held_out and "Not run yet." in held_out
+
+
+def test_the_page_shows_each_reports_figure_and_the_discovered_gate_where_they_exist(tmp_path: Path) -> None:
+    zoo = tmp_path / "results" / "zoo"
+    (zoo / "figures").mkdir(parents=True)
+    (zoo / "report.md").write_text("## Reading\n\n- Ant-v4: nothing beats `step`.\n")
+    axis = tmp_path / "results" / "epochs" / "axis"
+    axis.mkdir(parents=True)
+    (axis / "report.md").write_text("## Reading\n\n- none yet\n")
+    text = findings.page(tmp_path)
+    assert "](zoo/figures/aggregates.png)" not in text and "best_gate.png" not in text
+    (zoo / "figures" / "aggregates.png").write_bytes(b"png")
+    (axis / "axis.png").write_bytes(b"png")
+    gate = tmp_path / findings.BEST_GATE
+    gate.parent.mkdir(parents=True)
+    gate.write_bytes(b"png")
+    text = findings.page(tmp_path)
+    assert "](zoo/figures/aggregates.png)" in text and "](epochs/axis/axis.png)" in text
+    held_out = text.split("## A discovered gate")[1].split("## ")[0]
+    assert "](discovery/increments-3task/report/best_gate.png)" in held_out

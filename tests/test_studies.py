@@ -226,7 +226,7 @@ def test_report_and_export_of_a_finished_study(in_tmp, capsys):
     assert "best trial" in printed and "PED-ANOVA" in printed and f"{TASK}: normalised" in printed
     report = in_tmp / "report"
     for name in ("trials.csv", "trials.md", "importances.json", "history.png", "slice.png", "contour.png",
-                 "learning_curves.png", "best_shape.json", "summary.json"):
+                 "learning_curves.png", "best_shape.json", "best_gate.png", "summary.json"):
         assert (report / name).is_file(), name
     summary = json.loads((report / "summary.json").read_text())
     study = optuna.load_study(study_name="rep", storage=f"sqlite:///{storage}")
