@@ -8,11 +8,15 @@
 #   bash scripts/grids.sh --status   # one line per job
 #   bash scripts/grids.sh --stop     # stop every lane (each job continues on the next start)
 #   bash scripts/grids.sh --pause    # freeze every lane (SIGSTOP), e.g. for a benchmark; --unpause
+#
+# The lanes run at nice 10 (KLIP_GRID_NICE), so tests and other work take the CPU first and
+# the lanes keep what is left: no need to pause them for the test suite (only for timings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KLIP=.venv/bin/klip
 LOGS=${KLIP_GRID_LOGS:-/tmp}
 LANES=${KLIP_GRID_LANES:-3}
+NICENESS=${KLIP_GRID_NICE:-10}
 JOBS=(paper-table zoo discovery epochs)
 
 ZOO_ENTRIES="step,sigmoid,linear_ramp,annealed_clip,clip_higher,rollback,spo,dpo,truncate,tr_ppo,tr_ppo_rb,\
@@ -62,6 +66,9 @@ job_epochs() {  # the epochs axis: 20 and 40 inner epochs (10 epochs: the zoo's 
 
 lane() {
   echo $$ >> "$LOGS/grid-lanes.pgids"  # this lane's process group (setsid made it the leader)
+  # With autogroup scheduling (Linux's default) a process's nice value only ranks it within
+  # its own session; setsid made one per lane, so the session itself is niced too.
+  echo "$NICENESS" 2>/dev/null > /proc/self/autogroup || true
   for job in "${JOBS[@]}"; do
     [[ -e "$LOGS/grid-$job.done" ]] && continue
     exec {lock}>"$LOGS/grid-$job.lock"
@@ -117,7 +124,9 @@ main() {
       for index in $(seq "$LANES"); do
         # Not `&`: a job started in the background ignores SIGINT, so Ctrl-C (--stop) could not
         # make klip checkpoint and stop. `setsid -f` forks into a new session instead.
-        setsid -f nohup bash "$0" --lane "$index" > /dev/null 2>&1 < /dev/null
+        # Niced: the lanes run for days beside interactive work (tests, CI), which should
+        # not wait for them; they take whatever CPU that work leaves.
+        setsid -f nohup nice -n "$NICENESS" bash "$0" --lane "$index" > /dev/null 2>&1 < /dev/null
         sleep 2  # lanes take jobs in order
       done
       echo "$LANES lanes started; bash scripts/grids.sh --status" ;;
