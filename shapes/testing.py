@@ -37,7 +37,8 @@ The checks (each at the defaults and at the ends of every declared search range)
 - `round_trip`: JSON through `to_dict`/`shape_from_dict`, after `update_after_rollout` and
   `set_context` changed its state: same class, parameters, state and gates, bit for bit.
 - `population`: agents with different parameters, each evaluated on an
-  `[agents, samples, 1]` batch as klip's populations evaluate them, equal each alone.
+  `[agents, samples, 1]` batch as klip's populations evaluate them, equal each alone; and
+  `gate` leaves the shape as it was (populations evaluate identical shapes in one call).
 - `plot`: `klip.algos.plots.plot_shapes` renders the gate to a PNG.
 
 A shape that reads per-update or per-sample context (`CoefficientShape.context`) gets, for
@@ -440,6 +441,21 @@ def check_round_trip(cls: type[CoefficientShape], instance: CoefficientShape | N
             f"{len(state)} state tensor(s) and gates, bit for bit")
 
 
+def _state(shape: CoefficientShape) -> dict[str, Any]:
+    """What a gate call must leave as it was: the shape's numbers, tensors and buffers."""
+    numbers = {key: value for key, value in vars(shape).items()
+               if isinstance(value, int | float) and not key.startswith("_")}
+    tensors = {key: value.detach().clone() for key, value in shape.state_dict(keep_vars=True).items()}
+    return {**numbers, **tensors}
+
+
+def _same(first: Any, second: Any) -> bool:
+    if isinstance(first, Tensor) and isinstance(second, Tensor):
+        return first.shape == second.shape and bool(torch.equal(first, second) or (
+            first.isnan().any() and torch.equal(first.nan_to_num(), second.nan_to_num())))
+    return first == second
+
+
 def check_population(cls: type[CoefficientShape], instance: CoefficientShape | None) -> str:
     agents = _variants(cls, instance)[:4]
     if len(agents) == 1:
@@ -451,6 +467,7 @@ def check_population(cls: type[CoefficientShape], instance: CoefficientShape | N
     ratio = log_ratio.exp()
     advantage = torch.randn(size, generator=generator)
     for index, shape in enumerate(agents):
+        before = _state(shape)
         alone = _gate(shape, ratio[index, :, 0], advantage[index, :, 0], "log")
         batched = _gate(shape, ratio, advantage, "log")
         row = _gate(shape, ratio[index : index + 1], advantage[index : index + 1], "log")
@@ -461,6 +478,12 @@ def check_population(cls: type[CoefficientShape], instance: CoefficientShape | N
                 difference = float((gate[:, 0] - alone).abs().max())
                 raise _fail(f"agent {index} ({_describe(shape)}): its gate on a {what} batch differs from "
                             f"its gate alone by up to {difference:.3g}")
+        changed = sorted(key for key in before.keys() | _state(shape).keys()
+                         if not _same(before.get(key), _state(shape).get(key)))
+        if changed:
+            # A population evaluates the agents whose shapes are identical in one call.
+            raise _fail(f"gate() changed the shape's state ({', '.join(changed)}); state may change "
+                        "only in update_after_rollout")
     described = " / ".join(_describe(shape) for shape in agents)
     return (f"{len(agents)} agents ({described}) x 256 samples: each agent's gate on "
             f"[agents, samples, 1] equals its gate alone")

@@ -105,13 +105,16 @@ def test_check_names_each_broken_shapes_failure_in_one_line(clean_registry, caps
     assert code == 1
     failures = [line.split(None, 3) for line in lines if line.startswith("FAIL")]
     assert [(shape, check) for _, shape, check, _ in failures] == [
-        ("forgetful_brake", "round_trip"), ("loose_ramp", "parameters"), ("naive_sigmoid", "finite")]
+        ("forgetful_brake", "round_trip"), ("loose_ramp", "parameters"), ("naive_sigmoid", "finite"),
+        ("peak_watch", "population")]
     messages = {shape: message for _, shape, _, message in failures}
     assert "gate differs" in messages["forgetful_brake"] and "is not saved" in messages["forgetful_brake"]
     assert messages["loose_ramp"].startswith("the constructor takes 'width', which `params` does not declare")
     assert messages["naive_sigmoid"].startswith("gradient is nan (gate nan) at ratio 10,")
-    assert sum(line.startswith("PASS") for line in lines) == 27
-    assert lines[-1] == "3 shape(s), 30 checks: 27 passed, 3 failed"
+    assert messages["peak_watch"] == ("gate() changed the shape's state (largest_ratio); state may change "
+                                      "only in update_after_rollout")
+    assert sum(line.startswith("PASS") for line in lines) == 36
+    assert lines[-1] == "4 shape(s), 40 checks: 36 passed, 4 failed"
 
 
 def test_check_passes_the_example_plugin(clean_registry, capsys):

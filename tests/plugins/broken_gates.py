@@ -1,10 +1,13 @@
-"""Three deliberately broken shapes: `klip shapes check` must name each one's failure in one line.
+"""Four deliberately broken shapes: `klip shapes check` must name each one's failure in one line.
 
 - `naive_sigmoid`: `exp(x) / (1 + exp(x))` overflows to inf / inf = NaN far past the band.
 - `loose_ramp`: its width is a constructor argument that `params` does not declare, so it is
   neither validated, searched nor saved.
 - `forgetful_brake`: adapts after each rollout but keeps that state in a plain attribute,
   which `to_dict` does not save.
+- `peak_watch`: notes the largest ratio it has gated in an attribute, changing itself in `gate`;
+  a population evaluates the agents whose shapes are identical in one call, so what one agent's
+  shape notes is not its own.
 """
 
 from collections.abc import Mapping
@@ -61,3 +64,19 @@ class ForgetfulBrake(CoefficientShape):
         kill = signed_distance_past_boundary(ratio, advantage, self.eps) > 0
         return kill.to(ratio.dtype) * self.strength
 
+
+
+@register_shape("peak_watch")
+class PeakWatch(CoefficientShape):
+    """step that notes the largest ratio it has gated (to log it), in a plain attribute."""
+
+    params: ClassVar[Mapping[str, Param]] = {"eps": EPS}
+    gate_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+
+    def __init__(self, **values: float) -> None:
+        super().__init__(**values)
+        self.largest_ratio = 0.0
+
+    def gate(self, ratio, advantage):
+        self.largest_ratio = max(self.largest_ratio, float(ratio.max()))
+        return (signed_distance_past_boundary(ratio, advantage, self.eps) > 0).to(ratio.dtype)
