@@ -33,6 +33,9 @@ EPISODES_FILE = "episodes.csv"
 # The final actor and critic (keyed as in a checkpoint) with the observation statistics they
 # expect: small enough to keep with a run's committed data, where checkpoints are not kept.
 PARAMETERS_FILE = "parameters.pt"
+# summary.json's status of a run stopped by a non-finite loss, gradient or parameter: a result
+# (its last good parameters and the return it had reached), not an error.
+DIVERGED = "diverged"
 CURVE_FIGURE = "learning_curve.png"
 POPULATION_SUMMARY_CSV = "population_summary.csv"
 POPULATION_SUMMARY_JSON = "population_summary.json"
@@ -93,7 +96,7 @@ def finish_agent(module: Any, index: int, plan: AgentPlan, *, status: str, error
     agent = module.agents[index]
     config = agent.config
     if agent.failure is not None:
-        status, error = "failed", str(agent.failure)
+        status, error = DIVERGED, str(agent.failure)
     save_module_parameters(module, plan.out / PARAMETERS_FILE, index)
     history = agent.return_history
     (plan.out / EPISODES_FILE).write_text(
@@ -119,6 +122,8 @@ def write_summary(out: Path, module: Any, index: int, *, status: str, error: str
     """summary.json: what ran, how it ended and what it scored; strict JSON (no NaN)."""
     agent = module.agents[index]
     config = agent.config
+    # A diverged agent stopped in its failing iteration, whatever the others of its population did.
+    frames = module.frames if agent.failure is None else agent.failure.iteration * config.rollout_steps
     summary = {
         "status": status,
         "error": error,
@@ -127,10 +132,10 @@ def write_summary(out: Path, module: Any, index: int, *, status: str, error: str
         "shape": config.shape,
         "shape_params": config.shape_params,
         "seed": config.seed,
-        "frames": module.frames,
-        "iterations": module.frames // config.rollout_steps,
+        "frames": frames,
+        "iterations": frames // config.rollout_steps,
         "episodes": len(agent.return_history),
-        "final_return_last10pct": final_return(agent.return_history, module.frames),
+        "final_return_last10pct": final_return(agent.return_history, frames),
         "evaluation": evaluation,
         "population_size": module.num_agents,
         "wall_seconds": wall_seconds,
@@ -159,7 +164,7 @@ def _group_key(result: RunResult, sweep_keys: list[str]) -> str:
 
 
 def write_population_summary(root: Path, results: list[RunResult], sweep_keys: list[str]) -> dict[str, Any]:
-    """A table of final returns (CSV) and mean +- std per sweep value (JSON); failed agents are
+    """A table of final returns (CSV) and mean +- std per sweep value (JSON); diverged agents are
     listed with their status and left out of the means."""
     with open(root / POPULATION_SUMMARY_CSV, "w", newline="") as file:
         writer = csv.writer(file)
@@ -171,7 +176,7 @@ def write_population_summary(root: Path, results: list[RunResult], sweep_keys: l
                              result.final_return, result.eval["return_mean"] if result.eval else ""])
     groups: dict[str, list[float]] = {}
     for result in results:
-        if result.status != "failed":
+        if result.status != DIVERGED:
             groups.setdefault(_group_key(result, sweep_keys), []).append(result.final_return)
     summary = {
         "agents": {r.name: {"seed": r.config.seed if r.config else None, "status": r.status,
@@ -228,5 +233,5 @@ def plot_population(path: Path, results: list[RunResult], sweep_keys: list[str])
     return path
 
 
-__all__ = ["PARAMETERS_FILE", "RunResult", "final_return", "finish_agent", "plot_population",
+__all__ = ["DIVERGED", "PARAMETERS_FILE", "RunResult", "final_return", "finish_agent", "plot_population",
            "save_module_parameters", "save_parameters", "write_population_summary"]

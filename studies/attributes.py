@@ -27,7 +27,8 @@ ATTR_REFERENCES = "klip_references"
 ATTR_UID = "klip_uid"  # the study's own id, also in its directory's marker file
 STUDY_DIR_MARKER = "klip-study.json"  # in the study directory: the study that owns it
 # Trial user attributes.
-ATTR_RESULT = "klip_result:"  # + instance name -> {task, seed, index, score, normalised, frames, complete}
+# + instance name -> {task, seed, index, score, normalised, frames, complete, diverged}
+ATTR_RESULT = "klip_result:"
 ATTR_RESULTS = "klip_results"  # (studies made before) instance name -> the same, all in one
 ATTR_CURVES = "klip_curves"  # the curves file, relative to the study directory (before: the curves)
 ATTR_CONFIG = "klip_config"  # TrainConfig options (task and seed vary per instance; paths relative)
@@ -40,6 +41,7 @@ ATTR_INSTANCES_SAVED = "klip_instances_saved"
 ATTR_PROGRESS = "klip_progress"
 ATTR_SURPLUS = "klip_surplus"
 ATTR_WORKER = "klip_worker"  # host:pid of the process that ran the trial
+ATTR_ERROR = "klip_error"  # why the trial (or a grid's cell job) failed, in one line
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CURVES_FILE = "curves.json"  # instance name -> [[frames, recent raw return], ...] per iteration
 ATTR_LIMIT = 1024  # characters optuna-dashboard shows of a user attribute

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import random
 import shutil
 import warnings
@@ -20,6 +18,7 @@ from klip.studies import training
 from klip.studies.attributes import (
     ATTR_CONTINUES,
     ATTR_CURVES,
+    ATTR_ERROR,
     ATTR_INSTANCES_SAVED,
     ATTR_INTERRUPTED,
     ATTR_PARTIAL,
@@ -29,17 +28,18 @@ from klip.studies.attributes import (
 )
 from klip.studies.objective import (
     Objective,
+    RunOutcome,
     StudyInterrupted,
     SurplusTrial,
+    UnscoredTrial,
     finished_run,
     first_trial,
     keep_aside,
     learning_curve,
+    trial_value,
     wilcoxon_prunes,
 )
-from klip.studies.settings import (
-    StudyError,
-)
+from klip.studies.settings import StudyError
 from klip.studies.storage import open_storage
 from klip.studies.training import TrainConfig
 
@@ -144,11 +144,12 @@ def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTri
             outcomes = [done for done in finished if done is not None]
         else:
             outcomes = _train_population(objective, alive, task, agents, configs, targets)
-        for (member, instance), target, (score, frames) in zip(agents, targets, outcomes, strict=True):
-            normalised = objective.references[task].normalise(score)
+        for (member, instance), target, outcome in zip(agents, targets, outcomes, strict=True):
+            normalised = objective.references[task].normalise(outcome.score)
             member.results[instance.name] = {
-                "task": task, "seed": instance.seed, "index": instance.index, "score": score,
-                "normalised": normalised, "frames": frames, "complete": True}
+                "task": task, "seed": instance.seed, "index": instance.index, "score": outcome.score,
+                "normalised": normalised, "frames": outcome.frames, "complete": True,
+                "diverged": outcome.diverged}
             member.curves[instance.name] = learning_curve(target / "metrics.csv")
             member.normalised.append(normalised)
         last = position == len(tasks) - 1
@@ -172,14 +173,14 @@ def _train_batch(objective: Objective, study: optuna.Study, batch: list[BatchTri
 
 def _train_population(objective: Objective, alive: list[BatchTrial], task: str,
                       agents: list[tuple[BatchTrial, Any]], configs: list[TrainConfig],
-                      targets: list[Path]) -> list[tuple[float, int]]:
+                      targets: list[Path]) -> list[RunOutcome]:
     """Train one task's (trial, seed) agents as one population; move each run to its trial.
 
     The population and its agents are named after the trials that started these runs (a
     batch that continues an interrupted one has new trial numbers), so a batch stopped by
     Ctrl-C or a dead worker continues the population from its checkpoint, bit for bit.
     """
-    from klip.studies.training import RunError, can_resume, train_agents
+    from klip.studies.training import RunError, TrainingDiverged, can_resume, train_agents
 
     settings = objective.settings
     names = [f"trial{member.origin}-s{instance.seed}" for member, instance in agents]
@@ -195,28 +196,39 @@ def _train_population(objective: Objective, alive: list[BatchTrial], task: str,
         objective.show(text)
     for member in alive:
         member.trial.set_user_attr(ATTR_PROGRESS, text)
+
+    def train(resume: bool) -> None:
+        with contextlib.suppress(TrainingDiverged):  # a result: each agent's summary says so
+            train_agents(configs, staging, names=names, progress=False, resume=resume)
+
     try:
-        results = train_agents(configs, staging, names=names, progress=False, resume=resume)
+        train(resume)
     except RunError:
         if not resume:
             raise
         keep_aside(staging, settings.directory)  # a population of other agents or settings
-        results = train_agents(configs, staging, names=names, progress=False)
+        train(False)
+    total = configs[0].iterations * configs[0].rollout_steps
     outcomes = []
-    for result, target in zip(results, targets, strict=True):
+    for name, target in zip(names, targets, strict=True):
         if target.exists():  # a run of the trial this one continues: a population starts afresh
             keep_aside(target, settings.directory)
-        shutil.move(str(result.out), target)
-        frames = int(json.loads((target / "summary.json").read_text())["frames"])
-        outcomes.append((result.final_return, frames))
+        shutil.move(str(staging / name), target)
+        outcome = finished_run(target, total)
+        if outcome is None:
+            raise StudyError(f"{target}: the population ended without this agent's result")
+        outcomes.append(outcome)
     shutil.rmtree(staging)
     return outcomes
 
 
 def _finish(study: optuna.Study, member: BatchTrial, told: set[int]) -> None:
-    value = sum(member.normalised) / len(member.normalised)
-    if not math.isfinite(value):
-        raise StudyError(f"trial {member.trial.number}: objective is {value}")
     member.trial.set_user_attr(ATTR_PROGRESS, "done")
-    study.tell(member.trial, value)
+    try:
+        value = trial_value(member.trial, member.normalised)
+    except UnscoredTrial as error:
+        member.trial.set_user_attr(ATTR_ERROR, str(error))
+        study.tell(member.trial, state=TrialState.FAIL)
+    else:
+        study.tell(member.trial, value)
     told.add(member.trial.number)

@@ -10,6 +10,7 @@ from its checkpoint (bit for bit); one found corrupt is moved to `corrupt/`, log
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -108,7 +109,7 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
     """What the cell's directory holds; a finished cell gets (or keeps) its `cell.json`."""
     import torch
 
-    from klip.studies.training import PARAMETERS_FILE, final_return
+    from klip.studies.training import DIVERGED, PARAMETERS_FILE, final_return
 
     directory = spec.cell_dir(out, cell)
     if not directory.is_dir() or not any(directory.iterdir()):
@@ -135,15 +136,18 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
         return CellState("partial", "no summary.json yet")
     try:
         summary = json.loads(summary_path.read_text())
-        reported = float(summary["final_return_last10pct"])
+        reported = summary["final_return_last10pct"]
+        reported = math.nan if reported is None else float(reported)  # None: no episode ended
         frames = int(summary["frames"])
         history = read_episodes(directory / "episodes.csv")
     except (OSError, ValueError, KeyError, TypeError) as error:
         return CellState("corrupt", f"unreadable result ({type(error).__name__}: {error})")
-    if frames < _expected_frames(config) and checkpoint.is_file():
+    # A diverged run is a result: it stopped where it diverged and is not trained again.
+    diverged = summary.get("status") == DIVERGED
+    if not diverged and frames < _expected_frames(config) and checkpoint.is_file():
         # A run stopped early on purpose (or by an older budget) continues from its checkpoint.
         return CellState("partial", f"stopped at {frames} of {_expected_frames(config)} frames")
-    if frames != _expected_frames(config):
+    if frames > _expected_frames(config) or (frames < _expected_frames(config) and not diverged):
         return CellState("corrupt", f"summary.json says {frames} frames, expected {_expected_frames(config)}")
     recomputed = final_return(history, frames)
     # NaN on both sides: no episode ended (a budget shorter than one episode).
@@ -155,9 +159,10 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
     record_path = directory / CELL_FILE
     if write_record and checkpoint.is_file() and not (directory / PARAMETERS_FILE).is_file():
         _write_parameters_file(directory)
-    if not checkpoint.is_file():
+    if not checkpoint.is_file() or diverged:
         # A cell trained inside a population, or one whose ignored checkpoint is not in this
-        # checkout, has its final parameters in PARAMETERS_FILE.
+        # checkout, has its final parameters in PARAMETERS_FILE; so has a diverged run, whose
+        # checkpoint is its last periodic one.
         checkpoint = directory / PARAMETERS_FILE
     record: dict[str, Any] | None = None
     if record_path.is_file():
@@ -167,7 +172,8 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
             record = None
     same_return = record is not None and (record.get("final_return") == reported or (
         math.isnan(reported) and math.isnan(float(record.get("final_return", 0.0)))))
-    if record is not None and same_return and record.get("key") == cell.key:
+    if record is not None and same_return and record.get("key") == cell.key \
+            and record.get("diverged") == (summary.get("error") if diverged else None):
         if checkpoint.is_file():
             try:
                 if parameters_sha256(checkpoint) != record.get("parameters_sha256"):
@@ -180,6 +186,7 @@ def check_cell(spec: GridSpec, out: Path, cell: Cell, *, write_record: bool = Tr
         record = {
             "key": cell.key, "entry": cell.entry.label, "task": cell.task, "seed": cell.seed,
             "final_return": reported, "frames": frames,
+            "diverged": summary.get("error") if diverged else None,
             "wall_seconds": summary.get("wall_seconds"),
             "population_size": int(summary.get("population_size", 1)),
             "parameters_sha256": parameters_sha256(checkpoint),
@@ -239,14 +246,15 @@ def train_cells(runs: Sequence[CellRun]) -> None:
 
     The one seam for another way to train a job (e.g. its seeds as one population).
     """
-    from klip.studies.training import can_resume, train
+    from klip.studies.training import TrainingDiverged, can_resume, train
 
     for run in runs:
         resume = run.resume and can_resume(run.out, run.config)
         if run.resume and not resume and run.out.exists():
             # Stopped before its first checkpoint, or on a simulator that cannot be restored.
             keep_aside(run.out)
-        train(run.config, run.out, resume=resume, progress=False)
+        with contextlib.suppress(TrainingDiverged):  # a result: its summary.json says so
+            train(run.config, run.out, resume=resume, progress=False)
 
 
 def train_cells_together(runs: Sequence[CellRun]) -> None:
@@ -259,6 +267,7 @@ def train_cells_together(runs: Sequence[CellRun]) -> None:
     from klip.studies.training import (
         POPULATION_FILE,
         PopulationSpec,
+        TrainingDiverged,
         can_resume,
         train_population,
         with_options_added_later,
@@ -283,7 +292,8 @@ def train_cells_together(runs: Sequence[CellRun]) -> None:
         for run in group:
             if run.out.exists():
                 keep_aside(run.out)  # a leftover of an earlier attempt; the population retrains it
-        train_population(spec, root, resume=resume, progress=False)
+        with contextlib.suppress(TrainingDiverged):  # the agents that diverged say so, as above
+            train_population(spec, root, resume=resume, progress=False)
         for run in group:
             shutil.move(str(root / f"s{run.cell.seed}"), run.out)
         shutil.rmtree(root)

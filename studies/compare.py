@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from klip.studies.attributes import ATTR_ERROR
 from klip.studies.cell_queue import (
     CELLS_ATTR,
     JOB_ATTR,
@@ -158,17 +159,17 @@ def run_worker(out: Path, url: str, *, trainer: CellTrainer = train_cells,
         except RunInterrupted:
             # Ctrl-C reached the worker: the cell keeps its checkpoint and continues on the
             # next run; the worker stops rather than start the next cell.
-            trial.set_user_attr("klip_error", "interrupted")
+            trial.set_user_attr(ATTR_ERROR, "interrupted")
             _log(f"{key}: interrupted; it continues from its checkpoint on the next run")
             raise KeyboardInterrupt from None
         except OSError as error:  # a full disk or a read-only directory: every next cell would fail too
             message = describe_os_error(error, spec.cell_dir(out, jobs[key][0]))
-            trial.set_user_attr("klip_error", message[:1000])
+            trial.set_user_attr(ATTR_ERROR, message[:1000])
             _log(f"{key}: FAILED ({message})")
             raise WriteError(message) from None
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
-            trial.set_user_attr("klip_error", message[:1000])  # optuna-dashboard shows 1,024
+            trial.set_user_attr(ATTR_ERROR, message[:1000])  # optuna-dashboard shows 1,024
             _log(f"{key}: FAILED ({message})")
             raise CellFailure(message) from error
         trial.set_user_attr("records", [

@@ -78,8 +78,10 @@ def named_estimate(label: str, estimate: Estimate, digits: int = 2) -> str:
 
 
 def reading(differences: Mapping[str, Mapping[str, Estimate]], improvements: Mapping[str, Estimate],
-            iqms: Mapping[str, Estimate], step_label: str) -> list[str]:
-    """Bullet points: across tasks (probability of improvement, IQM) and task by task."""
+            iqms: Mapping[str, Estimate], step_label: str,
+            diverged: Mapping[str, tuple[int, int]] | None = None) -> list[str]:
+    """Bullet points: across tasks (probability of improvement, IQM), task by task, and the
+    entries some of whose runs diverged (`diverged`: label -> (diverged, done))."""
     lines = ["## Reading", "",
              "Generated from the intervals above: \"above\" or \"below\" `step` only where the 95% "
              "interval excludes no difference. The intervals are per comparison, not corrected "
@@ -122,6 +124,10 @@ def reading(differences: Mapping[str, Mapping[str, Estimate]], improvements: Map
         if below:
             text += f"; below: {_listed(below)}"
         lines.append(text + ".")
+    if diverged:
+        lines.append("- Diverged (stopped by a non-finite loss, gradient or parameter; scored by the "
+                     "return reached): " + _listed([f"`{label}` in {count} of {done} runs"
+                                                   for label, (count, done) in diverged.items()]) + ".")
     return [*lines, ""]
 
 

@@ -119,6 +119,11 @@ def _completeness(results: GridResults) -> list[str]:
     elif missing:
         lines += ["", f"Missing cells ({len(missing)}; marked — or counted n/{len(spec.seeds)} below): "
                   + ", ".join(f"`{cell.key}`" for cell in missing)]
+    if results.diverged:
+        lines += ["", f"Runs that diverged ({len(results.diverged)}): a non-finite loss, gradient or "
+                  "parameter stopped them; each counts with the return it had reached (the episodes "
+                  "of the last 10% of the frames it trained), as `klip compare` scores every run:", ""]
+        lines += [f"- `{key}`: {reason}" for key, reason in results.diverged.items()]
     if results.no_episode:
         lines += ["", f"Cells done but with no episode ended in training ({len(results.no_episode)}; "
                   "final return undefined, left out): "
@@ -305,7 +310,8 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
                   "their sign); see their raw returns above.", ""]
     if not tasks:
         return [*lines, "No task has finished `step` runs that beat the random policy: no "
-                "normalised scores.", "", *reading(differences, {}, {}, step.label)]
+                "normalised scores.", "",
+                *reading(differences, {}, {}, step.label, results.diverged_counts())]
     lines += [f"Normalised score per run: (return − random) / (mean `step` return − random), per task "
               f"({', '.join(tasks)}). Point estimates with stratified bootstrap 95% CIs "
               f"({n_resamples} resamples; `scipy.stats.bootstrap`, each task its own sample). "
@@ -363,7 +369,8 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
     # fewer tasks is another quantity.
     complete = {label: estimate for label, estimate in estimates["IQM"].items()
                 if len(normalised[label]) == len(tasks)}
-    return [*lines, *reading(differences, improvements["P(entry > step)"], complete, step.label)]
+    return [*lines, *reading(differences, improvements["P(entry > step)"], complete, step.label,
+                             results.diverged_counts())]
 
 
 def _runs(results: GridResults) -> list[str]:

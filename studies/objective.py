@@ -233,10 +233,8 @@ class Objective:
             total = config.iterations * config.rollout_steps
             curve = LearningCurvePruning(trial, self.references[instance.task], state, self.iterations,
                                          prune=self.pruner in ("median", "hyperband"))
-            done = finished_run(out, total)
-            if done is not None:
-                score, frames = done
-            else:
+            outcome = finished_run(out, total)
+            if outcome is None:
                 # A run continues from its checkpoint; one that stopped before its first, or on a
                 # simulator that cannot be restored, starts again (kept aside, not deleted).
                 resume = training.can_resume(out, config)
@@ -245,13 +243,19 @@ class Objective:
                 callbacks = [curve, ProgressReporter(trial, instance, total, self.show)]
                 try:
                     run = training.train(config, out, resume=resume, progress=False, callbacks=callbacks)
+                    outcome = RunOutcome(run.final_return, run.frames, diverged=False)
+                except training.TrainingDiverged:
+                    outcome = finished_run(out, total)  # a result: what it had reached
+                    if outcome is None:
+                        raise
                 except (KeyboardInterrupt, training.RunInterrupted):
                     raise StudyInterrupted([trial.number]) from None
-                score, frames = run.final_return, run.frames
+            score, frames = outcome.score, outcome.frames
             normalised = self.references[instance.task].normalise(score)
             trial.set_user_attr(ATTR_RESULT + instance.name, {
                 "task": instance.task, "seed": instance.seed, "index": instance.index, "score": score,
-                "normalised": normalised, "frames": frames, "complete": frames >= total})
+                "normalised": normalised, "frames": frames,
+                "complete": outcome.diverged or frames >= total, "diverged": outcome.diverged})
             curves[instance.name] = learning_curve(out / "metrics.csv")
             trial.set_user_attr(ATTR_CURVES, write_curves(settings.directory, trial_dir, curves))
             if state.pruned:
@@ -271,10 +275,25 @@ class Objective:
             saved = len(instances) - state.position - state.pruned_fraction_done
             trial.set_user_attr(ATTR_INSTANCES_SAVED, round(saved, 3))
             raise optuna.TrialPruned(f"learning curve below the {self.pruner} pruner's threshold")
-        value = sum(normalised_scores) / len(normalised_scores)
-        if not math.isfinite(value):
-            raise StudyError(f"trial {trial.number}: objective is {value}")
+        return trial_value(trial, normalised_scores)
+
+
+class UnscoredTrial(Exception):
+    """A trial with a run that diverged before any of its episodes ended: it has no value, so
+    it fails, and the study goes on."""
+
+
+def trial_value(trial: optuna.Trial, normalised: list[float]) -> float:
+    """The trial's objective, the mean normalised score of its runs."""
+    value = sum(normalised) / len(normalised)
+    if math.isfinite(value):
         return value
+    diverged = [name.removeprefix(ATTR_RESULT) for name, result in trial.user_attrs.items()
+                if name.startswith(ATTR_RESULT) and result.get("diverged")]
+    if diverged:
+        raise UnscoredTrial(f"trial {trial.number}: {', '.join(diverged)} diverged before an episode "
+                            "ended, so the trial has no value")
+    raise StudyError(f"trial {trial.number}: objective is {value}")
 
 
 def continued_trial(trial: optuna.trial.FrozenTrial) -> int | None:
@@ -293,15 +312,27 @@ def first_trial(study: optuna.Study, number: int) -> int:
     return number
 
 
-def finished_run(out: Path, total_frames: int) -> tuple[float, int] | None:
-    """(final return, frames) of a run directory that already holds its finished run."""
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one (task, seed) run of a trial gave: its final return (NaN: no episode ended)."""
+
+    score: float
+    frames: int
+    # Stopped by a non-finite loss, gradient or parameter: the return it had reached is its
+    # result, as in comparisons (training again would diverge again, bit for bit).
+    diverged: bool
+
+
+def finished_run(out: Path, total_frames: int) -> RunOutcome | None:
+    """The outcome a run directory already holds: a finished run, or one that diverged."""
     try:
         summary = json.loads((out / "summary.json").read_text())
         frames = int(summary["frames"])
-        if summary.get("status") != "finished" or frames < total_frames:
+        diverged = summary.get("status") == training.DIVERGED
+        if not diverged and (summary.get("status") != "finished" or frames < total_frames):
             return None
         score = summary["final_return_last10pct"]
-        return (math.nan if score is None else float(score)), frames
+        return RunOutcome(math.nan if score is None else float(score), frames, diverged)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

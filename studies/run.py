@@ -21,6 +21,7 @@ from klip.studies.attributes import (
     ATTR_CONFIG,
     ATTR_CONTINUES,
     ATTR_CURVES,
+    ATTR_ERROR,
     ATTR_IDENTITY,
     ATTR_IDENTITY_SPACE,
     ATTR_INSTANCES,
@@ -46,6 +47,7 @@ from klip.studies.objective import (
     Objective,
     StudyInterrupted,
     SurplusTrial,
+    UnscoredTrial,
     count,
     live_states,
 )
@@ -187,6 +189,10 @@ def run_trial(objective: Objective, study: optuna.Study, storage: optuna.storage
             study.tell(trial, state=TrialState.PRUNED)
             return
         except SurplusTrial:
+            study.tell(trial, state=TrialState.FAIL)
+            return
+        except UnscoredTrial as error:
+            trial.set_user_attr(ATTR_ERROR, str(error))
             study.tell(trial, state=TrialState.FAIL)
             return
         except StudyInterrupted:

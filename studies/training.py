@@ -28,11 +28,13 @@ _ENGINE: dict[str, str] = {
     "train_agents": "klip.algos.train",
     "RunInterrupted": "klip.algos.train",
     "RunError": "klip.algos.train",
+    "TrainingDiverged": "klip.algos.divergence",
     "check_population_configs": "klip.algos.ppo",
     "PopulationSpec": "klip.algos.agents",
     "train_population": "klip.algos.agents",
     # a run's outputs
     "PARAMETERS_FILE": "klip.algos.outputs",
+    "DIVERGED": "klip.algos.outputs",
     "final_return": "klip.algos.outputs",
     "save_module_parameters": "klip.algos.outputs",
     "load_run": "klip.algos.run",
@@ -44,7 +46,8 @@ _ENGINE: dict[str, str] = {
 if TYPE_CHECKING:
     from klip.algos.agents import PopulationSpec, train_population
     from klip.algos.config import LOSSES, ConfigError, TrainConfig, load_config_file
-    from klip.algos.outputs import PARAMETERS_FILE, final_return, save_module_parameters
+    from klip.algos.divergence import TrainingDiverged
+    from klip.algos.outputs import DIVERGED, PARAMETERS_FILE, final_return, save_module_parameters
     from klip.algos.plots import read_metrics
     from klip.algos.ppo import check_population_configs
     from klip.algos.resolve import resolve_config, with_options_added_later
@@ -63,6 +66,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DIVERGED",
     "LOSSES",
     "PARAMETERS_FILE",
     "POPULATION_FILE",
@@ -71,6 +75,7 @@ __all__ = [
     "RunError",
     "RunInterrupted",
     "TrainConfig",
+    "TrainingDiverged",
     "can_resume",
     "check_population_configs",
     "final_return",

@@ -43,6 +43,37 @@ class SabotageShape(CoefficientShape):
 '''
 
 
+# PPO-Clip's gate until a fraction `at` of training is done, then NaN: a run that diverges on
+# cue, in the iteration where progress reaches `at` (at = 1: never).
+FUSE_SHAPE = '''
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+from klip.shapes import CoefficientShape, Param, register_shape, signed_distance_past_boundary
+
+
+@register_shape("fuse")
+class FuseShape(CoefficientShape):
+    """Step gate, NaN once `progress` >= `at`."""
+
+    params: ClassVar[Mapping[str, Param]] = {"at": Param(1.0, 0.0, 1.0, search=(0.0, 1.0))}
+    context: ClassVar[tuple[str, ...]] = ("progress",)
+
+    def gate(self, ratio, advantage):
+        step = (signed_distance_past_boundary(ratio, advantage, 0.2) > 0).to(ratio.dtype)
+        blown = torch.as_tensor(self.progress >= self.at)
+        return step + torch.where(blown, float("nan"), 0.0).to(ratio.dtype)
+'''
+
+
+def write_fuse_plugin(directory: Path) -> Path:
+    path = directory / "fuse_shape.py"
+    if not path.is_file():
+        path.write_text(FUSE_SHAPE)
+    return path
+
+
 def write_sabotage_plugin(directory: Path) -> Path:
     path = directory / "sabotage_shape.py"
     path.write_text(SABOTAGE_SHAPE)

@@ -883,3 +883,32 @@ def test_a_long_list_of_missing_cells_is_counted_per_task(tmp_path):
     prepare_grid(tmp_path / "few", few)
     assert "`Pendulum-v1/step/s0`, `Pendulum-v1/step/s1`" in "\n".join(
         compare_report._completeness(collect(tmp_path / "few")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("together", [False, True], ids=["one-by-one", "seeds-together"])
+def test_a_diverged_run_is_a_done_cell_reported_and_never_trained_again(tmp_path, together, clean_registry):
+    from studies_support import write_fuse_plugin
+
+    out = tmp_path / "grid"
+    # `fuse` goes NaN in iteration 3 of 4 (progress 0.5), after Pendulum's first episodes ended.
+    args = ["compare", "--losses", "step,fuse:at=0.5", "--tasks", "Pendulum-v1", "--seeds", "0-1",
+            "--steps", "1024", "--set", "rollout_steps=256", "--set", "epochs=1", "--set", "eval_episodes=0",
+            "--set", f"shape_plugin={write_fuse_plugin(tmp_path)}", "--out", str(out),
+            *(["--seeds-together"] if together else [])]
+    assert main(args) == 0
+    cells = sorted((out / "runs" / "Pendulum-v1").glob("fuse*/s*"))
+    assert len(cells) == 2
+    for cell in cells:
+        summary = json.loads((cell / "summary.json").read_text())
+        record = json.loads((cell / "cell.json").read_text())
+        assert summary["status"] == "diverged" and summary["frames"] == 3 * 256
+        assert record["diverged"] == summary["error"] and "iteration 3" in record["diverged"]
+        assert record["final_return"] == summary["final_return_last10pct"]
+    report = (out / "report.md").read_text()
+    assert "4 of 4 cells done." in report and "Runs that diverged (2)" in report
+    assert "in 2 of 2 runs." in report.split("## Reading")[1]
+    stamps = [(cell / "summary.json").stat().st_mtime_ns for cell in cells]
+    assert main(args) == 0  # nothing left to train: the diverged cells are results
+    assert [(cell / "summary.json").stat().st_mtime_ns for cell in cells] == stamps
+    assert not (out / "kept").exists()

@@ -345,7 +345,7 @@ def test_divergence_stops_with_exit_3_and_keeps_the_last_good_checkpoint(tmp_pat
     assert state["klip"]["frames"] == 2 * ROLLOUT
     assert all(torch.isfinite(value).all() for value in parameters(out).values())
     summary = json.loads((out / "summary.json").read_text(), parse_constant=pytest.fail)
-    assert summary["status"] == "failed" and "iteration 3" in summary["error"]
+    assert summary["status"] == "diverged" and "iteration 3" in summary["error"]
 
 
 # -- 8. Ctrl-C -----------------------------------------------------------------------------------

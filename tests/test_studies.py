@@ -19,9 +19,11 @@ from studies_support import (
     STEPS,
     TASK,
     TRAIN_FLAGS,
+    TRAIN_OPTIONS,
     compute_references,
     klip_command,
     run_klip,
+    write_fuse_plugin,
     write_sabotage_plugin,
 )
 
@@ -377,3 +379,37 @@ def test_batch_trains_several_trials_as_one_population_each_with_its_own_paramet
     # Each agent trained with its own trial's shape: the reversed gate learns to fall.
     assert trials[1].value < min(trials[0].value, trials[2].value)
     assert not list(settings.directory.glob("population-*"))  # staging directories are gone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [0, 2], ids=["single-runs", "batch-of-2"])
+def test_a_diverged_run_is_its_trials_result_and_the_study_goes_on(in_tmp, batch, clean_registry):
+    from klip.shapes import load_shapes_from_file
+
+    plugin = write_fuse_plugin(in_tmp.parent)
+    load_shapes_from_file(plugin)
+    space, fixed = resolve_space("fuse")
+    settings = StudySettings(
+        study_name=f"fuse{batch}", shape="fuse", tasks=[TASK], steps_per_task=STEPS, seeds=1, trials=2,
+        train_options={**TRAIN_OPTIONS, "shape_plugin": str(plugin)}, space=space, fixed=fixed,
+        sampler="random", sampler_seed=0, pruner="none", storage=parse_storage(str(in_tmp / "study.db")),
+        study_dir=in_tmp / "artefacts", progress=False, batch=batch)
+    study = prepare_study(settings)
+    # Diverges in iteration 1 (no episode logged yet), in iteration 5 of 8, never; with --batch 2
+    # the first two train as one population.
+    for at in (0.0, 0.5, 1.0):
+        study.enqueue_trial({"at": at})
+    outcome = run_study(settings, log=lambda text: None)
+    by_at = {trial.params["at"]: trial for trial in study.get_trials() if trial.params}
+    unscored, diverged, whole = by_at[0.0], by_at[0.5], by_at[1.0]
+    assert outcome.finished == 2  # the study went on past the trial it could not score
+    assert unscored.state == TrialState.FAIL
+    assert "diverged before an episode ended" in unscored.user_attrs["klip_error"]
+    assert diverged.state == whole.state == TrialState.COMPLETE
+    result = trial_results(diverged)[f"{TASK}/s0"]
+    assert result["diverged"] and result["complete"] and result["frames"] == 5 * 512
+    summary = json.loads((settings.directory / f"trial-{diverged.number:05d}" / f"{TASK}-s0" /
+                          "summary.json").read_text())
+    assert summary["status"] == "diverged" and result["score"] == summary["final_return_last10pct"]
+    assert diverged.value == pytest.approx(result["normalised"])
+    assert not trial_results(whole)[f"{TASK}/s0"]["diverged"]
