@@ -84,6 +84,9 @@ ShapeLike = str | type[CoefficientShape] | CoefficientShape
 RATIOS = sorted({*(10.0 ** (i / 2) for i in range(-12, 13)),
                  0.5, 0.79, 0.8, 0.81, 0.9, 0.95, 1.0, 1.05, 1.1, 1.19, 1.2, 1.21, 1.5, 2.0})
 ADVANTAGES = [-1e6, -1e3, -1.0, -1e-3, -1e-6, 0.0, 1e-6, 1e-3, 1.0, 1e3, 1e6]
+# Log-ratios whose ratio underflows to 0 (float32 at both, float64 at the second): a policy
+# that moved far from an action's rollout probability; the ratio is 0, the log-ratio is not.
+UNDERFLOW_LOG_RATIOS = (-120.0, -1000.0)
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,8 @@ def _kind(name: str) -> str:
 def _sample_value(name: str, ratio: Tensor) -> Tensor:
     """A plausible per-sample context value for these ratios, an elementwise function of them
     (so that a slice of the samples gets the slice of the values, as populations slice it)."""
-    log_ratio = ratio.log()
+    # The log of a ratio that underflowed to 0 is -inf; the engine's log-ratio never is.
+    log_ratio = ratio.clamp_min(torch.finfo(ratio.dtype).tiny).log()
     if name == "kl":  # the k3 estimate of KL(old || new): >= 0, consistent with the ratio
         return ((ratio - 1) - log_ratio).clamp_min(0)
     if name == "old_log_prob":  # a discrete action's probability: 0.3
@@ -214,9 +218,13 @@ def check_finite(cls: type[CoefficientShape], instance: CoefficientShape | None)
         for dtype in (torch.float32, torch.float64):
             cast = copy.deepcopy(shape).to(dtype)
             ratio, advantage = _grid(dtype)
+            underflow = torch.tensor(UNDERFLOW_LOG_RATIOS, dtype=dtype)
+            logs = torch.cat([ratio.log(), underflow.repeat_interleave(len(ADVANTAGES))])
+            advantage = torch.cat([advantage, torch.tensor(ADVANTAGES, dtype=dtype).repeat(len(underflow))])
+            ratio = logs.exp()
             for space in ("log", "ratio"):
                 for form in ("effective", "kl"):
-                    log_ratio = ratio.log().requires_grad_()
+                    log_ratio = logs.clone().requires_grad_()
                     with _context_for(cast, ratio):
                         objective, gate = klip_objective(cast, log_ratio, advantage, form=form, space=space)
                     objective.backward(torch.ones_like(objective))
@@ -232,8 +240,8 @@ def check_finite(cls: type[CoefficientShape], instance: CoefficientShape | None)
                             raise _fail(f"{what} is {float(values[index])} (gate {float(gate[index]):g}) "
                                         f"at {_where(ratio, advantage, bad)} {where}")
                     count += ratio.numel()
-    return (f"loss, gate and gradient finite on {count} evaluations: ratios 1e-6..1e6, |A| <= 1e6, "
-            f"both signs and 0, float32/float64, both gate paths and forms")
+    return (f"loss, gate and gradient finite on {count} evaluations: ratios 1e-6..1e6 and ratios that "
+            "underflow to 0, |A| <= 1e6, both signs and 0, float32/float64, both gate paths and forms")
 
 
 def check_bounds(cls: type[CoefficientShape], instance: CoefficientShape | None) -> str:

@@ -822,3 +822,27 @@ def test_entry_points_broken_foreign_and_known_plugins(tmp_path, clean_registry,
     assert shapes.get_shape_class("brake").name == "brake"
     (dist / "entry_points.txt").write_text("[klip.shapes]\nlater = gate_plugins:Other\n")
     assert "later" not in available_shapes()  # entry points are read once per process
+
+
+def test_an_underflowed_ratio_kills_its_sample_and_nothing_else_is_masked():
+    """exp(log_ratio) is 0 for a log-ratio of -1000: shapes that divide by the ratio (CISPO's
+    truncation, TR-PPO-RB, DPO's A < 0 side) would give 0 * inf = NaN; the sample is killed."""
+    from klip.shapes.functional import klip_objective
+
+    log_ratio = torch.tensor([-1000.0, -1000.0, 0.1], requires_grad=True)
+    advantage = torch.tensor([-2.0, 2.0, -2.0])
+    for name in ("truncate", "tr_ppo_rb", "dpo", "step"):
+        shape = make_shape(name)
+        context = {"kl": torch.tensor([1e3, 1e3, 0.0])} if "kl" in shape.context else {}
+        with shape.using_context(**context):
+            objective, gate = klip_objective(shape, log_ratio, advantage)
+        (gradient,) = torch.autograd.grad(objective.sum(), log_ratio)
+        assert torch.isfinite(objective).all() and torch.isfinite(gradient).all(), name
+        assert gradient[:2].tolist() == [0.0, 0.0] and torch.isfinite(gate).all(), name
+
+    class Broken(CoefficientShape):
+        def gate(self, ratio, advantage):
+            return torch.full_like(ratio, float("nan"))
+
+    objective, _ = klip_objective(Broken(), log_ratio.detach(), advantage)
+    assert torch.isnan(objective[2])  # at a normal ratio a NaN stays, for the divergence check
