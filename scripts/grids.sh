@@ -70,6 +70,8 @@ lane() {
   # its own session; setsid made one per lane, so the session itself is niced too.
   echo "$NICENESS" 2>/dev/null > /proc/self/autogroup || true
   for job in "${JOBS[@]}"; do
+    # --stop: a job it interrupted ends "with an error"; the lane must not start the next one.
+    [[ -e "$LOGS/grid-stopping" ]] && break
     [[ -e "$LOGS/grid-$job.done" ]] && continue
     exec {lock}>"$LOGS/grid-$job.lock"
     if flock -n "$lock"; then
@@ -101,6 +103,7 @@ main() {
         echo "$job: $state${line:+; $line}"
       done ;;
     --stop)
+      touch "$LOGS/grid-stopping"
       [[ -e "$LOGS/grid-lanes.pgids" ]] && while read -r pgid; do
         kill -INT -- "-$pgid" 2>/dev/null || true
       done < "$LOGS/grid-lanes.pgids"
@@ -121,6 +124,7 @@ main() {
         done < "$LOGS/grid-lanes.pgids"
       fi
       : > "$LOGS/grid-lanes.pgids"
+      rm -f "$LOGS/grid-stopping"
       for index in $(seq "$LANES"); do
         # Not `&`: a job started in the background ignores SIGINT, so Ctrl-C (--stop) could not
         # make klip checkpoint and stop. `setsid -f` forks into a new session instead.
