@@ -125,6 +125,10 @@ class _BoundGate:
     def gate_from_log_ratio(self, log_ratio: Tensor, ratio: Tensor, advantage: Tensor) -> Tensor:
         return self.gate.gate_with_context(log_ratio, ratio, advantage, self.context)
 
+    def gate_bounds(self) -> tuple[float, float]:
+        bounds = [shape.gate_bounds() for shape, _ in self.gate.groups]
+        return min(low for low, _ in bounds), max(high for _, high in bounds)
+
 
 class BatchedKLipLoss:
     """Every agent's `KLipTensorLoss` on one minibatch of each agent: totals `[agents]`, metrics

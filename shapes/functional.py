@@ -22,7 +22,8 @@ clipped term is `clip(w)*A`): compare gradients, not losses.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import math
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -71,17 +72,25 @@ def klip_objective(
             gate = shape.gate(detached_ratio, advantage)
         # Multiplicative on purpose: a gate of exactly 0 or 1 gives exactly A or 0.
         effective = advantage * (1 - gate)
-        # A ratio that underflowed (0 or subnormal) weighs its sample 0, but a gate that divides
-        # by the ratio can make A(1-g) infinite there, and 0 * inf is NaN: such a sample is
-        # killed (g = 1, no gradient). Nothing else changes: elsewhere a non-finite value
-        # stays, for the divergence check to name.
-        lost = ~torch.isfinite(effective) & (ratio.detach() < torch.finfo(ratio.dtype).tiny)
-        gate = torch.where(lost, 1.0, gate)
-        effective = torch.where(lost, 0.0, effective)
+        if not _bounded(shape):
+            # A ratio that underflowed (0 or subnormal) weighs its sample 0, but a gate that
+            # divides by the ratio can make A(1-g) infinite there, and 0 * inf is NaN: such a
+            # sample is killed (g = 1, no gradient). Nothing else changes: elsewhere a
+            # non-finite value stays, for the divergence check to name. A gate with finite
+            # bounds keeps A(1-g) finite, so it is spared the cost.
+            lost = ~torch.isfinite(effective) & (ratio.detach() < torch.finfo(ratio.dtype).tiny)
+            gate = torch.where(lost, 1.0, gate)
+            effective = torch.where(lost, 0.0, effective)
     if form == "effective":
         return ratio * effective, gate
     beta = -(detached_ratio * advantage * gate)
     return ratio * advantage + beta * log_ratio, gate
+
+
+def _bounded(shape: Any) -> bool:
+    """Whether the shape declares finite bounds for its gate values (`gate_bounds()`)."""
+    bounds = getattr(shape, "gate_bounds", None)
+    return bounds is not None and all(math.isfinite(bound) for bound in bounds())
 
 
 @torch.no_grad()
