@@ -142,6 +142,12 @@ def _completeness(results: GridResults) -> list[str]:
             lines += ["", "Cells found corrupt earlier and trained again:", ""]
             lines += [f"- `{e['cell']}` ({e['time']}): {e['reason']}; kept in `{e['moved_to']}`"
                       for e in reruns]
+        kept = [event for event in events if event.get("event") == "kept aside"]
+        if kept:
+            lines += ["", "Runs moved aside and trained again from the start (an interrupted run that "
+                      "cannot continue, a leftover of other settings, or as the reason says):", ""]
+            lines += [f"- `{e['path']}` ({e['time']}) -> `{e['moved_to']}`"
+                      + (f": {e['reason']}" if e.get("reason") else "") for e in kept]
     return [*lines, ""]
 
 

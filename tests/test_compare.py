@@ -866,6 +866,11 @@ def test_a_partial_cell_on_a_simulator_that_cannot_be_restored_trains_again(tmp_
     compare.train_cells([compare.CellRun(cell, spec.config(cell), spec.cell_dir(out, cell), True)])
     assert check_cell(spec, out, cell).status == "done"
     assert len(list((out / "kept").glob("Pendulum-v1__step__s0-*"))) == 1
+    # The report says so, with where the run went.
+    completeness = "\n".join(compare_report._completeness(collect(out)))
+    assert "Runs moved aside and trained again" in completeness
+    assert "- `runs/Pendulum-v1/step/s0` (" in completeness
+    assert "-> `kept/Pendulum-v1__step__s0-" in completeness
     whole = tmp_path / "whole"
     train(spec.config(cell), whole, progress=False)
     assert check_cell(spec, out, cell).record["parameters_sha256"] == parameters_sha256(
