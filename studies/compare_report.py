@@ -413,7 +413,7 @@ def write_report(out: str | Path, *, n_resamples: int = 2000) -> Path:
     lines += _bitwise(results)
     lines += _aggregates(results, randoms, n_resamples, differences)
     lines += _paper(results, out / "figures")
-    lines += _diagnostics(results, out / "figures")
+    lines += _diagnostics(results, out / "figures", differences, step.label if step is not None else None)
     lines += _runs(results)
     path = out / "report.md"
     write_text_atomically(path, "\n".join(lines).rstrip() + "\n")

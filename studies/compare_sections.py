@@ -4,7 +4,7 @@ curves), and the paper-protocol baselines against the published KLip-PPO paper's
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -14,9 +14,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats
 
+from klip.studies.compare_reading import interval_side
 from klip.studies.compare_results import NEUTRAL_OPTIONS, GridResults, _mean_std, _table
 from klip.studies.entries import Entry
 from klip.studies.grid import Cell
+from klip.studies.statistics import Estimate
 from klip.studies.training import read_metrics
 
 CURVE_POINTS = 50
@@ -110,9 +112,13 @@ def plot_diagnostics(results: GridResults, columns: Sequence[tuple[str, str]], p
     return path
 
 
-def _diagnostics(results: GridResults, figures: Path | None = None) -> list[str]:
+def _diagnostics(results: GridResults, figures: Path | None = None,
+                 differences: Mapping[str, Mapping[str, Estimate]] | None = None,
+                 step_label: str | None = None) -> list[str]:
     """End-of-training diagnostics per task and entry, and their curves: what an investigation
-    of a surprising final return reads first (is the policy still broad? does it move?)."""
+    of a surprising final return reads first (is the policy still broad? does it move?).
+    With `differences` (each entry's return minus `step`'s, per task), every entry whose
+    interval excludes 0 gets its diagnostics set beside `step`'s, one line per task."""
     spec = results.spec
     _cached_metrics.cache_clear()  # runs may have grown since an earlier report in this process
     table: dict[tuple[str, str], dict[str, list[float]]] = {}
@@ -136,10 +142,31 @@ def _diagnostics(results: GridResults, figures: Path | None = None) -> list[str]
              "seeds (— where an entry does not log the column; column meanings in klip's "
              "`docs/metrics.md`):", ""]
     lines += _table(["task", "entry", *[f"{label} (`{column}`)" for column, label in present]], rows)
+    lines += _beside_step(table, present, differences or {}, step_label)
     if figures is not None:
         plot_diagnostics(results, present, figures / "diagnostics.png")
         lines += ["![training diagnostics per task](figures/diagnostics.png)", ""]
     return lines
+
+
+def _beside_step(table: Mapping[tuple[str, str], Mapping[str, list[float]]], present: list[tuple[str, str]],
+                 differences: Mapping[str, Mapping[str, Estimate]], step_label: str | None) -> list[str]:
+    """One line per (task, entry) whose return differs from `step`'s: its diagnostics and step's."""
+    lines = []
+    for task, by_label in differences.items():
+        reference = table.get((task, step_label or ""), {})
+        for label, estimate in by_label.items():
+            side = interval_side(estimate, 0.0)
+            mine = table.get((task, label), {})
+            if side not in ("above", "below") or not mine or not reference:
+                continue
+            pairs = [f"{name} {np.mean(mine[column]):.3g} against {np.mean(reference[column]):.3g}"
+                     for column, name in present if mine.get(column) and reference.get(column)]
+            lines.append(f"- {task}, `{label}` ({side} `{step_label}`): " + "; ".join(pairs) + ".")
+    if not lines:
+        return []
+    return ["Where an entry's return differs from `step`'s (its interval above excludes 0), its "
+            "diagnostics beside `step`'s (means over seeds):", "", *lines, ""]
 
 
 def _paper_entry(entry: Entry) -> str | None:
