@@ -72,12 +72,12 @@ def klip_objective(
             gate = shape.gate(detached_ratio, advantage)
         # Multiplicative on purpose: a gate of exactly 0 or 1 gives exactly A or 0.
         effective = advantage * (1 - gate)
-        if not _bounded(shape):
+        if not _bounded(shape) and not bool(torch.isfinite(effective).all()):
             # A ratio that underflowed (0 or subnormal) weighs its sample 0, but a gate that
             # divides by the ratio can make A(1-g) infinite there, and 0 * inf is NaN: such a
             # sample is killed (g = 1, no gradient). Nothing else changes: elsewhere a
             # non-finite value stays, for the divergence check to name. A gate with finite
-            # bounds keeps A(1-g) finite, so it is spared the cost.
+            # bounds keeps A(1-g) finite, so it is spared the test, and a finite batch the rest.
             lost = ~torch.isfinite(effective) & (ratio.detach() < torch.finfo(ratio.dtype).tiny)
             gate = torch.where(lost, 1.0, gate)
             effective = torch.where(lost, 0.0, effective)
