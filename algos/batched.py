@@ -101,6 +101,9 @@ class GroupedGate:
             self.groups.append((self.shapes[agents[0]], index))
         self.context = sample_context_names(self.shapes[0]) if len(self.groups) == 1 else tuple(
             sorted({name for shape, _ in self.groups for name in sample_context_names(shape)}))
+        # Every group's gate within these (klip_objective skips its underflow test when finite).
+        bounds = [shape.gate_bounds() for shape, _ in self.groups]
+        self.bounds = (min(low for low, _ in bounds), max(high for _, high in bounds))
 
     def gate_with_context(self, log_ratio: Tensor, ratio: Tensor, advantage: Tensor,
                           context: dict[str, Tensor]) -> Tensor:
@@ -126,8 +129,7 @@ class _BoundGate:
         return self.gate.gate_with_context(log_ratio, ratio, advantage, self.context)
 
     def gate_bounds(self) -> tuple[float, float]:
-        bounds = [shape.gate_bounds() for shape, _ in self.gate.groups]
-        return min(low for low, _ in bounds), max(high for _, high in bounds)
+        return self.gate.bounds
 
 
 class BatchedKLipLoss:
