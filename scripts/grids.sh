@@ -86,7 +86,11 @@ lane() {
       if "job_${job//-/_}" >> "$LOGS/grid-$job.log" 2>&1; then
         touch "$LOGS/grid-$job.done"
       else
-        echo "$(date -u +%FT%TZ) lane $1: $job stopped with an error; see above" >> "$LOGS/grid-$job.log"
+        if [[ -e "$LOGS/grid-stopping" ]]; then
+          echo "$(date -u +%FT%TZ) lane $1: $job stopped by --stop; the next run continues it" >> "$LOGS/grid-$job.log"
+        else
+          echo "$(date -u +%FT%TZ) lane $1: $job stopped with an error; see above" >> "$LOGS/grid-$job.log"
+        fi
       fi
     fi
     exec {lock}>&-
@@ -105,7 +109,17 @@ main() {
         else state="waiting"; fi
         line=$(grep -a "cells done" "$LOGS/grid-$job.log" 2>/dev/null | tail -1 || true)
         if [[ "$job" == discovery && -e "$DISCOVERY/study.db" ]]; then
-          line="$(.venv/bin/python -c "import sqlite3, sys; print(', '.join(f'{n} {s.lower()}' for s, n in sqlite3.connect(sys.argv[1]).execute('select state, count(*) from trials group by state')))" "$DISCOVERY/study.db") trials (target: 130 complete)"
+          # A trial stopped by --stop or a crash is FAIL to Optuna and queued again; one that
+          # failed in klip carries klip_error.
+          line="$(.venv/bin/python -c "
+import sqlite3, sys
+rows = sqlite3.connect(sys.argv[1]).execute(
+    \"select state, exists(select 1 from trial_user_attributes a where a.trial_id = t.trial_id and a.key = 'klip_error') from trials t\")
+counts = {}
+for state, errored in rows:
+    name = state.lower() if state != 'FAIL' else ('failed' if errored else 'stopped and queued again')
+    counts[name] = counts.get(name, 0) + 1
+print(', '.join(f'{n} {name}' for name, n in counts.items()))" "$DISCOVERY/study.db") trials (target: 130 complete)"
         fi
         echo "$job: $state${line:+; $line}"
       done ;;
