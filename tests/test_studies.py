@@ -378,6 +378,13 @@ def test_batch_trains_several_trials_as_one_population_each_with_its_own_paramet
             assert config["seed"] == seed and config["shape_params"]["sabotage"] == trial.params["sabotage"]
     # Each agent trained with its own trial's shape: the reversed gate learns to fall.
     assert trials[1].value < min(trials[0].value, trials[2].value)
+    # sabotage = 0 is PPO-Clip's gate: its agent of the population is bitwise the single `step`
+    # run that made the reference of its seed, so it scores what that run scored, exactly.
+    protocol = protocol_hash(settings.train_options)
+    references = {entry["seed"]: entry["step_score"] for entry in load_cache().values()
+                  if entry["protocol_hash"] == protocol and entry["steps"] == STEPS}
+    scores = {result["seed"]: result["score"] for result in trial_results(trials[0]).values()}
+    assert scores == {0: references[0], 1: references[1]}
     assert not list(settings.directory.glob("population-*"))  # staging directories are gone
 
 
