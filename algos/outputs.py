@@ -217,8 +217,9 @@ def plot_population(path: Path, results: list[RunResult], sweep_keys: list[str])
         # Agents that did not fail log a row at the same frames, so the curves align row by row.
         length = min(len(frames) for frames, _ in curves)
         stacked = np.stack([returns[:length] for _, returns in curves])
+        logged = np.isfinite(stacked).any(0)  # rows before any agent's first episode ended are NaN
+        stacked, frames = stacked[:, logged], np.asarray(curves[0][0][:length])[logged]
         mean, std = np.nanmean(stacked, 0), np.nanstd(stacked, 0)
-        frames = curves[0][0][:length]
         axis.plot(frames, mean, color=color, linewidth=2.2, label=f"{key} (n={len(curves)})")
         axis.fill_between(frames, mean - std, mean + std, color=color, alpha=0.2)
     axis.set_xlabel("environment steps per agent")

@@ -100,7 +100,8 @@ def train(shape: CoefficientShape | str | None, config: Config | None = None, *,
     value_module(env.reset())
 
     collector = Collector(env, policy_module, frames_per_batch=cfg.frames_per_batch,
-                          total_frames=cfg.total_frames, split_trajs=False)
+                          total_frames=cfg.total_frames, split_trajs=False,
+                          auto_register_policy_transforms=False)  # a feed-forward policy needs none
     replay_buffer = ReplayBuffer(storage=LazyTensorStorage(max_size=cfg.frames_per_batch),
                                  sampler=SamplerWithoutReplacement())
     advantage_module = GAE(gamma=cfg.gamma, lmbda=cfg.lmbda, value_network=value_module,
