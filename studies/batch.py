@@ -16,7 +16,6 @@ from optuna.trial import TrialState
 from klip.compat import heartbeat_thread
 from klip.studies import training
 from klip.studies.attributes import (
-    ATTR_CONTINUES,
     ATTR_CURVES,
     ATTR_ERROR,
     ATTR_INSTANCES_SAVED,
@@ -36,6 +35,7 @@ from klip.studies.objective import (
     first_trial,
     keep_aside,
     learning_curve,
+    queue_again,
     trial_value,
     wilcoxon_prunes,
 )
@@ -109,8 +109,8 @@ def run_batch(objective: Objective, study: optuna.Study, size: int) -> None:
             # Ctrl-C: each trial not told yet is queued again with its parameters (a population
             # starts its task again), marked interrupted, and the study says so in one line.
             interrupted = [trial for trial in trials if trial.number not in told]
+            queue_again(study, interrupted)
             for trial in interrupted:
-                study.enqueue_trial(dict(trial.params), user_attrs={ATTR_CONTINUES: trial.number})
                 trial.set_user_attr(ATTR_INTERRUPTED, True)
                 study.tell(trial, state=TrialState.FAIL)
             raise StudyInterrupted([trial.number for trial in interrupted]) from None

@@ -302,6 +302,19 @@ def continued_trial(trial: optuna.trial.FrozenTrial) -> int | None:
     return None if source is None else int(source)
 
 
+def queue_again(study: optuna.Study, trials: list[optuna.Trial]) -> None:
+    """Queue a copy of each (interrupted) trial that finishes its runs: its parameters, and what
+    the sampler recorded about it. CMA-ES counts a trial towards its generation, and finds its
+    own saved state, only through the trial's system attributes (`cma:generation`,
+    `cma:optimizer:*`): a copy without them would finish unseen by the search, as Optuna's own
+    retry of a dead trial knows (it copies them too)."""
+    recorded = {trial.number: trial.system_attrs for trial in study.get_trials(deepcopy=False)}
+    for trial in trials:
+        system_attrs = {**recorded[trial.number], "fixed_params": dict(trial.params)}
+        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=system_attrs,
+                                                  user_attrs={ATTR_CONTINUES: trial.number}))
+
+
 def first_trial(study: optuna.Study, number: int) -> int:
     """The trial that started the runs trial `number` holds: the end of its chain of continuations."""
     trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}

@@ -50,6 +50,7 @@ from klip.studies.objective import (
     UnscoredTrial,
     count,
     live_states,
+    queue_again,
 )
 from klip.studies.progress import Progress
 from klip.studies.references import TaskReference, ensure_references
@@ -196,7 +197,7 @@ def run_trial(objective: Objective, study: optuna.Study, storage: optuna.storage
             study.tell(trial, state=TrialState.FAIL)
             return
         except StudyInterrupted:
-            study.enqueue_trial(dict(trial.params), user_attrs={ATTR_CONTINUES: trial.number})
+            queue_again(study, [trial])
             trial.set_user_attr(ATTR_INTERRUPTED, True)
             study.tell(trial, state=TrialState.FAIL)
             raise

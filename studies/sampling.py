@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -37,6 +38,18 @@ class KnownSpaceCmaEsSampler(optuna.samplers.CmaEsSampler):
         return dict(self._known_space)
 
 
+def cmaes_population(dimensions: int, batch: int) -> int | None:
+    """CMA-ES's population with `--batch K`: a whole number of batches, at least CMA-ES's own
+    default 4 + floor(3 ln n). A batch's K trials are asked before any is told, so they all come
+    from one generation; with a population that is not a multiple of K, the trials of a
+    generation past its population are trained but never told to CMA-ES (Optuna tells it the
+    first `popsize` of each generation). None (Optuna's default) without a batch."""
+    if not batch:
+        return None
+    default = 4 + math.floor(3 * math.log(dimensions))
+    return batch * math.ceil(default / batch)
+
+
 def build_sampler(settings: StudySettings, worker: int = 0) -> optuna.samplers.BaseSampler:
     # Workers of one study get different seeds, or they would propose the same points.
     seed = None if settings.sampler_seed is None else settings.sampler_seed + worker
@@ -62,7 +75,8 @@ def build_sampler(settings: StudySettings, worker: int = 0) -> optuna.samplers.B
             warnings.simplefilter("ignore", FutureWarning)
             space = {name: optuna.distributions.FloatDistribution(dim.low, dim.high, log=dim.log)
                      for name, dim in settings.space.items()}
-            return KnownSpaceCmaEsSampler(space, x0=default_point(settings.shape, settings.space), seed=seed)
+            return KnownSpaceCmaEsSampler(space, x0=default_point(settings.shape, settings.space), seed=seed,
+                                          popsize=cmaes_population(dimensions, settings.batch))
     if settings.sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     if settings.sampler == "random":

@@ -156,3 +156,52 @@ def test_cmaes_draws_a_whole_first_batch_from_its_first_generation():
     start = default_point("learned", learned.space)
     spread = [abs(t.params[name] - start[name]) for t in trials for name in start]
     assert sum(spread) / len(spread) < 0.2
+
+
+def _ask_and_suggest(study: optuna.Study, space: dict[str, Dimension], count: int) -> list[optuna.Trial]:
+    trials = [study.ask() for _ in range(count)]
+    for trial in trials:
+        for name, dim in space.items():
+            trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+    return trials
+
+
+def _generation(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    return study._storage.get_trial(trial._trial_id).system_attrs.get("cma:generation")
+
+
+@pytest.mark.parametrize(("batch", "population"), [(0, None), (13, 13), (12, 12), (5, 15), (40, 40)])
+def test_a_cmaes_generation_is_a_whole_number_of_batches(batch, population):
+    """learned_increments searches 20 parameters: CMA-ES's own population is 4 + floor(3 ln 20) = 12."""
+    from klip.studies.sampling import cmaes_population
+
+    assert cmaes_population(20, batch) == population
+    space, fixed = resolve_space("learned_increments", fixed={"eps": 0.2})
+    increments = settings(sampler="cmaes", shape="learned_increments", sampler_seed=0, batch=batch,
+                          fixed=fixed, space=space)
+    assert len(increments.space) == 20
+    assert build_sampler(increments)._popsize == population
+
+
+def test_a_trial_queued_again_after_ctrl_c_still_counts_for_its_cmaes_generation():
+    """A batch stopped by Ctrl-C is queued again (`queue_again`); once its copies finish, CMA-ES
+    must tell that generation and draw the next one. Copies made with `enqueue_trial` alone carry
+    no `cma:generation`, so CMA-ES never saw them and drew generation 0 for ever."""
+    from optuna.trial import TrialState
+
+    from klip.studies.objective import queue_again
+
+    space = resolve_space("sigmoid")[0]
+    search = settings(sampler="cmaes", shape="sigmoid", sampler_seed=0, batch=6)  # 4 + floor(3 ln 2) = 6
+    study = optuna.create_study(sampler=build_sampler(search), direction="maximize")
+    first = _ask_and_suggest(study, space, 6)
+    assert [_generation(study, trial) for trial in first] == [0] * 6
+    queue_again(study, first)  # Ctrl-C: the batch is queued again, then told FAIL
+    for trial in first:
+        study.tell(trial, state=TrialState.FAIL)
+    copies = _ask_and_suggest(study, space, 6)
+    assert [trial.params for trial in copies] == [trial.params for trial in first]
+    for index, trial in enumerate(copies):
+        study.tell(trial, float(index))
+    following = _ask_and_suggest(study, space, 1)[0]
+    assert _generation(study, following) == 1
