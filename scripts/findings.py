@@ -72,9 +72,20 @@ def study_status(root: Path) -> str:
 
 
 def heldout_iqm(text: str) -> str | None:
-    """The discovered gate's IQM row of the held-out report's table, as written there."""
-    match = re.search(rf"^\| `{re.escape(STUDY_ENTRY)}` \| ([^|]+) \|", text, flags=re.M)
+    """The discovered gate's IQM [95% CI] in the held-out report's "Across tasks" table, as
+    written there (the settings table above it has a row of that entry too)."""
+    rows = "\n".join(section(text, "Across tasks"))
+    match = re.search(rf"^\| `{re.escape(STUDY_ENTRY)}` \| ([^|]+) \|", rows, flags=re.M)
     return match.group(1).strip() if match else None
+
+
+def moonshot(iqm: str) -> str:
+    """Whether the IQM's 95% interval lies above 1 (`step`), said plainly."""
+    low = float(re.search(r"\[\s*(-?[\d.]+)\s*,", iqm).group(1))
+    if low > 1:
+        return "its 95% interval lies above 1: on the held-out tasks the discovered gate beats `step`."
+    return ("its 95% interval does not lie above 1: the discovered gate is not shown to beat `step` "
+            "on the held-out tasks.")
 
 
 def page(root: Path) -> str:
@@ -103,8 +114,11 @@ def page(root: Path) -> str:
         if held_out:
             iqm = heldout_iqm(text)
             if iqm is not None:
+                verdict = moonshot(iqm)
                 lines += [f"IQM of the discovered gate's normalised scores over the held-out tasks only "
-                          f"(`step` = 1): {iqm}.", ""]
+                          f"(`step` = 1): {iqm}; {verdict}", ""]
+                if "not shown" in verdict:
+                    negatives.append(f"{heading}: IQM {iqm}; {verdict}")
         reading = [line for line in section(text, "Reading") if line.startswith("- ")]
         lines += reading or ["(The report has no reading yet.)"]
         lines.append("")

@@ -59,3 +59,41 @@ def test_the_page_shows_each_reports_figure_and_the_discovered_gate_where_they_e
     assert "](zoo/figures/aggregates.png)" in text and "](epochs/axis/axis.png)" in text
     held_out = text.split("## A discovered gate")[1].split("## ")[0]
     assert "](discovery/increments-3task/report/best_gate.png)" in held_out
+
+
+HELD_OUT_REPORT = """# Comparison
+
+| entry | training options |
+|---|---|
+| `step` | `loss=klip`, `shape=step` |
+| `study-increments-3task` | `loss=klip`, `shape_file=shapes/study-increments-3task.json` |
+
+## Completeness
+
+40 of 40 cells done.
+
+## Across tasks
+
+| entry | IQM [95% CI] | mean [95% CI] | P(entry > step) [95% CI] | runs |
+|---|---|---|---|---|
+| `step` | 0.99 [0.91, 1.09] | 1.00 [0.91, 1.09] | — | 2/2 tasks, 20 runs |
+| `study-increments-3task` | {iqm} | 1.21 [1.07, 1.36] | 0.70 [0.54, 0.83] | 2/2 tasks, 20 runs |
+
+## Reading
+
+- Ant-v4: nothing beats `step`.
+"""
+
+
+def test_the_held_out_iqm_is_the_across_tasks_row_and_the_moonshot_is_said_plainly(tmp_path: Path) -> None:
+    report = tmp_path / findings.HELD_OUT
+    report.parent.mkdir(parents=True)
+    for iqm, met in (("1.08 [1.02, 1.24]", True), ("1.04 [0.97, 1.15]", False)):
+        report.write_text(HELD_OUT_REPORT.replace("{iqm}", iqm))
+        text = findings.page(tmp_path)
+        held_out = text.split("## A discovered gate")[1].split("\n## ")[0]
+        assert f"(`step` = 1): {iqm}; its 95% interval " in held_out
+        assert ("the discovered gate beats `step`." in held_out) == met
+        assert ("the discovered gate is not shown to beat `step`" in held_out) == (not met)
+        negatives = text.split("## Negative results")[1]
+        assert (f"IQM {iqm}" in negatives) == (not met)
