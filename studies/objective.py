@@ -174,8 +174,6 @@ class Objective:
     def continues(self, trial: optuna.Trial) -> int | None:
         """The trial whose runs this one finishes: one Ctrl-C stopped, or one whose worker died
         (the heartbeat's retry names it in the system attribute `failed_trial`)."""
-        if trial.user_attrs.get(ATTR_CONTINUES) is not None:
-            return int(trial.user_attrs[ATTR_CONTINUES])
         frozen = next((t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number), None)
         return None if frozen is None else continued_trial(frozen)
 
@@ -297,9 +295,15 @@ def trial_value(trial: optuna.Trial, normalised: list[float]) -> float:
 
 
 def continued_trial(trial: optuna.trial.FrozenTrial) -> int | None:
-    """The number of the trial whose runs `trial` finishes (see `Objective.continues`), or None."""
-    source = trial.user_attrs.get(ATTR_CONTINUES, trial.system_attrs.get("failed_trial"))
-    return None if source is None else int(source)
+    """The number of the trial whose runs `trial` finishes (see `Objective.continues`), or None.
+
+    A copy of a copy can name two: Optuna's retry of a dead trial copies its user attributes
+    (with the `klip_continues` of the trial *that* one continued) and klip's `queue_again`
+    copies system attributes (with an older retry's `failed_trial`). A copy is always made after
+    its source, so the trial it finishes, whose directory holds the runs, is the later one."""
+    sources = [trial.user_attrs.get(ATTR_CONTINUES), trial.system_attrs.get("failed_trial")]
+    numbers = [int(source) for source in sources if source is not None]
+    return max(numbers) if numbers else None
 
 
 def queue_again(study: optuna.Study, trials: list[optuna.Trial]) -> None:

@@ -205,3 +205,32 @@ def test_a_trial_queued_again_after_ctrl_c_still_counts_for_its_cmaes_generation
         study.tell(trial, float(index))
     following = _ask_and_suggest(study, space, 1)[0]
     assert _generation(study, following) == 1
+
+
+def test_a_copy_of_a_copy_finishes_the_trial_it_was_made_from():
+    """Ctrl-C's copy (`queue_again`) of Optuna's retry of a dead trial, and Optuna's retry of
+    Ctrl-C's copy: each finishes its immediate source, whose directory holds the runs (found
+    when a retry inherited `klip_continues` and trained finished tasks again)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    from klip.studies.objective import continued_trial, first_trial, queue_again
+
+    space = resolve_space("sigmoid")[0]
+    study = optuna.create_study(sampler=build_sampler(settings(sampler="random", sampler_seed=0)))
+    origin = _ask_and_suggest(study, space, 1)[0]  # 0: stopped by Ctrl-C
+    queue_again(study, [origin])
+    study.tell(origin, state=TrialState.FAIL)
+    copy = _ask_and_suggest(study, space, 1)[0]  # 1: its worker dies
+    study.tell(copy, state=TrialState.FAIL)
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):  # what klip uses (storage.py)
+        retry_dead = RetryHeartbeatStaleTrialCallback()
+    retry_dead(study, study.get_trials()[copy.number])
+    retry = _ask_and_suggest(study, space, 1)[0]  # 2: stopped by Ctrl-C
+    queue_again(study, [retry])
+    study.tell(retry, state=TrialState.FAIL)
+    last = _ask_and_suggest(study, space, 1)[0]  # 3
+    trials = study.get_trials()
+    assert [continued_trial(trial) for trial in trials] == [None, 0, 1, 2]
+    assert trials[2].user_attrs["klip_continues"] == 0  # inherited from its source, not its own
+    assert first_trial(study, last.number) == origin.number
