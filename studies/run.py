@@ -19,7 +19,6 @@ from klip.shapes import load_shapes_from_file
 from klip.studies.attributes import (
     ATTR_COMMAND,
     ATTR_CONFIG,
-    ATTR_CONTINUES,
     ATTR_CURVES,
     ATTR_ERROR,
     ATTR_IDENTITY,
@@ -48,6 +47,7 @@ from klip.studies.objective import (
     StudyInterrupted,
     SurplusTrial,
     UnscoredTrial,
+    continued_trial,
     count,
     live_states,
     queue_again,
@@ -341,10 +341,19 @@ def told_in_one_line(settings: StudySettings) -> Iterator[None]:
 
 
 def interrupted_trials(study: optuna.Study) -> list[int]:
-    """Trials stopped by Ctrl-C whose continuation has not finished yet."""
-    trials = study.get_trials(deepcopy=False)
-    continued = {t.user_attrs.get(ATTR_CONTINUES) for t in trials if t.state in FINISHED}
-    return [t.number for t in trials if t.user_attrs.get(ATTR_INTERRUPTED) and t.number not in continued]
+    """Trials stopped by Ctrl-C whose runs no finished trial has taken over yet, through any
+    chain of copies (a copy may itself be stopped, or die and be retried, before one finishes)."""
+    trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+    taken_over: set[int] = set()
+    for trial in trials.values():
+        if trial.state not in FINISHED:
+            continue
+        number = trial.number
+        while (source := continued_trial(trials[number])) in trials and source not in taken_over:
+            taken_over.add(source)
+            number = source
+    return [number for number, trial in trials.items()
+            if trial.user_attrs.get(ATTR_INTERRUPTED) and number not in taken_over]
 
 
 def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> StudyOutcome:

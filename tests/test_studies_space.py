@@ -215,11 +215,13 @@ def test_a_copy_of_a_copy_finishes_the_trial_it_was_made_from():
     from optuna.trial import TrialState
 
     from klip.studies.objective import continued_trial, first_trial, queue_again
+    from klip.studies.run import interrupted_trials
 
     space = resolve_space("sigmoid")[0]
     study = optuna.create_study(sampler=build_sampler(settings(sampler="random", sampler_seed=0)))
     origin = _ask_and_suggest(study, space, 1)[0]  # 0: stopped by Ctrl-C
     queue_again(study, [origin])
+    origin.set_user_attr("klip_interrupted", True)
     study.tell(origin, state=TrialState.FAIL)
     copy = _ask_and_suggest(study, space, 1)[0]  # 1: its worker dies
     study.tell(copy, state=TrialState.FAIL)
@@ -228,9 +230,13 @@ def test_a_copy_of_a_copy_finishes_the_trial_it_was_made_from():
     retry_dead(study, study.get_trials()[copy.number])
     retry = _ask_and_suggest(study, space, 1)[0]  # 2: stopped by Ctrl-C
     queue_again(study, [retry])
+    retry.set_user_attr("klip_interrupted", True)
     study.tell(retry, state=TrialState.FAIL)
     last = _ask_and_suggest(study, space, 1)[0]  # 3
     trials = study.get_trials()
     assert [continued_trial(trial) for trial in trials] == [None, 0, 1, 2]
     assert trials[2].user_attrs["klip_continues"] == 0  # inherited from its source, not its own
     assert first_trial(study, last.number) == origin.number
+    assert interrupted_trials(study) == [0, 2]
+    study.tell(last, 1.0)  # the runs both Ctrl-Cs stopped are finished
+    assert interrupted_trials(study) == []
