@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = "results/README.md"
 DISCOVERY = "results/discovery/increments-3task"
 STUDY_ENTRY = "study-increments-3task"
-STUDY_TRIALS = 130
+STUDY_TRIALS = 143
 HELD_OUT = f"{DISCOVERY}/heldout/report.md"
 NEGATIVE = ("nothing beats `step`", "no entry beats `step`", "degrades")
 

@@ -41,7 +41,7 @@ job_discovery() {  # CMA-ES over learned_increments on three tasks, tuning seeds
   mkdir -p "$DISCOVERY"
   $KLIP study run --shape learned_increments --fix eps=0.2 --sampler cmaes --sampler-seed 0 \
     --tasks Hopper-v4,HalfCheetah-v4,Walker2d-v4 --steps-per-task 300000 --seeds 100,101 \
-    --trials 130 --batch 13 --pruner none --no-progress --study-name increments-3task \
+    --trials 143 --batch 13 --pruner none --no-progress --study-name increments-3task \
     --storage "sqlite:///$DISCOVERY/study.db" --study-dir "$DISCOVERY" || return
   $KLIP study report --study-name increments-3task --storage "sqlite:///$DISCOVERY/study.db" \
     --out "$DISCOVERY/report" || return
@@ -119,7 +119,7 @@ counts = {}
 for state, errored in rows:
     name = state.lower() if state != 'FAIL' else ('failed' if errored else 'stopped and queued again')
     counts[name] = counts.get(name, 0) + 1
-print(', '.join(f'{n} {name}' for name, n in counts.items()))" "$DISCOVERY/study.db") trials (target: 130 complete)"
+print(', '.join(f'{n} {name}' for name, n in counts.items()))" "$DISCOVERY/study.db") trials (target: 143 complete)"
         fi
         echo "$job: $state${line:+; $line}"
       done ;;
