@@ -113,13 +113,16 @@ main() {
           # failed in klip carries klip_error.
           line="$(.venv/bin/python -c "
 import sqlite3, sys
-rows = sqlite3.connect(sys.argv[1]).execute(
+connection = sqlite3.connect(sys.argv[1])
+rows = connection.execute(
     \"select state, exists(select 1 from trial_user_attributes a where a.trial_id = t.trial_id and a.key = 'klip_error') from trials t\")
 counts = {}
 for state, errored in rows:
     name = state.lower() if state != 'FAIL' else ('failed' if errored else 'stopped and queued again')
     counts[name] = counts.get(name, 0) + 1
-print(', '.join(f'{n} {name}' for name, n in counts.items()))" "$DISCOVERY/study.db") trials (target: 143 complete)"
+generation = connection.execute(
+    \"select max(cast(value_json as integer)) from trial_system_attributes where key = 'cma:generation'\").fetchone()[0]
+print(', '.join(f'{n} {name}' for name, n in counts.items()) + f' trials; CMA-ES generation {generation}')" "$DISCOVERY/study.db") (target: 143 complete)"
         fi
         echo "$job: $state${line:+; $line}"
       done ;;
