@@ -57,7 +57,8 @@ def add_study_commands(subparsers: Any) -> None:
     run.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     run.add_argument("--batch", type=int, default=0, metavar="K",
                      help="train K trials at a time, each task's (trial, seed) agents as one "
-                          "population (faster; prunes between tasks only). Default 0: single runs")
+                          "population (faster; prunes between tasks only; with cmaes, a generation "
+                          "is a whole number of batches). Default 0: single runs")
     run.add_argument("--study-dir", type=Path, help="trial artefacts (default runs/studies/NAME)")
     run.add_argument("--force", action="store_true", help="use a study made with other settings")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
