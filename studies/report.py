@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from klip.shapes import CoefficientShape, get_shape_class, save_shape, shape_from_dict
 from klip.studies.attributes import ATTR_RUN_OPTIONS, trial_curves, trial_results
 from klip.studies.files import write_text_atomically, writing
+from klip.studies.objective import continued_trial
 from klip.studies.run import (
     ATTR_CONFIG,
     ATTR_IDENTITY,
@@ -66,6 +67,26 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
     return max(candidates, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
 
 
+def generation_of(trial: FrozenTrial) -> int | None:
+    """The generation an evolutionary sampler (CMA-ES and its variants) drew `trial` from."""
+    for key, value in trial.system_attrs.items():
+        if key.endswith(":generation"):
+            return int(value)
+    return None
+
+
+def generations(study: optuna.Study) -> list[dict[str, Any]]:
+    """Per generation of an evolutionary sampler: its complete trials, their mean and best value
+    (empty for other samplers). How the search moves, beside the history plot's running best."""
+    values: dict[int, list[float]] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        generation = generation_of(trial)
+        if generation is not None and trial.value is not None and math.isfinite(trial.value):
+            values.setdefault(generation, []).append(trial.value)
+    return [{"generation": generation, "complete": len(found), "mean": float(np.mean(found)),
+             "max": max(found)} for generation, found in sorted(values.items())]
+
+
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     trials = study.get_trials(deepcopy=False)
     params = sorted({name for trial in trials for name in trial.params})
@@ -77,7 +98,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"number": trial.number, "state": trial.state.name,
                                "value": trial.value, "partial": bool(trial.user_attrs.get(ATTR_PARTIAL)),
                                "instances_saved": trial.user_attrs.get(ATTR_INSTANCES_SAVED, 0),
-                               "retry_of": trial.system_attrs.get("failed_trial"),
+                               "continues": continued_trial(trial),
+                               "generation": generation_of(trial),
                                "seconds": None if duration is None else round(duration, 1)}
         row.update({name: trial.params.get(name) for name in params})
         row.update({f"{task} normalised": scores.get(task, {}).get("normalised") for task in tasks})
@@ -214,6 +236,10 @@ def _write_report(study: optuna.Study, out: Path) -> list[str]:
     for task, scores in per_task_scores(best).items():
         lines.append(f"  {task}: normalised {scores['normalised']:.3f}, return {scores['score']:.1f} "
                      f"({scores['instances']} seeds)")
+    by_generation = generations(study)
+    if by_generation:
+        lines.append("by generation (complete trials, mean and best value): " + "; ".join(
+            f"{g['generation']}: {g['complete']}, {g['mean']:.3f}, {g['max']:.3f}" for g in by_generation))
     csv_path, md_path = write_tables(trial_rows(study), out)
     lines.append(f"trial table: {csv_path}, {md_path}")
     found = importances(study)
@@ -234,7 +260,8 @@ def _write_report(study: optuna.Study, out: Path) -> list[str]:
     summary = {"study": study.study_name, "best_trial": best.number, "best_value": best.value,
                "best_params": best.params, "per_task": per_task_scores(best),
                "finished": outcome.finished, "pruned": outcome.pruned, "partial": outcome.partial,
-               "instances_saved": outcome.instances_saved, "command": study.user_attrs.get("klip_command")}
+               "instances_saved": outcome.instances_saved, "generations": by_generation,
+               "command": study.user_attrs.get("klip_command")}
     write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return lines
 

@@ -240,3 +240,20 @@ def test_a_copy_of_a_copy_finishes_the_trial_it_was_made_from():
     assert interrupted_trials(study) == [0, 2]
     study.tell(last, 1.0)  # the runs both Ctrl-Cs stopped are finished
     assert interrupted_trials(study) == []
+
+
+def test_the_report_follows_cmaes_generation_by_generation():
+    from klip.studies.report import generations, trial_rows
+
+    space = resolve_space("sigmoid")[0]
+    search = settings(sampler="cmaes", shape="sigmoid", sampler_seed=0, batch=6)
+    study = optuna.create_study(sampler=build_sampler(search), direction="maximize")
+    for generation in range(2):
+        for index, trial in enumerate(_ask_and_suggest(study, space, 6)):
+            study.tell(trial, float(generation + index))  # generation 0: 0..5, generation 1: 1..6
+    assert generations(study) == [{"generation": 0, "complete": 6, "mean": 2.5, "max": 5.0},
+                                  {"generation": 1, "complete": 6, "mean": 3.5, "max": 6.0}]
+    assert [row["generation"] for row in trial_rows(study)] == [0] * 6 + [1] * 6
+    random_search = optuna.create_study(sampler=build_sampler(settings(sampler="random", sampler_seed=0)))
+    random_search.tell(_ask_and_suggest(random_search, space, 1)[0], 1.0)
+    assert generations(random_search) == [] and trial_rows(random_search)[0]["generation"] is None
