@@ -58,6 +58,9 @@ def study_status(root: Path) -> str:
         return "the study has not started."
     with sqlite3.connect(database) as connection:
         states = dict(connection.execute("select state, count(*) from trials group by state").fetchall())
+        generation = connection.execute(
+            "select max(cast(value_json as integer)) from trial_system_attributes "
+            "where key = 'cma:generation'").fetchone()[0]
         best = connection.execute(
             "select t.number, v.value from trials t join trial_values v on v.trial_id = t.trial_id "
             "where t.state = 'COMPLETE' order by v.value desc limit 1").fetchone()
@@ -65,6 +68,8 @@ def study_status(root: Path) -> str:
     text = f"{done} of its {STUDY_TRIALS} trials complete"
     if states.get("RUNNING"):
         text += f", {states['RUNNING']} running"
+    if generation is not None:
+        text += f" (CMA-ES generation {generation} drawn)"
     if best is not None:
         text += (f"; best so far: trial {best[0]}, objective {best[1]:.2f} (normalised, `step` = 1 at "
                  "300k steps on the tuning seeds; the best of many noisy trials is biased upwards)")
