@@ -319,14 +319,19 @@ def queue_again(study: optuna.Study, trials: list[optuna.Trial]) -> None:
                                                   user_attrs={ATTR_CONTINUES: trial.number}))
 
 
+def continuation_chain(trials: dict[int, optuna.trial.FrozenTrial], number: int) -> list[int]:
+    """`number`, the trial it continues, the one that one continues, ... back to the trial that
+    started the runs."""
+    chain = [number]
+    while chain[-1] in trials and (source := continued_trial(trials[chain[-1]])) is not None \
+            and source not in chain:
+        chain.append(source)
+    return chain
+
+
 def first_trial(study: optuna.Study, number: int) -> int:
     """The trial that started the runs trial `number` holds: the end of its chain of continuations."""
-    trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
-    seen = {number}
-    while number in trials and (source := continued_trial(trials[number])) is not None and source not in seen:
-        number = source
-        seen.add(number)
-    return number
+    return continuation_chain({trial.number: trial for trial in study.get_trials(deepcopy=False)}, number)[-1]
 
 
 @dataclass(frozen=True)

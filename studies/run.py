@@ -47,7 +47,7 @@ from klip.studies.objective import (
     StudyInterrupted,
     SurplusTrial,
     UnscoredTrial,
-    continued_trial,
+    continuation_chain,
     count,
     live_states,
     queue_again,
@@ -344,14 +344,8 @@ def interrupted_trials(study: optuna.Study) -> list[int]:
     """Trials stopped by Ctrl-C whose runs no finished trial has taken over yet, through any
     chain of copies (a copy may itself be stopped, or die and be retried, before one finishes)."""
     trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
-    taken_over: set[int] = set()
-    for trial in trials.values():
-        if trial.state not in FINISHED:
-            continue
-        number = trial.number
-        while (source := continued_trial(trials[number])) in trials and source not in taken_over:
-            taken_over.add(source)
-            number = source
+    taken_over = {source for trial in trials.values() if trial.state in FINISHED
+                  for source in continuation_chain(trials, trial.number)[1:]}
     return [number for number, trial in trials.items()
             if trial.user_attrs.get(ATTR_INTERRUPTED) and number not in taken_over]
 
