@@ -79,9 +79,14 @@ def named_estimate(label: str, estimate: Estimate, digits: int = 2) -> str:
 
 def reading(differences: Mapping[str, Mapping[str, Estimate]], improvements: Mapping[str, Estimate],
             iqms: Mapping[str, Estimate], step_label: str,
-            diverged: Mapping[str, tuple[int, int]] | None = None) -> list[str]:
+            diverged: Mapping[str, tuple[int, int]] | None = None,
+            entries_besides_step: int | None = None) -> list[str]:
     """Bullet points: across tasks (probability of improvement, IQM), task by task, and the
-    entries some of whose runs diverged (`diverged`: label -> (diverged, done))."""
+    entries some of whose runs diverged (`diverged`: label -> (diverged, done)).
+
+    `entries_besides_step`: how many entries the grid sets against `step`; a task (or the IQM
+    line) that has runs of fewer says how many, so "nothing beats `step`" over a half-run grid
+    is not read as the final answer."""
     lines = ["## Reading", "",
              "Generated from the intervals above: \"above\" or \"below\" `step` only where the 95% "
              "interval excludes no difference. The intervals are per comparison, not corrected "
@@ -110,8 +115,12 @@ def reading(differences: Mapping[str, Mapping[str, Estimate]], improvements: Map
         against = ""
         if step_iqm is not None and best != step_label:
             against = f", against {named_estimate(step_label, step_iqm)}"
-        lines.append(f"- Highest IQM of normalised scores (among entries with runs on every task): "
-                     f"{named_estimate(best, iqms[best])}{against}.")
+        if len(iqms) == 1 and best == step_label and (entries_besides_step or 0) > 0:
+            lines.append("- Highest IQM of normalised scores: no entry besides `step` has runs on "
+                         "every task yet.")
+        else:
+            lines.append(f"- Highest IQM of normalised scores (among entries with runs on every "
+                         f"task): {named_estimate(best, iqms[best])}{against}.")
     for task, by_label in differences.items():
         above = [named_estimate(label, estimate, 0) for label, estimate in by_label.items()
                  if interval_side(estimate, 0.0) == "above"]
@@ -120,7 +129,11 @@ def reading(differences: Mapping[str, Mapping[str, Estimate]], improvements: Map
         if all(interval_side(estimate, 0.0) == "undetermined" for estimate in by_label.values()):
             lines.append(f"- {task}: no intervals yet (a single run of `step` or of every entry).")
             continue
-        text = f"- {task}: " + (f"above `step`: {_listed(above)}" if above else "nothing beats `step`")
+        so_far = ""
+        if entries_besides_step is not None and len(by_label) < entries_besides_step:
+            so_far = f" ({len(by_label)} of {entries_besides_step} entries so far)"
+        verdict = f"above `step`: {_listed(above)}" if above else "nothing beats `step`"
+        text = f"- {task}{so_far}: {verdict}"
         if below:
             text += f"; below: {_listed(below)}"
         lines.append(text + ".")

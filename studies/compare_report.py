@@ -317,7 +317,8 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
     if not tasks:
         return [*lines, "No task has finished `step` runs that beat the random policy: no "
                 "normalised scores.", "",
-                *reading(differences, {}, {}, step.label, results.diverged_counts())]
+                *reading(differences, {}, {}, step.label, results.diverged_counts(),
+                         len(spec.entries) - 1)]
     lines += [f"Normalised score per run: (return − random) / (mean `step` return − random), per task "
               f"({', '.join(tasks)}). Point estimates with stratified bootstrap 95% CIs "
               f"({n_resamples} resamples; `scipy.stats.bootstrap`, each task its own sample). "
@@ -376,7 +377,7 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
     complete = {label: estimate for label, estimate in estimates["IQM"].items()
                 if len(normalised[label]) == len(tasks)}
     return [*lines, *reading(differences, improvements["P(entry > step)"], complete, step.label,
-                             results.diverged_counts())]
+                             results.diverged_counts(), len(spec.entries) - 1)]
 
 
 def _runs(results: GridResults) -> list[str]:

@@ -54,3 +54,18 @@ def test_across_tasks_sides_of_one_half_and_single_runs():
     assert "no entry beats `step`" in text and "every task): `step`" in text
     undetermined = {"T": {"x": Estimate(1.0, NAN, NAN)}}
     assert "- T: no intervals yet" in "\n".join(reading(undetermined, {}, {}, "step"))
+
+
+def test_a_half_run_grid_says_how_many_entries_each_claim_rests_on():
+    differences = {"A": {"x": Estimate(1.0, -1.0, 3.0), "y": Estimate(-5.0, -8.0, -2.0)},
+                   "B": {"x": Estimate(1.0, -1.0, 3.0)}}
+    text = "\n".join(reading(differences, {}, {"step": Estimate(1.0, 0.9, 1.1)}, "step",
+                             entries_besides_step=2))
+    assert "- A: nothing beats `step`; below: `y`." in text
+    assert "- B (1 of 2 entries so far): nothing beats `step`." in text
+    # Only `step` has runs on every task: there is no "highest IQM" to name yet.
+    assert "no entry besides `step` has runs on every task yet" in text
+    assert "(among entries with runs on every task): `step`" not in text
+    # A grid of step alone (or a caller that does not say) keeps the plain wording.
+    text = "\n".join(reading(differences, {}, {"step": Estimate(1.0, 0.9, 1.1)}, "step"))
+    assert "- B: nothing beats `step`." in text and "every task): `step` (1.00" in text
