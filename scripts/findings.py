@@ -129,8 +129,9 @@ def page(root: Path) -> str:
         lines.append("")
         if (path.parent / figure).is_file():
             lines += [f"![{heading}]({(link.parent / figure).as_posix()})", ""]
+        # A task compared with only some of the grid's entries so far is no result yet.
         negatives += [f"{heading.split(':')[0]}: {line[2:]}" for line in reading
-                      if any(words in line for words in NEGATIVE)]
+                      if any(words in line for words in NEGATIVE) and "entries so far)" not in line]
     lines += ["## Negative results", ""]
     lines += [f"- {line}" for line in negatives] or ["None stated yet."]
     return "\n".join(lines).rstrip() + "\n"

@@ -24,7 +24,8 @@ def test_the_page_quotes_each_reading_and_collects_the_negative_results(tmp_path
     zoo.mkdir(parents=True)
     (zoo / "report.md").write_text(
         "# Comparison\n\n## Completeness\n\n75 of 375 cells done.\n\n## Reading\n\nPreamble.\n\n"
-        "- Hopper-v4: above `step`: `spo` (120 [10, 230]).\n- Ant-v4: nothing beats `step`.\n\n"
+        "- Hopper-v4: above `step`: `spo` (120 [10, 230]).\n- Ant-v4: nothing beats `step`.\n"
+        "- Humanoid-v4 (1 of 14 entries so far): nothing beats `step`.\n\n"
         "## Training diagnostics\n\n- not a reading\n")
     axis = tmp_path / "results" / "epochs" / "axis"
     axis.mkdir(parents=True)
@@ -36,7 +37,8 @@ def test_the_page_quotes_each_reading_and_collects_the_negative_results(tmp_path
     assert "- Hopper-v4: above `step`: `spo` (120 [10, 230])." in text and "not a reading" not in text
     negatives = text.split("## Negative results")[1]
     assert "Ant-v4: nothing beats `step`." in negatives and "degrades, P = 0.20" in negatives
-    assert "spo" not in negatives
+    assert "spo" not in negatives and "Humanoid-v4" not in negatives  # partial: quoted, not concluded
+    assert "- Humanoid-v4 (1 of 14 entries so far): nothing beats `step`." in text
     held_out = text.split("## A discovered gate")[1].split("## ")[0]
     assert "the study has not started." in held_out and "Not run yet." in held_out
 
