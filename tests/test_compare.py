@@ -697,6 +697,24 @@ def test_paper_table_flags_cells_outside_one_paper_std(tmp_path):
     assert "collapses on Hopper" in "\n".join(_paper(GridResults(spec, tmp_path, states, returns)))
 
 
+def test_paper_table_compares_the_discrete_checks_and_says_the_paper_gives_no_budget(tmp_path):
+    entries = parse_entries(["clip"], tmp_path)
+    returns = {"CartPole-v1": {"clip": {0: 500.0, 1: 500.0}}, "Hopper-v4": {"clip": {0: 2600.0}}}
+    spec = GridSpec(entries, ["Hopper-v4", "CartPole-v1"], [0, 1], 1_000_000)
+    states = {cell.key: CellState("missing") for cell in spec.cells()}
+    text = "\n".join(_paper(GridResults(spec, tmp_path, states, returns)))
+    assert "| PPO-Clip | CartPole-v1 | 478 ± 18 | 500.0 ± 0.0 | +1.22 | **no** |" in text
+    assert "The paper states no step budget for CartPole-v1" in text and "1,000,000 steps" in text
+    assert "does not follow the paper's protocol" not in text
+    # A shorter grid is off the protocol on the MuJoCo task only.
+    spec = GridSpec(entries, ["Hopper-v4", "CartPole-v1"], [0, 1], 100_000)
+    text = "\n".join(_paper(GridResults(spec, tmp_path, states, returns)))
+    assert "does not follow the paper's protocol** (steps 100,000 on Hopper-v4, trained for 1,000,000" in text
+    spec = GridSpec(entries, ["CartPole-v1"], [0, 1], 100_000)
+    text = "\n".join(_paper(GridResults(spec, tmp_path, {}, returns)))
+    assert "does not follow" not in text and "trained them for 100,000 steps" in text
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_the_grid_and_the_interrupted_cell_continues(tmp_path):
     import os
