@@ -178,6 +178,23 @@ def _plots(study: optuna.Study, out: Path) -> list[Path]:
     return written
 
 
+def training_cost(study: optuna.Study) -> dict[str, float] | None:
+    """Process-hours of every run in the study's directory, finished or stopped (a stopped run's
+    summary counts its time up to the stop; a continued run's time is cumulative): each run's
+    wall-clock seconds, a population's split among its agents. None where the directory is not
+    on this machine (the storage holds no timings)."""
+    study_dir = study.user_attrs.get(ATTR_RUN_OPTIONS, {}).get("study_dir")
+    if study_dir is None or not Path(study_dir).is_dir():
+        return None
+    seconds, runs = 0.0, 0
+    for path in Path(study_dir).glob("trial-*/*/summary.json"):
+        summary = json.loads(path.read_text())
+        if summary.get("wall_seconds") is not None:
+            seconds += float(summary["wall_seconds"]) / int(summary.get("population_size") or 1)
+            runs += 1
+    return {"process_hours": seconds / 3600, "runs": runs}
+
+
 def _learning_curves(study: optuna.Study, trial: FrozenTrial, out: Path) -> Path | None:
     import matplotlib
 
@@ -240,6 +257,10 @@ def _write_report(study: optuna.Study, out: Path) -> list[str]:
     if by_generation:
         lines.append("by generation (complete trials, mean and best value): " + "; ".join(
             f"{g['generation']}: {g['complete']}, {g['mean']:.3f}, {g['max']:.3f}" for g in by_generation))
+    cost = training_cost(study)
+    if cost is not None:
+        lines.append(f"training cost: {cost['process_hours']:,.1f} process-hours over {cost['runs']} runs "
+                     "(one-thread processes' wall-clock time, a population's split among its agents)")
     csv_path, md_path = write_tables(trial_rows(study), out)
     lines.append(f"trial table: {csv_path}, {md_path}")
     found = importances(study)
@@ -261,7 +282,7 @@ def _write_report(study: optuna.Study, out: Path) -> list[str]:
                "best_params": best.params, "per_task": per_task_scores(best),
                "finished": outcome.finished, "pruned": outcome.pruned, "partial": outcome.partial,
                "instances_saved": outcome.instances_saved, "generations": by_generation,
-               "command": study.user_attrs.get("klip_command")}
+               "training_cost": cost, "command": study.user_attrs.get("klip_command")}
     write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return lines
 

@@ -234,6 +234,9 @@ def test_report_and_export_of_a_finished_study(in_tmp, capsys):
     study = optuna.load_study(study_name="rep", storage=f"sqlite:///{storage}")
     assert summary["best_value"] == pytest.approx(study.best_value)
     assert len((report / "trials.csv").read_text().splitlines()) == 1 + 3
+    # What the study cost, from its runs' own timings: 3 trials x 2 seeds.
+    assert summary["training_cost"]["runs"] == 6 and summary["training_cost"]["process_hours"] > 0
+    assert "training cost: " in printed and "over 6 runs" in printed
 
     assert main(["study", "export", "--study-name", "rep", "--storage", storage,
                  "--out", str(in_tmp / "export")]) == 0
