@@ -12,6 +12,7 @@ from the readings ("nothing beats `step`", "degrades").
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import sys
@@ -39,6 +40,41 @@ SECTIONS = [
     ("The discovered gate on the discovery tasks, fresh seeds", f"{DISCOVERY}/fresh/report.md",
      f"{DISCOVERY}/README.md", AGGREGATES),
 ]
+
+
+# The jobs behind the page and where each states its training cost.
+COSTS = [
+    ("the paper's table (its `step` runs are the zoo's and the held-out grid's too)",
+     "results/paper-table/report.md"),
+    ("the zoo", "results/zoo/report.md"),
+    ("the epochs axis, 20 epochs", "results/epochs/e20/report.md"),
+    ("the epochs axis, 40 epochs", "results/epochs/e40/report.md"),
+    ("the discovery study", f"{DISCOVERY}/report/summary.json"),
+    ("the held-out grid", HELD_OUT),
+    ("the fresh-seed grid", f"{DISCOVERY}/fresh/report.md"),
+]
+COST_LINE = re.compile(r"Training cost of the (\d+) finished cells trained here: ([\d,.]+) process-hours")
+
+
+def costs(root: Path) -> list[str]:
+    """One line per job that states its cost: the comparison reports' own "Training cost" line,
+    the study report's `training_cost`."""
+    lines = []
+    for name, source in COSTS:
+        path = root / source
+        if not path.is_file():
+            continue
+        if path.suffix == ".json":
+            cost = json.loads(path.read_text()).get("training_cost")
+            if cost:
+                lines.append(f"- {name}: {cost['process_hours']:,.1f} process-hours over {cost['runs']} "
+                             f"runs ([its report]({Path(source).parent.relative_to('results')}/))")
+            continue
+        match = COST_LINE.search(path.read_text())
+        if match:
+            lines.append(f"- {name}: {match.group(2)} process-hours over {match.group(1)} cells "
+                         f"([its report]({Path(source).relative_to('results')}))")
+    return lines
 
 
 def section(text: str, heading: str) -> list[str]:
@@ -132,6 +168,13 @@ def page(root: Path) -> str:
         # A task compared with only some of the grid's entries so far is no result yet.
         negatives += [f"{heading.split(':')[0]}: {line[2:]}" for line in reading
                       if any(words in line for words in NEGATIVE) and "entries so far)" not in line]
+    spent = costs(root)
+    if spent:
+        lines += ["## What it cost", "",
+                  "Process-hours: wall-clock time of one-thread training processes, a population's "
+                  "split among its agents, as each report states it (so far, for jobs still running; "
+                  "above the CPU time while the machine ran more processes than its cores).", "",
+                  *spent, ""]
     lines += ["## Negative results", ""]
     lines += [f"- {line}" for line in negatives] or ["None stated yet."]
     return "\n".join(lines).rstrip() + "\n"

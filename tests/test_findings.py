@@ -99,3 +99,19 @@ def test_the_held_out_iqm_is_the_across_tasks_row_and_the_moonshot_is_said_plain
         assert ("the discovered gate is not shown to beat `step`" in held_out) == (not met)
         negatives = text.split("## Negative results")[1]
         assert (f"IQM {iqm}" in negatives) == (not met)
+
+
+def test_the_page_says_what_each_job_cost_as_its_report_states_it(tmp_path: Path) -> None:
+    zoo = tmp_path / "results" / "zoo"
+    zoo.mkdir(parents=True)
+    (zoo / "report.md").write_text(
+        "Training cost of the 75 finished cells trained here: 8.9 process-hours (wall-clock ...).\n")
+    study = tmp_path / findings.DISCOVERY / "report"
+    study.mkdir(parents=True)
+    (study / "summary.json").write_text('{"training_cost": {"process_hours": 6.34, "runs": 208}}')
+    text = findings.page(tmp_path)
+    spent = text.split("## What it cost")[1].split("## ")[0]
+    assert "- the zoo: 8.9 process-hours over 75 cells ([its report](zoo/report.md))" in spent
+    assert "- the discovery study: 6.3 process-hours over 208 runs" in spent
+    assert "epochs" not in spent  # no report, no line
+    assert "## What it cost" not in findings.page(tmp_path / "empty")
