@@ -85,6 +85,21 @@ def sigmoid_paired() -> str:
     return f"The means favour the wider band (paired by seed, the best is ahead {' and '.join(counts)}),"
 
 
+def cartpole_at_cap() -> str:
+    runs = sorted((PAPER / "runs" / "CartPole-v1").glob("*/s*"))
+    at_cap = sum(final_return(run) == 500.0 for run in runs)
+    entries = len({run.parent.name for run in runs})
+    return f"{at_cap} of {len(runs)} CartPole-v1 runs ({entries} entries, five seeds) end at the task's cap of 500."
+
+
+def lunarlander_100k() -> str:
+    runs = PAPER / "discrete-100k" / "runs" / "LunarLander-v3"
+    figures = [mean_std([final_return(run) for run in sorted((runs / entry).glob("s*"))])
+               for entry in ("clip", "kl_fixed", "kl_adaptive")]
+    return (f"In the real 100k-step runs LunarLander-v3 ends at {figures[0]} (PPO-Clip), {figures[1]} "
+            f"(fixed beta) and {figures[2]} (adaptive beta).")
+
+
 @dataclass
 class Figure:
     name: str
@@ -103,6 +118,13 @@ FIGURES = [
            rf"flipped seeds alone: {NUMBER} ± {NUMBER};", halfcheetah_flipped),
     Figure("Ant-v4 adaptive beta, kl_measure=update_mean", NOTES,
            rf"\(`kl_measure=update_mean`\) \| \d+-\d+ \| {NUMBER} ± {NUMBER} \|", ant_update_mean),
+    Figure("CartPole-v1 runs at the cap", NOTES,
+           r"\d+ of \d+ CartPole-v1 runs \(\d+ entries, five seeds\) end at the task's cap of 500\.",
+           cartpole_at_cap),
+    Figure("LunarLander-v3 at 100k steps", NOTES,
+           rf"In the real 100k-step runs LunarLander-v3 ends at {NUMBER} ± {NUMBER} \(PPO-Clip\), "
+           rf"{NUMBER} ± {NUMBER}\s+\(fixed beta\) and {NUMBER} ± {NUMBER} \(adaptive beta\)\.",
+           lunarlander_100k),
     Figure("learned-3task, objective per batch", [DISCOVERY / "README.md"],
            r"Mean \(max\) objective: random batch \d\.\d\d \(\d\.\d\d\)"
            r"(?:,\s+generation \d+ \d\.\d\d\s+\(\d\.\d\d\))*\.", discovery_batches),

@@ -194,8 +194,12 @@ def _welch_p(values: Sequence[float], paper_mean: float, paper_std: float) -> st
 def plot_against_paper(results: GridResults, pairs: Sequence[tuple[Entry, str]], tasks: Sequence[str],
                        path: Path) -> Path:
     """Per task: each method's published mean ± std beside ours (every seed, and mean ± std)."""
-    figure, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.4), squeeze=False)
-    for axis, task in zip(axes.flat, tasks, strict=True):
+    columns = min(len(tasks), 4)
+    rows = -(-len(tasks) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    for axis in axes.flat[len(tasks):]:
+        axis.set_visible(False)
+    for axis, task in zip(axes.flat, tasks, strict=False):
         for position, (entry, name) in enumerate(pairs):
             paper_mean, paper_std = PAPER[name][task]
             axis.errorbar(position - 0.15, paper_mean, yerr=paper_std, fmt="s", color="0.45",
