@@ -109,6 +109,13 @@ def _parse_shape_spec(spec: str) -> Any:
     return make_shape(name, **parse_param_assignments(assignments))
 
 
+def print_shape_list(summaries: dict[str, str]) -> None:
+    """One line per shape, the names in one column as wide as the longest."""
+    width = max(map(len, summaries), default=0)
+    for name, summary in summaries.items():
+        print(f"{name:{width}s}  {summary}")
+
+
 def _shapes(args: argparse.Namespace) -> int:
     if args.shapes_command == "check":
         from klip.shapes_cli import run_shapes_check
@@ -118,8 +125,7 @@ def _shapes(args: argparse.Namespace) -> int:
     if args.shapes_command == "list" and not plugins:
         from klip.shapes.catalog import shape_summaries  # no torch: answers at once
 
-        for name, summary in shape_summaries().items():
-            print(f"{name:14s} {summary}")
+        print_shape_list(shape_summaries())
         return 0
     if args.shapes_command == "show" and not plugins:
         from klip.shapes.catalog import shape_declaration
@@ -130,10 +136,8 @@ def _shapes(args: argparse.Namespace) -> int:
     for plugin in plugins:
         load_shapes_from_file(plugin)
     if args.shapes_command == "list":
-        for name in available_shapes():
-            cls = get_shape_class(name)
-            summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-            print(f"{name:14s} {summary}")
+        print_shape_list({name: (get_shape_class(name).__doc__ or "").strip().split("\n")[0]
+                          for name in available_shapes()})
     elif args.shapes_command == "show":
         cls = get_shape_class(args.name)
         print(f"{args.name}: {cls.__module__}.{cls.__qualname__}")

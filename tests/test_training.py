@@ -176,6 +176,9 @@ def test_shapes_commands(tmp_path, capsys):
     listed = capsys.readouterr().out
     for name in ("step", "sigmoid", "linear_ramp", "none", "learned"):
         assert name in listed
+    # One column of names, as wide as the longest (learned_increments_epoch), then the summaries.
+    starts = {len(line) - len(line.split(maxsplit=1)[1]) for line in listed.splitlines()}
+    assert starts == {len("learned_increments_epoch") + 2}
     assert main(["shapes", "show", "sigmoid"]) == 0
     assert "tau" in capsys.readouterr().out
     png = tmp_path / "gates.png"
