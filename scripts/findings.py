@@ -29,16 +29,21 @@ NEGATIVE = ("nothing beats `step`", "no entry beats `step`", "degrades")
 BEST_GATE = f"{DISCOVERY}/report/best_gate.png"  # `klip study report`'s drawing of the best trial's gate
 AGGREGATES = "figures/aggregates.png"  # a comparison report's IQM and mean figure, beside its report
 
-# (heading, report, how it is made, the report's figure shown here)
+# The table each section quotes with its intervals: the report's section and the line that
+# introduces the table there (None: the section's first table).
+ACROSS_TASKS = ("Across tasks", None)
+AXIS_IQMS = ("Across tasks", "IQM of normalised scores")
+
+# (heading, report, how it is made, the report's figure shown here, the table quoted)
 SECTIONS = [
     ("By task: every published shape against `step` (the zoo)", "results/zoo/report.md",
-     "results/zoo/README.md", AGGREGATES),
+     "results/zoo/README.md", AGGREGATES, ACROSS_TASKS),
     ("By number of epochs: 10, 20 and 40 inner epochs", "results/epochs/axis/report.md",
-     "results/epochs/README.md", "axis.png"),
+     "results/epochs/README.md", "axis.png", AXIS_IQMS),
     ("A discovered gate on held-out tasks (Ant-v4, Humanoid-v4, 10 seeds)", HELD_OUT,
-     f"{DISCOVERY}/README.md", AGGREGATES),
+     f"{DISCOVERY}/README.md", AGGREGATES, ACROSS_TASKS),
     ("The discovered gate on the discovery tasks, fresh seeds", f"{DISCOVERY}/fresh/report.md",
-     f"{DISCOVERY}/README.md", AGGREGATES),
+     f"{DISCOVERY}/README.md", AGGREGATES, ACROSS_TASKS),
 ]
 
 
@@ -81,6 +86,22 @@ def section(text: str, heading: str) -> list[str]:
     """The lines of `## heading` up to the next `## ` heading (empty when absent)."""
     match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
     return match.group(1).strip().splitlines() if match else []
+
+
+def quoted_table(text: str, heading: str, after: str | None) -> list[str]:
+    """The first Markdown table of the report's `## heading` section (below the line starting
+    with `after`, when given), as it is written there."""
+    lines = section(text, heading)
+    if after is not None:
+        starts = [index for index, line in enumerate(lines) if line.startswith(after)]
+        lines = lines[starts[0]:] if starts else []
+    table: list[str] = []
+    for line in lines:
+        if line.startswith("|"):
+            table.append(line)
+        elif table:
+            break
+    return table
 
 
 def completeness(text: str) -> str:
@@ -136,7 +157,7 @@ def page(root: Path) -> str:
              "complete the report's grid is. A claim is made only where an interval supports it; the "
              "intervals are per comparison, not corrected for the many comparisons made.", ""]
     negatives: list[str] = []
-    for heading, report, readme, figure in SECTIONS:
+    for heading, report, readme, figure, (table_section, table_after) in SECTIONS:
         held_out = report == HELD_OUT
         how = f"How it is made: [`{readme}`]({Path(readme).relative_to('results')})."
         lines += [f"## {heading}", "", how, ""]
@@ -152,6 +173,10 @@ def page(root: Path) -> str:
         text = path.read_text()
         link = Path(report).relative_to("results")
         lines += [f"[The report]({link}): {completeness(text)}", ""]
+        table = quoted_table(text, table_section, table_after)
+        if table:
+            lines += [f"From the report's \"{table_section}\" (normalised scores, `step` = 1, "
+                      "95% CIs):", "", *table, ""]
         if held_out:
             iqm = heldout_iqm(text)
             if iqm is not None:

@@ -115,3 +115,20 @@ def test_the_page_says_what_each_job_cost_as_its_report_states_it(tmp_path: Path
     assert "- the discovery study: 6.3 process-hours over 208 runs" in spent
     assert "epochs" not in spent  # no report, no line
     assert "## What it cost" not in findings.page(tmp_path / "empty")
+
+
+def test_each_section_quotes_its_reports_table_with_the_intervals(tmp_path: Path) -> None:
+    axis = tmp_path / "results" / "epochs" / "axis"
+    axis.mkdir(parents=True)
+    (axis / "report.md").write_text(
+        "# Along epochs\n\n## Final return per task\n\n| entry | epochs = 10 |\n|---|---|\n| raw | 1 |\n\n"
+        "## Across tasks\n\nNormalised ...\n\nIQM of normalised scores [95% CI]:\n\n"
+        "| entry | epochs = 10 | epochs = 40 |\n|---|---|---|\n"
+        "| `step` | 1.00 [0.9, 1.1] | 0.80 [0.7, 0.9] |\n\n"
+        "P(entry > `step`) ...:\n\n| entry | epochs = 10 |\n|---|---|\n| `spo` | 0.4 [0.1, 0.7] |\n\n"
+        "## Reading\n\n- At epochs = 40: nothing beats `step`.\n")
+    text = findings.page(tmp_path)
+    epochs = text.split("## By number of epochs")[1].split("\n## ")[0]
+    assert "| `step` | 1.00 [0.9, 1.1] | 0.80 [0.7, 0.9] |" in epochs
+    assert "| raw | 1 |" not in epochs and "| `spo` | 0.4" not in epochs  # that table only
+    assert findings.quoted_table("## Across tasks\n\nno table\n", "Across tasks", None) == []
