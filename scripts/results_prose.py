@@ -89,7 +89,8 @@ def cartpole_at_cap() -> str:
     runs = sorted((PAPER / "runs" / "CartPole-v1").glob("*/s*"))
     at_cap = sum(final_return(run) == 500.0 for run in runs)
     entries = len({run.parent.name for run in runs})
-    return f"{at_cap} of {len(runs)} CartPole-v1 runs ({entries} entries, five seeds) end at the task's cap of 500."
+    return (f"{at_cap} of {len(runs)} CartPole-v1 runs ({entries} entries, five seeds) end at the task's "
+            "cap of 500.")
 
 
 def lunarlander_100k() -> str:
