@@ -153,9 +153,10 @@ def moonshot(iqm: str) -> str:
 def page(root: Path) -> str:
     lines = ["# What klip has found about the shape of the coefficient", "",
              "Written by `scripts/findings.py` from the reports it links (nothing here is typed by hand): "
-             "each section quotes the reading its report generated from 95% intervals, and says how "
-             "complete the report's grid is. A claim is made only where an interval supports it; the "
-             "intervals are per comparison, not corrected for the many comparisons made.", ""]
+             "each section quotes its report's table of 95% intervals and the reading the report "
+             "generated from them, and says how complete the report's grid is. A claim is made only "
+             "where an interval supports it; the intervals are per comparison, not corrected for the "
+             "many comparisons made.", ""]
     negatives: list[str] = []
     for heading, report, readme, figure, (table_section, table_after) in SECTIONS:
         held_out = report == HELD_OUT
