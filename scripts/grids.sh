@@ -8,6 +8,8 @@
 #   bash scripts/grids.sh --status   # one line per job
 #   bash scripts/grids.sh --stop     # stop every lane (each job continues on the next start)
 #   bash scripts/grids.sh --pause    # freeze every lane (SIGSTOP), e.g. for a benchmark; --unpause
+#   bash scripts/grids.sh --reports  # rewrite the reports and the findings page from the data
+#                                    # (lanes paused or stopped: a report is a snapshot)
 #
 # The lanes run at nice 10 (KLIP_GRID_NICE), so tests and other work take the CPU first and
 # the lanes keep what is left: no need to pause them for the test suite (only for timings).
@@ -137,6 +139,22 @@ print(', '.join(f'{n} {name}' for name, n in counts.items()) + f' trials; CMA-ES
       [[ -e "$LOGS/grid-lanes.pgids" ]] && while read -r pgid; do
         kill "-$signal" -- "-$pgid" 2>/dev/null || true
       done < "$LOGS/grid-lanes.pgids" ;;
+    --reports)
+      # Every report written so far, rewritten from the runs on disk; then the findings page.
+      for grid in results/paper-table results/zoo results/epochs/e20 results/epochs/e40 \
+          "$DISCOVERY/heldout" "$DISCOVERY/fresh"; do
+        if [[ -e "$grid/report.md" ]]; then $KLIP compare report "$grid" > /dev/null; echo "report: $grid"; fi
+      done
+      if [[ -e results/epochs/axis/report.md ]]; then
+        $KLIP compare axis results/zoo results/epochs/e20 results/epochs/e40 --out results/epochs/axis > /dev/null
+        echo "report: results/epochs/axis"
+      fi
+      if [[ -e "$DISCOVERY/study.db" ]]; then
+        $KLIP study report --study-name increments-3task --storage "sqlite:///$DISCOVERY/study.db" \
+          --out "$DISCOVERY/report" | grep -E "^study|^by generation|^training cost"
+      fi
+      .venv/bin/python scripts/findings.py
+      .venv/bin/python scripts/results_prose.py --check && echo "results prose: current" ;;
     --lane)
       lane "$2" ;;
     "")
@@ -159,7 +177,7 @@ print(', '.join(f'{n} {name}' for name, n in counts.items()) + f' trials; CMA-ES
       done
       echo "$LANES lanes started; bash scripts/grids.sh --status" ;;
     *)
-      echo "usage: bash scripts/grids.sh [--status | --stop | --pause | --unpause]" >&2; exit 2 ;;
+      echo "usage: bash scripts/grids.sh [--status | --stop | --pause | --unpause | --reports]" >&2; exit 2 ;;
   esac
 }
 
