@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import resource
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,13 @@ def final_return(history: list[tuple[int, float]], frames: int) -> float:
     cutoff = 0.9 * frames
     tail = [value for frame, value in history if frame > cutoff] or [history[-1][1]]
     return float(np.mean(tail))
+
+
+def process_seconds(summary: Mapping[str, Any]) -> float | None:
+    """A run's share of its process's wall-clock time (`summary.json`, or a record with its
+    `wall_seconds` and `population_size`): a population's agents share one process."""
+    wall = summary.get("wall_seconds")
+    return None if wall is None else float(wall) / int(summary.get("population_size") or 1)
 
 
 def save_parameters(path: Path, actor: torch.nn.Module, critic: torch.nn.Module,

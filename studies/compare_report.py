@@ -52,6 +52,7 @@ from klip.studies.statistics import (
     performance_profile,
     probability_of_improvement,
 )
+from klip.studies.training import process_seconds
 
 REPORT_FILE = "report.md"
 MISSING_LISTED = 20  # more missing cells than this are counted per task, not listed
@@ -93,10 +94,9 @@ def _cost(results: GridResults) -> list[str]:
         state = results.states[cell.key]
         if state.record is None or results.spec.cell_dir(results.out, cell).is_symlink():
             continue  # not done, or reused from another grid (its cost is that grid's)
-        wall = state.record.get("wall_seconds")
-        if wall is not None:
-            # A population's agents share its process: each cell is its share of the time.
-            seconds += float(wall) / int(state.record.get("population_size") or 1)
+        share = process_seconds(state.record)
+        if share is not None:
+            seconds += share
             cells += 1
     if not cells:
         return []

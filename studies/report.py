@@ -29,6 +29,7 @@ from klip.studies.run import (
 )
 from klip.studies.settings import StudyError
 from klip.studies.storage import StorageError, StorageSpec, open_storage, quiet_optuna
+from klip.studies.training import process_seconds
 
 
 def load_existing_study(name: str, storage: StorageSpec) -> optuna.Study:
@@ -188,9 +189,9 @@ def training_cost(study: optuna.Study) -> dict[str, float] | None:
         return None
     seconds, runs = 0.0, 0
     for path in Path(study_dir).glob("trial-*/*/summary.json"):
-        summary = json.loads(path.read_text())
-        if summary.get("wall_seconds") is not None:
-            seconds += float(summary["wall_seconds"]) / int(summary.get("population_size") or 1)
+        share = process_seconds(json.loads(path.read_text()))
+        if share is not None:
+            seconds += share
             runs += 1
     return {"process_hours": seconds / 3600, "runs": runs}
 

@@ -36,6 +36,7 @@ _ENGINE: dict[str, str] = {
     "PARAMETERS_FILE": "klip.algos.outputs",
     "DIVERGED": "klip.algos.outputs",
     "final_return": "klip.algos.outputs",
+    "process_seconds": "klip.algos.outputs",
     "save_module_parameters": "klip.algos.outputs",
     "load_run": "klip.algos.run",
     "read_columns": "klip.algos.run",
@@ -47,7 +48,13 @@ if TYPE_CHECKING:
     from klip.algos.agents import PopulationSpec, train_population
     from klip.algos.config import LOSSES, ConfigError, TrainConfig, load_config_file
     from klip.algos.divergence import TrainingDiverged
-    from klip.algos.outputs import DIVERGED, PARAMETERS_FILE, final_return, save_module_parameters
+    from klip.algos.outputs import (
+        DIVERGED,
+        PARAMETERS_FILE,
+        final_return,
+        process_seconds,
+        save_module_parameters,
+    )
     from klip.algos.plots import read_metrics
     from klip.algos.ppo import check_population_configs
     from klip.algos.resolve import resolve_config, with_options_added_later
@@ -81,6 +88,7 @@ __all__ = [
     "final_return",
     "load_config_file",
     "load_run",
+    "process_seconds",
     "read_columns",
     "read_episode_returns",
     "read_metrics",
