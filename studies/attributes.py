@@ -42,6 +42,7 @@ ATTR_PROGRESS = "klip_progress"
 ATTR_SURPLUS = "klip_surplus"
 ATTR_WORKER = "klip_worker"  # host:pid of the process that ran the trial
 ATTR_ERROR = "klip_error"  # why the trial (or a grid's cell job) failed, in one line
+ERROR_INTERRUPTED = "interrupted"  # ATTR_ERROR of a grid's cell job that Ctrl-C stopped
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CURVES_FILE = "curves.json"  # instance name -> [[frames, recent raw return], ...] per iteration
 ATTR_LIMIT = 1024  # characters optuna-dashboard shows of a user attribute

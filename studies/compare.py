@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from klip.studies.attributes import ATTR_ERROR
+from klip.studies.attributes import ATTR_ERROR, ERROR_INTERRUPTED
 from klip.studies.cell_queue import (
     CELLS_ATTR,
     JOB_ATTR,
@@ -159,7 +159,7 @@ def run_worker(out: Path, url: str, *, trainer: CellTrainer = train_cells,
         except RunInterrupted:
             # Ctrl-C reached the worker: the cell keeps its checkpoint and continues on the
             # next run; the worker stops rather than start the next cell.
-            trial.set_user_attr(ATTR_ERROR, "interrupted")
+            trial.set_user_attr(ATTR_ERROR, ERROR_INTERRUPTED)
             _log(f"{key}: interrupted; it continues from its checkpoint on the next run")
             raise KeyboardInterrupt from None
         except OSError as error:  # a full disk or a read-only directory: every next cell would fail too
@@ -228,6 +228,7 @@ class GridProgress:
     total: int
     done: int
     running: int
+    stopped: int  # interrupted (Ctrl-C, --stop) or their worker died: they continue on the next run
     failed: int
     frames: int
     total_frames: int
@@ -238,12 +239,15 @@ def grid_progress(spec: GridSpec, out: Path, study: Any) -> GridProgress:
     from optuna.trial import TrialState
 
     states: dict[str, set[Any]] = {}
+    last_error: dict[str, str | None] = {}
     for key, trials in _job_trials(study).items():
         states[key] = {trial.state for trial in trials}
+        last_error[key] = max(trials, key=lambda trial: trial.number).user_attrs.get(ATTR_ERROR)
     per_cell = spec.config(spec.cells()[0]).iterations * spec.config(spec.cells()[0]).rollout_steps
-    done = running = failed = frames = 0
+    done = running = stopped = failed = frames = 0
     for job in spec.jobs():
-        job_states = states.get(job_key(job), set())
+        key = job_key(job)
+        job_states = states.get(key, set())
         # A storage made afresh (a lost SQLite file, another --storage) has not met the cells
         # finished before it; their records say they are done until a worker checks them again.
         if TrialState.COMPLETE in job_states or all(_recorded(spec, out, cell) for cell in job):
@@ -253,11 +257,14 @@ def grid_progress(spec: GridSpec, out: Path, study: Any) -> GridProgress:
         if TrialState.RUNNING in job_states:
             running += len(job)
         elif job_states and job_states <= {TrialState.FAIL}:
-            failed += len(job)
+            if last_error[key] in (None, ERROR_INTERRUPTED):
+                stopped += len(job)
+            else:
+                failed += len(job)
         for cell in job:
             frames += min(per_cell, _cell_frames(spec, out, cell))
     cells = len(spec.cells())
-    return GridProgress(cells, done, running, failed, frames, per_cell * cells)
+    return GridProgress(cells, done, running, stopped, failed, frames, per_cell * cells)
 
 
 class ProgressReporter(Progress):
@@ -285,7 +292,8 @@ class ProgressReporter(Progress):
             eta = 0.0
         return progress.done, (
             f"klip compare: {progress.done}/{progress.total} cells done, {progress.running} running, "
-            f"{progress.failed} failed; {progress.frames:,}/{progress.total_frames:,} steps; "
+            f"{progress.stopped} stopped (they continue on the next run), {progress.failed} failed; "
+            f"{progress.frames:,}/{progress.total_frames:,} steps; "
             f"time left {format_duration(eta)}")
 
 

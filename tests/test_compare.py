@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from klip.algos.train import train
 from klip.cli import main
 from klip.studies import compare, compare_report
+from klip.studies.attributes import ERROR_INTERRUPTED
 from klip.studies.compare import (
     Cell,
     CellState,
@@ -410,7 +411,7 @@ def test_interrupted_cell_keeps_its_place_in_the_grids_own_queue(tmp_path, local
     first = study.ask()
     assert first.user_attrs[compare.JOB_ATTR] == spec.cells()[0].key
     # Ctrl-C stopped its cell: the worker marks the trial and Optuna fails it.
-    first.set_user_attr("klip_error", "interrupted")
+    first.set_user_attr("klip_error", ERROR_INTERRUPTED)
     study.tell(first, state=TrialState.FAIL)
     study = open_study(spec, out, default_storage(out), local=local)
     with warnings.catch_warnings():
@@ -423,6 +424,22 @@ def test_interrupted_cell_keeps_its_place_in_the_grids_own_queue(tmp_path, local
         assert notes.count("queued again in grid order") == len(keys) - 1
     else:  # a shared storage's queue is never reordered under other machines' workers
         assert popped == keys[1:] + keys[:1]
+
+
+def test_progress_tells_stopped_cells_from_failed_ones(tmp_path):
+    out = tmp_path / "g"
+    spec = tiny_spec(out, entries="clip,step", seeds=2)
+    prepare_grid(out, spec)
+    study = open_study(spec, out, default_storage(out), local=True)
+    stopped, died, failed = study.ask(), study.ask(), study.ask()
+    stopped.set_user_attr("klip_error", ERROR_INTERRUPTED)  # Ctrl-C or `grids.sh --stop`
+    failed.set_user_attr("klip_error", "ValueError: boom")
+    for trial in (stopped, died, failed):  # `died`: its worker was killed; Optuna failed it
+        study.tell(trial, state=TrialState.FAIL)
+    progress = compare.grid_progress(spec, out, study)
+    assert (progress.done, progress.running, progress.stopped, progress.failed) == (0, 0, 2, 1)
+    reporter = compare.ProgressReporter(spec, out, default_storage(out), stream=io.StringIO())
+    assert "2 stopped (they continue on the next run), 1 failed" in reporter._status()[1]
 
 
 def test_corrupt_cell_is_reported_left_out_and_trained_again(finished_grid, tmp_path):
