@@ -46,6 +46,11 @@ SECTIONS = [
      f"{DISCOVERY}/README.md", AGGREGATES, ACROSS_TASKS),
 ]
 
+# The grids a section's report is made from, while that report is not written yet.
+PARTS = {
+    "results/epochs/axis/report.md": [("the 20-epoch grid", "results/epochs/e20/report.md"),
+                                      ("the 40-epoch grid", "results/epochs/e40/report.md")],
+}
 
 # The jobs behind the page and where each states its training cost.
 COSTS = [
@@ -133,6 +138,21 @@ def study_status(root: Path) -> str:
     return text + "."
 
 
+def under_way(root: Path, report: str) -> list[str]:
+    """What a section whose report is not written yet has so far: its grids' completeness."""
+    parts = []
+    for name, part in PARTS.get(report, []):
+        path = root / part
+        if path.is_file():
+            link = Path(part).relative_to("results")
+            parts.append(f"- {name}: [its report]({link}), {completeness(path.read_text())}")
+        else:
+            parts.append(f"- {name}: not started.")
+    if not any(root.joinpath(part).is_file() for _, part in PARTS.get(report, [])):
+        return ["Not run yet."]
+    return ["Not written yet; under way:", "", *parts]
+
+
 def heldout_iqm(text: str) -> str | None:
     """The discovered gate's IQM [95% CI] in the held-out report's "Across tasks" table, as
     written there (the settings table above it has a row of that entry too)."""
@@ -169,7 +189,7 @@ def page(root: Path) -> str:
                 drawing = Path(BEST_GATE).relative_to("results")
                 lines += [f"![the discovered gate beside PPO-Clip's]({drawing})", ""]
         if not path.is_file():
-            lines += ["Not run yet.", ""]
+            lines += [*under_way(root, report), ""]
             continue
         text = path.read_text()
         link = Path(report).relative_to("results")

@@ -140,10 +140,10 @@ print(', '.join(f'{n} {name}' for name, n in counts.items()) + f' trials; CMA-ES
         kill "-$signal" -- "-$pgid" 2>/dev/null || true
       done < "$LOGS/grid-lanes.pgids" ;;
     --reports)
-      # Every report written so far, rewritten from the runs on disk; then the findings page.
+      # Every grid's report, (re)written from the runs on disk; then the findings page.
       for grid in results/paper-table results/zoo results/epochs/e20 results/epochs/e40 \
           "$DISCOVERY/heldout" "$DISCOVERY/fresh"; do
-        if [[ -e "$grid/report.md" ]]; then $KLIP compare report "$grid" > /dev/null; echo "report: $grid"; fi
+        if [[ -e "$grid/grid.json" ]]; then $KLIP compare report "$grid" > /dev/null; echo "report: $grid"; fi
       done
       if [[ -e results/epochs/axis/report.md ]]; then
         $KLIP compare axis results/zoo results/epochs/e20 results/epochs/e40 --out results/epochs/axis > /dev/null

@@ -43,6 +43,20 @@ def test_the_page_quotes_each_reading_and_collects_the_negative_results(tmp_path
     assert "the study has not started." in held_out and "Not run yet." in held_out
 
 
+def test_a_section_whose_grids_are_under_way_says_how_far_each_is(tmp_path: Path) -> None:
+    def epochs_section() -> str:
+        return findings.page(tmp_path).split("## By number of epochs")[1].split("## ")[0]
+
+    assert "Not run yet." in epochs_section()
+    e20 = tmp_path / "results" / "epochs" / "e20"
+    e20.mkdir(parents=True)
+    (e20 / "report.md").write_text("# Comparison\n\n## Completeness\n\n15 of 60 cells done.\n")
+    text = epochs_section()
+    assert "Not run yet." not in text
+    assert "- the 20-epoch grid: [its report](epochs/e20/report.md), 15 of 60 cells done." in text
+    assert "- the 40-epoch grid: not started." in text
+
+
 def test_the_page_shows_each_reports_figure_and_the_discovered_gate_where_they_exist(tmp_path: Path) -> None:
     zoo = tmp_path / "results" / "zoo"
     (zoo / "figures").mkdir(parents=True)
