@@ -227,6 +227,9 @@ def test_configure_inductor_compiles_in_process(monkeypatch):
         assert inductor_config.cpp.vec_isa_ok is None  # the variable restores inductor's probe
 
 
+# The thread is Optuna's experimental heartbeat, driven here without Study.optimize on purpose.
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 @covers("heartbeat_thread")
 def test_heartbeat_thread_records_a_trials_heartbeat_while_it_runs(tmp_path):
     import optuna

@@ -296,6 +296,8 @@ def test_advantages_computed_inside_the_loss_like_clip_ppo_loss():
         KLipPPOLoss(actor, None, critic_coeff=None).double()(data)
 
 
+# TorchRL warns that the delayed actor's copy has no target updater: the test sets it by hand.
+@pytest.mark.filterwarnings("ignore:No target network updater")
 def test_delayed_actor_equals_clip_ppo_loss_per_sample():
     """With delay_actor, the gate sees pi/pi_proximal and the surrogate pi/pi_behaviour."""
     actor, _ = make_actor_critic(torch.float64, 8, log_std=-1.2)
@@ -368,6 +370,8 @@ def test_constructor_checks_and_the_region_radius_come_from_the_shape():
     assert out["fraction_kill"].item() == 0 and out["fraction_in"].item() == 1
 
 
+# TorchRL warns that the delayed actor's copy has no target updater: the test sets it by hand.
+@pytest.mark.filterwarnings("ignore:No target network updater")
 def test_the_gate_sees_the_proximal_ratio_under_a_delayed_actor():
     actor, _ = make_actor_critic(torch.float64, 11, log_std=-1.2)
     log_ratio, advantage = edge_case(64, torch.float64, 11)

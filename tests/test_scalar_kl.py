@@ -188,6 +188,8 @@ def test_per_sample_objective_entropy_and_keys(shape):
     assert loss.out_keys[:4] == ["loss_objective", "kl", "beta", "kl_approx"]
 
 
+# TorchRL warns that the delayed actor's copy has no target updater: the test sets it by hand.
+@pytest.mark.filterwarnings("ignore:No target network updater")
 def test_delayed_actor_weights_the_surrogate_by_the_behaviour_ratio():
     """With delay_actor the proximal policy is a frozen copy; the surrogate still uses pi/pi_behaviour."""
     actor, critic, batch, log_ratio = scalar_kl_batch((64,))
