@@ -104,9 +104,12 @@ def _plot(axis: Axis, iqms: dict[str, list[Estimate | None]], path: Path) -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from klip.studies.figure_style import entry_styles
+
     figure, plot = plt.subplots(figsize=(6, 4))
     positions = np.arange(len(axis.values))
     width = 0.8 / max(len(iqms), 1)
+    styles = entry_styles(list(iqms), "step")
     for offset, (label, estimates) in enumerate(iqms.items()):
         shown = [(i, e) for i, e in enumerate(estimates) if e is not None]
         if not shown:
@@ -115,7 +118,8 @@ def _plot(axis: Axis, iqms: dict[str, list[Estimate | None]], path: Path) -> Pat
         points = np.array([e.point for _, e in shown])
         low = np.array([e.low for _, e in shown])
         high = np.array([e.high for _, e in shown])
-        plot.errorbar(x, points, yerr=[points - low, high - points], marker="o", capsize=3, label=label)
+        plot.errorbar(x, points, yerr=[points - low, high - points], marker="o", capsize=3, label=label,
+                      **styles[label])
     plot.axhline(1.0, color="grey", linestyle="--", linewidth=1)
     plot.set_xticks(positions, [str(value) for value in axis.values])
     plot.set_xlabel(axis.option)

@@ -41,6 +41,7 @@ from klip.studies.compare_sections import (
     _diagnostics,
     _paper,
 )
+from klip.studies.figure_style import entry_styles, shared_legend
 from klip.studies.files import write_text_atomically
 from klip.studies.grid import EVENTS_FILE, Cell
 from klip.studies.references import random_scores
@@ -186,8 +187,12 @@ def plot_learning_curves(results: GridResults, path: Path) -> Path:
     grid = np.linspace(spec.steps / CURVE_POINTS, spec.steps, CURVE_POINTS)
     columns = min(3, len(spec.tasks))
     rows = math.ceil(len(spec.tasks) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False,
+                                layout="constrained")
+    step = next((entry.label for entry in spec.entries if entry.is_step), None)
+    styles = entry_styles([entry.label for entry in spec.entries], step)
     for axis, task in zip(axes.flat, spec.tasks, strict=False):
+        counts = []
         for entry in spec.entries:
             curves = []
             for seed in results.seeds_of(task, entry):
@@ -197,21 +202,22 @@ def plot_learning_curves(results: GridResults, path: Path) -> Path:
                     curves.append(binned_curve(history, grid))
             if not curves:
                 continue
+            counts.append(len(curves))
             stacked = np.array(curves)
             mean, std = stacked.mean(axis=0), stacked.std(axis=0)
-            axis.plot(grid, mean, label=f"{entry.label} (n={len(curves)})")
-            axis.fill_between(grid, mean - std, mean + std, alpha=0.2)
-        axis.set_title(task)
+            axis.plot(grid, mean, label=entry.label, **styles[entry.label])
+            axis.fill_between(grid, mean - std, mean + std, color=styles[entry.label]["color"], alpha=0.12)
+        runs = "" if not counts else (f" (n = {counts[0]} runs each)" if min(counts) == max(counts)
+                                      else f" (n = {min(counts)}-{max(counts)} runs each)")
+        axis.set_title(task + runs)
         axis.set_xlabel("environment steps")
         axis.set_ylabel("episode return")
-        if axis.lines:
-            axis.legend(fontsize=7)
-        else:
+        if not axis.lines:
             axis.text(0.5, 0.5, "no run with a finished episode yet", ha="center", va="center",
                       transform=axis.transAxes)
     for axis in list(axes.flat)[len(spec.tasks):]:
         axis.set_visible(False)
-    figure.tight_layout()
+    shared_legend(figure, list(axes.flat), len(spec.tasks))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
@@ -261,14 +267,15 @@ def _bitwise(results: GridResults) -> list[str]:
 
 
 def _interval_plot(estimates: dict[str, dict[str, Estimate]], path: Path, reference: float | None,
-                   xlabel: str) -> Path:
+                   xlabel: str, styles: dict[str, dict[str, Any]]) -> Path:
     names = list(next(iter(estimates.values())))
     figure, axes = plt.subplots(1, len(estimates), figsize=(4.5 * len(estimates), 0.6 * len(names) + 1.5),
                                 squeeze=False)
     for axis, (title, by_entry) in zip(axes.flat, estimates.items(), strict=True):
         for row, name in enumerate(names):
             estimate = by_entry[name]
-            axis.plot([estimate.low, estimate.high], [row, row], linewidth=6, alpha=0.5)
+            axis.plot([estimate.low, estimate.high], [row, row], linewidth=6, alpha=0.5,
+                      color=styles[name]["color"])
             axis.plot([estimate.point], [row], "k|", markersize=14)
         if reference is not None:
             axis.axvline(reference, color="grey", linestyle="--", linewidth=1)
@@ -351,22 +358,22 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
     lines += _table(["entry", "IQM [95% CI]", "mean [95% CI]", "optimality gap [95% CI]",
                      "P(entry > step) [95% CI]", "runs"], rows)
     figures = results.out / "figures"
-    _interval_plot(estimates, figures / "aggregates.png", 1.0, "normalised score")
+    styles = entry_styles([entry.label for entry in spec.entries], step.label)  # as in every figure
+    _interval_plot(estimates, figures / "aggregates.png", 1.0, "normalised score", styles)
     lines += ["![IQM and mean of normalised scores](figures/aggregates.png)", ""]
     if improvements["P(entry > step)"]:
-        _interval_plot(improvements, figures / "probability_of_improvement.png", 0.5, "probability")
+        _interval_plot(improvements, figures / "probability_of_improvement.png", 0.5, "probability", styles)
         lines += ["![probability of improvement over step](figures/probability_of_improvement.png)", ""]
     thresholds = np.linspace(0.0, max(2.0, max(float(s.max()) for scores in normalised.values()
                                                for s in scores.values())), 81)
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = plt.subplots(figsize=(6 + 2 * (len(normalised) > 5), 4), layout="constrained")
     for label, scores in normalised.items():
         profile = performance_profile(scores, thresholds, n_resamples=n_resamples)
-        axis.plot(thresholds, profile.fraction, label=label)
-        axis.fill_between(thresholds, profile.low, profile.high, alpha=0.2)
+        axis.plot(thresholds, profile.fraction, label=label, **styles[label])
+        axis.fill_between(thresholds, profile.low, profile.high, color=styles[label]["color"], alpha=0.12)
     axis.set_xlabel("normalised score τ")
     axis.set_ylabel("fraction of runs with score > τ")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
+    figure.legend(loc="outside right upper", fontsize=8)
     figure.savefig(figures / "performance_profiles.png", dpi=110)
     plt.close(figure)
     lines += ["Performance profiles (fraction of runs above each normalised score; each task weighs "

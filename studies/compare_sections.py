@@ -17,6 +17,7 @@ from scipy import stats
 from klip.studies.compare_reading import interval_side
 from klip.studies.compare_results import NEUTRAL_OPTIONS, GridResults, _mean_std, _table
 from klip.studies.entries import Entry
+from klip.studies.figure_style import entry_styles, shared_legend
 from klip.studies.grid import Cell
 from klip.studies.statistics import Estimate
 from klip.studies.training import read_metrics
@@ -92,28 +93,29 @@ def plot_diagnostics(results: GridResults, columns: Sequence[tuple[str, str]], p
     """A row per task, a column per diagnostic: mean ± std over seeds against steps, per entry."""
     spec = results.spec
     grid = np.linspace(spec.steps / CURVE_POINTS, spec.steps, CURVE_POINTS)
-    figure, axes = plt.subplots(len(spec.tasks), len(columns), squeeze=False,
-                                figsize=(3.6 * len(columns), 2.6 * len(spec.tasks)))
+    figure, axes = plt.subplots(len(spec.tasks), len(columns), squeeze=False, layout="constrained",
+                                figsize=(3.6 * len(columns), 2.6 * len(spec.tasks) + 0.2 * len(spec.entries)))
+    step = next((entry.label for entry in spec.entries if entry.is_step), None)
+    styles = entry_styles([entry.label for entry in spec.entries], step)
     for row, task in enumerate(spec.tasks):
         for col, (column, label) in enumerate(columns):
             axis = axes[row, col]
-            for index, entry in enumerate(spec.entries):
+            for entry in spec.entries:
                 runs = diagnostic_runs(results, task, entry, column)
                 if not runs:
                     continue
                 stacked = np.array([np.interp(grid, frames, values) for frames, values in runs])
                 mean, std = stacked.mean(axis=0), stacked.std(axis=0)
-                axis.plot(grid, mean, color=f"C{index}", label=f"{entry.label} (n={len(runs)})")
-                axis.fill_between(grid, mean - std, mean + std, color=f"C{index}", alpha=0.2)
+                style = styles[entry.label]
+                axis.plot(grid, mean, label=entry.label, **style)
+                axis.fill_between(grid, mean - std, mean + std, color=style["color"], alpha=0.12)
             if column == "train/beta" and axis.lines:
                 axis.set_yscale("log")
             axis.set_title(f"{task}: {label}", fontsize=8)
             axis.tick_params(labelsize=7)
-            if axis.lines:
-                axis.legend(fontsize=6)
             if row == len(spec.tasks) - 1:
                 axis.set_xlabel("environment steps", fontsize=8)
-    figure.tight_layout()
+    shared_legend(figure, list(axes.flat), axes.size)
     figure.savefig(path, dpi=90)
     plt.close(figure)
     return path
