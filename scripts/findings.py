@@ -27,6 +27,7 @@ HELD_OUT = f"{DISCOVERY}/heldout/report.md"
 NEGATIVE = ("nothing beats `step`", "no entry beats `step`", "degrades")
 
 BEST_GATE = f"{DISCOVERY}/report/best_gate.png"  # `klip study report`'s drawing of the best trial's gate
+GENERATIONS = f"{DISCOVERY}/report/generations.png"  # its trials' values by CMA-ES generation
 AGGREGATES = "figures/aggregates.png"  # a comparison report's IQM and mean figure, beside its report
 
 # The table each section quotes with its intervals: the report's section and the line that
@@ -185,9 +186,10 @@ def page(root: Path) -> str:
         path = root / report
         if held_out:
             lines += [f"Discovery: {study_status(root)}", ""]
-            if (root / BEST_GATE).is_file():
-                drawing = Path(BEST_GATE).relative_to("results")
-                lines += [f"![the discovered gate beside PPO-Clip's]({drawing})", ""]
+            for figure_path, caption in ((GENERATIONS, "the search, generation by generation"),
+                                         (BEST_GATE, "the discovered gate beside PPO-Clip's")):
+                if (root / figure_path).is_file():
+                    lines += [f"![{caption}]({Path(figure_path).relative_to('results')})", ""]
         if not path.is_file():
             lines += [*under_way(root, report), ""]
             continue

@@ -196,6 +196,41 @@ def training_cost(study: optuna.Study) -> dict[str, float] | None:
     return {"process_hours": seconds / 3600, "runs": runs}
 
 
+def plot_generations(study: optuna.Study, out: Path) -> Path | None:
+    """Each complete trial's value by the generation it was drawn from, each generation's mean
+    and the best so far: whether an evolutionary search is still improving. None without
+    generations (samplers other than CMA-ES)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(generation_of(trial), trial.value)
+              for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if generation_of(trial) is not None and trial.value is not None and math.isfinite(trial.value)]
+    if not points:
+        return None
+    found, values = (np.array(column, dtype=float) for column in zip(*points, strict=True))
+    summary = generations(study)
+    numbers = [row["generation"] for row in summary]
+    figure, axis = plt.subplots(figsize=(6, 4), layout="constrained")
+    # Spread a generation's points sideways, the same way on every run of the report.
+    spread = np.random.default_rng(0).uniform(-0.15, 0.15, size=len(found))
+    axis.scatter(found + spread, values, s=14, alpha=0.5, color="C0", label="a complete trial")
+    axis.plot(numbers, [row["mean"] for row in summary], "o-", color="C1", label="generation mean")
+    axis.step(numbers, np.maximum.accumulate([row["max"] for row in summary]), where="post", color="C2",
+              label="best so far")
+    axis.axhline(1.0, color="black", linestyle="--", linewidth=1, label="step (PPO-Clip) = 1")
+    axis.set_xticks(numbers)
+    axis.set_xlabel("generation")
+    axis.set_ylabel("objective (mean normalised score)")
+    axis.legend(fontsize=8)
+    path = out / "generations.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def _learning_curves(study: optuna.Study, trial: FrozenTrial, out: Path) -> Path | None:
     import matplotlib
 
@@ -271,6 +306,9 @@ def _write_report(study: optuna.Study, out: Path) -> list[str]:
         lines.append(f"importances ({evaluator}): {text}")
     for path in _plots(study, out):
         lines.append(f"plot: {path}")
+    by_generation_plot = plot_generations(study, out)
+    if by_generation_plot is not None:
+        lines.append(f"plot: {by_generation_plot}")
     curves = _learning_curves(study, best, out)
     if curves is not None:
         lines.append(f"learning curves of the best trial: {curves}")

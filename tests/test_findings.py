@@ -71,10 +71,12 @@ def test_the_page_shows_each_reports_figure_and_the_discovered_gate_where_they_e
     gate = tmp_path / findings.BEST_GATE
     gate.parent.mkdir(parents=True)
     gate.write_bytes(b"png")
+    (tmp_path / findings.GENERATIONS).write_bytes(b"png")
     text = findings.page(tmp_path)
     assert "](zoo/figures/aggregates.png)" in text and "](epochs/axis/axis.png)" in text
     held_out = text.split("## A discovered gate")[1].split("## ")[0]
     assert "](discovery/increments-3task/report/best_gate.png)" in held_out
+    assert "](discovery/increments-3task/report/generations.png)" in held_out
 
 
 HELD_OUT_REPORT = """# Comparison

@@ -242,8 +242,8 @@ def test_a_copy_of_a_copy_finishes_the_trial_it_was_made_from():
     assert interrupted_trials(study) == []
 
 
-def test_the_report_follows_cmaes_generation_by_generation():
-    from klip.studies.report import generations, trial_rows
+def test_the_report_follows_cmaes_generation_by_generation(tmp_path):
+    from klip.studies.report import generations, plot_generations, trial_rows
 
     space = resolve_space("sigmoid")[0]
     search = settings(sampler="cmaes", shape="sigmoid", sampler_seed=0, batch=6)
@@ -254,6 +254,8 @@ def test_the_report_follows_cmaes_generation_by_generation():
     assert generations(study) == [{"generation": 0, "complete": 6, "mean": 2.5, "max": 5.0},
                                   {"generation": 1, "complete": 6, "mean": 3.5, "max": 6.0}]
     assert [row["generation"] for row in trial_rows(study)] == [0] * 6 + [1] * 6
+    assert plot_generations(study, tmp_path) == tmp_path / "generations.png"
     random_search = optuna.create_study(sampler=build_sampler(settings(sampler="random", sampler_seed=0)))
     random_search.tell(_ask_and_suggest(random_search, space, 1)[0], 1.0)
     assert generations(random_search) == [] and trial_rows(random_search)[0]["generation"] is None
+    assert plot_generations(random_search, tmp_path / "random") is None
