@@ -127,6 +127,11 @@ def study_status(root: Path) -> str:
         best = connection.execute(
             "select t.number, v.value from trials t join trial_values v on v.trial_id = t.trial_id "
             "where t.state = 'COMPLETE' order by v.value desc limit 1").fetchone()
+        means = connection.execute(
+            "select cast(a.value_json as integer) as generation, avg(v.value) from trials t "
+            "join trial_values v on v.trial_id = t.trial_id join trial_system_attributes a "
+            "on a.trial_id = t.trial_id and a.key = 'cma:generation' where t.state = 'COMPLETE' "
+            "group by generation order by generation").fetchall()
     done = states.get("COMPLETE", 0)
     text = f"{done} of its {STUDY_TRIALS} trials complete"
     if states.get("RUNNING"):
@@ -136,7 +141,16 @@ def study_status(root: Path) -> str:
     if best is not None:
         text += (f"; best so far: trial {best[0]}, objective {best[1]:.2f} (normalised, `step` = 1 at "
                  "300k steps on the tuning seeds; the best of many noisy trials is biased upwards)")
-    return text + "."
+    text += "."
+    if means:
+        text += " Mean objective by generation: " + ", ".join(f"{g}: {m:.2f}" for g, m in means) + "."
+        if means[0][0] == 0 and means[0][1] > 1:
+            # Generation 0 is drawn around `step`'s own vector, which scores exactly 1 here.
+            text += (" Generation 0, drawn around `step`'s vector, already averages above 1: either gates "
+                     "near `step` do better at 300k steps, or the tuning seeds' `step` runs sit low. The "
+                     "objective ranks gates against each other; the grids below compare the best one "
+                     "with `step` on seeds it was not tuned on.")
+    return text
 
 
 def under_way(root: Path, report: str) -> list[str]:

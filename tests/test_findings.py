@@ -148,3 +148,21 @@ def test_each_section_quotes_its_reports_table_with_the_intervals(tmp_path: Path
     assert "| `step` | 1.00 [0.9, 1.1] | 0.80 [0.7, 0.9] |" in epochs
     assert "| raw | 1 |" not in epochs and "| `spo` | 0.4" not in epochs  # that table only
     assert findings.quoted_table("## Across tasks\n\nno table\n", "Across tasks", None) == []
+
+
+def test_the_discovery_status_gives_each_generations_mean_and_what_its_level_means(tmp_path: Path) -> None:
+    import optuna
+
+    database = tmp_path / findings.DISCOVERY / "study.db"
+    database.parent.mkdir(parents=True)
+    study = optuna.create_study(storage=f"sqlite:///{database}", direction="maximize")
+    for generation, values in ((0, [1.0, 1.3]), (1, [1.4, 1.6])):
+        for value in values:
+            trial = study.ask()
+            study._storage.set_trial_system_attr(trial._trial_id, "cma:generation", generation)
+            study.tell(trial, value)
+    status = findings.study_status(tmp_path)
+    assert "4 of its 143 trials complete (CMA-ES generation 1 drawn)" in status
+    assert "best so far: trial 3, objective 1.60" in status
+    assert "Mean objective by generation: 0: 1.15, 1: 1.50." in status
+    assert "Generation 0, drawn around `step`'s vector, already averages above 1" in status
