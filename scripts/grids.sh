@@ -47,20 +47,28 @@ job_discovery() {  # CMA-ES over learned_increments on three tasks, tuning seeds
     --storage "sqlite:///$DISCOVERY/study.db" --study-dir "$DISCOVERY" || return
   $KLIP study report --study-name increments-3task --storage "sqlite:///$DISCOVERY/study.db" \
     --out "$DISCOVERY/report" || return
-  # Held out: Ant-v4 and Humanoid-v4, 10 seeds never tuned on (step's seeds 0-4 are the paper
-  # table's, 5-9 job_heldout_step's): the grid grows by the discovered entry.
-  $KLIP compare --losses "$DISCOVERED" --tasks Ant-v4,Humanoid-v4 --seeds 0-9 --steps 1000000 \
-    --seeds-together --reuse results/paper-table --extend --out "$DISCOVERY/heldout" \
-    --progress-every 300 || return
   # The discovery tasks on fresh seeds.
   $KLIP compare --losses "$DISCOVERED" --tasks Hopper-v4,HalfCheetah-v4,Walker2d-v4 --seeds 0-4 \
     --steps 1000000 --seeds-together --reuse results/paper-table --reuse results/zoo \
-    --out "$DISCOVERY/fresh" --progress-every 300
+    --out "$DISCOVERY/fresh" --progress-every 300 || return
+  # Held out: Ant-v4 and Humanoid-v4, 10 seeds never tuned on (step's seeds 0-4 are the paper
+  # table's, 5-9 job_heldout_step's): the grid grows by the discovered entry. Last, and after
+  # job_heldout_step lets go of the grid if it is training there (one klip compare per grid).
+  flock "$LOGS/grid-heldout-grid.lock" $KLIP compare --losses "$DISCOVERED" --tasks Ant-v4,Humanoid-v4 \
+    --seeds 0-9 --steps 1000000 --seeds-together --reuse results/paper-table --extend \
+    --out "$DISCOVERY/heldout" --progress-every 300
 }
 
 job_heldout_step() {  # step's held-out runs need no discovered gate: trained while the study runs
-  $KLIP compare --losses step --tasks Ant-v4,Humanoid-v4 --seeds 0-9 --steps 1000000 --seeds-together \
-    --reuse results/paper-table --extend --out "$DISCOVERY/heldout" --progress-every 300
+  local status=0
+  flock -n -E 75 "$LOGS/grid-heldout-grid.lock" $KLIP compare --losses step --tasks Ant-v4,Humanoid-v4 \
+    --seeds 0-9 --steps 1000000 --seeds-together --reuse results/paper-table --extend \
+    --out "$DISCOVERY/heldout" --progress-every 300 || status=$?
+  if [[ $status == 75 ]]; then  # the discovery's held-out grid is training, step's seeds 5-9 with it
+    echo "the discovery job holds the held-out grid and trains step's runs there; nothing left here"
+    return 0
+  fi
+  return "$status"
 }
 
 job_epochs() {  # the epochs axis: 20 and 40 inner epochs (10 epochs: the zoo's cells)
