@@ -2,8 +2,9 @@
 
 An *entry* is a loss (`clip`, `kl_fixed`, `kl_adaptive:kl_target=0.01`), a registered shape
 with parameters (`step`, `sigmoid:eps=0.25,tau=0.03`), a shape JSON file, or a study's best trial
-(`study:NAME@STORAGE_URL`). Numbers are read as `klip train` reads them (`1e-3`, `0.050`), and
-an entry's label is its canonical spelling, so `tau=0.050` and `tau=0.05` are one entry.
+(`study:NAME@STORAGE_URL`; `#N` for trial N, `#topK` for the K best, one entry each). Numbers
+are read as `klip train` reads them (`1e-3`, `0.050`), and an entry's label is its canonical
+spelling, so `tau=0.050` and `tau=0.05` are one entry.
 """
 
 from __future__ import annotations
@@ -160,24 +161,81 @@ def hide_passwords(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
 
 
-def _study_entry(spec: str, grid_dir: Path) -> Entry:
-    """`study:NAME@URL`: the best trial's shape: a `klip study` trial's shape JSON (with its
-    state, e.g. a learned vector), else the params `shape` and the shape's parameters."""
+STUDY_ENTRY_FORM = ("study:NAME@STORAGE_URL (the best trial), study:NAME#N@STORAGE_URL or "
+                    "study:NAME#topK@STORAGE_URL")
+
+
+def _study_parts(spec: str) -> tuple[str, str, str]:
+    """`study:NAME[#SELECTOR]@URL` -> (name, selector or "", url)."""
+    named, sep, url = spec.removeprefix("study:").partition("@")
+    name, _, selector = named.partition("#")
+    if not sep or not name or not url:
+        raise CompareError(f"entry {hide_passwords(spec)!r}: a study entry looks like {STUDY_ENTRY_FORM}")
+    return name, selector, url
+
+
+def _load_study(spec: str, name: str, url: str) -> Any:
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise CompareError(f"entry {hide_passwords(spec)!r}: {error}") from None
+
+
+def ranked_trials(study: Any) -> list[Any]:
+    """A study's complete trials with a finite value, best first (ties: the earlier trial)."""
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    complete = [trial for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if trial.value is not None and math.isfinite(trial.value)]
+    maximise = study.direction == StudyDirection.MAXIMIZE
+    return sorted(complete, key=lambda trial: (-trial.value if maximise else trial.value, trial.number))
+
+
+def expand_study_entry(spec: str) -> list[str]:
+    """`study:NAME#topK@URL` -> one `study:NAME#N@URL` per trial of the K best, best first (to
+    compare a search's leaders on new seeds before choosing one); any other entry as it is."""
+    if not spec.startswith("study:"):
+        return [spec]
+    name, selector, url = _study_parts(spec)
+    top = re.fullmatch(r"top(\d+)", selector)
+    if top is None:
+        return [spec]
+    count = int(top.group(1))
+    if count < 1:
+        raise CompareError(f"entry {hide_passwords(spec)!r}: #top needs at least 1 trial")
+    ranked = ranked_trials(_load_study(spec, name, url))
+    if len(ranked) < count:
+        raise CompareError(f"entry {hide_passwords(spec)!r}: study {name!r} has {len(ranked)} complete "
+                           f"trials, fewer than {count}")
+    return [f"study:{name}#{trial.number}@{url}" for trial in ranked[:count]]
+
+
+def _study_entry(spec: str, grid_dir: Path) -> Entry:
+    """`study:NAME@URL`: the best trial's shape (`#N`: trial N's): a `klip study` trial's shape
+    JSON (with its state, e.g. a learned vector), else the params `shape` and the shape's
+    parameters."""
     from klip.shapes import make_shape, shape_from_dict
     from klip.studies.attributes import ATTR_SHAPE
 
-    name, sep, url = spec.removeprefix("study:").partition("@")
+    name, selector, url = _study_parts(spec)
     shown = hide_passwords(spec)  # grid.json and messages: never a storage password
-    if not sep or not name or not url:
-        raise CompareError(f"entry {shown!r}: a study entry looks like study:NAME@STORAGE_URL")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=name, storage=url)
+    if selector and not selector.isdigit():
+        raise CompareError(f"entry {shown!r}: a study entry looks like {STUDY_ENTRY_FORM}")
+    study = _load_study(spec, name, url)
+    ranked = ranked_trials(study)
+    if not ranked:
+        raise CompareError(f"entry {shown!r}: study {name!r} has no complete trial yet")
+    if selector:
+        chosen = [trial for trial in ranked if trial.number == int(selector)]
+        if not chosen:
+            raise CompareError(f"entry {shown!r}: trial {selector} is not a complete trial of study {name!r}")
+        best = chosen[0]
+    else:
         best = study.best_trial
-    except (KeyError, ValueError, RuntimeError) as error:
-        raise CompareError(f"entry {shown!r}: {error}") from None
     source = {"study": name, "storage": hide_passwords(url), "trial": best.number,
               "value": best.value}
     try:
@@ -187,8 +245,9 @@ def _study_entry(spec: str, grid_dir: Path) -> Entry:
             params = dict(best.params)
             shape = make_shape(str(params.pop("shape")), **params)
     except (KeyError, ValueError, TypeError) as error:
-        raise CompareError(f"entry {shown!r}: best trial {best.number} holds no shape ({error})") from None
-    return _shape_entry(shown, f"study-{name}", shape, grid_dir, source)
+        raise CompareError(f"entry {shown!r}: trial {best.number} holds no shape ({error})") from None
+    label = f"study-{name}-t{best.number}" if selector else f"study-{name}"
+    return _shape_entry(shown, label, shape, grid_dir, source)
 
 
 def parse_entry(spec: str, grid_dir: Path) -> Entry:
@@ -232,7 +291,7 @@ def parse_entry(spec: str, grid_dir: Path) -> Entry:
     raise CompareError(
         f"unknown entry {spec!r}; an entry is a loss ({', '.join(x for x in LOSSES if x != 'klip')}), "
         f"a shape ({', '.join(known_shapes())}) with optional :NAME=VALUE,..., "
-        "a shape .json file, or study:NAME@STORAGE_URL"
+        f"a shape .json file, or {STUDY_ENTRY_FORM}"
     )
 
 
@@ -254,7 +313,7 @@ def split_entries(text: str | None) -> list[str]:
 
 
 def parse_entries(specs: Sequence[str], grid_dir: Path) -> list[Entry]:
-    given = [spec.strip() for spec in specs if spec.strip()]
+    given = [one for spec in specs if spec.strip() for one in expand_study_entry(spec.strip())]
     entries = [parse_entry(spec, grid_dir) for spec in given]
     if not entries:
         raise CompareError("no entries given (--losses)")

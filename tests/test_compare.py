@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -111,6 +112,44 @@ def test_study_entry_takes_the_best_trials_shape(tmp_path):
     assert entry.label == "study-search"
     assert entry.options == {"loss": "klip", "shape": "sigmoid", "shape_params": {"eps": 0.2, "tau": 0.09}}
     assert entry.source["trial"] == 1
+
+
+def _sigmoid_study(url: str, values: list[float]) -> None:
+    study = optuna.create_study(study_name="search", storage=url, direction="maximize")
+    for index, value in enumerate(values):
+        study.add_trial(optuna.create_trial(
+            params={"shape": "sigmoid", "tau": 0.01 * (index + 1)}, value=value,
+            distributions={"shape": optuna.distributions.CategoricalDistribution(["sigmoid"]),
+                           "tau": optuna.distributions.FloatDistribution(0.01, 0.1)}))
+    failed = study.ask()  # a failed trial is never an entry
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+
+
+def test_study_entry_takes_a_named_trial_or_the_k_best_one_entry_each(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    _sigmoid_study(url, [1.0, 5.0, 3.0, 4.0])
+    entry = parse_entry(f"study:search#2@{url}", tmp_path)
+    assert entry.label == "study-search-t2" and entry.source["trial"] == 2
+    assert entry.options["shape_params"] == {"eps": 0.2, "tau": 0.03}
+    entries = parse_entries(["step", f"study:search#top3@{url}"], tmp_path)
+    assert [e.label for e in entries] == ["step", "study-search-t1", "study-search-t3", "study-search-t2"]
+    assert [e.source["value"] for e in entries[1:]] == [5.0, 4.0, 3.0]
+    # The best of the K best is the plain entry's trial, under its own label.
+    assert parse_entry(f"study:search@{url}", tmp_path).options == entries[1].options
+
+
+@pytest.mark.parametrize("selector, message", [
+    ("#9", "trial 9 is not a complete trial of study 'search'"),
+    ("#4", "trial 4 is not a complete trial"),  # the failed one
+    ("#best", "study:NAME#N@STORAGE_URL"),
+    ("#top5", "has 4 complete trials, fewer than 5"),
+    ("#top0", "#top needs at least 1 trial"),
+])
+def test_bad_study_selectors_are_refused_in_one_line(tmp_path, selector, message):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    _sigmoid_study(url, [1.0, 5.0, 3.0, 4.0])
+    with pytest.raises(CompareError, match=re.escape(message)):
+        parse_entries([f"study:search{selector}@{url}"], tmp_path)
 
 
 def test_study_entry_takes_a_klip_study_trials_shape_with_its_state(tmp_path):
