@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = "results/README.md"
 DISCOVERY = "results/discovery/increments-3task"
-STUDY_ENTRY = "study-increments-3task"
+STUDY_ENTRY = "study-increments-3task"  # + "-tN": the trial pick.py chose from the re-check
+RECHECK = f"{DISCOVERY}/recheck/report.md"
 STUDY_TRIALS = 143
 HELD_OUT = f"{DISCOVERY}/heldout/report.md"
 NEGATIVE = ("nothing beats `step`", "no entry beats `step`", "degrades")
@@ -61,6 +62,7 @@ COSTS = [
     ("the epochs axis, 20 epochs", "results/epochs/e20/report.md"),
     ("the epochs axis, 40 epochs", "results/epochs/e40/report.md"),
     ("the discovery study", f"{DISCOVERY}/report/summary.json"),
+    ("the re-check of the study's five best trials", RECHECK),
     ("the held-out grid", HELD_OUT),
     ("the fresh-seed grid", f"{DISCOVERY}/fresh/report.md"),
 ]
@@ -172,7 +174,7 @@ def heldout_iqm(text: str) -> str | None:
     """The discovered gate's IQM [95% CI] in the held-out report's "Across tasks" table, as
     written there (the settings table above it has a row of that entry too)."""
     rows = "\n".join(section(text, "Across tasks"))
-    match = re.search(rf"^\| `{re.escape(STUDY_ENTRY)}` \| ([^|]+) \|", rows, flags=re.M)
+    match = re.search(rf"^\| `{re.escape(STUDY_ENTRY)}(?:-t\d+)?` \| ([^|]+) \|", rows, flags=re.M)
     return match.group(1).strip() if match else None
 
 
@@ -200,6 +202,11 @@ def page(root: Path) -> str:
         path = root / report
         if held_out:
             lines += [f"Discovery: {study_status(root)}", ""]
+            if (root / RECHECK).is_file():
+                link = Path(RECHECK).relative_to("results")
+                lines += [f"The five best trials trained again on tuning seeds 102-104 (the leader there "
+                          f"is the gate tested below): [the re-check]({link}), "
+                          f"{completeness((root / RECHECK).read_text())}", ""]
             for figure_path, caption in ((GENERATIONS, "the search, generation by generation"),
                                          (BEST_GATE, "the discovered gate beside PPO-Clip's")):
                 if (root / figure_path).is_file():

@@ -304,6 +304,29 @@ def tasks_step_learned(step_returns: dict[str, list[float]], random_returns: dic
     return kept, left_out
 
 
+def normalised_scores(results: GridResults, randoms: dict[str, dict[str, Any]]
+                      ) -> tuple[list[str], list[str], dict[str, dict[str, np.ndarray]]]:
+    """Each entry's runs as normalised scores, per task: (return - random) / (mean `step` return -
+    random). Returns (tasks normalised, tasks left out by `tasks_step_learned`, label -> task ->
+    scores); nothing without a `step` entry."""
+    spec = results.spec
+    step = next((e for e in spec.entries if e.is_step), None)
+    if step is None:
+        return [], [], {}
+    step_returns = {task: list(results.seeds_of(task, step).values())
+                    for task in spec.tasks if results.seeds_of(task, step)}
+    references = {task: float(np.mean(returns)) for task, returns in step_returns.items()}
+    tasks, left_out = tasks_step_learned(step_returns, {t: randoms[t]["return_mean"] for t in step_returns})
+    normalised: dict[str, dict[str, np.ndarray]] = {}
+    for entry in spec.entries:
+        scores = {task: np.asarray(normalise(list(results.seeds_of(task, entry).values()),
+                                             randoms[task]["return_mean"], references[task]))
+                  for task in tasks if results.seeds_of(task, entry)}
+        if scores:
+            normalised[entry.label] = scores
+    return tasks, left_out, normalised
+
+
 def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resamples: int,
                 differences: dict[str, dict[str, Estimate]]) -> list[str]:
     spec = results.spec
@@ -312,10 +335,7 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
     if step is None:
         return [*lines, "`step` is not an entry of this grid, so there are no normalised scores "
                 "(random = 0, `step` = 1 per task); raw returns only (above).", ""]
-    step_returns = {task: list(results.seeds_of(task, step).values())
-                    for task in spec.tasks if results.seeds_of(task, step)}
-    references = {task: float(np.mean(returns)) for task, returns in step_returns.items()}
-    tasks, left_out = tasks_step_learned(step_returns, {t: randoms[t]["return_mean"] for t in step_returns})
+    tasks, left_out, normalised = normalised_scores(results, randoms)
     if left_out:
         lines += [f"Left out of the normalised scores: {', '.join(left_out)}, where `step`'s mean "
                   "return is not above the random policy's by more than its standard error "
@@ -331,13 +351,6 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
               f"({n_resamples} resamples; `scipy.stats.bootstrap`, each task its own sample). "
               "IQM: mean of the middle 50% of all runs. Optimality gap: mean shortfall below "
               "`step`'s level, mean(max(0, 1 − score)); lower is better.", ""]
-    normalised: dict[str, dict[str, np.ndarray]] = {}
-    for entry in spec.entries:
-        scores = {task: np.asarray(normalise(list(results.seeds_of(task, entry).values()),
-                                             randoms[task]["return_mean"], references[task]))
-                  for task in tasks if results.seeds_of(task, entry)}
-        if scores:
-            normalised[entry.label] = scores
     rows = []
     estimates: dict[str, dict[str, Estimate]] = {"IQM": {}, "mean": {}}
     improvements: dict[str, dict[str, Estimate]] = {"P(entry > step)": {}}
@@ -428,4 +441,5 @@ def write_report(out: str | Path, *, n_resamples: int = 2000) -> Path:
     return path
 
 
-__all__ = ["PAPER", "PAPER_SOURCE", "GridResults", "collect", "plot_learning_curves", "write_report"]
+__all__ = ["PAPER", "PAPER_SOURCE", "GridResults", "collect", "normalised_scores", "plot_learning_curves",
+           "write_report"]

@@ -95,7 +95,7 @@ HELD_OUT_REPORT = """# Comparison
 | entry | IQM [95% CI] | mean [95% CI] | P(entry > step) [95% CI] | runs |
 |---|---|---|---|---|
 | `step` | 0.99 [0.91, 1.09] | 1.00 [0.91, 1.09] | — | 2/2 tasks, 20 runs |
-| `study-increments-3task` | {iqm} | 1.21 [1.07, 1.36] | 0.70 [0.54, 0.83] | 2/2 tasks, 20 runs |
+| `{label}` | {iqm} | 1.21 [1.07, 1.36] | 0.70 [0.54, 0.83] | 2/2 tasks, 20 runs |
 
 ## Reading
 
@@ -106,8 +106,10 @@ HELD_OUT_REPORT = """# Comparison
 def test_the_held_out_iqm_is_the_across_tasks_row_and_the_moonshot_is_said_plainly(tmp_path: Path) -> None:
     report = tmp_path / findings.HELD_OUT
     report.parent.mkdir(parents=True)
-    for iqm, met in (("1.08 [1.02, 1.24]", True), ("1.04 [0.97, 1.15]", False)):
-        report.write_text(HELD_OUT_REPORT.replace("{iqm}", iqm))
+    # The entry as pick.py names the chosen trial, and as a plain study entry names the best.
+    for iqm, met, label in (("1.08 [1.02, 1.24]", True, "study-increments-3task-t131"),
+                            ("1.04 [0.97, 1.15]", False, "study-increments-3task")):
+        report.write_text(HELD_OUT_REPORT.replace("{iqm}", iqm).replace("{label}", label))
         text = findings.page(tmp_path)
         held_out = text.split("## A discovered gate")[1].split("\n## ")[0]
         assert f"(`step` = 1): {iqm}; its 95% interval " in held_out
@@ -166,3 +168,11 @@ def test_the_discovery_status_gives_each_generations_mean_and_what_its_level_mea
     assert "best so far: trial 3, objective 1.60" in status
     assert "Mean objective by generation: 0: 1.15, 1: 1.50." in status
     assert "Generation 0, drawn around `step`'s vector, already averages above 1" in status
+
+
+def test_the_held_out_section_links_the_recheck_that_chose_the_gate(tmp_path: Path) -> None:
+    recheck = tmp_path / findings.RECHECK
+    recheck.parent.mkdir(parents=True)
+    recheck.write_text("# Comparison\n\n## Completeness\n\n12 of 54 cells done.\n")
+    held_out = findings.page(tmp_path).split("## A discovered gate")[1].split("\n## ")[0]
+    assert "[the re-check](discovery/increments-3task/recheck/report.md), 12 of 54 cells done." in held_out
