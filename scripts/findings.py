@@ -234,8 +234,13 @@ def page(root: Path) -> str:
         lines.append("")
         if (path.parent / figure).is_file():
             lines += [f"![{heading}]({(link.parent / figure).as_posix()})", ""]
-        # A task compared with only some of the grid's entries so far is no result yet.
-        negatives += [f"{heading.split(':')[0]}: {line[2:]}" for line in reading
+        # A task compared with only some of the grid's entries so far is no result yet; the rest of
+        # a grid still running is listed with how far it is.
+        where = heading.split(":")[0]
+        counts = re.match(r"(\d+) of (\d+) cells done", completeness(text))
+        if counts and counts.group(1) != counts.group(2):
+            where += f" (so far: {counts.group(0)})"
+        negatives += [f"{where}: {line[2:]}" for line in reading
                       if any(words in line for words in NEGATIVE) and "entries so far)" not in line]
     spent = costs(root)
     if spent:

@@ -80,27 +80,34 @@ def named_estimate(label: str, estimate: Estimate, digits: int = 2) -> str:
 def reading(differences: Mapping[str, Mapping[str, Estimate]], improvements: Mapping[str, Estimate],
             iqms: Mapping[str, Estimate], step_label: str,
             diverged: Mapping[str, tuple[int, int]] | None = None,
-            entries_besides_step: int | None = None) -> list[str]:
+            entries_besides_step: int | None = None,
+            tasks_so_far: tuple[int, int] | None = None) -> list[str]:
     """Bullet points: across tasks (probability of improvement, IQM), task by task, and the
     entries some of whose runs diverged (`diverged`: label -> (diverged, done)).
 
     `entries_besides_step`: how many entries the grid sets against `step`; a task (or the IQM
     line) that has runs of fewer says how many, so "nothing beats `step`" over a half-run grid
-    is not read as the final answer."""
+    is not read as the final answer. `tasks_so_far`: (tasks with `step` runs, the grid's tasks);
+    the across-tasks lines say so while the first is smaller."""
     lines = ["## Reading", "",
              "Generated from the intervals above: \"above\" or \"below\" `step` only where the 95% "
              "interval excludes no difference. The intervals are per comparison, not corrected "
              f"for the {sum(len(by_label) for by_label in differences.values())} made here: a few "
              "differences in that many are expected from seed noise alone.", ""]
+    across, every = "Across tasks", "every task"
+    if tasks_so_far is not None and tasks_so_far[0] < tasks_so_far[1]:
+        done, total = tasks_so_far
+        across = f"Across the {done} of {total} tasks with runs so far"
+        every = f"every task so far ({done} of {total})"
     if improvements:
         sides: dict[str, list[str]] = {"above": [], "below": [], "within": [], "undetermined": []}
         for label, estimate in improvements.items():
             sides[interval_side(estimate, 0.5)].append(named_estimate(label, estimate))
         if sides["above"]:
-            lines.append(f"- Across tasks (each entry over the tasks it has runs on), P(entry > `step`) is "
+            lines.append(f"- {across} (each entry over the tasks it has runs on), P(entry > `step`) is "
                          f"above 0.5 for {_listed(sides['above'])}.")
         elif sides["below"] or sides["within"]:
-            lines.append("- Across tasks (each entry over the tasks it has runs on), no entry beats "
+            lines.append(f"- {across} (each entry over the tasks it has runs on), no entry beats "
                          "`step`: no P(entry > `step`) interval lies above 0.5.")
         if sides["below"]:
             lines.append(f"- Below 0.5 (worse than `step`): {_listed(sides['below'])}.")
@@ -119,8 +126,8 @@ def reading(differences: Mapping[str, Mapping[str, Estimate]], improvements: Map
             lines.append("- Highest IQM of normalised scores: no entry besides `step` has runs on "
                          "every task yet.")
         else:
-            lines.append(f"- Highest IQM of normalised scores (among entries with runs on every "
-                         f"task): {named_estimate(best, iqms[best])}{against}.")
+            lines.append(f"- Highest IQM of normalised scores (among entries with runs on "
+                         f"{every}): {named_estimate(best, iqms[best])}{against}.")
     for task, by_label in differences.items():
         above = [named_estimate(label, estimate, 0) for label, estimate in by_label.items()
                  if interval_side(estimate, 0.0) == "above"]

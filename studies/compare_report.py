@@ -397,7 +397,8 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
     complete = {label: estimate for label, estimate in estimates["IQM"].items()
                 if len(normalised[label]) == len(tasks)}
     return [*lines, *reading(differences, improvements["P(entry > step)"], complete, step.label,
-                             results.diverged_counts(), len(spec.entries) - 1)]
+                             results.diverged_counts(), len(spec.entries) - 1,
+                             (len(tasks) + len(left_out), len(spec.tasks)))]
 
 
 def _runs(results: GridResults) -> list[str]:

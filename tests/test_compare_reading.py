@@ -69,3 +69,14 @@ def test_a_half_run_grid_says_how_many_entries_each_claim_rests_on():
     # A grid of step alone (or a caller that does not say) keeps the plain wording.
     text = "\n".join(reading(differences, {}, {"step": Estimate(1.0, 0.9, 1.1)}, "step"))
     assert "- B: nothing beats `step`." in text and "every task): `step` (1.00" in text
+
+
+def test_a_grid_with_runs_on_some_tasks_says_so_in_its_across_tasks_lines():
+    improvements = {"x": Estimate(0.4, 0.2, 0.6)}
+    iqms = {"step": Estimate(1.0, 0.9, 1.1), "x": Estimate(1.2, 0.9, 1.4)}
+    text = "\n".join(reading({}, improvements, iqms, "step", tasks_so_far=(1, 3)))
+    assert "- Across the 1 of 3 tasks with runs so far (each entry over the tasks it has runs on), " \
+           "no entry beats `step`" in text
+    assert "(among entries with runs on every task so far (1 of 3)): `x`" in text
+    text = "\n".join(reading({}, improvements, iqms, "step", tasks_so_far=(3, 3)))
+    assert "- Across tasks (each entry" in text and "on every task): `x`" in text

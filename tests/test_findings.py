@@ -37,6 +37,9 @@ def test_the_page_quotes_each_reading_and_collects_the_negative_results(tmp_path
     assert "- Hopper-v4: above `step`: `spo` (120 [10, 230])." in text and "not a reading" not in text
     negatives = text.split("## Negative results")[1]
     assert "Ant-v4: nothing beats `step`." in negatives and "degrades, P = 0.20" in negatives
+    # A grid still running says how far it is; the axis report states no completeness.
+    assert "- By task (so far: 75 of 375 cells done): Ant-v4: nothing beats `step`." in negatives
+    assert "- By number of epochs: `step` against itself" in negatives
     assert "spo" not in negatives and "Humanoid-v4" not in negatives  # partial: quoted, not concluded
     assert "- Humanoid-v4 (1 of 14 entries so far): nothing beats `step`." in text
     held_out = text.split("## A discovered gate")[1].split("## ")[0]
