@@ -60,6 +60,21 @@ def klip_version() -> str:
 
 
 
+def ranked_trials(study: Any) -> list[FrozenTrial]:
+    """A study's complete trials with a finite value, best first (ties: the earlier trial); the
+    trials that evaluated every instance rank before Wilcoxon-pruned partial means, which are
+    no fair best. The first is the study's best trial for every klip command."""
+    import math
+
+    from optuna.study import StudyDirection
+
+    complete = [trial for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if trial.value is not None and math.isfinite(trial.value)]
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    return sorted(complete, key=lambda trial: (bool(trial.user_attrs.get(ATTR_PARTIAL)), sign * trial.value,
+                                               trial.number))
+
+
 def trial_results(trial: FrozenTrial) -> dict[str, dict[str, Any]]:
     """Instance name -> result, from the per-instance attributes (or a study made before)."""
     results = dict(trial.user_attrs.get(ATTR_RESULTS, {}))

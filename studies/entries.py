@@ -184,17 +184,6 @@ def _load_study(spec: str, name: str, url: str) -> Any:
         raise CompareError(f"entry {hide_passwords(spec)!r}: {error}") from None
 
 
-def ranked_trials(study: Any) -> list[Any]:
-    """A study's complete trials with a finite value, best first (ties: the earlier trial)."""
-    from optuna.study import StudyDirection
-    from optuna.trial import TrialState
-
-    complete = [trial for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if trial.value is not None and math.isfinite(trial.value)]
-    maximise = study.direction == StudyDirection.MAXIMIZE
-    return sorted(complete, key=lambda trial: (-trial.value if maximise else trial.value, trial.number))
-
-
 def expand_study_entry(spec: str) -> list[str]:
     """`study:NAME#topK@URL` -> one `study:NAME#N@URL` per trial of the K best, best first (to
     compare a search's leaders on new seeds before choosing one); any other entry as it is."""
@@ -207,6 +196,8 @@ def expand_study_entry(spec: str) -> list[str]:
     count = int(top.group(1))
     if count < 1:
         raise CompareError(f"entry {hide_passwords(spec)!r}: #top needs at least 1 trial")
+    from klip.studies.attributes import ranked_trials
+
     ranked = ranked_trials(_load_study(spec, name, url))
     if len(ranked) < count:
         raise CompareError(f"entry {hide_passwords(spec)!r}: study {name!r} has {len(ranked)} complete "
@@ -219,7 +210,7 @@ def _study_entry(spec: str, grid_dir: Path) -> Entry:
     JSON (with its state, e.g. a learned vector), else the params `shape` and the shape's
     parameters."""
     from klip.shapes import make_shape, shape_from_dict
-    from klip.studies.attributes import ATTR_SHAPE
+    from klip.studies.attributes import ATTR_SHAPE, ranked_trials
 
     name, selector, url = _study_parts(spec)
     shown = hide_passwords(spec)  # grid.json and messages: never a storage password
@@ -229,13 +220,12 @@ def _study_entry(spec: str, grid_dir: Path) -> Entry:
     ranked = ranked_trials(study)
     if not ranked:
         raise CompareError(f"entry {shown!r}: study {name!r} has no complete trial yet")
+    best = ranked[0]
     if selector:
         chosen = [trial for trial in ranked if trial.number == int(selector)]
         if not chosen:
             raise CompareError(f"entry {shown!r}: trial {selector} is not a complete trial of study {name!r}")
         best = chosen[0]
-    else:
-        best = study.best_trial
     source = {"study": name, "storage": hide_passwords(url), "trial": best.number,
               "value": best.value}
     try:

@@ -15,7 +15,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from klip.shapes import CoefficientShape, get_shape_class, save_shape, shape_from_dict
-from klip.studies.attributes import ATTR_RUN_OPTIONS, trial_curves, trial_results
+from klip.studies.attributes import ATTR_RUN_OPTIONS, ranked_trials, trial_curves, trial_results
 from klip.studies.files import write_text_atomically, writing
 from klip.studies.objective import continued_trial
 from klip.studies.run import (
@@ -59,13 +59,10 @@ def per_task_scores(trial: FrozenTrial) -> dict[str, dict[str, float]]:
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
     """The best COMPLETE trial that evaluated every instance (a partial mean is not a fair best)."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.value is not None and math.isfinite(t.value)]
-    full = [t for t in complete if not t.user_attrs.get(ATTR_PARTIAL)]
-    candidates = full or complete
-    if not candidates:
+    ranked = ranked_trials(study)
+    if not ranked:
         raise StudyError(f"study {study.study_name!r} has no complete trial yet")
-    return max(candidates, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
+    return ranked[0]
 
 
 def generation_of(trial: FrozenTrial) -> int | None:

@@ -114,11 +114,12 @@ def test_study_entry_takes_the_best_trials_shape(tmp_path):
     assert entry.source["trial"] == 1
 
 
-def _sigmoid_study(url: str, values: list[float]) -> None:
+def _sigmoid_study(url: str, values: list[float], partial: tuple[int, ...] = ()) -> None:
     study = optuna.create_study(study_name="search", storage=url, direction="maximize")
     for index, value in enumerate(values):
         study.add_trial(optuna.create_trial(
             params={"shape": "sigmoid", "tau": 0.01 * (index + 1)}, value=value,
+            user_attrs={"klip_pruned_partial": True} if index in partial else {},
             distributions={"shape": optuna.distributions.CategoricalDistribution(["sigmoid"]),
                            "tau": optuna.distributions.FloatDistribution(0.01, 0.1)}))
     failed = study.ask()  # a failed trial is never an entry
@@ -136,6 +137,20 @@ def test_study_entry_takes_a_named_trial_or_the_k_best_one_entry_each(tmp_path):
     assert [e.source["value"] for e in entries[1:]] == [5.0, 4.0, 3.0]
     # The best of the K best is the plain entry's trial, under its own label.
     assert parse_entry(f"study:search@{url}", tmp_path).options == entries[1].options
+
+
+def test_a_study_entry_is_the_best_trial_klip_study_report_names(tmp_path):
+    """A Wilcoxon-pruned trial's partial mean is no fair best: `klip study report` passes over
+    it, and so does a study entry (Optuna's own best_trial would take it)."""
+    from klip.studies.report import best_trial
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    _sigmoid_study(url, [1.0, 5.0, 3.0], partial=(1,))
+    study = optuna.load_study(study_name="search", storage=url)
+    assert study.best_trial.number == 1 and best_trial(study).number == 2
+    assert parse_entry(f"study:search@{url}", tmp_path).source["trial"] == 2
+    top = parse_entries([f"study:search#top3@{url}"], tmp_path)
+    assert [entry.source["trial"] for entry in top] == [2, 0, 1]
 
 
 @pytest.mark.parametrize("selector, message", [
