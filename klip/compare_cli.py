@@ -12,7 +12,8 @@ from klip.seeds import SEEDS_HELP
 ENTRY_HELP = (
     "comma-separated entries: a loss (clip, kl_fixed, kl_adaptive; options as "
     "kl_adaptive:kl_target=0.01), a shape with parameters (step, sigmoid:tau=0.03), a shape "
-    ".json file, or study:NAME@STORAGE_URL (the study's best trial)"
+    ".json file, or study:NAME@STORAGE_URL (the study's best trial; study:NAME#131@URL for "
+    "trial 131, study:NAME#top5@URL for the five best, one entry each)"
 )
 
 
