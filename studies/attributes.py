@@ -11,9 +11,11 @@ read both.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 # Study user attributes.
@@ -64,9 +66,6 @@ def ranked_trials(study: Any) -> list[FrozenTrial]:
     """A study's complete trials with a finite value, best first (ties: the earlier trial); the
     trials that evaluated every instance rank before Wilcoxon-pruned partial means, which are
     no fair best. The first is the study's best trial for every klip command."""
-    import math
-
-    from optuna.study import StudyDirection
 
     complete = [trial for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if trial.value is not None and math.isfinite(trial.value)]
