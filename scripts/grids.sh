@@ -138,7 +138,20 @@ for state, errored in rows:
     counts[name] = counts.get(name, 0) + 1
 generation = connection.execute(
     \"select max(cast(value_json as integer)) from trial_system_attributes where key = 'cma:generation'\").fetchone()[0]
-print(', '.join(f'{n} {name}' for name, n in counts.items()) + f' trials; CMA-ES generation {generation}')" "$DISCOVERY/study.db") (target: 143 complete)"
+text = ', '.join(f'{n} {name}' for name, n in counts.items()) + f' trials; CMA-ES generation {generation}'
+# The batch training now: its population directory (one per task) and how far its agents are.
+import csv, pathlib
+for population in sorted(pathlib.Path(sys.argv[1]).parent.glob('population-*')):
+    frames, budget = [], None
+    for metrics in population.glob('*/metrics.csv'):
+        rows = list(csv.DictReader(open(metrics)))
+        frames.append(int(float(rows[-1]['frames'])) if rows else 0)
+        budget = next((line.split()[1] for line in open(metrics.parent / 'config.yaml')
+                       if line.startswith('steps:')), budget)
+    if frames:
+        text += (f'; batch on {population.name.split(\"-\", 2)[2]}: {min(frames):,} of '
+                 f'{int(budget or 0):,} steps of each agent')
+print(text)" "$DISCOVERY/study.db") (target: 143 complete)"
         fi
         echo "$job: $state${line:+; $line}"
       done ;;
