@@ -150,8 +150,8 @@ def study_status(root: Path) -> str:
             # Generation 0 is drawn around `step`'s own vector, which scores exactly 1 here.
             text += (" Generation 0, drawn around `step`'s vector, already averages above 1: either gates "
                      "near `step` do better at 300k steps, or the tuning seeds' `step` runs sit low. The "
-                     "objective ranks gates against each other; the grids below compare the best one "
-                     "with `step` on seeds it was not tuned on.")
+                     "objective ranks gates against each other; the grids below compare the gate the "
+                     "re-check chooses with `step` on seeds it was not tuned on.")
     return text
 
 
