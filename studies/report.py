@@ -210,20 +210,22 @@ def plot_generations(study: optuna.Study, out: Path) -> Path | None:
     found, values = (np.array(column, dtype=float) for column in zip(*points, strict=True))
     summary = generations(study)
     numbers = [row["generation"] for row in summary]
-    figure, axis = plt.subplots(figsize=(6, 4), layout="constrained")
-    # Spread a generation's points sideways, the same way on every run of the report.
-    spread = np.random.default_rng(0).uniform(-0.15, 0.15, size=len(found))
-    axis.scatter(found + spread, values, s=14, alpha=0.5, color="C0", label="a complete trial")
-    axis.plot(numbers, [row["mean"] for row in summary], "o-", color="C1", label="generation mean")
-    axis.step(numbers, np.maximum.accumulate([row["max"] for row in summary]), where="post", color="C2",
-              label="best so far")
-    axis.axhline(1.0, color="black", linestyle="--", linewidth=1, label="step (PPO-Clip) = 1")
-    axis.set_xticks(numbers)
-    axis.set_xlabel("generation")
-    axis.set_ylabel("objective (mean normalised score)")
-    axis.legend(fontsize=8)
-    path = out / "generations.png"
-    figure.savefig(path, dpi=100)
+    # Optuna's plots (drawn before, in this process) switch matplotlib to its own style.
+    with plt.style.context("default"):
+        figure, axis = plt.subplots(figsize=(6, 4), layout="constrained")
+        # Spread a generation's points sideways, the same way on every run of the report.
+        spread = np.random.default_rng(0).uniform(-0.15, 0.15, size=len(found))
+        axis.scatter(found + spread, values, s=14, alpha=0.5, color="C0", label="a complete trial")
+        axis.plot(numbers, [row["mean"] for row in summary], "o-", color="C1", label="generation mean")
+        axis.step(numbers, np.maximum.accumulate([row["max"] for row in summary]), where="post", color="C2",
+                  label="best so far")
+        axis.axhline(1.0, color="black", linestyle="--", linewidth=1, label="step (PPO-Clip) = 1")
+        axis.set_xticks(numbers)
+        axis.set_xlabel("generation")
+        axis.set_ylabel("objective (mean normalised score)")
+        axis.legend(fontsize=8)
+        path = out / "generations.png"
+        figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
 
