@@ -41,7 +41,7 @@ from klip.studies.compare_sections import (
     _diagnostics,
     _paper,
 )
-from klip.studies.figure_style import entry_styles, shared_legend
+from klip.studies.figure_style import grid_styles, shared_legend
 from klip.studies.files import write_text_atomically
 from klip.studies.grid import EVENTS_FILE, Cell
 from klip.studies.references import random_scores
@@ -189,8 +189,7 @@ def plot_learning_curves(results: GridResults, path: Path) -> Path:
     rows = math.ceil(len(spec.tasks) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False,
                                 layout="constrained")
-    step = next((entry.label for entry in spec.entries if entry.is_step), None)
-    styles = entry_styles([entry.label for entry in spec.entries], step)
+    styles = grid_styles(spec.entries)
     for axis, task in zip(axes.flat, spec.tasks, strict=False):
         counts = []
         for entry in spec.entries:
@@ -371,7 +370,7 @@ def _aggregates(results: GridResults, randoms: dict[str, dict[str, Any]], n_resa
     lines += _table(["entry", "IQM [95% CI]", "mean [95% CI]", "optimality gap [95% CI]",
                      "P(entry > step) [95% CI]", "runs"], rows)
     figures = results.out / "figures"
-    styles = entry_styles([entry.label for entry in spec.entries], step.label)  # as in every figure
+    styles = grid_styles(spec.entries)  # as in every figure of the report
     _interval_plot(estimates, figures / "aggregates.png", 1.0, "normalised score", styles)
     lines += ["![IQM and mean of normalised scores](figures/aggregates.png)", ""]
     if improvements["P(entry > step)"]:

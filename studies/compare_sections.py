@@ -17,7 +17,7 @@ from scipy import stats
 from klip.studies.compare_reading import interval_side
 from klip.studies.compare_results import NEUTRAL_OPTIONS, GridResults, _mean_std, _table
 from klip.studies.entries import Entry
-from klip.studies.figure_style import entry_styles, shared_legend
+from klip.studies.figure_style import grid_styles, shared_legend
 from klip.studies.grid import Cell
 from klip.studies.statistics import Estimate
 from klip.studies.training import read_metrics
@@ -95,8 +95,7 @@ def plot_diagnostics(results: GridResults, columns: Sequence[tuple[str, str]], p
     grid = np.linspace(spec.steps / CURVE_POINTS, spec.steps, CURVE_POINTS)
     figure, axes = plt.subplots(len(spec.tasks), len(columns), squeeze=False, layout="constrained",
                                 figsize=(3.6 * len(columns), 2.6 * len(spec.tasks) + 0.2 * len(spec.entries)))
-    step = next((entry.label for entry in spec.entries if entry.is_step), None)
-    styles = entry_styles([entry.label for entry in spec.entries], step)
+    styles = grid_styles(spec.entries)
     for row, task in enumerate(spec.tasks):
         for col, (column, label) in enumerate(columns):
             axis = axes[row, col]

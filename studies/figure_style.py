@@ -33,6 +33,12 @@ def entry_styles(labels: Sequence[str], reference: str | None = None) -> dict[st
     return styles
 
 
+def grid_styles(entries: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """`entry_styles` of a comparison grid's entries, its `step` entry the reference."""
+    step = next((entry.label for entry in entries if entry.is_step), None)
+    return entry_styles([entry.label for entry in entries], step)
+
+
 def shared_legend(figure: Any, axes: Sequence[Any], used: int, fontsize: float = 8) -> None:
     """One legend for the whole figure, from every panel's labelled lines (first seen first):
     in the first unused panel when there is one, else below the panels."""
@@ -52,4 +58,4 @@ def shared_legend(figure: Any, axes: Sequence[Any], used: int, fontsize: float =
                   ncols=min(5, len(handles)), fontsize=fontsize)
 
 
-__all__ = ["REFERENCE_STYLE", "entry_styles", "shared_legend"]
+__all__ = ["REFERENCE_STYLE", "entry_styles", "grid_styles", "shared_legend"]
