@@ -83,8 +83,10 @@ def save_parameters(path: Path, actor: torch.nn.Module, critic: torch.nn.Module,
     """Write PARAMETERS_FILE; `klip.load_run(...).load_module()` reads it where no checkpoint is."""
     import io
 
-    state = {**{f"actor.{key}": value for key, value in actor.state_dict().items()},
-             **{f"critic.{key}": value for key, value in critic.state_dict().items()}}
+    # clone(): an agent's tensors are views into its population's stacked ones, and torch.save
+    # writes a view's whole storage.
+    state = {**{f"actor.{key}": value.clone() for key, value in actor.state_dict().items()},
+             **{f"critic.{key}": value.clone() for key, value in critic.state_dict().items()}}
     buffer = io.BytesIO()
     torch.save({"state_dict": state, "normalization": normalization}, buffer)
     write_atomically(path, buffer.getvalue())

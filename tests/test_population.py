@@ -241,6 +241,11 @@ def test_seeds_and_sweep_write_one_run_directory_per_agent_and_a_summary(tmp_pat
         # Recorded as a single run records it: resolved, every shape parameter named.
         assert config["shape_params"] == {"eps": 0.2, "delta": float(agent.split("delta")[1])}
         assert len(metric_rows(directory / "metrics.csv")) == 2
+        # An agent's parameters are a slice of the population's stacked ones; its file holds
+        # that slice alone, not the whole population's storage.
+        state = torch.load(directory / "parameters.pt", weights_only=True)["state_dict"]
+        for name, value in state.items():
+            assert value.untyped_storage().nbytes() == value.numel() * value.element_size(), name
     with open(out / "population_summary.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert [row["agent"] for row in rows] == agents
