@@ -6,10 +6,16 @@
 #
 #   bash scripts/grids.sh            # start the lanes; logs in ${KLIP_GRID_LOGS:-/tmp}
 #   bash scripts/grids.sh --status   # one line per job
-#   bash scripts/grids.sh --stop     # stop every lane (each job continues on the next start)
+#   bash scripts/grids.sh --stop     # stop every lane (each job continues on the next start) and
+#                                    # pack its unfinished populations into results/unfinished.tar
 #   bash scripts/grids.sh --pause    # freeze every lane (SIGSTOP), e.g. for a benchmark; --unpause
 #   bash scripts/grids.sh --reports  # rewrite the reports and the findings page from the data
 #                                    # (lanes paused or stopped: a report is a snapshot)
+#
+# Checkpoints are not committed (results/**/checkpoints/ is ignored), so a fresh clone would
+# start every interrupted population again from step 0. --stop therefore packs the populations
+# still training (checkpoints included) into results/unfinished.tar, committed with the results,
+# and a start on a checkout with no checkpoints unpacks it: the jobs continue bit for bit.
 #
 # The lanes run at nice 10 (KLIP_GRID_NICE), so tests and other work take the CPU first and
 # the lanes keep what is left: no need to pause them for the test suite (only for timings).
@@ -25,6 +31,7 @@ ZOO_ENTRIES="step,sigmoid,linear_ramp,annealed_clip,clip_higher,rollback,spo,dpo
 trgppo_gaussian,none,study:sigmoid-2task@sqlite:///results/studies/sigmoid-2task/study.db,\
 study:learned-3task@sqlite:///results/discovery/learned-3task/study.db"
 DISCOVERY=results/discovery/increments-3task
+CARRIED=results/unfinished.tar
 
 job_paper_table() {  # the paper's table, grown by its two extra checks
   $KLIP compare --losses clip,step,kl_fixed,kl_adaptive --tasks \
@@ -85,6 +92,13 @@ job_epochs() {  # the epochs axis: 20 and 40 inner epochs (10 epochs: the zoo's 
   done
   # The 10-epoch column is the zoo's (its runs so far, if it is still running).
   $KLIP compare axis results/zoo results/epochs/e20 results/epochs/e40 --out results/epochs/axis
+}
+
+# The populations training now: a grid's runs/<task>/<entry>/population or a study batch's
+# population-<trial>-<task>; each is dissolved into its cells or trials when it finishes.
+unfinished_populations() {
+  find results -type f -path '*/checkpoints/last.ckpt' \( -path '*/population/checkpoints/*' \
+    -o -path '*/population-[0-9]*/checkpoints/*' \) | sed 's|/checkpoints/last.ckpt$||' | sort
 }
 
 lane() {
@@ -157,10 +171,26 @@ print(text)" "$DISCOVERY/study.db") (target: 143 complete)"
       done ;;
     --stop)
       touch "$LOGS/grid-stopping"
-      [[ -e "$LOGS/grid-lanes.pgids" ]] && while read -r pgid; do
-        kill -INT -- "-$pgid" 2>/dev/null || true
-      done < "$LOGS/grid-lanes.pgids"
-      rm -f "$LOGS/grid-lanes.pgids" ;;
+      pgids=()
+      [[ -e "$LOGS/grid-lanes.pgids" ]] && mapfile -t pgids < "$LOGS/grid-lanes.pgids"
+      for pgid in "${pgids[@]}"; do kill -INT -- "-$pgid" 2>/dev/null || true; done
+      # Each klip process writes its checkpoint before it exits: wait for them (10 min at most).
+      for _ in $(seq 600); do
+        alive=0
+        for pgid in "${pgids[@]}"; do kill -0 -- "-$pgid" 2>/dev/null && alive=1; done
+        (( alive )) || break
+        sleep 1
+      done
+      if (( alive )); then echo "grids.sh: lanes still running after 10 min; $CARRIED not written" >&2; exit 1; fi
+      rm -f "$LOGS/grid-lanes.pgids"
+      touch "$LOGS/grid-carried"
+      mapfile -t populations < <(unfinished_populations)
+      if (( ${#populations[@]} )); then
+        tar -cf "$CARRIED" "${populations[@]}"
+        echo "stopped; $CARRIED holds ${#populations[@]} unfinished populations ($(du -h "$CARRIED" | cut -f1))"
+      else
+        rm -f "$CARRIED"; echo "stopped; no unfinished population"
+      fi ;;
     --pause|--unpause)
       signal=STOP; [[ "$1" == --unpause ]] && signal=CONT
       [[ -e "$LOGS/grid-lanes.pgids" ]] && while read -r pgid; do
@@ -191,6 +221,14 @@ print(text)" "$DISCOVERY/study.db") (target: 143 complete)"
             echo "lanes already running (bash scripts/grids.sh --status)"; exit 0
           fi
         done < "$LOGS/grid-lanes.pgids"
+      fi
+      [[ -x "$KLIP" ]] || bash scripts/setup.sh  # a fresh clone
+      if [[ -e "$CARRIED" && ! -e "$LOGS/grid-carried" && -z "$(unfinished_populations)" ]]; then
+        # Only on a fresh clone on a fresh machine: where the archive was written or unpacked
+        # before, its populations may have finished since.
+        tar -xf "$CARRIED" --skip-old-files
+        touch "$LOGS/grid-carried"
+        echo "continuing from $CARRIED: $(tar -tf "$CARRIED" | grep -c 'checkpoints/last.ckpt$') unfinished populations"
       fi
       : > "$LOGS/grid-lanes.pgids"
       rm -f "$LOGS/grid-stopping"
