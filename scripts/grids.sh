@@ -3,6 +3,8 @@
 # "lanes": each lane takes the next job in JOBS order that is neither done nor held by another
 # lane, so at most KLIP_GRID_LANES jobs run at once and the next starts when one ends. Every job
 # resumes where it stopped: run this again in each later session until --status says all done.
+# The zoo and the discovery's grids train two populations at a time (--workers 2), so that the
+# two cores stay busy when the other jobs are done; meanwhile the lanes share the cores.
 #
 #   bash scripts/grids.sh            # start the lanes; logs in ${KLIP_GRID_LOGS:-/tmp}
 #   bash scripts/grids.sh --status   # one line per job
@@ -42,7 +44,7 @@ job_paper_table() {  # the paper's table, grown by its two extra checks
 job_zoo() {  # every built-in and published shape against step; step's cells are the paper table's
   $KLIP compare --losses "$ZOO_ENTRIES" --tasks Hopper-v4,Walker2d-v4,HalfCheetah-v4,Ant-v4,Humanoid-v4 \
     --seeds 0-4 --steps 1000000 --seeds-together --reuse results/paper-table --out results/zoo \
-    --progress-every 300
+    --workers 2 --progress-every 300
 }
 
 job_discovery() {  # CMA-ES over learned_increments on three tasks, tuning seeds 100-101; then tested
@@ -57,19 +59,19 @@ job_discovery() {  # CMA-ES over learned_increments on three tasks, tuning seeds
   # the discovered gate (the best of 143 noisy values is biased upwards).
   $KLIP compare --losses "step,study:increments-3task#top5@sqlite:///$DISCOVERY/study.db" \
     --tasks Hopper-v4,HalfCheetah-v4,Walker2d-v4 --seeds 102-104 --steps 300000 --seeds-together \
-    --out "$DISCOVERY/recheck" --progress-every 300 || return
+    --out "$DISCOVERY/recheck" --workers 2 --progress-every 300 || return
   local discovered
   discovered="step,$(.venv/bin/python "$DISCOVERY/pick.py")" || return
   # The discovery tasks on fresh seeds.
   $KLIP compare --losses "$discovered" --tasks Hopper-v4,HalfCheetah-v4,Walker2d-v4 --seeds 0-4 \
     --steps 1000000 --seeds-together --reuse results/paper-table --reuse results/zoo \
-    --out "$DISCOVERY/fresh" --progress-every 300 || return
+    --out "$DISCOVERY/fresh" --workers 2 --progress-every 300 || return
   # Held out: Ant-v4 and Humanoid-v4, 10 seeds never tuned on (step's seeds 0-4 are the paper
   # table's, 5-9 job_heldout_step's): the grid grows by the discovered entry. Last, and after
   # job_heldout_step lets go of the grid if it is training there (one klip compare per grid).
   flock "$LOGS/grid-heldout-grid.lock" $KLIP compare --losses "$discovered" --tasks Ant-v4,Humanoid-v4 \
     --seeds 0-9 --steps 1000000 --seeds-together --reuse results/paper-table --extend \
-    --out "$DISCOVERY/heldout" --progress-every 300
+    --out "$DISCOVERY/heldout" --workers 2 --progress-every 300
 }
 
 job_heldout_step() {  # step's held-out runs need no discovered gate: trained while the study runs
