@@ -57,6 +57,8 @@ DIAGNOSTICS: tuple[tuple[str, str], ...] = (
     ("train/beta", "beta (scalar KL)"),
     ("train/explained_variance", "explained variance"),
 )
+# Non-negative amounts whose ratio to `step`'s says how much more or less the policy moves.
+RATIO_DIAGNOSTICS = frozenset({"train/kl_approx", "train/clip_fraction"})
 FINAL_FRACTION = 0.1  # "end of training" means the last 10% of iterations, as the final return
 
 
@@ -168,13 +170,23 @@ def _beside_step(table: Mapping[tuple[str, str], Mapping[str, list[float]]], pre
             mine = table.get((task, label), {})
             if side not in ("above", "below") or not mine or not reference:
                 continue
-            pairs = [f"{name} {np.mean(mine[column]):.3g} against {np.mean(reference[column]):.3g}"
+            pairs = [_pair(name, float(np.mean(mine[column])), float(np.mean(reference[column])),
+                           column in RATIO_DIAGNOSTICS)
                      for column, name in present if mine.get(column) and reference.get(column)]
             lines.append(f"- {task}, `{label}` ({side} `{step_label}`): " + "; ".join(pairs) + ".")
     if not lines:
         return []
     return ["Where an entry's return differs from `step`'s (its interval above excludes 0), its "
             "diagnostics beside `step`'s (means over seeds):", "", *lines, ""]
+
+
+def _pair(name: str, mine: float, reference: float, as_ratio: bool) -> str:
+    """`name mine against reference`, with the factor where the column is a non-negative
+    amount that a factor describes (how much further the policy moves than `step`'s)."""
+    text = f"{name} {mine:.3g} against {reference:.3g}"
+    if as_ratio and mine >= 0 and reference > 0:
+        text += f" ({mine / reference:.2g}x)"
+    return text
 
 
 def _paper_entry(entry: Entry) -> str | None:

@@ -1016,11 +1016,13 @@ def test_diagnostics_are_set_beside_steps_where_an_entry_differs_from_it(tmp_pat
     for label, entropy in (("step", 0.5), ("sigmoid", 2.0), ("spo", 9.0)):
         directory = spec.cell_dir(tmp_path, Cell(parse_entry(label, tmp_path), "Hopper-v4", 0))
         directory.mkdir(parents=True)
-        (directory / "metrics.csv").write_text(f"frames,train/entropy\n1000,{entropy}\n")
+        (directory / "metrics.csv").write_text(
+            f"frames,train/entropy,train/kl_approx\n1000,{entropy},{entropy / 100}\n")
     returns = {"Hopper-v4": {"step": {0: 3.0}, "sigmoid": {0: 1.0}, "spo": {0: 2.0}}}
     states = {cell.key: CellState("missing") for cell in spec.cells()}
     differences = {"Hopper-v4": {"sigmoid": Estimate(-2.0, -3.0, -1.0), "spo": Estimate(-1.0, -2.0, 0.5)}}
     text = "\n".join(compare_report._diagnostics(GridResults(spec, tmp_path, states, returns), None,
                                                  differences, "step"))
-    assert "- Hopper-v4, `sigmoid` (below `step`): policy entropy 2 against 0.5." in text
+    assert ("- Hopper-v4, `sigmoid` (below `step`): policy entropy 2 against 0.5; "
+            "approx. KL 0.02 against 0.005 (4x).") in text  # a factor for the KL only
     assert "`spo` (" not in text  # its interval includes 0: nothing to explain
