@@ -25,6 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KLIP=.venv/bin/klip
 LOGS=${KLIP_GRID_LOGS:-/tmp}
+mkdir -p "$LOGS"
 LANES=${KLIP_GRID_LANES:-3}
 NICENESS=${KLIP_GRID_NICE:-10}
 JOBS=(paper-table zoo discovery epochs heldout-step)
