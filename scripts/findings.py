@@ -66,7 +66,8 @@ COSTS = [
     ("the held-out grid", HELD_OUT),
     ("the fresh-seed grid", f"{DISCOVERY}/fresh/report.md"),
 ]
-COST_LINE = re.compile(r"Training cost of the (\d+) finished cells trained here: ([\d,.]+) process-hours")
+COST_LINE = re.compile(r"Training cost of the (\d+) finished cells trained here: ([\d,.]+) process-hours"
+                       r"(?:, plus ([\d,.]+) process-hours of (\d+) runs moved aside)?")
 
 
 def costs(root: Path) -> list[str]:
@@ -85,7 +86,9 @@ def costs(root: Path) -> list[str]:
             continue
         match = COST_LINE.search(path.read_text())
         if match:
-            lines.append(f"- {name}: {match.group(2)} process-hours over {match.group(1)} cells "
+            aside = (f", plus {match.group(3)} over {match.group(4)} runs moved aside and trained again"
+                     if match.group(3) else "")
+            lines.append(f"- {name}: {match.group(2)} process-hours over {match.group(1)} cells{aside} "
                          f"([its report]({Path(source).relative_to('results')}))")
     return lines
 

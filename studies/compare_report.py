@@ -101,9 +101,22 @@ def _cost(results: GridResults) -> list[str]:
             cells += 1
     if not cells:
         return []
-    return [f"Training cost of the {cells} finished cells trained here: {seconds / 3600:,.1f} process-hours "
-            "(wall-clock time of one-thread training processes, a population's split among its agents; "
-            "above the CPU time when the machine ran more processes than cores).", ""]
+    # Runs moved aside (a leftover in a cell's way, a partial run that could not continue) cost
+    # time too, though no cell shows it.
+    aside, aside_runs = 0.0, 0
+    for summary in sorted((results.out / "kept").rglob("summary.json")):
+        try:
+            share = process_seconds(json.loads(summary.read_text()))
+        except (OSError, ValueError):
+            share = None
+        if share is not None:
+            aside += share
+            aside_runs += 1
+    extra = (f", plus {aside / 3600:,.1f} process-hours of {aside_runs} runs moved aside and trained again"
+             if aside_runs else "")
+    return [f"Training cost of the {cells} finished cells trained here: {seconds / 3600:,.1f} process-hours"
+            f"{extra} (wall-clock time of one-thread training processes, a population's split among its "
+            "agents; above the CPU time when the machine ran more processes than cores).", ""]
 
 
 def _completeness(results: GridResults) -> list[str]:

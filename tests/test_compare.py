@@ -850,7 +850,16 @@ def test_seeds_together_trains_each_entry_and_task_as_one_population(tmp_path):
     # Its cost: each cell's share of its population's wall time.
     records = [check_cell(spec, out, cell).record for cell in spec.cells()]
     hours = sum(record["wall_seconds"] / record["population_size"] for record in records) / 3600
-    assert f"Training cost of the 4 finished cells trained here: {hours:,.1f} process-hours" in report
+    assert f"Training cost of the 4 finished cells trained here: {hours:,.1f} process-hours (" in report
+    # A population moved aside (an interrupted one whose checkpoint was lost) is time spent too.
+    aside = out / "kept" / "Pendulum-v1__step__population-20261207T000000"
+    for agent in ("s0", "s1"):
+        (aside / agent).mkdir(parents=True)
+        summary = {"wall_seconds": 3600.0, "population_size": 2}
+        (aside / agent / "summary.json").write_text(json.dumps(summary))
+    report = write_report(out, n_resamples=200).read_text()
+    assert (f"Training cost of the 4 finished cells trained here: {hours:,.1f} process-hours, plus 1.0 "
+            "process-hours of 2 runs moved aside and trained again (") in report
 
 
 def test_a_population_job_keeps_aside_what_it_finds_in_its_way_instead_of_deleting_it(tmp_path):

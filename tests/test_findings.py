@@ -127,14 +127,21 @@ def test_the_page_says_what_each_job_cost_as_its_report_states_it(tmp_path: Path
     zoo.mkdir(parents=True)
     (zoo / "report.md").write_text(
         "Training cost of the 75 finished cells trained here: 8.9 process-hours (wall-clock ...).\n")
+    e20 = tmp_path / "results" / "epochs" / "e20"
+    e20.mkdir(parents=True)
+    (e20 / "report.md").write_text(
+        "Training cost of the 45 finished cells trained here: 4.9 process-hours, plus 0.7 process-hours "
+        "of 10 runs moved aside and trained again (wall-clock ...).\n")
     study = tmp_path / findings.DISCOVERY / "report"
     study.mkdir(parents=True)
     (study / "summary.json").write_text('{"training_cost": {"process_hours": 6.34, "runs": 208}}')
     text = findings.page(tmp_path)
     spent = text.split("## What it cost")[1].split("## ")[0]
     assert "- the zoo: 8.9 process-hours over 75 cells ([its report](zoo/report.md))" in spent
+    assert ("- the epochs axis, 20 epochs: 4.9 process-hours over 45 cells, plus 0.7 over 10 runs moved "
+            "aside and trained again ([its report](epochs/e20/report.md))") in spent
     assert "- the discovery study: 6.3 process-hours over 208 runs" in spent
-    assert "epochs" not in spent  # no report, no line
+    assert "40 epochs" not in spent  # no report, no line
     assert "## What it cost" not in findings.page(tmp_path / "empty")
 
 
