@@ -156,7 +156,7 @@ def test_config_file_with_command_line_override(tmp_path):
 def test_shape_file_and_plugin_train(tmp_path, clean_registry):
     plugin = tmp_path / "gates.py"
     plugin.write_text(
-        "import torch\nfrom shapes import CoefficientShape, register_shape\n"
+        "import torch\nfrom klip.shapes import CoefficientShape, register_shape\n"
         "@register_shape('half')\nclass Half(CoefficientShape):\n"
         "    def gate(self, ratio, advantage):\n        return torch.full_like(ratio, 0.5)\n"
     )
