@@ -10,9 +10,13 @@ with `--eval-episodes`), `summary.json`. A population's root adds `population_su
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import json
 import math
+import os
+import platform
 import resource
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -151,10 +155,35 @@ def write_summary(out: Path, module: Any, index: int, *, status: str, error: str
         "wall_seconds": wall_seconds,
         # ru_maxrss is in KiB on Linux; the process's peak, shared by a population's agents.
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # Runs are bitwise reproducible on one kind of machine only (MKL picks its kernels by
+        # instruction set), so a run says which machine and libraries made it.
+        "machine": machine(),
     }
     summary = _finite_or_none(summary)
     write_atomically(out / SUMMARY_FILE, (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
     return summary
+
+
+@functools.cache
+def machine() -> dict[str, Any]:
+    """The CPU (its model, the instruction set PyTorch's kernels use) and the versions of the
+    libraries whose arithmetic a run's numbers depend on."""
+    from importlib import metadata
+
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for package in ("torch", "numpy", "mujoco", "gymnasium", "torchrl"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"cpu": model, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_count": os.cpu_count(), "packages": versions}
 
 
 def _finite_or_none(value: Any) -> Any:

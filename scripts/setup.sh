@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create or update .venv in the repository root with klip and its test/bench/docs extras.
-# torch is pinned to the local CPU wheel through a constraints file: an open range
-# would make pip fetch a multi-GB CUDA build instead.
+# torch is pinned to the local CPU wheel through a constraints file (an open range would make
+# pip fetch a multi-GB CUDA build instead), and every other package by scripts/constraints.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
@@ -12,6 +12,8 @@ constraints=$(mktemp)
 log=$(mktemp)
 trap 'rm -f "$constraints" "$log"' EXIT
 echo "$TORCH_PIN" > "$constraints"
+# Every other package at the version the long jobs run with.
+grep -v '^#' scripts/constraints.txt >> "$constraints"
 pip_install() {
   if ! .venv/bin/python -m pip install --quiet --disable-pip-version-check -c "$constraints" "$@" \
       >"$log" 2>&1; then

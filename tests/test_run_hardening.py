@@ -414,6 +414,11 @@ def test_metrics_columns_are_documented_and_summary_is_complete(tmp_path, loss):
     assert summary["status"] == "finished" and summary["frames"] == 2 * ROLLOUT
     assert summary["evaluation"]["episodes"] == 1
     assert result.summary == summary
+    # Which machine and libraries made it: runs reproduce bitwise on one kind of machine only.
+    machine = summary["machine"]
+    assert machine["cpu"] and machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["packages"]["torch"] == torch.__version__
+    assert machine["packages"]["mujoco"] and machine["packages"]["gymnasium"]
 
 
 def test_episode_rows_carry_the_frame_the_episode_ended_at(tmp_path):
