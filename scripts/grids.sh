@@ -189,7 +189,8 @@ print(text)" "$DISCOVERY/study.db") (target: 143 complete)"
       touch "$LOGS/grid-carried"
       mapfile -t populations < <(unfinished_populations)
       if (( ${#populations[@]} )); then
-        tar -cf "$CARRIED" "${populations[@]}"
+        # Not TensorBoard's files nor figures: git ignores the former, a finished run redraws the latter.
+        tar -cf "$CARRIED" --exclude='*/tensorboard' --exclude='*.png' "${populations[@]}"
         echo "stopped; $CARRIED holds ${#populations[@]} unfinished populations ($(du -h "$CARRIED" | cut -f1))"
       else
         rm -f "$CARRIED"; echo "stopped; no unfinished population"

@@ -39,6 +39,8 @@ def make_repository(path: Path) -> Path:
         (path / directory / "checkpoints" / "last.ckpt").write_bytes(checkpoint)
         (path / directory / "s0").mkdir()
         (path / directory / "s0" / "metrics.csv").write_text("frames\n2048\n")
+        (path / directory / "s0" / "tensorboard").mkdir()
+        (path / directory / "s0" / "tensorboard" / "events.out.tfevents.1").write_bytes(b"log")
     (path / FINISHED_RUN / "checkpoints").mkdir(parents=True)
     (path / FINISHED_RUN / "checkpoints" / "last.ckpt").write_bytes(b"finished")
     return path
@@ -54,6 +56,7 @@ def test_stop_packs_the_unfinished_populations_and_a_fresh_clone_continues_them(
     for directory in UNFINISHED:
         assert f"{directory}/checkpoints/last.ckpt" in names and f"{directory}/s0/metrics.csv" in names
     assert not any(name.startswith(FINISHED_RUN) for name in names)
+    assert not any("tensorboard" in name for name in names)  # git ignores them; not needed to resume
 
     # What a clone of the commit holds: the archive and the committed files, no checkpoint.
     clone = tmp_path / "machine-2"
