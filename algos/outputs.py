@@ -18,7 +18,7 @@ import math
 import os
 import platform
 import resource
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,21 @@ def process_seconds(summary: Mapping[str, Any]) -> float | None:
     `wall_seconds` and `population_size`): a population's agents share one process."""
     wall = summary.get("wall_seconds")
     return None if wall is None else float(wall) / int(summary.get("population_size") or 1)
+
+
+def process_seconds_of_files(summaries: Iterable[Path]) -> tuple[float, int]:
+    """The summed `process_seconds` of these `summary.json` files and how many had a timing;
+    an unreadable file counts as untimed (a run killed while writing it)."""
+    seconds, runs = 0.0, 0
+    for path in summaries:
+        try:
+            share = process_seconds(json.loads(Path(path).read_text()))
+        except (OSError, ValueError):
+            share = None
+        if share is not None:
+            seconds += share
+            runs += 1
+    return seconds, runs
 
 
 def save_parameters(path: Path, actor: torch.nn.Module, critic: torch.nn.Module,

@@ -53,7 +53,7 @@ from klip.studies.statistics import (
     performance_profile,
     probability_of_improvement,
 )
-from klip.studies.training import process_seconds
+from klip.studies.training import process_seconds, process_seconds_of_files
 
 REPORT_FILE = "report.md"
 MISSING_LISTED = 20  # more missing cells than this are counted per task, not listed
@@ -103,15 +103,7 @@ def _cost(results: GridResults) -> list[str]:
         return []
     # Runs moved aside (a leftover in a cell's way, a partial run that could not continue) cost
     # time too, though no cell shows it.
-    aside, aside_runs = 0.0, 0
-    for summary in sorted((results.out / "kept").rglob("summary.json")):
-        try:
-            share = process_seconds(json.loads(summary.read_text()))
-        except (OSError, ValueError):
-            share = None
-        if share is not None:
-            aside += share
-            aside_runs += 1
+    aside, aside_runs = process_seconds_of_files(sorted((results.out / "kept").rglob("summary.json")))
     extra = (f", plus {aside / 3600:,.1f} process-hours of {aside_runs} runs moved aside and trained again"
              if aside_runs else "")
     return [f"Training cost of the {cells} finished cells trained here: {seconds / 3600:,.1f} process-hours"

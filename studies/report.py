@@ -29,7 +29,7 @@ from klip.studies.run import (
 )
 from klip.studies.settings import StudyError
 from klip.studies.storage import StorageError, StorageSpec, open_storage, quiet_optuna
-from klip.studies.training import process_seconds
+from klip.studies.training import process_seconds_of_files
 
 
 def load_existing_study(name: str, storage: StorageSpec) -> optuna.Study:
@@ -184,12 +184,7 @@ def training_cost(study: optuna.Study) -> dict[str, float] | None:
     study_dir = study.user_attrs.get(ATTR_RUN_OPTIONS, {}).get("study_dir")
     if study_dir is None or not Path(study_dir).is_dir():
         return None
-    seconds, runs = 0.0, 0
-    for path in Path(study_dir).glob("trial-*/*/summary.json"):
-        share = process_seconds(json.loads(path.read_text()))
-        if share is not None:
-            seconds += share
-            runs += 1
+    seconds, runs = process_seconds_of_files(Path(study_dir).glob("trial-*/*/summary.json"))
     return {"process_hours": seconds / 3600, "runs": runs}
 
 

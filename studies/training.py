@@ -37,6 +37,7 @@ _ENGINE: dict[str, str] = {
     "DIVERGED": "klip.algos.outputs",
     "final_return": "klip.algos.outputs",
     "process_seconds": "klip.algos.outputs",
+    "process_seconds_of_files": "klip.algos.outputs",
     "save_module_parameters": "klip.algos.outputs",
     "load_run": "klip.algos.run",
     "read_columns": "klip.algos.run",
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
         PARAMETERS_FILE,
         final_return,
         process_seconds,
+        process_seconds_of_files,
         save_module_parameters,
     )
     from klip.algos.plots import read_metrics
@@ -89,6 +91,7 @@ __all__ = [
     "load_config_file",
     "load_run",
     "process_seconds",
+    "process_seconds_of_files",
     "read_columns",
     "read_episode_returns",
     "read_metrics",
