@@ -116,8 +116,9 @@ def quoted_table(text: str, heading: str, after: str | None) -> list[str]:
 
 
 def completeness(text: str) -> str:
-    match = re.search(r"^(\d+ of \d+ cells done\.)", text, flags=re.M)
-    return match.group(1) if match else "completeness not stated"
+    # A comparison report says "N of M cells done."; an axis report adds which cells it counts.
+    match = re.search(r"^(\d+ of \d+ cells done)\b", text, flags=re.M)
+    return f"{match.group(1)}." if match else "completeness not stated"
 
 
 def study_status(root: Path) -> str:

@@ -206,8 +206,11 @@ print(text)" "$DISCOVERY/study.db") (target: 143 complete)"
           "$DISCOVERY/recheck" "$DISCOVERY/heldout" "$DISCOVERY/fresh"; do
         if [[ -e "$grid/grid.json" ]]; then $KLIP compare report "$grid" > /dev/null; echo "report: $grid"; fi
       done
-      if [[ -e results/epochs/axis/report.md ]]; then
-        $KLIP compare axis results/zoo results/epochs/e20 results/epochs/e40 --out results/epochs/axis > /dev/null
+      # The axis as far as its grids go (the zoo's 10-epoch cells and each epochs grid started).
+      axis=(results/zoo)
+      for grid in results/epochs/e20 results/epochs/e40; do [[ -e "$grid/grid.json" ]] && axis+=("$grid"); done
+      if [[ -e results/zoo/grid.json && ${#axis[@]} -gt 1 ]]; then
+        $KLIP compare axis "${axis[@]}" --out results/epochs/axis > /dev/null
         echo "report: results/epochs/axis"
       fi
       if [[ -e "$DISCOVERY/study.db" ]]; then

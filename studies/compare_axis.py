@@ -171,9 +171,18 @@ def write_axis_report(directories: Sequence[Path], out: Path, *, n_resamples: in
              + f" --out {shlex.quote(str(out))}`; {axis.grids[0].spec.steps:,} steps per run. Grids: "
              + "; ".join(f"{axis.option} = {value}: `{grid.out}`" for value, grid in
                          zip(axis.values, axis.grids, strict=True)) + ".", ""]
-    missing = [f"`{grid.out}` ({sum(state.status != 'done' for state in grid.states.values())} of "
-               f"{len(grid.states)} cells not done)" for grid in axis.grids
-               if any(state.status != "done" for state in grid.states.values())]
+    # Only the cells along the axis count: a grid's other entries and tasks are not read here.
+    done, total, missing = 0, 0, []
+    for grid in axis.grids:
+        statuses = [grid.states[cell.key].status for cell in grid.spec.cells()
+                    if cell.entry.label in axis.entries and cell.task in axis.tasks]
+        finished = sum(status == "done" for status in statuses)
+        done, total = done + finished, total + len(statuses)
+        if finished < len(statuses):
+            missing.append(f"`{grid.out}` ({len(statuses) - finished} of its {len(statuses)} cells "
+                           "on this axis not done)")
+    lines += [f"{done} of {total} cells done (the cells along the axis: its entries and tasks in "
+              "every grid).", ""]
     if missing:
         lines += ["**Partial**: " + "; ".join(missing) + ". Each figure uses the finished runs.", ""]
     lines += ["## Final return per task", "", "Mean ± std over seeds (n runs).", ""]

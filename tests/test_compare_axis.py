@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -58,6 +59,26 @@ def test_report_numbers_are_the_statistics_of_the_runs(grids, tmp_path):
                                               n_resamples=200)
     assert against_step.format() in report
     assert (tmp_path / "out" / "axis.png").stat().st_size > 0
+
+
+def test_completeness_counts_only_the_cells_along_the_axis(grids, tmp_path):
+    two, default = grids
+    report = write_axis_report([two, default], tmp_path / "done", n_resamples=50).read_text()
+    assert "8 of 8 cells done (the cells along the axis" in report and "**Partial**" not in report
+    # A grid with an entry the other grid lacks (not on the axis, never trained) and a seed of
+    # an axis entry whose run was removed: only the latter counts.
+    wider = tmp_path / "wider"
+    shutil.copytree(default, wider)
+    spec = json.loads((wider / "grid.json").read_text())
+    spec["entries"].append({**spec["entries"][0], "label": "linear_ramp", "spec": "linear_ramp",
+                            "options": {"loss": "klip", "shape": "linear_ramp", "shape_params": {}}})
+    (wider / "grid.json").write_text(json.dumps(spec))
+    grid_spec = collect(wider).spec
+    removed = next(cell for cell in grid_spec.cells() if cell.entry.label == "sigmoid")
+    shutil.rmtree(grid_spec.cell_dir(wider, removed))
+    report = write_axis_report([two, wider], tmp_path / "partial", n_resamples=50).read_text()
+    assert "7 of 8 cells done" in report
+    assert f"**Partial**: `{wider}` (1 of its 4 cells on this axis not done)." in report
 
 
 def test_grids_that_differ_in_more_or_less_than_one_option_are_refused(grids, tmp_path):

@@ -30,16 +30,17 @@ def test_the_page_quotes_each_reading_and_collects_the_negative_results(tmp_path
     axis = tmp_path / "results" / "epochs" / "axis"
     axis.mkdir(parents=True)
     (axis / "report.md").write_text(
-        "# Along epochs\n\n## Reading\n\n"
+        "# Along epochs\n\n105 of 180 cells done (the cells along the axis: ...).\n\n## Reading\n\n"
         "- `step` against itself at epochs = 10: at 40: degrades, P = 0.20 [0.05, 0.40].\n")
     text = findings.page(tmp_path)
     assert "[The report](zoo/report.md): 75 of 375 cells done." in text
     assert "- Hopper-v4: above `step`: `spo` (120 [10, 230])." in text and "not a reading" not in text
     negatives = text.split("## Negative results")[1]
     assert "Ant-v4: nothing beats `step`." in negatives and "degrades, P = 0.20" in negatives
-    # A grid still running says how far it is; the axis report states no completeness.
+    # A grid still running says how far it is, an axis report as a comparison report does.
     assert "- By task (so far: 75 of 375 cells done): Ant-v4: nothing beats `step`." in negatives
-    assert "- By number of epochs: `step` against itself" in negatives
+    assert "[The report](epochs/axis/report.md): 105 of 180 cells done." in text
+    assert "- By number of epochs (so far: 105 of 180 cells done): `step` against itself" in negatives
     assert "spo" not in negatives and "Humanoid-v4" not in negatives  # partial: quoted, not concluded
     assert "- Humanoid-v4 (1 of 14 entries so far): nothing beats `step`." in text
     held_out = text.split("## A discovered gate")[1].split("## ")[0]
