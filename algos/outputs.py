@@ -119,7 +119,7 @@ def save_module_parameters(module: Any, path: Path, agent: int = 0) -> None:
 
 
 def finish_agent(module: Any, index: int, plan: AgentPlan, *, status: str, error: str | None,
-                 wall_seconds: float, eval_episodes: int) -> RunResult:
+                 wall_seconds: float, machines: list[dict[str, Any]], eval_episodes: int) -> RunResult:
     """Write agent `index`'s outcome into its run directory; `status` is the run's, unless the
     agent itself failed."""
     agent = module.agents[index]
@@ -141,14 +141,16 @@ def finish_agent(module: Any, index: int, plan: AgentPlan, *, status: str, error
     elif status == "finished" and eval_path.is_file():
         evaluation = json.loads(eval_path.read_text())
     summary = write_summary(plan.out, module, index, status=status, error=error, evaluation=evaluation,
-                            wall_seconds=wall_seconds)
+                            wall_seconds=wall_seconds, machines=machines)
     return RunResult(plan.out, summary["final_return_last10pct"] or math.nan, wall_seconds, module.frames,
                      evaluation, plot, summary, config, plan.name)
 
 
 def write_summary(out: Path, module: Any, index: int, *, status: str, error: str | None,
-                  evaluation: dict[str, Any] | None, wall_seconds: float) -> dict[str, Any]:
-    """summary.json: what ran, how it ended and what it scored; strict JSON (no NaN)."""
+                  evaluation: dict[str, Any] | None, wall_seconds: float,
+                  machines: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json: what ran, how it ended and what it scored; strict JSON (no NaN).
+    `machines`: each machine the run trained on, from the frame it took over (the last: this one)."""
     agent = module.agents[index]
     config = agent.config
     # A diverged agent stopped in its failing iteration, whatever the others of its population did.
@@ -171,9 +173,12 @@ def write_summary(out: Path, module: Any, index: int, *, status: str, error: str
         # ru_maxrss is in KiB on Linux; the process's peak, shared by a population's agents.
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         # Runs are bitwise reproducible on one kind of machine only (MKL picks its kernels by
-        # instruction set), so a run says which machine and libraries made it.
-        "machine": machine(),
+        # instruction set), so a run says which machine and libraries made it; one continued on
+        # another machine lists them all.
+        "machine": machines[-1]["machine"],
     }
+    if len(machines) > 1:
+        summary["machines"] = machines
     summary = _finite_or_none(summary)
     write_atomically(out / SUMMARY_FILE, (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
     return summary

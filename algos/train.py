@@ -37,6 +37,7 @@ from klip.algos.outputs import (
     RunResult,
     final_return,
     finish_agent,
+    machine,
     plot_population,
     save_module_parameters,
     save_parameters,
@@ -149,16 +150,28 @@ def train_agents(
 # -- the trainer --------------------------------------------------------------------------
 @dataclass
 class Segment:
-    """One process's share of a run: its wall time, and whether Ctrl-C asked it to stop."""
+    """One process's share of a run: its wall time, the machines earlier segments ran on, and
+    whether Ctrl-C asked it to stop."""
 
+    from_frame: int = 0
     seconds_before: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    earlier_machines: list[dict[str, Any]] = field(default_factory=list)
     stop_requested: bool = False
     failure: str | None = None
 
     @property
     def wall_seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
+
+    @property
+    def machines(self) -> list[dict[str, Any]]:
+        """Each machine the run trained on and the frame it took over from: a run continued on
+        another kind of machine is bitwise no single run."""
+        here = machine()
+        if self.earlier_machines and self.earlier_machines[-1]["machine"] == here:
+            return self.earlier_machines
+        return [*self.earlier_machines, {"from_frame": self.from_frame, "machine": here}]
 
 
 class PeriodicCheckpoint(ModelCheckpoint):
@@ -177,11 +190,13 @@ class SegmentClock(pl.Callback):
         self.segment = segment
 
     def state_dict(self) -> dict[str, Any]:
-        return {"wall_seconds": self.segment.wall_seconds}
+        return {"wall_seconds": self.segment.wall_seconds, "machines": self.segment.machines}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.segment.seconds_before = float(state["wall_seconds"])
         self.segment.started = time.perf_counter()
+        # A checkpoint from before klip recorded machines: the earlier one is unknown (None).
+        self.segment.earlier_machines = state.get("machines") or [{"from_frame": 0, "machine": None}]
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
         if self.segment.stop_requested:
@@ -212,7 +227,7 @@ def build_trainer(
     max_epochs = config.iterations
     if stop_after_iterations is not None:
         max_epochs = min(max_epochs, stop_after_iterations)
-    segment = Segment()
+    segment = Segment(from_frame=start.frames_done)
     # No monitored metric: save_top_k=1 keeps the newest, written as last.ckpt every
     # `checkpoint_every` iterations, so a killed run loses at most that many.
     checkpoints = PeriodicCheckpoint(
@@ -267,7 +282,8 @@ def fit(trainer: pl.Trainer, module: PPOModule, start: RunStart, agents: list[Ag
             segment.failure = str(error)
             for index, agent in enumerate(agents):
                 write_summary(agent.out, module, index, status="failed", error=segment.failure,
-                              evaluation=None, wall_seconds=segment.wall_seconds)
+                              evaluation=None, wall_seconds=segment.wall_seconds,
+                              machines=segment.machines)
             module.close()
             raise
         except _StopNow:
@@ -341,7 +357,8 @@ def finish(root: Path, agents: list[AgentPlan], module: PPOModule, trainer: pl.T
     # else every agent diverged: the last periodic checkpoint is the last good state, kept.
     status = "interrupted" if segment.stop_requested else "finished"
     results = [finish_agent(module, index, agent, status=status, error=None,
-                            wall_seconds=segment.wall_seconds, eval_episodes=eval_episodes)
+                            wall_seconds=segment.wall_seconds, machines=segment.machines,
+                            eval_episodes=eval_episodes)
                for index, agent in enumerate(agents)]
     if is_population(agents):
         write_population_summary(root, results, list(sweep_keys))

@@ -244,6 +244,36 @@ def test_wall_time_adds_up_all_segments(tmp_path):
     assert total["frames"] == 4 * ROLLOUT
 
 
+def test_a_run_continued_on_another_machine_lists_both(tmp_path, monkeypatch):
+    import klip.algos.train as train_module
+
+    out = tmp_path / "run"
+    train(tiny(steps=3 * ROLLOUT), out, progress=False, stop_after_iterations=1)
+    here = json.loads((out / "summary.json").read_text())["machine"]
+    assert here["cpu_capability"] and "machines" not in json.loads((out / "summary.json").read_text())
+    train(tiny(steps=3 * ROLLOUT), out, resume=True, progress=False, stop_after_iterations=2)
+    assert "machines" not in json.loads((out / "summary.json").read_text())  # the same machine
+    other = {**here, "cpu": "another CPU", "cpu_capability": "AVX512"}
+    monkeypatch.setattr(train_module, "machine", lambda: other)
+    train(tiny(steps=3 * ROLLOUT), out, resume=True, progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["machine"] == other
+    assert summary["machines"] == [{"from_frame": 0, "machine": here},
+                                   {"from_frame": 2 * ROLLOUT, "machine": other}]
+
+
+def test_a_checkpoint_without_machines_says_the_earlier_machine_is_unknown(tmp_path):
+    out = tmp_path / "run"
+    train(tiny(steps=2 * ROLLOUT), out, progress=False, stop_after_iterations=1)
+    checkpoint_path = out / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    del checkpoint["callbacks"]["SegmentClock"]["machines"]  # as written before klip recorded them
+    torch.save(checkpoint, checkpoint_path)
+    train(tiny(steps=2 * ROLLOUT), out, resume=True, progress=False)
+    machines = json.loads((out / "summary.json").read_text())["machines"]
+    assert machines[0] == {"from_frame": 0, "machine": None} and machines[1]["from_frame"] == ROLLOUT
+
+
 @pytest.mark.slow
 def test_tensorboard_has_no_duplicated_steps_after_a_resume(tmp_path):
     import shutil
