@@ -111,6 +111,43 @@ def _cost(results: GridResults) -> list[str]:
             "agents; above the CPU time when the machine ran more processes than cores).", ""]
 
 
+def _machine_label(machine: dict[str, Any] | None) -> str:
+    if machine is None:
+        return "not recorded (trained before klip recorded it)"
+    torch_version = (machine.get("packages") or {}).get("torch")
+    return f"{machine.get('cpu')}, {machine.get('cpu_capability')}, torch {torch_version}"
+
+
+def _machines(results: GridResults) -> list[str]:
+    """Which machines trained the finished cells (runs are bitwise reproducible on one kind of
+    machine only), and which runs went on on another machine than they started on."""
+    spec = results.spec
+    runs: dict[str, int] = {}
+    continued = []
+    for cell in spec.cells():
+        if results.states[cell.key].status != "done":
+            continue
+        try:
+            summary = json.loads((spec.cell_dir(results.out, cell) / "summary.json").read_text())
+        except (OSError, ValueError):
+            continue
+        segments = summary.get("machines") or [{"machine": summary.get("machine")}]
+        for label in dict.fromkeys(_machine_label(segment["machine"]) for segment in segments):
+            runs[label] = runs.get(label, 0) + 1
+        if len(segments) > 1:
+            continued.append(cell.key)
+    if not runs:
+        return []
+    lines = ["", "Machines that trained the finished cells (runs each; a run continued on another machine "
+             "counts under each): " + "; ".join(f"{label}: {count}" for label, count in runs.items()) + "."]
+    if continued:
+        listed = (", ".join(f"`{key}`" for key in continued) if len(continued) <= MISSING_LISTED
+                  else f"{len(continued)} runs")
+        lines += ["", f"Runs continued on another machine than they started on, or from a checkpoint that "
+                  f"did not say which ({len(continued)}; valid runs, but bitwise no single run): {listed}."]
+    return lines
+
+
 def _completeness(results: GridResults) -> list[str]:
     spec, states = results.spec, results.states
     cells = spec.cells()
@@ -130,6 +167,7 @@ def _completeness(results: GridResults) -> list[str]:
                   "parameter stopped them; each counts with the return it had reached (the episodes "
                   "of the last 10% of the frames it trained), as `klip compare` scores every run:", ""]
         lines += [f"- `{key}`: {reason}" for key, reason in results.diverged.items()]
+    lines += _machines(results)
     if results.no_episode:
         lines += ["", f"Cells done but with no episode ended in training ({len(results.no_episode)}; "
                   "final return undefined, left out): "

@@ -413,6 +413,24 @@ def test_cells_committed_without_checkpoints_are_checked_by_their_parameters_fil
     assert state.status == "corrupt" and "parameters.pt's parameters differ" in state.reason
 
 
+def test_the_report_names_the_machines_and_the_runs_continued_on_another(finished_grid, tmp_path):
+    out, spec, *_ = finished_grid
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    report = write_report(copy, n_resamples=50).read_text()
+    here = json.loads((spec.cell_dir(copy, spec.cells()[0]) / "summary.json").read_text())["machine"]
+    label = f"{here['cpu']}, {here['cpu_capability']}, torch {here['packages']['torch']}"
+    assert f"counts under each): {label}: {len(spec.cells())}." in report
+    assert "Runs continued on another machine" not in report
+    continued = spec.cell_dir(copy, spec.cells()[1]) / "summary.json"
+    summary = json.loads(continued.read_text())
+    summary["machines"] = [{"from_frame": 0, "machine": None}, {"from_frame": 256, "machine": here}]
+    continued.write_text(json.dumps(summary))
+    report = write_report(copy, n_resamples=50).read_text()
+    assert (f"{label}: {len(spec.cells())}; not recorded (trained before klip recorded it): 1.") in report
+    assert f"bitwise no single run): `{spec.cells()[1].key}`." in report
+
+
 def test_grid_continues_from_its_directory_alone(finished_grid, capsys):
     out, spec, *_ = finished_grid
     assert main(["compare", "--out", str(out), "--plan"]) == 0
